@@ -1,0 +1,69 @@
+"""Server-side aggregation of per-user updates: plain numpy, no Flower.
+
+A node sends the sum of its users' updates and how many users it trained; the server adds the
+sums of all nodes, divides by the number of users (every user counts equally, as in DP-FedAvg,
+McMahan et al. 2018) and applies the mean update with a server optimiser: SGD with a server
+learning rate (FedAvg) or Adam (FedAdam, Reddi et al. 2021, "Adaptive Federated Optimization").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["sum_updates", "ServerOptimizer"]
+
+
+def sum_updates(sums: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Element-wise sum of several {name: array} updates with identical keys and shapes."""
+    if not sums:
+        raise ValueError("no updates to sum")
+    keys = set(sums[0])
+    out = {k: np.array(v, np.float64) for k, v in sums[0].items()}
+    for s in sums[1:]:
+        if set(s) != keys:
+            raise ValueError(f"updates disagree on parameter names: {sorted(keys ^ set(s))}")
+        for k, v in s.items():
+            if np.shape(v) != out[k].shape:
+                raise ValueError(f"update of {k!r} has shape {np.shape(v)}, expected {out[k].shape}")
+            out[k] += v
+    return out
+
+
+@dataclass
+class ServerOptimizer:
+    """Applies a mean update Delta to the global parameters.
+
+    "sgd":  x <- x + lr * Delta
+    "adam": m <- b1 m + (1-b1) Delta; v <- b2 v + (1-b2) Delta^2; x <- x + lr * m_hat / (sqrt(v_hat) + eps)
+            (bias-corrected moments; per-coordinate step sizes let rarely touched item rows learn).
+    """
+
+    kind: str = "adam"
+    lr: float = 0.02
+    beta1: float = 0.9
+    beta2: float = 0.99
+    eps: float = 1e-8
+    step: int = 0
+    m: dict[str, np.ndarray] = field(default_factory=dict)
+    v: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def apply(self, params: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.step += 1
+        out = {}
+        for k, x in params.items():
+            d = np.asarray(delta[k], np.float64)
+            if self.kind == "sgd":
+                out[k] = (x + self.lr * d).astype(np.float32)
+                continue
+            m = self.m.get(k, np.zeros_like(d))
+            v = self.v.get(k, np.zeros_like(d))
+            m = self.beta1 * m + (1 - self.beta1) * d
+            v = self.beta2 * v + (1 - self.beta2) * d * d
+            self.m[k], self.v[k] = m, v
+            m_hat = m / (1 - self.beta1 ** self.step)
+            v_hat = v / (1 - self.beta2 ** self.step)
+            out[k] = (x + self.lr * m_hat / (np.sqrt(v_hat) + self.eps)).astype(np.float32)
+        return out

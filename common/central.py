@@ -1,0 +1,90 @@
+"""Centralized training of the same model on pooled data (the non-federated upper bound),
+and the most-popular baseline."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from common.config import Config
+from common.federated import UserStore, init_theta, item_representations
+from common.model import DENSE_NAMES, ModelShape, bce_with_negatives, group_logits, init_shared
+
+__all__ = ["train_central", "popularity_scores"]
+
+
+def popularity_scores(store: UserStore, n_items: int) -> np.ndarray:
+    """Engagement count [n_items] of each item in the pooled training data."""
+    return np.bincount(store.items, minlength=n_items).astype(np.float64)
+
+
+def train_central(store: UserStore, item_h: np.ndarray, cfg: Config,
+                  progress: Callable[[int, float, float], None] | None = None
+                  ) -> tuple[dict[str, np.ndarray], np.ndarray, list[float]]:
+    """Minibatch Adam on all users' engagements at once (BCE, uniform sampled negatives).
+
+    store: every user's training engagements; item_h [n_items, text_dim].
+    Returns (shared params, theta [n_users, dim], seconds per epoch).
+    progress(epoch, loss, seconds) is called after every epoch.
+    """
+    n_items = item_h.shape[0]
+    shape = ModelShape(n_items=n_items, text_dim=item_h.shape[1], dim=cfg.dim,
+                       context_dim=store.ctx.shape[1], item_embedding=cfg.item_embedding)
+    params0 = init_shared(shape, cfg.seed)
+    phi0 = item_representations(params0, item_h)
+    theta0 = init_theta(store, np.arange(store.n_users), phi0, cfg.half_life_days)
+
+    hybrid = cfg.item_embedding
+    dense = {k: tf.Variable(params0[k][None], name=k.replace("/", "_")) for k in DENSE_NAMES}
+    theta = tf.Variable(theta0, name="theta")
+    emb = tf.Variable(params0["items/embedding"], name="emb") if hybrid else None
+    ibias = tf.Variable(params0["items/bias"], name="ibias") if hybrid else None
+    variables = list(dense.values()) + [theta] + ([emb, ibias] if hybrid else [])
+    opt = tf.keras.optimizers.Adam(learning_rate=cfg.central_lr)
+    item_h_t = tf.constant(item_h, tf.float32)
+    l2 = tf.constant(cfg.l2, tf.float32)
+
+    @tf.function(reduce_retracing=True)
+    def step(users, cand, ctx):
+        with tf.GradientTape() as tape:
+            flat = tf.reshape(cand, [-1])
+            rows_h = tf.gather(item_h_t, flat)[None]
+            rows_emb = tf.gather(emb, flat)[None] if hybrid else None
+            rows_bias = tf.gather(ibias, flat)[None] if hybrid else None
+            local = tf.reshape(tf.range(tf.size(flat)), tf.shape(cand))[None]
+            th = tf.gather(theta, users)
+            logits = group_logits(dense, th[None], ctx[None], rows_h, rows_emb, rows_bias, local)
+            loss = tf.reduce_mean(bce_with_negatives(logits))
+            reg = tf.reduce_sum(tf.square(th))
+            if hybrid:
+                reg += tf.reduce_sum(tf.square(rows_emb)) + tf.reduce_sum(tf.square(rows_bias))
+            total = loss + l2 * reg / tf.cast(tf.shape(users)[0], tf.float32)
+        grads = tape.gradient(total, variables)
+        opt.apply_gradients(zip(grads, variables))
+        return loss
+
+    n = len(store.items)
+    users_all = np.repeat(np.arange(store.n_users), np.diff(store.offsets))
+    rng = np.random.default_rng(cfg.seed + 1)
+    epoch_seconds = []
+    for epoch in range(1, cfg.central_epochs + 1):
+        t0 = time.perf_counter()
+        perm = rng.permutation(n)
+        negs = rng.integers(0, n_items, size=(n, cfg.negatives))
+        losses = []
+        for start in range(0, n, cfg.central_batch):
+            idx = perm[start: start + cfg.central_batch]
+            cand = np.concatenate([store.items[idx, None], negs[idx]], axis=1)
+            losses.append(float(step(tf.constant(users_all[idx], tf.int32), tf.constant(cand, tf.int32),
+                                     tf.constant(store.ctx[idx], tf.float32))))
+        epoch_seconds.append(time.perf_counter() - t0)
+        if progress is not None:
+            progress(epoch, float(np.mean(losses)), epoch_seconds[-1])
+    params = {k: v.numpy()[0] for k, v in dense.items()}
+    if hybrid:
+        params["items/embedding"] = emb.numpy()
+        params["items/bias"] = ibias.numpy()
+    return params, theta.numpy(), epoch_seconds

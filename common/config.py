@@ -1,0 +1,169 @@
+"""One frozen, validated configuration for every job (simulation, client, server, benchmark).
+
+Settings are named in kebab-case in `[tool.flwr.app.config]` and on the command line
+(`--set local-steps=5`); the dataclass fields are the same names in snake_case.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+__all__ = ["Config", "ConfigError", "config_from_mapping", "parse_overrides"]
+
+PRIVACY_MODES = ("none",)
+SERVER_OPTIMIZERS = ("adam", "sgd")
+TEXT_POOLING = ("mean", "tfidf")
+
+
+class ConfigError(ValueError):
+    """A setting has a bad name or value; the message names the setting, the rule and the value."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of a run, with its default.
+
+    Units: learning rates are step sizes, `half-life-days` is in days, sizes are counts.
+    """
+
+    # data
+    data: str = "synthetic"          # dataset directory, or "synthetic" for the embedded generator
+    synthetic_users: int = 1000
+    synthetic_items: int = 10000
+    seed: int = 0
+
+    # content encoder (server side, public catalogue)
+    text_dim: int = 64               # Word2Vec vector size, h(c) in R^text_dim
+    text_epochs: int = 15
+    text_window: int = 5
+    text_pooling: str = "tfidf"      # "mean" | "tfidf" pooling of word vectors into h(c)
+
+    # model
+    dim: int = 32                    # theta_u, phi(c) in R^dim
+    use_context: bool = True         # context shift theta_ctx . x and interaction x^T W phi(c)
+    item_embedding: bool = True      # hybrid: add a shared item-id embedding and bias to phi(c)
+    negatives: int = 4               # sampled negatives per engagement (BCE)
+    l2: float = 1e-4                 # L2 penalty on theta_u and the item rows an example touches
+    half_life_days: float = 30.0     # time decay of the history that warms up a new theta_u
+
+    # federation
+    num_rounds: int = 20
+    sample_rate: float = 1.0         # q: each user takes part in a round independently with prob. q
+    local_steps: int = 5             # full-batch Adam steps each sampled user takes per round
+    local_optimizer: str = "sgd"     # "sgd" | "adam" (Adam state restarts every round)
+    local_lr: float = 0.05           # step size of the shared parameters' local copies
+    theta_lr: float = 0.5            # step size of the private theta_u
+    server_optimizer: str = "adam"   # "adam" (FedAdam, Reddi et al. 2021) | "sgd" (FedAvg)
+    server_lr: float = 0.02
+    privacy: str = "none"            # privacy mode; differential privacy builds on this seam
+
+    # centralized baselines
+    central_epochs: int = 20
+    central_batch: int = 256
+    central_lr: float = 0.005
+
+    # evaluation
+    top_k: int = 10
+    eval_negatives: int = 99         # sampled protocol: 1 held-out item vs this many sampled negatives
+    eval_every: int = 1              # evaluate every n rounds (the last round is always evaluated)
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, name: str, rule: str) -> None:
+            if not ok:
+                value = getattr(self, name)
+                raise ConfigError(f"{_kebab(name)}: {rule}. Found {value!r}.")
+
+        for f in fields(self):
+            if f.type in ("int", "float") and not isinstance(getattr(self, f.name), (int, float)):
+                need(False, f.name, f"must be a number")
+        need(self.synthetic_users >= 3, "synthetic_users", "must be >= 3")
+        need(self.synthetic_items >= 20, "synthetic_items", "must be >= 20")
+        need(self.text_dim >= 2, "text_dim", "must be >= 2")
+        need(self.text_epochs >= 1, "text_epochs", "must be >= 1")
+        need(self.text_pooling in TEXT_POOLING, "text_pooling", f"must be one of {TEXT_POOLING}")
+        need(self.dim >= 1, "dim", "must be >= 1")
+        need(self.negatives >= 1, "negatives", "must be >= 1")
+        need(self.l2 >= 0, "l2", "must be >= 0")
+        need(self.half_life_days > 0, "half_life_days", "must be > 0")
+        need(self.num_rounds >= 1, "num_rounds", "must be >= 1")
+        need(0.0 < self.sample_rate <= 1.0, "sample_rate", "must be in (0, 1]")
+        need(self.local_steps >= 1, "local_steps", "must be >= 1")
+        need(self.local_optimizer in ("sgd", "adam"), "local_optimizer", "must be 'sgd' or 'adam'")
+        need(self.local_lr > 0, "local_lr", "must be > 0")
+        need(self.theta_lr > 0, "theta_lr", "must be > 0")
+        need(self.server_optimizer in SERVER_OPTIMIZERS, "server_optimizer",
+             f"must be one of {SERVER_OPTIMIZERS}")
+        need(self.server_lr > 0, "server_lr", "must be > 0")
+        need(self.privacy in PRIVACY_MODES, "privacy", f"must be one of {PRIVACY_MODES}")
+        need(self.central_epochs >= 1, "central_epochs", "must be >= 1")
+        need(self.central_batch >= 1, "central_batch", "must be >= 1")
+        need(self.central_lr > 0, "central_lr", "must be > 0")
+        need(self.top_k >= 1, "top_k", "must be >= 1")
+        need(self.eval_negatives >= 1, "eval_negatives", "must be >= 1")
+        need(self.eval_every >= 1, "eval_every", "must be >= 1")
+
+    def to_flwr(self) -> dict[str, Any]:
+        """Flat kebab-case mapping, as in `[tool.flwr.app.config]`."""
+        return {_kebab(f.name): getattr(self, f.name) for f in fields(self)}
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _coerce(name: str, kind: str, value: Any) -> Any:
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{_kebab(name)}: must be true or false. Found {value!r}.")
+    if kind == "int":
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{_kebab(name)}: must be an integer. Found {value!r}.") from None
+        if number != int(number):
+            raise ConfigError(f"{_kebab(name)}: must be an integer. Found {value!r}.")
+        return int(number)
+    if kind == "float":
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{_kebab(name)}: must be a number. Found {value!r}.") from None
+    return str(value)
+
+
+def config_from_mapping(values: Mapping[str, Any], base: Config | None = None) -> Config:
+    """Build a Config from kebab- or snake-case keys (e.g. Flower's `context.run_config`).
+
+    Unknown keys are an error that lists the known ones.
+    """
+    known = {f.name: f.type for f in fields(Config)}
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            names = ", ".join(sorted(_kebab(n) for n in known))
+            raise ConfigError(f"unknown setting {key!r}. Known settings: {names}.")
+        changes[name] = _coerce(name, str(known[name]), value)
+    return dataclasses.replace(base or Config(), **changes)
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """Parse `key=value` strings from `--set`."""
+    out: dict[str, str] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value. Found {item!r}. Example: --set num-rounds=10.")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out

@@ -1,0 +1,286 @@
+"""Encoding context columns (and features derived from the time column) into floats.
+
+Encoding rules (the encoder is fitted on the training split only; deterministic):
+
+* categorical ``c`` -> one-hot over the training vocabulary (values as strings,
+  sorted); names ``"c=value"``; unseen or missing value -> all zeros.
+* numeric ``c`` -> ``(v - mean) / std`` with training mean and population std
+  (ddof=0, missing values ignored; std 0 -> 1); missing -> 0; name ``"c"``.
+* cyclic ``c`` with period ``P`` -> ``sin(2*pi*v/P), cos(2*pi*v/P)``; names
+  ``"c_sin", "c_cos"``; missing -> (0, 0).
+* from-time ``"hour"`` -> hour of day (UTC, fractional) as a cycle of 24;
+  names ``"hour_sin", "hour_cos"``.
+* from-time ``"weekday"`` -> one-hot of the 7 days, ``"weekday=0"`` (Monday) ..
+  ``"weekday=6"`` (Sunday), always 7 columns.
+* from-time ``"weekend"`` -> 1.0 on Saturday/Sunday (UTC) else 0.0; name ``"weekend"``.
+
+Features are laid out in declaration order of the context columns, then the
+from-time features in the order given.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from common.data import CONTEXT_KINDS, FROM_TIME_FEATURES, ContextColumn
+
+__all__ = ["ContextEncoder"]
+
+_SECONDS_PER_DAY = 86_400
+_EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday (0 = Monday)
+_FORMAT = "fedctx.context-encoder"
+_VERSION = 1
+
+
+@dataclass(frozen=True)
+class _Fitted:
+    """State of one fitted context column."""
+
+    name: str
+    kind: str
+    vocabulary: tuple[str, ...] = ()  # categorical
+    mean: float = 0.0  # numeric
+    std: float = 1.0  # numeric
+    period: float | None = None  # cyclic
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        if self.kind == "categorical":
+            return tuple(f"{self.name}={value}" for value in self.vocabulary)
+        if self.kind == "numeric":
+            return (self.name,)
+        return (f"{self.name}_sin", f"{self.name}_cos")
+
+
+def _category_strings(values: pd.Series | np.ndarray | Sequence[Any]) -> np.ndarray:
+    """Values as strings: object array [n], None where missing (null/NaN/blank)."""
+    series = pd.Series(values).reset_index(drop=True)
+    out = np.full(len(series), None, dtype=object)
+    present = series.notna().to_numpy(dtype=bool)
+    if present.any():
+        strings = series[present].astype(str)
+        filled = (strings.str.strip() != "").to_numpy(dtype=bool)
+        out[np.flatnonzero(present)[filled]] = strings.to_numpy(dtype=object)[filled]
+    return out
+
+
+def _floats(values: pd.Series | np.ndarray | Sequence[Any]) -> np.ndarray:
+    """float64 [n]; NaN where missing, non-numeric or non-finite."""
+    series = pd.Series(values, copy=False)
+    if not pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype):
+        series = pd.to_numeric(series.astype(object), errors="coerce")
+    out = np.array(series.to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64, copy=True)
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
+def _check_from_time(from_time: Sequence[str]) -> tuple[str, ...]:
+    out = tuple(from_time)
+    for feature in out:
+        if feature not in FROM_TIME_FEATURES:
+            raise ValueError(f"from-time feature must be one of {FROM_TIME_FEATURES}; got {feature!r}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"from-time features must not repeat; got {out}")
+    return out
+
+
+def _n_rows(frame: pd.DataFrame, time: np.ndarray | None) -> int:
+    """Row count: the frame's, or the time array's when the frame is empty and column-less."""
+    if len(frame) == 0 and len(frame.columns) == 0 and time is not None:
+        return int(np.shape(time)[0])
+    return len(frame)
+
+
+def _time_seconds(time: np.ndarray | None, n: int | None) -> np.ndarray:
+    if time is None:
+        raise ValueError("from-time features need the time array (Unix seconds)")
+    seconds = np.asarray(time, dtype=np.int64)
+    if seconds.ndim != 1 or (n is not None and seconds.shape[0] != n):
+        raise ValueError(f"time must have shape ({n},); got {seconds.shape}")
+    return seconds
+
+
+class ContextEncoder:
+    """Context columns -> float32 features. Fitted on the training split only; deterministic.
+
+    Build with :meth:`fit` or :meth:`from_dict`; ``feature_names`` [dim] name the
+    output columns of :meth:`transform`.
+    """
+
+    feature_names: tuple[str, ...]
+    dim: int
+
+    def __init__(self, fitted: Sequence[_Fitted], from_time: Sequence[str]) -> None:
+        self._fitted = tuple(fitted)
+        self._from_time = _check_from_time(from_time)
+        names: list[str] = []
+        for column in self._fitted:
+            names.extend(column.feature_names)
+        for feature in self._from_time:
+            if feature == "hour":
+                names.extend(("hour_sin", "hour_cos"))
+            elif feature == "weekday":
+                names.extend(f"weekday={d}" for d in range(7))
+            else:
+                names.append("weekend")
+        if len(set(names)) != len(names):
+            dupes = sorted({x for x in names if names.count(x) > 1})
+            raise ValueError(f"context feature names must be unique; repeated: {dupes}")
+        self.feature_names = tuple(names)
+        self.dim = len(names)
+
+    # ------------------------------------------------------------------ fitting
+
+    @classmethod
+    def fit(
+        cls,
+        frame: pd.DataFrame,
+        columns: Sequence[ContextColumn],
+        from_time: Sequence[str],
+        time: np.ndarray | None,
+    ) -> "ContextEncoder":
+        """Fit on the training rows.
+
+        ``frame`` [n rows] holds one column per context column (raw or parsed values);
+        ``time`` int64 [n] Unix seconds (needed only with ``from_time``).
+        """
+        fitted: list[_Fitted] = []
+        for column in columns:
+            if column.kind not in CONTEXT_KINDS:
+                raise ValueError(f"context column {column.name!r}: kind must be one of "
+                                 f"{CONTEXT_KINDS}; got {column.kind!r}")
+            if column.name not in frame.columns:
+                raise ValueError(f"context column {column.name!r} is not in the frame")
+            values = frame[column.name]
+            if column.kind == "categorical":
+                strings = _category_strings(values)
+                vocabulary = tuple(sorted(set(strings[strings != None].tolist())))  # noqa: E711
+                fitted.append(_Fitted(column.name, "categorical", vocabulary=vocabulary))
+            elif column.kind == "numeric":
+                numbers = _floats(values)
+                numbers = numbers[~np.isnan(numbers)]
+                mean = float(numbers.mean()) if numbers.size else 0.0
+                std = float(numbers.std()) if numbers.size else 1.0
+                if not math.isfinite(std) or std == 0.0:
+                    std = 1.0
+                fitted.append(_Fitted(column.name, "numeric", mean=mean, std=std))
+            else:
+                period = column.period
+                if period is None or not math.isfinite(period) or period <= 0:
+                    raise ValueError(f"cyclic context column {column.name!r} needs a positive "
+                                     f"period; got {period!r}")
+                fitted.append(_Fitted(column.name, "cyclic", period=float(period)))
+        from_time = _check_from_time(from_time)
+        if from_time:
+            _time_seconds(time, _n_rows(frame, time))
+        return cls(fitted, from_time)
+
+    # ------------------------------------------------------------------ transforming
+
+    def transform(self, frame: pd.DataFrame, time: np.ndarray | None) -> np.ndarray:
+        """Encode ``frame`` [n rows] (and ``time`` int64 [n] Unix seconds) -> float32 [n, dim]."""
+        n = _n_rows(frame, time)
+        out = np.zeros((n, self.dim), dtype=np.float32)
+        offset = 0
+        for column in self._fitted:
+            if column.name not in frame.columns:
+                raise ValueError(f"context column {column.name!r} is not in the frame")
+            values = frame[column.name]
+            width = len(column.feature_names)
+            if column.kind == "categorical":
+                if width:
+                    codes = pd.Index(column.vocabulary, dtype=object).get_indexer(
+                        _category_strings(values))
+                    hit = np.flatnonzero(codes >= 0)
+                    out[hit, offset + codes[hit]] = 1.0
+            elif column.kind == "numeric":
+                numbers = (_floats(values) - column.mean) / column.std
+                out[:, offset] = np.nan_to_num(numbers, nan=0.0)
+            else:
+                angle = 2.0 * np.pi * _floats(values) / column.period
+                out[:, offset] = np.nan_to_num(np.sin(angle), nan=0.0)
+                out[:, offset + 1] = np.nan_to_num(np.cos(angle), nan=0.0)
+            offset += width
+        if self._from_time:
+            seconds = _time_seconds(time, n)
+            days = np.floor_divide(seconds, _SECONDS_PER_DAY)
+            weekday = (days + _EPOCH_WEEKDAY) % 7
+            for feature in self._from_time:
+                if feature == "hour":
+                    hours = np.mod(seconds, _SECONDS_PER_DAY) / 3600.0
+                    angle = 2.0 * np.pi * hours / 24.0
+                    out[:, offset] = np.sin(angle)
+                    out[:, offset + 1] = np.cos(angle)
+                    offset += 2
+                elif feature == "weekday":
+                    out[np.arange(n), offset + weekday] = 1.0
+                    offset += 7
+                else:
+                    out[:, offset] = (weekday >= 5).astype(np.float32)
+                    offset += 1
+        return out
+
+    # ------------------------------------------------------------------ (de)serialising
+
+    @property
+    def columns(self) -> tuple[ContextColumn, ...]:
+        """The context columns this encoder reads, in feature order."""
+        return tuple(ContextColumn(c.name, c.kind, c.period) for c in self._fitted)
+
+    @property
+    def from_time(self) -> tuple[str, ...]:
+        """The time-derived features, in feature order."""
+        return self._from_time
+
+    def to_dict(self) -> dict:
+        """JSON-able state (plain dicts, lists, strings and floats)."""
+        columns: list[dict[str, Any]] = []
+        for c in self._fitted:
+            entry: dict[str, Any] = {"name": c.name, "kind": c.kind}
+            if c.kind == "categorical":
+                entry["vocabulary"] = list(c.vocabulary)
+            elif c.kind == "numeric":
+                entry["mean"] = float(c.mean)
+                entry["std"] = float(c.std)
+            else:
+                entry["period"] = float(c.period)  # type: ignore[arg-type]
+            columns.append(entry)
+        return {"format": _FORMAT, "version": _VERSION, "columns": columns,
+                "from_time": list(self._from_time)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ContextEncoder":
+        """Inverse of :meth:`to_dict`."""
+        if d.get("format") != _FORMAT or d.get("version") != _VERSION:
+            raise ValueError(f"not a {_FORMAT} v{_VERSION} dict: "
+                             f"format={d.get('format')!r}, version={d.get('version')!r}")
+        fitted = []
+        for entry in d["columns"]:
+            kind = entry["kind"]
+            if kind == "categorical":
+                fitted.append(_Fitted(entry["name"], kind,
+                                      vocabulary=tuple(str(v) for v in entry["vocabulary"])))
+            elif kind == "numeric":
+                fitted.append(_Fitted(entry["name"], kind, mean=float(entry["mean"]),
+                                      std=float(entry["std"])))
+            elif kind == "cyclic":
+                fitted.append(_Fitted(entry["name"], kind, period=float(entry["period"])))
+            else:
+                raise ValueError(f"unknown context kind {kind!r}")
+        return cls(fitted, d["from_time"])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ContextEncoder):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash((self._fitted, self._from_time))
+
+    def __repr__(self) -> str:
+        return f"ContextEncoder(dim={self.dim}, features={list(self.feature_names)!r})"

@@ -1,0 +1,839 @@
+"""Reading, validating, cleaning and splitting a dataset directory.
+
+A dataset directory holds ``dataset.toml``, an interactions file and an items file
+(CSV or Parquet); the format is defined in ``docs/dataset-format.md``.
+
+:func:`load_dataset` turns such a directory into a :class:`PreparedDataset`:
+
+1. structural problems raise :class:`DataError` (file, 1-based data row, column,
+   rule, value found, fix);
+2. dirty rows are cleaned and counted in ``PreparedDataset.cleaning``, each row
+   under the first rule that removes it, in this order: ``bad_timestamps``,
+   ``unknown_items``, ``below_min_label``, ``duplicate_rows``; then users with too
+   few engagements are removed (``users_too_few_interactions`` counts users);
+   item texts that are not valid UTF-8 (``non_utf8_texts``) or missing
+   (``missing_texts``) are repaired / set to ``""`` and counted;
+3. per user, engagements ordered by (time, file row) are split leave-last-out:
+   last -> test, second-to-last -> val, the rest -> train;
+4. context columns are encoded with a :class:`common.context.ContextEncoder`
+   fitted on the train rows only.
+
+All per-row work is vectorised (pyarrow / pandas / numpy).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+if TYPE_CHECKING:  # pragma: no cover - import cycle guard (context imports data)
+    from common.context import ContextEncoder
+
+__all__ = [
+    "DataError",
+    "ContextColumn",
+    "DatasetSpec",
+    "Interactions",
+    "PreparedDataset",
+    "read_spec",
+    "load_dataset",
+    "validate_dataset",
+    "CONTEXT_KINDS",
+    "FROM_TIME_FEATURES",
+    "MAX_TIMESTAMP",
+]
+
+#: Allowed context column kinds.
+CONTEXT_KINDS: tuple[str, ...] = ("categorical", "numeric", "cyclic")
+#: Allowed ``from-time`` features, in their canonical order.
+FROM_TIME_FEATURES: tuple[str, ...] = ("hour", "weekday", "weekend")
+#: First Unix second after the year 2100 (2101-01-01T00:00:00Z); timestamps >= this are bad.
+MAX_TIMESTAMP: int = 4_133_980_800
+
+_DATASET_KEYS = ("name", "interactions", "items", "time-column", "label-column", "min-label")
+_CONTEXT_KEYS = ("columns", "from-time")
+_ID_COLUMNS = ("user_id", "item_id")
+_FORMAT_DOC = "see docs/dataset-format.md"
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class _Null:
+    """Marker for a null (missing) cell value in error messages."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "null (missing value)"
+
+
+_NULL = _Null()
+
+
+def _rebuild_data_error(
+    file: str, rule: str, row: int | None, column: str | None, value: object, fix: str
+) -> "DataError":
+    return DataError(file, rule, row=row, column=column, value=value, fix=fix)
+
+
+class DataError(ValueError):
+    """Bad input: names the file, the row (1-based data row, header excluded) and/or column,
+    the rule, the value found, and the fix.
+
+    ``str(err)`` reads e.g.::
+
+        interactions.csv: row 7, column 'user_id': user_id must be non-empty. Found ''.
+        Fix: remove the row or fill in the user id.
+
+    ``value=None`` means "no value to show".
+    """
+
+    def __init__(
+        self,
+        file: str | Path,
+        rule: str,
+        *,
+        row: int | None = None,
+        column: str | None = None,
+        value: object = None,
+        fix: str = "",
+    ) -> None:
+        self.file = str(file)
+        self.rule = rule
+        self.row = row
+        self.column = column
+        self.value = value
+        self.fix = fix
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        where = []
+        if self.row is not None:
+            where.append(f"row {self.row}")
+        if self.column is not None:
+            where.append(f"column {self.column!r}")
+        text = f"{self.file}: " + (", ".join(where) + ": " if where else "")
+        text += _sentence(self.rule)
+        if self.value is not None:
+            text += f" Found {self.value!r}."
+        if self.fix:
+            text += " Fix: " + _sentence(self.fix)
+        return text
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild_data_error,
+            (self.file, self.rule, self.row, self.column, self.value, self.fix),
+        )
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+# --------------------------------------------------------------------------- spec
+
+
+@dataclass(frozen=True)
+class ContextColumn:
+    """A declared context column of the interactions file.
+
+    ``kind`` is ``"categorical"``, ``"numeric"`` or ``"cyclic"``; ``period`` (same unit
+    as the column values, > 0) is set only for cyclic columns.
+    """
+
+    name: str
+    kind: str
+    period: float | None = None
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Parsed ``dataset.toml``; file paths are resolved against ``root``."""
+
+    root: Path
+    name: str
+    interactions_file: Path
+    items_file: Path
+    time_column: str | None
+    label_column: str | None
+    min_label: float | None
+    context_columns: tuple[ContextColumn, ...]
+    from_time: tuple[str, ...]
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def read_spec(root: str | Path) -> DatasetSpec:
+    """Read and validate ``<root>/dataset.toml`` (``root`` may also be the TOML file itself).
+
+    Raises :class:`DataError` (file = dataset.toml) for a missing/unparsable file,
+    unknown keys, missing or mistyped values, bad context kinds, cyclic columns
+    without a positive period, ``from-time`` without ``time-column``, and context
+    columns that reuse the id/time/label column names.
+    """
+    root = Path(root)
+    if root.suffix == ".toml" and root.is_file():
+        toml_path, root = root, root.parent
+    else:
+        toml_path = root / "dataset.toml"
+    if not toml_path.is_file():
+        raise DataError(
+            toml_path,
+            "dataset.toml must exist in the dataset directory",
+            fix=f"create {toml_path} with a [dataset] table ({_FORMAT_DOC})",
+        )
+    try:
+        with toml_path.open("rb") as handle:
+            doc = tomllib.load(handle)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(
+            toml_path, "dataset.toml must be valid TOML", value=str(exc),
+            fix="correct the TOML syntax at the reported line",
+        ) from None
+
+    def err(rule: str, value: object = None, fix: str = "") -> DataError:
+        return DataError(toml_path, rule, value=value, fix=fix or _FORMAT_DOC)
+
+    for key in doc:
+        if key not in ("dataset", "context"):
+            raise err(f"unknown top-level key {key!r}", key,
+                      "remove it; allowed tables are [dataset] and [context]")
+    dataset = doc.get("dataset")
+    if not isinstance(dataset, dict):
+        raise err("a [dataset] table is required", dataset,
+                  'add [dataset] with name, interactions and items')
+    for key in dataset:
+        if key not in _DATASET_KEYS:
+            raise err(f"unknown key {key!r} in [dataset]", key,
+                      f"remove it; allowed keys are {', '.join(_DATASET_KEYS)}")
+
+    name = dataset.get("name", root.resolve().name)
+    if not isinstance(name, str) or not name.strip():
+        raise err("[dataset] name must be a non-empty string", name, 'e.g. name = "my-dataset"')
+
+    def data_file(key: str) -> Path:
+        value = dataset.get(key)
+        if value is None:
+            raise err(f"[dataset] {key} is required", None,
+                      f'add {key} = "{key}.parquet" (or .csv), relative to the dataset directory')
+        if not isinstance(value, str) or Path(value).suffix.lower() not in (".csv", ".parquet"):
+            raise err(f"[dataset] {key} must be a .csv or .parquet file name", value,
+                      f'e.g. {key} = "{key}.parquet"')
+        return root / value
+
+    interactions_file = data_file("interactions")
+    items_file = data_file("items")
+
+    def column_key(key: str) -> str | None:
+        value = dataset.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise err(f"[dataset] {key} must be a non-empty string", value,
+                      f"give the column name, or remove {key}")
+        if value in _ID_COLUMNS:
+            raise err(f"[dataset] {key} must not be user_id or item_id", value,
+                      "name the column that holds this value")
+        return value
+
+    time_column = column_key("time-column")
+    label_column = column_key("label-column")
+    if time_column is not None and time_column == label_column:
+        raise err("time-column and label-column must differ", time_column,
+                  "name two different columns")
+    min_label = dataset.get("min-label")
+    if min_label is not None:
+        if not _is_number(min_label) or not math.isfinite(min_label):
+            raise err("[dataset] min-label must be a number", min_label, "e.g. min-label = 4.0")
+        if label_column is None:
+            raise err("min-label needs label-column", min_label,
+                      "declare label-column, or remove min-label")
+        min_label = float(min_label)
+
+    context = doc.get("context", {})
+    if not isinstance(context, dict):
+        raise err("[context] must be a table", context, "write it as a [context] table")
+    for key in context:
+        if key not in _CONTEXT_KEYS:
+            raise err(f"unknown key {key!r} in [context]", key,
+                      f"remove it; allowed keys are {', '.join(_CONTEXT_KEYS)}")
+
+    from_time_raw = context.get("from-time", [])
+    if not isinstance(from_time_raw, list):
+        raise err("[context] from-time must be a list", from_time_raw,
+                  'e.g. from-time = ["hour", "weekday", "weekend"]')
+    from_time: list[str] = []
+    for feature in from_time_raw:
+        if feature not in FROM_TIME_FEATURES:
+            raise err(f"[context] from-time entries must be one of {', '.join(FROM_TIME_FEATURES)}",
+                      feature, "remove or correct the entry")
+        if feature in from_time:
+            raise err("[context] from-time entries must not repeat", feature, "list it once")
+        from_time.append(feature)
+    if from_time and time_column is None:
+        raise err("[context] from-time needs [dataset] time-column", from_time,
+                  "declare time-column, or remove from-time")
+
+    columns_raw = context.get("columns", {})
+    if not isinstance(columns_raw, dict):
+        raise err("[context] columns must be a table of column = kind", columns_raw,
+                  'e.g. columns = { device = "categorical" }')
+    reserved = {*_ID_COLUMNS, time_column, label_column} - {None}
+    columns: list[ContextColumn] = []
+    for col_name, decl in columns_raw.items():
+        where = f"context column {col_name!r}"
+        if col_name in reserved:
+            raise err(f"{where} must not be user_id, item_id, the time column or the label column",
+                      col_name, "remove it from [context] columns")
+        if col_name in from_time:
+            raise err(f"{where} clashes with the from-time feature of the same name", col_name,
+                      "rename the column, or remove the feature from from-time")
+        period: object = None
+        if isinstance(decl, dict):
+            for key in decl:
+                if key not in ("kind", "period"):
+                    raise err(f"unknown key {key!r} in {where}", key,
+                              'allowed keys are kind and period')
+            kind = decl.get("kind")
+            period = decl.get("period")
+        else:
+            kind = decl
+        if kind not in CONTEXT_KINDS:
+            raise err(f"{where}: kind must be one of {', '.join(CONTEXT_KINDS)}", kind,
+                      f'e.g. {col_name} = "categorical", or {col_name} = '
+                      '{ kind = "cyclic", period = 24.0 }')
+        if kind == "cyclic":
+            if period is None:
+                raise err(f"{where}: cyclic columns need a period", decl,
+                          f'write {col_name} = {{ kind = "cyclic", period = <float> }}')
+            if not _is_number(period) or not math.isfinite(period) or period <= 0:
+                raise err(f"{where}: period must be a positive number", period,
+                          "e.g. period = 24.0")
+            columns.append(ContextColumn(col_name, "cyclic", float(period)))
+        else:
+            if period is not None:
+                raise err(f"{where}: period is only allowed for cyclic columns", period,
+                          "remove period, or use kind = \"cyclic\"")
+            columns.append(ContextColumn(col_name, kind))
+
+    return DatasetSpec(
+        root=root,
+        name=name,
+        interactions_file=interactions_file,
+        items_file=items_file,
+        time_column=time_column,
+        label_column=label_column,
+        min_label=min_label,
+        context_columns=tuple(columns),
+        from_time=tuple(from_time),
+    )
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Interactions:
+    """A set of engagements; arrays are aligned, length ``n``.
+
+    ``user`` int32 [n] dense user index; ``item`` int32 [n] dense item index
+    (catalogue order); ``time`` int64 [n] Unix seconds, UTC (0 without a time
+    column); ``context`` float32 [n, context_dim] encoded context.
+    """
+
+    user: np.ndarray
+    item: np.ndarray
+    time: np.ndarray
+    context: np.ndarray
+
+    def __post_init__(self) -> None:
+        user = np.asarray(self.user, dtype=np.int32)
+        item = np.asarray(self.item, dtype=np.int32)
+        time = np.asarray(self.time, dtype=np.int64)
+        context = np.asarray(self.context, dtype=np.float32)
+        n = user.shape[0]
+        if user.ndim != 1 or item.shape != (n,) or time.shape != (n,):
+            raise ValueError(
+                f"user, item, time must be 1-D of equal length; got shapes "
+                f"{user.shape}, {item.shape}, {time.shape}"
+            )
+        if context.ndim != 2 or context.shape[0] != n:
+            raise ValueError(f"context must have shape [{n}, dim]; got {context.shape}")
+        object.__setattr__(self, "user", user)
+        object.__setattr__(self, "item", item)
+        object.__setattr__(self, "time", time)
+        object.__setattr__(self, "context", context)
+
+    def __len__(self) -> int:
+        return int(self.user.shape[0])
+
+    def select(self, index: np.ndarray) -> "Interactions":
+        """Rows picked by a boolean mask [n] or an integer index array (any order)."""
+        index = np.asarray(index)
+        if index.dtype == bool and index.shape != (len(self),):
+            raise ValueError(f"boolean mask must have shape ({len(self)},); got {index.shape}")
+        return Interactions(
+            user=self.user[index],
+            item=self.item[index],
+            time=self.time[index],
+            context=self.context[index],
+        )
+
+
+@dataclass(frozen=True)
+class PreparedDataset:
+    """A cleaned, split and context-encoded dataset.
+
+    ``train`` is sorted by (user, time, file row); ``val`` and ``test`` hold exactly
+    one row per user, sorted by user. ``context_encoder`` is the encoder fitted on
+    the train rows (JSON-able via ``to_dict``), to encode new contexts the same way.
+    """
+
+    name: str
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    item_texts: tuple[str, ...]
+    context_names: tuple[str, ...]
+    train: Interactions
+    val: Interactions
+    test: Interactions
+    cleaning: dict[str, int]
+    context_encoder: "ContextEncoder | None" = field(default=None, repr=False)
+
+    @property
+    def n_users(self) -> int:
+        return int(len(self.user_ids))
+
+    @property
+    def n_items(self) -> int:
+        return int(len(self.item_ids))
+
+    @property
+    def context_dim(self) -> int:
+        return len(self.context_names)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _csv_header(path: Path) -> list[str]:
+    """Column names of a CSV file (first line, BOM stripped)."""
+    try:
+        with path.open("r", encoding="utf-8-sig", errors="replace", newline="") as handle:
+            return next(csv.reader(handle), [])
+    except OSError as exc:
+        raise DataError(path, "file must be readable", value=str(exc),
+                        fix="check the path and the file permissions") from None
+
+
+def _read_table(path: Path, role: str, required: list[str], binary: tuple[str, ...] = ()) -> pa.Table:
+    """Read ``required`` columns of a CSV/Parquet file into an Arrow table.
+
+    CSV cells are read as strings (empty cell -> ``""``, never null), columns in
+    ``binary`` as raw bytes. Raises DataError for a missing/unreadable file or
+    missing columns.
+    """
+    if not path.is_file():
+        raise DataError(path, f"the {role} file declared in dataset.toml must exist",
+                        fix=f"create {path.name} or correct the file name in dataset.toml")
+    is_csv = path.suffix.lower() == ".csv"
+    if is_csv:
+        names = _csv_header(path)
+    else:
+        try:
+            names = list(pq.read_schema(path).names)
+        except Exception as exc:  # noqa: BLE001 - any pyarrow failure means unreadable
+            raise DataError(path, "file must be a readable Parquet file", value=str(exc),
+                            fix="rewrite the file as Parquet, or declare a .csv file") from None
+    for column in required:
+        if column not in names:
+            raise DataError(path, f"required column {column!r} is missing", column=column,
+                            value=names, fix=f"add a {column!r} column ({_FORMAT_DOC})")
+    try:
+        if not is_csv:
+            return pq.read_table(path, columns=required)
+        convert = pa_csv.ConvertOptions(
+            include_columns=required,
+            column_types={c: (pa.binary() if c in binary else pa.string()) for c in required},
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        )
+        # Free text may hold quoted newlines: parse it with the (slower) newline-aware reader.
+        # Other files try the fast multi-threaded reader first.
+        if not binary:
+            try:
+                return pa_csv.read_csv(
+                    path, parse_options=pa_csv.ParseOptions(newlines_in_values=False),
+                    convert_options=convert)
+            except pa.ArrowInvalid:
+                pass
+        return pa_csv.read_csv(path, parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+                               convert_options=convert)
+    except Exception as exc:  # noqa: BLE001
+        kind = "CSV (UTF-8, comma-separated, one header line)" if is_csv else "Parquet"
+        row = _ragged_csv_row(path, len(names)) if is_csv else None
+        raise DataError(path, f"file must be a readable {kind} file", row=row, value=str(exc),
+                        fix="correct the reported row or re-export the file") from None
+
+
+def _ragged_csv_row(path: Path, n_columns: int) -> int | None:
+    """1-based data row (blank lines not counted) whose field count differs from the header.
+
+    Error path only: scans the file with the ``csv`` module.
+    """
+    try:
+        with path.open("r", encoding="utf-8-sig", errors="replace", newline="") as handle:
+            reader = csv.reader(handle)
+            next(reader, None)
+            row = 0
+            for fields in reader:
+                if not fields:
+                    continue
+                row += 1
+                if len(fields) != n_columns:
+                    return row
+    except (OSError, csv.Error):
+        return None
+    return None
+
+
+def _first(mask: np.ndarray) -> int:
+    """Index of the first True in a boolean array."""
+    return int(np.argmax(mask))
+
+
+def _cell(col: pa.ChunkedArray, index: int) -> object:
+    value = col[index].as_py()
+    return _NULL if value is None else value
+
+
+def _as_strings(col: pa.ChunkedArray, path: Path, name: str) -> pa.ChunkedArray:
+    """Any Arrow column -> string column (ints as "7", integral floats as "7"), nulls kept."""
+    typ = col.type
+    if pa.types.is_dictionary(typ):
+        col = col.cast(typ.value_type)
+        typ = col.type
+    if pa.types.is_string(typ):
+        return col
+    try:
+        if pa.types.is_floating(typ):
+            values = col.to_numpy(zero_copy_only=False)
+            finite = values[np.isfinite(values)]
+            if np.array_equal(finite, np.floor(finite)) and np.all(np.abs(finite) < 2**62):
+                col = col.cast(pa.int64())
+        return col.cast(pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise DataError(path, f"column {name!r} must hold text or integers", column=name,
+                        value=str(exc), fix="store the column as strings") from None
+
+
+def _blank(col: pa.ChunkedArray) -> np.ndarray:
+    """bool [n]: cell is null, empty or whitespace only (``col`` is a string column)."""
+    trimmed = pc.utf8_trim_whitespace(col.fill_null(""))
+    return pc.equal(trimmed, "").to_numpy(zero_copy_only=False)
+
+
+def _ids(table: pa.Table, path: Path, name: str, what: str) -> pd.Series:
+    """Validated, non-empty string ids of column ``name``: pandas str Series [n]."""
+    col = _as_strings(table.column(name), path, name)
+    blank = _blank(col)
+    if blank.any():
+        i = _first(blank)
+        raise DataError(path, f"{name} must be non-empty", row=i + 1, column=name,
+                        value=_cell(col, i), fix=f"remove the row or fill in the {what} id")
+    return col.to_pandas()
+
+
+def _numbers(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Parse a column as float64.
+
+    Returns ``(values [n] float64, unparsable [n] bool)``: values are NaN where the
+    cell is missing (null/blank) or unparsable; ``unparsable`` marks non-blank cells
+    that are not numbers. Numeric/boolean columns are taken as they are.
+    """
+    typ = col.type
+    if pa.types.is_dictionary(typ):
+        col = col.cast(typ.value_type)
+        typ = col.type
+    n = len(col)
+    if pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_boolean(typ) \
+            or pa.types.is_decimal(typ):
+        values = col.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        return np.asarray(values, dtype=np.float64), np.zeros(n, dtype=bool)
+    if pa.types.is_binary(typ) or pa.types.is_large_binary(typ) or pa.types.is_large_string(typ):
+        col = col.cast(pa.string())
+    if not pa.types.is_string(col.type):
+        return np.full(n, np.nan), ~col.is_null().to_numpy(zero_copy_only=False)
+    trimmed = pc.utf8_trim_whitespace(col)
+    blank = pc.equal(trimmed.fill_null(""), "").to_numpy(zero_copy_only=False)
+    as_null = pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, pa.string()), trimmed)
+    try:
+        values = as_null.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        values = np.asarray(values, dtype=np.float64)
+        return values, np.zeros(n, dtype=bool)
+    except pa.ArrowInvalid:
+        # Slow path, only when some cell is not a plain number: pandas parses with coercion.
+        values = pd.to_numeric(as_null.to_pandas(), errors="coerce").to_numpy(
+            dtype=np.float64, na_value=np.nan)
+        return values, np.isnan(values) & ~blank
+
+
+def _timestamps(col: pa.ChunkedArray) -> np.ndarray:
+    """Time column -> float64 [n] Unix seconds (NaN where unparsable/missing)."""
+    typ = col.type
+    if pa.types.is_timestamp(typ):
+        per_second = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[typ.unit]
+        raw = col.cast(pa.int64()).to_numpy(zero_copy_only=False)
+        raw = np.asarray(raw, dtype=np.float64)  # nulls -> NaN
+        return np.floor(raw / per_second)
+    values, _ = _numbers(col)
+    return values
+
+
+def _read_items(spec: DatasetSpec) -> tuple[np.ndarray, tuple[str, ...], int, int]:
+    """Items file -> (item_ids [n_items] str, texts, n_non_utf8_texts, n_missing_texts)."""
+    path = spec.items_file
+    table = _read_table(path, "items", ["item_id", "text"], binary=("text",))
+    ids = _ids(table, path, "item_id", "item")
+    dup = ids.duplicated(keep="first").to_numpy()
+    if dup.any():
+        i = _first(dup)
+        first = int(np.flatnonzero((ids == ids.iloc[i]).to_numpy())[0])
+        raise DataError(path, f"item_id must be unique (row {first + 1} has the same id)",
+                        row=i + 1, column="item_id", value=ids.iloc[i],
+                        fix="remove or merge the duplicate item")
+
+    col = table.column("text")
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
+    non_utf8 = 0
+    if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
+        try:
+            col = col.cast(pa.string())
+            texts = col.fill_null("").to_pylist()
+        except pa.ArrowInvalid:
+            # Slow path, only when some text is not valid UTF-8.
+            texts = []
+            for raw in col.to_pylist():
+                if raw is None:
+                    texts.append("")
+                    continue
+                try:
+                    texts.append(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    texts.append(raw.decode("utf-8", errors="replace"))
+                    non_utf8 += 1
+    elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        texts = col.fill_null("").to_pylist()
+    else:
+        texts = _as_strings(col, path, "text").fill_null("").to_pylist()
+    n_missing = texts.count("")  # nulls were filled with "" above
+    item_ids = ids.to_numpy(dtype=str)
+    return item_ids, tuple(texts), non_utf8, n_missing
+
+
+@dataclass
+class _RawInteractions:
+    """Interactions columns after structural validation (all arrays length n, file order)."""
+
+    user: pd.Series
+    item: pd.Series
+    time: np.ndarray | None  # float64 Unix seconds, NaN where unparsable
+    label: np.ndarray | None  # float64
+    context: pd.DataFrame  # parsed context columns
+
+
+def _read_interactions(spec: DatasetSpec) -> _RawInteractions:
+    path = spec.interactions_file
+    required = list(_ID_COLUMNS)
+    for extra in (spec.time_column, spec.label_column, *(c.name for c in spec.context_columns)):
+        if extra is not None and extra not in required:
+            required.append(extra)
+    table = _read_table(path, "interactions", required)
+    user = _ids(table, path, "user_id", "user")
+    item = _ids(table, path, "item_id", "item")
+
+    time = _timestamps(table.column(spec.time_column)) if spec.time_column else None
+
+    label = None
+    if spec.label_column is not None:
+        label, _ = _numbers(table.column(spec.label_column))
+        bad = ~np.isfinite(label)
+        if bad.any():
+            i = _first(bad)
+            raise DataError(path, f"label column {spec.label_column!r} must hold finite numbers",
+                            row=i + 1, column=spec.label_column,
+                            value=_cell(table.column(spec.label_column), i),
+                            fix="fill in a numeric label or remove the row")
+
+    context: dict[str, Any] = {}
+    for column in spec.context_columns:
+        col = table.column(column.name)
+        if column.kind == "categorical":
+            strings = _as_strings(col, path, column.name)
+            values = strings.to_pandas()
+            context[column.name] = values.where(~_blank(strings), None)
+            continue
+        values, unparsable = _numbers(col)
+        bad = unparsable | np.isinf(values)
+        if bad.any():
+            i = _first(bad)
+            raise DataError(path, f"{column.kind} context column {column.name!r} must hold "
+                            "finite numbers (or be empty)", row=i + 1, column=column.name,
+                            value=_cell(col, i),
+                            fix="correct the value, leave it empty, or declare the column "
+                                "categorical in dataset.toml")
+        context[column.name] = values
+    return _RawInteractions(user, item, time, label, pd.DataFrame(context, index=user.index))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_dataset(root: str | Path, *, min_user_interactions: int = 3) -> PreparedDataset:
+    """Read, validate, clean, split and context-encode the dataset at ``root``.
+
+    ``min_user_interactions`` (>= 2): users with fewer engagements after cleaning
+    are removed. Raises :class:`DataError` on structural problems (see module doc).
+    """
+    from common.context import ContextEncoder  # local import: context imports this module
+
+    if isinstance(min_user_interactions, bool) or not isinstance(min_user_interactions, int) \
+            or min_user_interactions < 2:
+        raise ValueError("min_user_interactions must be an int >= 2 (each user needs a val and "
+                         f"a test engagement); got {min_user_interactions!r}")
+    spec = read_spec(root)
+    item_ids, item_texts, non_utf8, missing_texts = _read_items(spec)
+    raw = _read_interactions(spec)
+    path = spec.interactions_file
+    n = len(raw.user)
+    if n == 0:
+        raise DataError(path, "there must be at least one interaction", value=0,
+                        fix="add engagement rows below the header")
+
+    keep = np.ones(n, dtype=bool)
+    cleaning: dict[str, int] = {}
+
+    def drop(rule: str, mask: np.ndarray) -> None:
+        cleaning[rule] = int(np.count_nonzero(keep & mask))
+        keep[mask] = False
+
+    if raw.time is not None:
+        t = raw.time
+        with np.errstate(invalid="ignore"):
+            bad_time = ~np.isfinite(t) | (t < 0) | (t >= MAX_TIMESTAMP) | (t != np.floor(t))
+        drop("bad_timestamps", bad_time)
+        time = np.where(bad_time, 0.0, t).astype(np.int64)
+    else:
+        cleaning["bad_timestamps"] = 0
+        time = np.zeros(n, dtype=np.int64)
+
+    item_index = pd.Index(item_ids).get_indexer(raw.item)
+    drop("unknown_items", item_index < 0)
+
+    if raw.label is not None and spec.min_label is not None:
+        drop("below_min_label", raw.label < spec.min_label)
+    else:
+        cleaning["below_min_label"] = 0
+
+    user_code, _ = pd.factorize(raw.user)
+    rows = np.flatnonzero(keep)
+    dup = pd.DataFrame(
+        {"u": user_code[rows], "i": item_index[rows], "t": time[rows]}
+    ).duplicated(keep="first").to_numpy()
+    dup_mask = np.zeros(n, dtype=bool)
+    dup_mask[rows[dup]] = True
+    drop("duplicate_rows", dup_mask)
+    cleaning["non_utf8_texts"] = non_utf8
+    cleaning["missing_texts"] = missing_texts
+
+    if not keep.any():
+        raise DataError(
+            path, "there must be at least one usable interaction after cleaning", value=dict(cleaning),
+            fix="check the time column holds integer Unix seconds, that item ids match the items "
+                "file, and min-label",
+        )
+
+    counts = np.bincount(user_code[keep], minlength=int(user_code.max()) + 1)
+    too_few = (counts > 0) & (counts < min_user_interactions)
+    cleaning["users_too_few_interactions"] = int(np.count_nonzero(too_few))
+    keep &= ~too_few[user_code]
+    if not keep.any():
+        raise DataError(
+            path, f"at least one user must have {min_user_interactions} or more usable "
+                  "interactions after cleaning", value=dict(cleaning),
+            fix="add interactions or lower min_user_interactions",
+        )
+
+    rows = np.flatnonzero(keep)
+    user_dense, user_index = pd.factorize(raw.user.iloc[rows], sort=True)
+    user_dense = user_dense.astype(np.int64)
+    order = np.lexsort((rows, time[rows], user_dense))  # by user, then time, then file row
+    rows = rows[order]
+    user_sorted = user_dense[order]
+
+    per_user = np.bincount(user_sorted, minlength=len(user_index))
+    ends = np.cumsum(per_user)
+    from_end = ends[user_sorted] - 1 - np.arange(len(rows))
+    is_test, is_val, is_train = from_end == 0, from_end == 1, from_end >= 2
+
+    context_frame = raw.context.iloc[rows].reset_index(drop=True)
+    time_sorted = time[rows]
+    encoder = ContextEncoder.fit(
+        context_frame.loc[is_train].reset_index(drop=True), spec.context_columns,
+        spec.from_time, time_sorted[is_train] if spec.time_column else None,
+    )
+    encoded = encoder.transform(context_frame, time_sorted if spec.time_column else None)
+
+    everything = Interactions(
+        user=user_sorted.astype(np.int32),
+        item=item_index[rows].astype(np.int32),
+        time=time_sorted,
+        context=encoded,
+    )
+    return PreparedDataset(
+        name=spec.name,
+        user_ids=np.asarray(user_index.to_numpy(dtype=str)),
+        item_ids=item_ids,
+        item_texts=item_texts,
+        context_names=encoder.feature_names,
+        train=everything.select(is_train),
+        val=everything.select(is_val),
+        test=everything.select(is_test),
+        cleaning=cleaning,
+        context_encoder=encoder,
+    )
+
+
+def validate_dataset(root: str | Path) -> dict:
+    """Load the dataset at ``root`` and return a JSON-able report.
+
+    Keys: name, n_users, n_items, n_interactions {train, val, test, total},
+    context_names, cleaning. Raises :class:`DataError` on structural problems.
+    """
+    data = load_dataset(root)
+    sizes = {"train": len(data.train), "val": len(data.val), "test": len(data.test)}
+    return {
+        "name": data.name,
+        "n_users": data.n_users,
+        "n_items": data.n_items,
+        "n_interactions": {**sizes, "total": sum(sizes.values())},
+        "context_names": list(data.context_names),
+        "cleaning": dict(data.cleaning),
+    }

@@ -1,0 +1,306 @@
+"""What a node does for its users, without any Flower message handling.
+
+A node holds a `UserStore` (one user on a device, a shard of users in simulation). Each sampled
+user trains its private theta_u and its own copy of the shared parameters from the same global
+starting point; `user_updates` returns every user's change of the shared parameters separately
+(`UserUpdates`), so it can later be clipped and noised per user. theta_u stays in the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from common.config import Config
+from common.metrics import hit_and_ndcg, rank_of_target, sample_eval_negatives
+from common.model import DENSE_NAMES, item_side, local_train, score_items, warm_start_theta
+
+__all__ = ["UserStore", "UserUpdates", "user_rng", "poisson_sample", "user_updates", "evaluate_users",
+           "item_representations", "init_theta"]
+
+SECONDS_PER_DAY = 86400.0
+
+
+def user_rng(seed: int, round_: int, user_key: str, purpose: str) -> np.random.Generator:
+    """Random stream of one user in one round, independent of which node holds the user."""
+    digest = hashlib.blake2b(f"{seed}|{round_}|{purpose}|{user_key}".encode(), digest_size=16).digest()
+    return np.random.default_rng(int.from_bytes(digest, "little"))
+
+
+def poisson_sample(user_keys: np.ndarray, q: float, seed: int, round_: int) -> np.ndarray:
+    """Boolean mask [U]: each user takes part independently with probability q (Poisson sampling).
+
+    The server owns q and the seed; the decision of a user depends only on (seed, round, user),
+    so it is the same whether the user is alone on a device or in a simulated shard.
+    """
+    if q >= 1.0:
+        return np.ones(len(user_keys), bool)
+    u = np.array([user_rng(seed, round_, str(k), "sample").random() for k in user_keys])
+    return u < q
+
+
+@dataclass(frozen=True)
+class UserStore:
+    """Engagements of the users a node holds (CSR by user); all of it stays on the node.
+
+    offsets [U + 1] index items/age_days/ctx [n]; val_*/test_* hold one held-out engagement
+    per user (item index, context [U, context_dim]).
+    """
+
+    user_keys: np.ndarray
+    offsets: np.ndarray
+    items: np.ndarray
+    age_days: np.ndarray
+    ctx: np.ndarray
+    val_item: np.ndarray
+    val_ctx: np.ndarray
+    test_item: np.ndarray
+    test_ctx: np.ndarray
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_keys)
+
+    def history(self, u: int) -> np.ndarray:
+        return self.items[self.offsets[u]: self.offsets[u + 1]]
+
+    @classmethod
+    def from_prepared(cls, ds, users: np.ndarray, use_context: bool = True) -> "UserStore":
+        """Store of the given user indices of a `common.data.PreparedDataset`."""
+        users = np.asarray(users, np.int64)
+        train = ds.train
+        order = np.argsort(train.user, kind="stable")
+        user_sorted = train.user[order]
+        lo = np.searchsorted(user_sorted, users, side="left")
+        hi = np.searchsorted(user_sorted, users, side="right")
+        take = np.concatenate([order[a:b] for a, b in zip(lo, hi)]) if len(users) else np.zeros(0, np.int64)
+        counts = hi - lo
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        time = train.time[take].astype(np.float64)
+        newest = np.repeat(np.maximum.reduceat(time, offsets[:-1]) if len(time) else np.zeros(0), counts)
+        width = ds.context_dim if use_context else 0
+        pos_val = np.searchsorted(ds.val.user, users)
+        pos_test = np.searchsorted(ds.test.user, users)
+        return cls(
+            user_keys=np.asarray(ds.user_ids)[users].astype(str),
+            offsets=offsets,
+            items=train.item[take].astype(np.int64),
+            age_days=((newest - time) / SECONDS_PER_DAY).astype(np.float32),
+            ctx=train.context[take][:, :width].astype(np.float32),
+            val_item=ds.val.item[pos_val].astype(np.int64),
+            val_ctx=ds.val.context[pos_val][:, :width].astype(np.float32),
+            test_item=ds.test.item[pos_test].astype(np.int64),
+            test_ctx=ds.test.context[pos_test][:, :width].astype(np.float32),
+        )
+
+
+@dataclass(frozen=True)
+class UserUpdates:
+    """Per-user change of the shared parameters after local training.
+
+    dense {name: [U, ...]}; rows [U, R] global item index of each item row the user touched
+    (-1 = padding); rows_emb [U, R, dim] and rows_bias [U, R] their change (hybrid model only).
+    loss [U] final local training loss; n_examples [U].
+    """
+
+    dense: dict[str, np.ndarray]
+    rows: np.ndarray
+    rows_emb: np.ndarray | None
+    rows_bias: np.ndarray | None
+    loss: np.ndarray
+    n_examples: np.ndarray
+
+    @property
+    def n_users(self) -> int:
+        return len(self.rows)
+
+    def user_update(self, u: int, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+        """The whole shared-parameter update of user u, as dense arrays of the full shapes."""
+        out = {k: self.dense[k][u].copy() for k in DENSE_NAMES}
+        if self.rows_emb is not None:
+            real = self.rows[u] >= 0
+            emb = np.zeros(shapes["items/embedding"], np.float32)
+            bias = np.zeros(shapes["items/bias"], np.float32)
+            emb[self.rows[u][real]] = self.rows_emb[u][real]
+            bias[self.rows[u][real]] = self.rows_bias[u][real]
+            out["items/embedding"], out["items/bias"] = emb, bias
+        return out
+
+    def total(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+        """Sum over users of their updates, as dense arrays of the full shapes."""
+        out = {k: self.dense[k].sum(axis=0) for k in DENSE_NAMES}
+        if self.rows_emb is not None:
+            real = self.rows >= 0
+            emb = np.zeros(shapes["items/embedding"], np.float32)
+            bias = np.zeros(shapes["items/bias"], np.float32)
+            np.add.at(emb, self.rows[real], self.rows_emb[real])
+            np.add.at(bias, self.rows[real], self.rows_bias[real])
+            out["items/embedding"], out["items/bias"] = emb, bias
+        return out
+
+    def norms(self) -> np.ndarray:
+        """L2 norm [U] of each user's whole shared-parameter update."""
+        sq = sum(np.square(v.reshape(len(v), -1)).sum(axis=1) for v in self.dense.values())
+        if self.rows_emb is not None:
+            real = (self.rows >= 0).astype(np.float32)
+            sq = sq + (np.square(self.rows_emb).sum(-1) * real).sum(1) + (np.square(self.rows_bias) * real).sum(1)
+        return np.sqrt(sq)
+
+
+def item_representations(params: Mapping[str, np.ndarray], item_h: np.ndarray) -> np.ndarray:
+    """phi(c) [n_items, dim] under the given shared parameters."""
+    dense = {k: np.asarray(params[k])[None] for k in DENSE_NAMES}
+    emb = params.get("items/embedding")
+    bias = params.get("items/bias")
+    phi, _ = item_side(dense, item_h[None], None if emb is None else emb[None],
+                       None if bias is None else bias[None])
+    return phi[0].numpy()
+
+
+def init_theta(store: UserStore, users: np.ndarray, phi: np.ndarray, half_life_days: float) -> np.ndarray:
+    """Warm start theta_u [len(users), dim] from each user's time-decayed history."""
+    return np.stack([
+        warm_start_theta(phi[store.history(u)], store.age_days[store.offsets[u]: store.offsets[u + 1]],
+                         half_life_days)
+        for u in users
+    ]) if len(users) else np.zeros((0, phi.shape[1]), np.float32)
+
+
+def _chunks(sizes: np.ndarray, max_cells: int) -> list[np.ndarray]:
+    """Split positions of users sorted by size into groups whose padded size G*L stays below max_cells."""
+    order = np.argsort(sizes, kind="stable")
+    groups, start = [], 0
+    while start < len(order):
+        end = start + 1
+        while end < len(order) and (end - start + 1) * sizes[order[end]] <= max_cells:
+            end += 1
+        groups.append(order[start:end])
+        start = end
+    return groups
+
+
+def user_updates(params: Mapping[str, np.ndarray], theta: np.ndarray, store: UserStore, users: np.ndarray,
+                 item_h: np.ndarray, cfg: Config, round_: int,
+                 max_cells: int = 16384) -> tuple[UserUpdates, np.ndarray]:
+    """Local training of the given users (indices into the store), each from the same global params.
+
+    params: global shared parameters; theta [len(users), dim] their current private vectors.
+    Returns (per-user updates of the shared parameters, new theta [len(users), dim]).
+    """
+    users = np.asarray(users, np.int64)
+    hybrid = "items/embedding" in params
+    n_items, dim = item_h.shape[0], theta.shape[1] if theta.ndim == 2 else cfg.dim
+    sizes = np.array([store.offsets[u + 1] - store.offsets[u] for u in users], np.int64)
+    new_theta = np.array(theta, np.float32, copy=True)
+    U = len(users)
+    dense_out = {k: np.zeros((U,) + np.shape(params[k]), np.float32) for k in DENSE_NAMES}
+    row_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]] = []
+    loss = np.zeros(U, np.float32)
+    K = cfg.negatives
+    for group in _chunks(sizes, max_cells):
+        G = len(group)
+        L = int(sizes[group].max())
+        cand_rows, locals_, rows_list = [], [], []
+        for pos in group:
+            u = users[pos]
+            hist = store.history(u)
+            rng = user_rng(cfg.seed, round_, store.user_keys[u], "negatives")
+            negs = rng.integers(0, n_items, size=(len(hist), K))
+            cand = np.concatenate([hist[:, None], negs], axis=1)
+            rows, inverse = np.unique(cand, return_inverse=True)
+            rows_list.append(rows)
+            locals_.append(inverse.reshape(cand.shape))
+        R = max(len(r) for r in rows_list)
+        rows = np.full((G, R), -1, np.int64)
+        row_mask = np.zeros((G, R), np.float32)
+        cand = np.zeros((G, L, K + 1), np.int32)
+        ex_mask = np.zeros((G, L), np.float32)
+        ctx = np.zeros((G, L, store.ctx.shape[1]), np.float32)
+        for g, pos in enumerate(group):
+            u = users[pos]
+            r = rows_list[g]
+            rows[g, : len(r)] = r
+            row_mask[g, : len(r)] = 1.0
+            n = sizes[pos]
+            cand[g, :n] = locals_[g]
+            ex_mask[g, :n] = 1.0
+            ctx[g, :n] = store.ctx[store.offsets[u]: store.offsets[u + 1]]
+        safe_rows = np.where(rows >= 0, rows, 0)
+        rows_h = item_h[safe_rows]
+        dense0 = {k: np.broadcast_to(np.asarray(params[k], np.float32), (G,) + np.shape(params[k]))
+                  for k in DENSE_NAMES}
+        emb0 = params["items/embedding"][safe_rows] if hybrid else None
+        bias0 = params["items/bias"][safe_rows] if hybrid else None
+        d1, th1, emb1, bias1 = local_train(
+            dense0, new_theta[group], emb0, bias0, rows_h, row_mask, ctx, cand, ex_mask,
+            steps=cfg.local_steps, lr=cfg.local_lr, theta_lr=cfg.theta_lr, l2=cfg.l2,
+            optimizer=cfg.local_optimizer)
+        for k in DENSE_NAMES:
+            dense_out[k][group] = d1[k] - dense0[k]
+        new_theta[group] = th1
+        if hybrid:
+            row_parts.append((group, rows, (emb1 - emb0) * row_mask[..., None], (bias1 - bias0) * row_mask))
+        else:
+            row_parts.append((group, rows, None, None))
+        # final loss is reported from the last step's parameters: cheap proxy via one forward pass
+        loss[group] = _final_loss(d1, th1, emb1, bias1, rows_h, row_mask, ctx, cand, ex_mask, cfg.l2)
+    R_all = max((p[1].shape[1] for p in row_parts), default=0)
+    rows_all = np.full((U, R_all), -1, np.int64)
+    emb_all = np.zeros((U, R_all, dim), np.float32) if hybrid else None
+    bias_all = np.zeros((U, R_all), np.float32) if hybrid else None
+    for group, rows, emb, bias in row_parts:
+        rows_all[group, : rows.shape[1]] = rows
+        if hybrid:
+            emb_all[group, : rows.shape[1]] = emb
+            bias_all[group, : rows.shape[1]] = bias
+    updates = UserUpdates(dense=dense_out, rows=rows_all, rows_emb=emb_all, rows_bias=bias_all,
+                          loss=loss, n_examples=sizes.astype(np.int64))
+    return updates, new_theta
+
+
+def _final_loss(dense, theta, emb, bias, rows_h, row_mask, ctx, cand, ex_mask, l2) -> np.ndarray:
+    from common.model import group_loss
+    import tensorflow as tf
+
+    out = group_loss({k: tf.constant(v) for k, v in dense.items()}, tf.constant(theta),
+                      None if emb is None else tf.constant(emb), None if bias is None else tf.constant(bias),
+                      tf.constant(rows_h), tf.constant(row_mask), tf.constant(ctx), tf.constant(cand),
+                      tf.constant(ex_mask), l2)
+    return out.numpy()
+
+
+def evaluate_users(params: Mapping[str, np.ndarray], theta: np.ndarray, store: UserStore, item_h: np.ndarray,
+                   cfg: Config, split: str, chunk: int = 512) -> dict[str, np.ndarray]:
+    """Per-user metrics [U] on the held-out engagement of `split` ("val" or "test").
+
+    Full ranking: the held-out item against every item not in the user's history (for "test",
+    the validation item is history too). Sampled: against `eval_negatives` items the user never
+    engaged with, drawn from a per-user stream fixed by the seed.
+    """
+    dense = {k: np.asarray(params[k], np.float32) for k in DENSE_NAMES}
+    emb, bias = params.get("items/embedding"), params.get("items/bias")
+    target = store.val_item if split == "val" else store.test_item
+    ctx = store.val_ctx if split == "val" else store.test_ctx
+    n_items = item_h.shape[0]
+    out = {m: np.zeros(store.n_users) for m in ("hr", "ndcg", "hr-sampled", "ndcg-sampled")}
+    for start in range(0, store.n_users, chunk):
+        users = np.arange(start, min(start + chunk, store.n_users))
+        scores = score_items(dense, theta[users], ctx[users], item_h, emb, bias)
+        history = [store.history(u) if split == "val" else np.append(store.history(u), store.val_item[u])
+                   for u in users]
+        rank = rank_of_target(scores, target[users], history)
+        hit, ndcg = hit_and_ndcg(rank, cfg.top_k)
+        out["hr"][users], out["ndcg"][users] = hit, ndcg
+        # sampled protocol
+        s_rank = np.zeros(len(users), np.int64)
+        for i, u in enumerate(users):
+            seen = np.concatenate([store.history(u), [store.val_item[u], store.test_item[u]]])
+            rng = user_rng(cfg.seed, 0, store.user_keys[u], f"eval-{split}")
+            negs = sample_eval_negatives(n_items, seen, cfg.eval_negatives, rng)
+            s_rank[i] = int((scores[i, negs] >= scores[i, target[u]]).sum())
+        hit_s, ndcg_s = hit_and_ndcg(s_rank, cfg.top_k)
+        out["hr-sampled"][users], out["ndcg-sampled"][users] = hit_s, ndcg_s
+    return out

@@ -1,0 +1,223 @@
+"""Safe writing of dataset directories and tables.
+
+* :func:`atomic_output_dir` builds a directory under a hidden temporary name next to
+  its destination and moves it into place only when the body succeeds, so a crash
+  never leaves a half-written dataset behind.
+* :func:`write_table` writes a frame as CSV or Parquet, chosen by the file suffix.
+* :func:`write_dataset_toml` writes the ``dataset.toml`` described in
+  ``docs/dataset-format.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+__all__ = [
+    "TABLE_SUFFIXES",
+    "atomic_output_dir",
+    "write_table",
+    "dataset_toml",
+    "write_dataset_toml",
+]
+
+#: File suffixes :func:`write_table` understands.
+TABLE_SUFFIXES: tuple[str, ...] = (".csv", ".parquet")
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _is_empty_dir(path: Path) -> bool:
+    """True when ``path`` is a real (non-symlink) directory with no entries."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    with os.scandir(path) as entries:
+        return next(entries, None) is None
+
+
+def _check_destination(path: Path, overwrite: bool) -> None:
+    """Raise :class:`FileExistsError` if writing ``path`` would clobber data."""
+    if overwrite or not os.path.lexists(path):
+        return
+    if _is_empty_dir(path):
+        return
+    what = "a directory that is not empty" if path.is_dir() else "not a directory"
+    raise FileExistsError(
+        f"Output path {str(path)!r} already exists and is {what}; "
+        "pass --overwrite (overwrite=True) to replace it, or choose another directory."
+    )
+
+
+def _remove(path: Path) -> None:
+    """Delete a file, symlink or directory tree."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path)
+
+
+def _sibling(path: Path, tag: str) -> Path:
+    """A fresh hidden name next to ``path`` (not created)."""
+    while True:
+        candidate = path.parent / f".{path.name}.{tag}-{secrets.token_hex(6)}"
+        if not os.path.lexists(candidate):
+            return candidate
+
+
+@contextmanager
+def atomic_output_dir(path: Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary directory that replaces ``path`` on success.
+
+    The temporary directory is a hidden sibling of ``path`` (same parent, so the
+    final :func:`os.replace` is an atomic rename on one file system). When the body
+    returns, it is moved to ``path``:
+
+    * ``path`` absent, or an empty directory: it is simply replaced;
+    * ``path`` exists (anything else) and ``overwrite=True``: the old entry is
+      removed after the new directory is in place;
+    * ``path`` exists, is not empty, ``overwrite=False``: :class:`FileExistsError`
+      (checked on entry, before any work, and again before the move).
+
+    When the body raises, the temporary directory is deleted and ``path`` is left
+    untouched.
+    """
+    path = Path(path).absolute()
+    _check_destination(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(path, "tmp")
+    tmp.mkdir()
+    try:
+        yield tmp
+        _check_destination(path, overwrite)
+        if _is_empty_dir(path):
+            path.rmdir()
+        if os.path.lexists(path):  # only reachable with overwrite=True
+            old = _sibling(path, "old")
+            os.replace(path, old)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)
+                raise
+            _remove(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> Path:
+    """Write ``frame`` (without its index) to ``path`` as CSV or Parquet by suffix.
+
+    Returns ``path``. Raises :class:`ValueError` for any other suffix.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        raise ValueError(
+            f"Cannot write table {str(path)!r}: unknown suffix {path.suffix!r}, "
+            f"expected one of {', '.join(TABLE_SUFFIXES)}."
+        )
+    return path
+
+
+def _toml_string(value: str) -> str:
+    """``value`` as a TOML basic string (double-quoted, escaped)."""
+    out = ['"']
+    for ch in value:
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch in "\b\t\n\f\r":
+            out.append({"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04X}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.match(key) else _toml_string(key)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, Mapping):
+        inner = ", ".join(f"{_toml_key(str(k))} = {_toml_value(v)}" for k, v in value.items())
+        return "{ " + inner + " }" if inner else "{}"
+    if isinstance(value, Sequence):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"Cannot write {value!r} ({type(value).__name__}) as a TOML value.")
+
+
+def dataset_toml(
+    *,
+    name: str,
+    interactions: str,
+    items: str,
+    time_column: str | None = None,
+    label_column: str | None = None,
+    min_label: float | None = None,
+    context_columns: Mapping[str, object] | None = None,
+    from_time: Sequence[str] | None = None,
+) -> str:
+    """The text of a ``dataset.toml`` (see ``docs/dataset-format.md``).
+
+    ``context_columns`` maps column name to its kind (``"categorical"``,
+    ``"numeric"`` or ``{"kind": "cyclic", "period": float}``). The ``[context]``
+    table is written only when ``context_columns`` or ``from_time`` is non-empty.
+    """
+    lines = [
+        "[dataset]",
+        f"name = {_toml_string(name)}",
+        f"interactions = {_toml_string(interactions)}",
+        f"items = {_toml_string(items)}",
+    ]
+    if time_column is not None:
+        lines.append(f"time-column = {_toml_string(time_column)}")
+    if label_column is not None:
+        lines.append(f"label-column = {_toml_string(label_column)}")
+    if min_label is not None:
+        lines.append(f"min-label = {_toml_value(float(min_label))}")
+    if context_columns or from_time:
+        lines += ["", "[context]"]
+        if context_columns:
+            lines.append(f"columns = {_toml_value(dict(context_columns))}")
+        if from_time:
+            lines.append(f"from-time = {_toml_value(list(from_time))}")
+    return "\n".join(lines) + "\n"
+
+
+def write_dataset_toml(directory: Path, **fields: object) -> Path:
+    """Write ``directory / "dataset.toml"`` from :func:`dataset_toml` keyword fields."""
+    target = Path(directory) / "dataset.toml"
+    target.write_text(dataset_toml(**fields), encoding="utf-8")  # type: ignore[arg-type]
+    return target

@@ -1,0 +1,44 @@
+"""Ranking metrics: HR@K and NDCG@K, full ranking and the sampled (1 + n negatives) protocol."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["rank_of_target", "hit_and_ndcg", "sample_eval_negatives"]
+
+
+def rank_of_target(scores: np.ndarray, target: np.ndarray, exclude: Sequence[np.ndarray]) -> np.ndarray:
+    """0-based rank [U] of each user's target item among all items not excluded.
+
+    scores [U, n_items]; target [U] item index; exclude[u] item indices removed from the ranking
+    (the user's history; the target itself is never removed). Ties count against the target
+    (rank = number of candidates scoring >= the target, other than the target), so a constant
+    scorer cannot look good.
+    """
+    scores = np.array(scores, dtype=np.float64, copy=True)
+    scores[np.isnan(scores)] = -np.inf  # a broken (NaN) score never ranks well
+    rows = np.repeat(np.arange(len(exclude)), [len(e) for e in exclude])
+    cols = np.concatenate(exclude) if len(exclude) else np.zeros(0, np.int64)
+    scores[rows, cols.astype(np.int64)] = -np.inf
+    idx = np.arange(len(target))
+    t = scores[idx, target]
+    scores[idx, target] = -np.inf
+    return (scores >= t[:, None]).sum(axis=1)
+
+
+def hit_and_ndcg(rank: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-user HR@k (1 if rank < k) and NDCG@k (1 / log2(rank + 2) if rank < k) for one relevant item."""
+    rank = np.asarray(rank)
+    hit = (rank < k).astype(np.float64)
+    ndcg = np.where(rank < k, 1.0 / np.log2(rank + 2.0), 0.0)
+    return hit, ndcg
+
+
+def sample_eval_negatives(n_items: int, seen: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n distinct item indices [n] uniformly from items not in `seen` (the user's engaged items)."""
+    allowed = np.setdiff1d(np.arange(n_items), seen, assume_unique=False)
+    if len(allowed) <= n:
+        return allowed
+    return rng.choice(allowed, size=n, replace=False)

@@ -1,0 +1,244 @@
+"""The context-aware scoring model: the one place the formula lives.
+
+    logit(u, c, x) = (theta_u + W_int^T x) . phi(c) + theta_ctx . x + b(c) + b_0
+    phi(c)         = W_f^T h(c) + b_f [+ E[c]]          (content tower [+ hybrid item-id embedding])
+    b(c)           = w_b . h(c) [+ e[c]]                 (item bias from text [+ hybrid item-id bias])
+
+h(c) in R^text_dim is the pooled word vector of the item text (server's content encoder),
+theta_u in R^dim is the private user vector, x in R^context_dim the encoded context.
+`theta_ctx . x` shifts every item equally; `x^T W_int phi(c)` interacts with the item side,
+so the ranking changes with the context.
+
+All functions here work on groups: a leading axis G of independent parameter copies. A node
+trains G users at once, each with its own copy of the shared parameters, so every user's update
+is computed separately (exact per-user clipping and sampling stay possible). Centralized
+training is the special case G = 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = [
+    "ModelShape",
+    "DENSE_NAMES",
+    "ITEM_NAMES",
+    "init_shared",
+    "item_side",
+    "query_side",
+    "group_logits",
+    "score_items",
+    "bce_with_negatives",
+    "group_loss",
+    "local_train",
+    "warm_start_theta",
+]
+
+#: Shared parameters every user's copy carries (small; trained densely).
+DENSE_NAMES = (
+    "tower/kernel",         # W_f [text_dim, dim]
+    "tower/bias",           # b_f [dim]
+    "text-bias/kernel",     # w_b [text_dim]
+    "global-bias",          # b_0 [1]
+    "context/shift",        # theta_ctx [context_dim]
+    "context/interaction",  # W_int [context_dim, dim]
+)
+#: Shared item-id tables of the hybrid model (updated densely: the whole table is sent).
+ITEM_NAMES = ("items/embedding", "items/bias")  # E [n_items, dim], e [n_items]
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Sizes that fix every parameter shape."""
+
+    n_items: int
+    text_dim: int
+    dim: int
+    context_dim: int
+    item_embedding: bool
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        out = {
+            "tower/kernel": (self.text_dim, self.dim),
+            "tower/bias": (self.dim,),
+            "text-bias/kernel": (self.text_dim,),
+            "global-bias": (1,),
+            "context/shift": (self.context_dim,),
+            "context/interaction": (self.context_dim, self.dim),
+        }
+        if self.item_embedding:
+            out["items/embedding"] = (self.n_items, self.dim)
+            out["items/bias"] = (self.n_items,)
+        return out
+
+
+def init_shared(shape: ModelShape, seed: int) -> dict[str, np.ndarray]:
+    """Initial shared parameters (Glorot-uniform tower, small item embeddings, zeros elsewhere)."""
+    rng = np.random.default_rng(seed)
+    limit = np.sqrt(6.0 / (shape.text_dim + shape.dim))
+    params = {
+        "tower/kernel": rng.uniform(-limit, limit, (shape.text_dim, shape.dim)),
+        "tower/bias": np.zeros(shape.dim),
+        "text-bias/kernel": np.zeros(shape.text_dim),
+        "global-bias": np.zeros(1),
+        "context/shift": np.zeros(shape.context_dim),
+        "context/interaction": np.zeros((shape.context_dim, shape.dim)),
+    }
+    if shape.item_embedding:
+        params["items/embedding"] = rng.normal(0.0, 0.01, (shape.n_items, shape.dim))
+        params["items/bias"] = np.zeros(shape.n_items)
+    return {k: v.astype(np.float32) for k, v in params.items()}
+
+
+def item_side(dense: Mapping[str, tf.Tensor], rows_h: tf.Tensor, rows_emb: tf.Tensor | None,
+              rows_bias: tf.Tensor | None) -> tuple[tf.Tensor, tf.Tensor]:
+    """phi(c) [G, R, dim] and b(c) [G, R] of R items per group.
+
+    dense: group copies, e.g. tower/kernel [G, text_dim, dim]; rows_h [G, R, text_dim];
+    rows_emb [G, R, dim] and rows_bias [G, R] (hybrid) or None.
+    """
+    phi = tf.einsum("grh,ghd->grd", rows_h, dense["tower/kernel"]) + dense["tower/bias"][:, None, :]
+    bias = tf.einsum("grh,gh->gr", rows_h, dense["text-bias/kernel"])
+    if rows_emb is not None:
+        phi = phi + rows_emb
+        bias = bias + rows_bias
+    return phi, bias
+
+
+def query_side(dense: Mapping[str, tf.Tensor], theta: tf.Tensor, ctx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Context-adjusted user query q = theta_u + W_int^T x [G, L, dim] and shift theta_ctx.x + b_0 [G, L].
+
+    theta [G, L, dim] (the user vector of each example); ctx [G, L, context_dim].
+    """
+    q = theta + tf.einsum("glx,gxd->gld", ctx, dense["context/interaction"])
+    shift = tf.einsum("glx,gx->gl", ctx, dense["context/shift"]) + dense["global-bias"][:, :1]
+    return q, shift
+
+
+def group_logits(dense: Mapping[str, tf.Tensor], theta: tf.Tensor, ctx: tf.Tensor, rows_h: tf.Tensor,
+                 rows_emb: tf.Tensor | None, rows_bias: tf.Tensor | None, cand: tf.Tensor) -> tf.Tensor:
+    """Logits [G, L, C] of C candidate items for each of L examples per group.
+
+    cand [G, L, C] int32 indexes the group's R item rows.
+    """
+    phi, bias = item_side(dense, rows_h, rows_emb, rows_bias)
+    q, shift = query_side(dense, theta, ctx)
+    phi_c = tf.gather(phi, cand, batch_dims=1)    # [G, L, C, dim]
+    bias_c = tf.gather(bias, cand, batch_dims=1)  # [G, L, C]
+    return tf.einsum("gld,glcd->glc", q, phi_c) + bias_c + shift[..., None]
+
+
+def score_items(dense: Mapping[str, np.ndarray], theta: np.ndarray, ctx: np.ndarray, item_h: np.ndarray,
+                item_emb: np.ndarray | None, item_bias: np.ndarray | None) -> np.ndarray:
+    """Scores [U, n_items] of every catalogue item for U (user, context) queries.
+
+    One parameter copy (no group axis): dense["tower/kernel"] [text_dim, dim]; theta [U, dim];
+    ctx [U, context_dim]; item_h [n_items, text_dim].
+    """
+    g = {k: tf.convert_to_tensor(v)[None] for k, v in dense.items()}
+    phi, bias = item_side(g, tf.convert_to_tensor(item_h)[None],
+                          None if item_emb is None else tf.convert_to_tensor(item_emb)[None],
+                          None if item_bias is None else tf.convert_to_tensor(item_bias)[None])
+    q, shift = query_side(g, tf.convert_to_tensor(theta)[None], tf.convert_to_tensor(ctx)[None])
+    scores = tf.einsum("gld,grd->glr", q, phi) + bias[:, None, :] + shift[..., None]
+    return scores[0].numpy()
+
+
+def bce_with_negatives(logits: tf.Tensor) -> tf.Tensor:
+    """Binary cross-entropy [..., ] summed over candidates; candidate 0 is the engaged item."""
+    labels = tf.concat([tf.ones_like(logits[..., :1]), tf.zeros_like(logits[..., 1:])], axis=-1)
+    return tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels, logits), axis=-1)
+
+
+def group_loss(dense, theta, rows_emb, rows_bias, rows_h, row_mask, ctx, cand, ex_mask, l2):
+    """Per-group loss [G]: mean BCE over the group's examples + L2 on theta and touched item rows."""
+    theta_ex = tf.broadcast_to(theta[:, None, :], tf.concat([tf.shape(cand)[:2], tf.shape(theta)[1:]], 0))
+    logits = group_logits(dense, theta_ex, ctx, rows_h, rows_emb, rows_bias, cand)
+    per_example = bce_with_negatives(logits) * ex_mask
+    n = tf.maximum(tf.reduce_sum(ex_mask, axis=1), 1.0)
+    loss = tf.reduce_sum(per_example, axis=1) / n
+    reg = tf.reduce_sum(tf.square(theta), axis=1)
+    if rows_emb is not None:
+        reg += tf.reduce_sum((tf.reduce_sum(tf.square(rows_emb), -1) + tf.square(rows_bias)) * row_mask, 1)
+    return loss + l2 * reg
+
+
+@tf.function(reduce_retracing=True, autograph=False)
+def _local_train_tf(dense, theta, rows_emb, rows_bias, rows_h, row_mask, ctx, cand, ex_mask,
+                    steps, lr, theta_lr, l2, hybrid, adam):
+    """Full-batch SGD or Adam on each group's own loss; groups never share a gradient."""
+    names = sorted(dense)
+    vars_ = [dense[k] for k in names] + [theta]
+    if hybrid:
+        vars_ += [rows_emb, rows_bias]
+    m = [tf.zeros_like(v) for v in vars_]
+    v2 = [tf.zeros_like(v) for v in vars_]
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    for t in range(1, steps + 1):
+        with tf.GradientTape() as tape:
+            tape.watch(vars_)
+            d = dict(zip(names, vars_[: len(names)]))
+            th = vars_[len(names)]
+            emb, bias = (vars_[-2], vars_[-1]) if hybrid else (None, None)
+            loss = tf.reduce_sum(group_loss(d, th, emb, bias, rows_h, row_mask, ctx, cand, ex_mask, l2))
+        grads = tape.gradient(loss, vars_)
+        new_vars = []
+        for i, (var, g) in enumerate(zip(vars_, grads)):
+            step_size = theta_lr if i == len(names) else lr
+            if not adam:
+                new_vars.append(var - step_size * g)
+                continue
+            m[i] = b1 * m[i] + (1 - b1) * g
+            v2[i] = b2 * v2[i] + (1 - b2) * tf.square(g)
+            mhat = m[i] / (1 - b1 ** t)
+            vhat = v2[i] / (1 - b2 ** t)
+            new_vars.append(var - step_size * mhat / (tf.sqrt(vhat) + eps))
+        vars_ = new_vars
+    out_dense = dict(zip(names, vars_[: len(names)]))
+    out_theta = vars_[len(names)]
+    if hybrid:
+        return out_dense, out_theta, vars_[-2], vars_[-1]
+    return out_dense, out_theta, rows_emb, rows_bias
+
+
+def local_train(dense: Mapping[str, np.ndarray], theta: np.ndarray, rows_emb: np.ndarray | None,
+                rows_bias: np.ndarray | None, rows_h: np.ndarray, row_mask: np.ndarray, ctx: np.ndarray,
+                cand: np.ndarray, ex_mask: np.ndarray, *, steps: int, lr: float, theta_lr: float,
+                l2: float, optimizer: str = "sgd"):
+    """Train G users' copies for `steps` full-batch steps of SGD or Adam; returns the final copies.
+
+    dense: {name: [G, ...]}; theta [G, dim]; rows_* [G, R, ...] the items each user's examples
+    touch (row_mask [G, R] marks real rows); ctx [G, L, context_dim]; cand [G, L, 1+negatives]
+    (column 0 the engaged item); ex_mask [G, L] marks real examples.
+    Returns (dense [G, ...], theta [G, dim], rows_emb [G, R, dim] | None, rows_bias [G, R] | None).
+    """
+    hybrid = rows_emb is not None
+    G, R = row_mask.shape
+    emb = rows_emb if hybrid else np.zeros((G, R, theta.shape[1]), np.float32)
+    bias = rows_bias if hybrid else np.zeros((G, R), np.float32)
+    out = _local_train_tf(
+        {k: tf.constant(v, tf.float32) for k, v in dense.items()}, tf.constant(theta, tf.float32),
+        tf.constant(emb, tf.float32), tf.constant(bias, tf.float32), tf.constant(rows_h, tf.float32),
+        tf.constant(row_mask, tf.float32), tf.constant(ctx, tf.float32), tf.constant(cand, tf.int32),
+        tf.constant(ex_mask, tf.float32), int(steps), tf.constant(lr, tf.float32),
+        tf.constant(theta_lr, tf.float32),
+        tf.constant(l2, tf.float32), hybrid, optimizer == "adam")
+    d, th, e, b = out
+    return ({k: v.numpy() for k, v in d.items()}, th.numpy(),
+            e.numpy() if hybrid else None, b.numpy() if hybrid else None)
+
+
+def warm_start_theta(phi_history: np.ndarray, age_days: np.ndarray, half_life_days: float) -> np.ndarray:
+    """Time-decayed history profile r = sum_i w_i phi(c_i) / sum_i w_i, w_i = 2^(-age_i / half_life).
+
+    phi_history [n, dim]; age_days [n] (>= 0, age of each engagement relative to the newest).
+    Returns [dim]; zeros for an empty history.
+    """
+    if len(phi_history) == 0:
+        return np.zeros(phi_history.shape[1], np.float32)
+    w = np.exp2(-np.asarray(age_days, np.float64) / half_life_days)
+    return (w @ phi_history / w.sum()).astype(np.float32)
