@@ -33,6 +33,7 @@ class Config:
     synthetic_users: int = 1000
     synthetic_items: int = 10000
     seed: int = 0
+    run_dir: str = ""                # where a run writes its outputs ("" = runs/<date-time>)
 
     # content encoder (server side, public catalogue)
     text_dim: int = 64               # Word2Vec vector size, h(c) in R^text_dim
@@ -53,10 +54,10 @@ class Config:
     sample_rate: float = 1.0         # q: each user takes part in a round independently with prob. q
     local_steps: int = 5             # full-batch Adam steps each sampled user takes per round
     local_optimizer: str = "sgd"     # "sgd" | "adam" (Adam state restarts every round)
-    local_lr: float = 0.05           # step size of the shared parameters' local copies
-    theta_lr: float = 0.5            # step size of the private theta_u
+    local_lr: float = 0.01           # step size of the shared parameters' local copies
+    theta_lr: float = 0.2            # step size of the private theta_u
     server_optimizer: str = "adam"   # "adam" (FedAdam, Reddi et al. 2021) | "sgd" (FedAvg)
-    server_lr: float = 0.02
+    server_lr: float = 0.05
     privacy: str = "none"            # privacy mode; differential privacy builds on this seam
 
     # centralized baselines

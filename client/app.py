@@ -1,0 +1,48 @@
+"""The Flower ClientApp: a node that serves a local user store.
+
+On a device the store holds one user (its own dataset directory, `--node-config data-dir=...`);
+in simulation a node holds a shard of the users of the run's dataset (`partition-id` of
+`num-partitions`). Both run the same code: sample the node's users for the round, train each
+user separately (vectorised), keep every theta_u on the node, and reply with only the sum of the
+users' shared-parameter updates and scalar metrics.
+"""
+
+from __future__ import annotations
+
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.node import Node, node_for
+
+__all__ = ["app", "train_reply", "evaluate_reply"]
+
+app = ClientApp()
+
+
+def train_reply(node: Node, content: RecordDict) -> RecordDict:
+    """What a node sends back after a training round: {"update": ArrayRecord, "metrics": MetricRecord}."""
+    update, metrics = node.train_round(content)
+    return RecordDict({"update": update, "metrics": MetricRecord(metrics)})
+
+
+def evaluate_reply(node: Node, content: RecordDict) -> RecordDict:
+    """What a node sends back after evaluation: {"metrics": MetricRecord} of per-user means."""
+    return RecordDict({"metrics": MetricRecord(node.evaluate(content))})
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    node = node_for(context)
+    reply = train_reply(node, msg.content)
+    node.save(context)
+    return Message(content=reply, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    node = node_for(context)
+    reply = evaluate_reply(node, msg.content)
+    node.save(context)
+    return Message(content=reply, reply_to=msg)
+
+

@@ -1,0 +1,140 @@
+"""On-node state and work: the local user store, theta_u persistence, local training, evaluation."""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from flwr.app import ArrayRecord, Context, RecordDict
+
+from common.config import Config, config_from_mapping
+from common.datasets import load_cached, resolve_dataset
+from common.federated import (UserStore, evaluate_users, init_theta, item_representations, poisson_sample,
+                              user_updates)
+from common.model import DENSE_NAMES, ITEM_NAMES
+from common.params import from_record, to_record
+
+__all__ = ["Node", "node_for", "build_store"]
+
+
+@functools.lru_cache(maxsize=16)
+def build_store(data_dir: str, partition: int, partitions: int, use_context: bool) -> UserStore:
+    """The users of one node: shard `partition` of `partitions` contiguous blocks of the dataset's users."""
+    ds = load_cached(data_dir)
+    users = np.array_split(np.arange(ds.n_users), partitions)[partition]
+    return UserStore.from_prepared(ds, users, use_context=use_context)
+
+
+@dataclass
+class Node:
+    """A node's users and their private state. theta [U, dim] and `ready` [U] never leave the node."""
+
+    cfg: Config
+    store: UserStore
+    theta: np.ndarray
+    ready: np.ndarray
+    item_h: np.ndarray | None
+    state_dir: Path | None = None
+
+    # -- inputs from the server ---------------------------------------------------------------
+    def _receive(self, content: RecordDict) -> dict[str, np.ndarray]:
+        if "content" in content.array_records:
+            self.item_h = from_record(content.array_records["content"])["item-vectors"]
+        if self.item_h is None:
+            raise RuntimeError("this node has no item vectors h(c) yet: the server sends them with the "
+                               "first training round; start the node before the run begins.")
+        params = from_record(content.array_records["arrays"])
+        expected = set(DENSE_NAMES) | (set(ITEM_NAMES) if self.cfg.item_embedding else set())
+        if set(params) != expected:
+            raise ValueError(f"server sent parameters {sorted(params)}, this node expects {sorted(expected)}")
+        return params
+
+    def _warm_start(self, users: np.ndarray, params: dict[str, np.ndarray]) -> None:
+        cold = users[~self.ready[users]]
+        if len(cold):
+            phi = item_representations(params, self.item_h)
+            self.theta[cold] = init_theta(self.store, cold, phi, self.cfg.half_life_days)
+            self.ready[cold] = True
+
+    # -- work ---------------------------------------------------------------------------------
+    def train_round(self, content: RecordDict) -> tuple[ArrayRecord, dict[str, float | int]]:
+        """Train this round's sampled users; return the SUM of their shared-parameter updates."""
+        params = self._receive(content)
+        conf = content.config_records["config"]
+        round_ = int(conf["server-round"])
+        sampled = np.flatnonzero(poisson_sample(self.store.user_keys, float(conf["sample-rate"]),
+                                                int(conf["sampling-seed"]), round_))
+        if len(sampled) == 0:
+            zero = {k: np.zeros_like(v) for k, v in params.items()}
+            return to_record(zero), {"num-users": 0, "num-examples": 0, "train-loss-sum": 0.0}
+        self._warm_start(sampled, params)
+        updates, new_theta = user_updates(params, self.theta[sampled], self.store, sampled, self.item_h,
+                                          self.cfg, round_)
+        self.theta[sampled] = new_theta
+        shapes = {k: v.shape for k, v in params.items()}
+        total = updates.total(shapes)
+        return to_record({k: total[k] for k in params}), {
+            "num-users": int(len(sampled)),
+            "num-examples": int(updates.n_examples.sum()),
+            "train-loss-sum": float(updates.loss.sum()),
+        }
+
+    def evaluate(self, content: RecordDict) -> dict[str, float | int]:
+        """Mean HR/NDCG@k of this node's users on validation and test (full ranking and sampled)."""
+        params = self._receive(content)
+        users = np.arange(self.store.n_users)
+        self._warm_start(users, params)
+        k = self.cfg.top_k
+        out: dict[str, float | int] = {"num-users": int(self.store.n_users)}
+        for split in ("val", "test"):
+            m = evaluate_users(params, self.theta, self.store, self.item_h, self.cfg, split)
+            out[f"{split}-hr@{k}"] = float(m["hr"].mean())
+            out[f"{split}-ndcg@{k}"] = float(m["ndcg"].mean())
+            out[f"{split}-hr@{k}-sampled"] = float(m["hr-sampled"].mean())
+            out[f"{split}-ndcg@{k}-sampled"] = float(m["ndcg-sampled"].mean())
+        return out
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save(self, context: Context) -> None:
+        """Persist theta_u: in the Flower Context (simulation) and, on a device, in state-dir."""
+        context.state["theta"] = to_record({"theta": self.theta, "ready": self.ready.astype(np.float32)})
+        if self.item_h is not None:
+            context.state["content"] = to_record({"item-vectors": self.item_h})
+        if self.state_dir is not None:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.state_dir, suffix=".npz")
+            os.close(fd)
+            np.savez(tmp, theta=self.theta, ready=self.ready, user_keys=self.store.user_keys,
+                     **({"item_h": self.item_h} if self.item_h is not None else {}))
+            os.replace(tmp, self.state_dir / "node-state.npz")
+
+
+def node_for(context: Context) -> Node:
+    """Build the node from Flower's run config (settings) and node config (where its data lives)."""
+    cfg = config_from_mapping(context.run_config)
+    nc = context.node_config
+    if "data-dir" in nc:  # a device (or any node with its own local store)
+        store = build_store(str(nc["data-dir"]), 0, 1, cfg.use_context)
+        state_dir = Path(str(nc.get("state-dir", Path(str(nc["data-dir"])) / ".fedctx-state")))
+    else:  # simulation: a shard of the run's dataset
+        store = build_store(str(resolve_dataset(cfg)), int(nc.get("partition-id", 0)),
+                            int(nc.get("num-partitions", 1)), cfg.use_context)
+        state_dir = None
+    theta = np.zeros((store.n_users, cfg.dim), np.float32)
+    ready = np.zeros(store.n_users, bool)
+    item_h = None
+    if "theta" in context.state.array_records:
+        saved = from_record(context.state.array_records["theta"])
+        theta, ready = saved["theta"].copy(), saved["ready"].astype(bool)
+    elif state_dir is not None and (state_dir / "node-state.npz").is_file():
+        with np.load(state_dir / "node-state.npz") as f:
+            if list(f["user_keys"]) == list(store.user_keys):
+                theta, ready = f["theta"].copy(), f["ready"].astype(bool)
+                item_h = f["item_h"] if "item_h" in f else None
+    if "content" in context.state.array_records:
+        item_h = from_record(context.state.array_records["content"])["item-vectors"]
+    return Node(cfg=cfg, store=store, theta=theta, ready=ready, item_h=item_h, state_dir=state_dir)

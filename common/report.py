@@ -1,0 +1,77 @@
+"""Progress lines, tables, CSV and plots of a run's results."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Mapping, Sequence
+
+__all__ = ["format_round", "write_rounds_csv", "results_table", "plot_rounds", "SYSTEMS"]
+
+#: Order of systems in tables and plots.
+SYSTEMS = ("federated", "centralized", "context-free", "popularity")
+
+
+def format_round(row: Mapping[str, float | int], num_rounds: int, k: int) -> str:
+    """One progress line per round."""
+    text = (f"round {int(row['round']):>3}/{num_rounds}  users {int(row.get('users', 0)):>6}  "
+            f"loss {row.get('train-loss', float('nan')):.4f}")
+    if f"val-hr@{k}" in row:
+        text += (f"  val HR@{k} {row[f'val-hr@{k}']:.4f}  NDCG@{k} {row[f'val-ndcg@{k}']:.4f}"
+                 f"  sampled HR@{k} {row[f'val-hr@{k}-sampled']:.4f}")
+    return text + f"  {row.get('seconds', 0.0):.1f}s"
+
+
+def write_rounds_csv(rows: Sequence[Mapping[str, float | int]], path: Path) -> None:
+    """Per-round metrics as CSV (one row per round; columns = union of keys)."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def results_table(systems: Mapping[str, Mapping[str, float]], k: int) -> str:
+    """Fixed-width table of the final test metrics of each system."""
+    cols = [f"hr@{k}", f"ndcg@{k}", f"hr@{k}-sampled", f"ndcg@{k}-sampled"]
+    head = f"{'system':<14}" + "".join(f"{c:>17}" for c in cols)
+    lines = [head, "-" * len(head)]
+    for name in [s for s in SYSTEMS if s in systems] + [s for s in systems if s not in SYSTEMS]:
+        m = systems[name]
+        lines.append(f"{name:<14}" + "".join(
+            f"{m[c]:>17.4f}" if m.get(c) is not None else f"{'-':>17}" for c in cols))
+    return "\n".join(lines)
+
+
+def plot_rounds(rows: Sequence[Mapping[str, float]], systems: Mapping[str, Mapping[str, float]], k: int,
+                path: Path) -> None:
+    """PNG: federated validation HR@k / NDCG@k per round, with the baselines' test values as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    evaluated = [r for r in rows if f"val-hr@{k}" in r]
+    x = [r["round"] for r in evaluated]
+    for ax, metric, title in ((axes[0], f"hr@{k}", f"HR@{k} (full ranking)"),
+                              (axes[1], f"ndcg@{k}", f"NDCG@{k} (full ranking)")):
+        ax.plot(x, [r[f"val-{metric}"] for r in evaluated], "o-", label="federated (validation)")
+        ax.plot(x, [r[f"test-{metric}"] for r in evaluated], "s--", label="federated (test)", alpha=0.7)
+        for i, name in enumerate(s for s in SYSTEMS if s != "federated" and s in systems):
+            value = systems[name].get(metric)
+            if value is not None:
+                ax.axhline(value, color=f"C{i + 2}", linestyle=":", label=f"{name} (test)")
+        ax.set_xlabel("round")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[2].plot([r["round"] for r in rows], [r.get("train-loss", float("nan")) for r in rows], "o-")
+    axes[2].set_xlabel("round")
+    axes[2].set_title("mean local training loss per user")
+    axes[2].grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

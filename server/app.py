@@ -1,0 +1,72 @@
+"""The Flower ServerApp: content encoder, initial model, user-level FedAvg, outputs of the run."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from common.aggregation import ServerOptimizer
+from common.config import Config, config_from_mapping
+from common.datasets import load_cached, resolve_dataset
+from common.model import ModelShape, init_shared
+from common.params import from_record, to_record
+from common.report import format_round, write_rounds_csv
+from server.content import ContentEncoder
+from server.strategy import UserFedAvg
+
+__all__ = ["app", "run_federated"]
+
+app = ServerApp()
+
+
+def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
+    """Run cfg.num_rounds rounds; write rounds.csv and federated.json into run_dir; return the result."""
+    t_start = time.perf_counter()
+    ds = load_cached(str(resolve_dataset(cfg)))  # the server uses the public catalogue and context schema only
+    t0 = time.perf_counter()
+    item_h = ContentEncoder(cfg.text_dim, cfg.text_epochs, cfg.text_window, cfg.text_pooling,
+                            cfg.seed).item_vectors(ds.item_texts)
+    content_seconds = time.perf_counter() - t0
+    shape = ModelShape(n_items=ds.n_items, text_dim=cfg.text_dim, dim=cfg.dim,
+                       context_dim=ds.context_dim if cfg.use_context else 0, item_embedding=cfg.item_embedding)
+    params = init_shared(shape, cfg.seed)
+    print(f"federated: {len(list(grid.get_node_ids()))} nodes, {ds.n_users} users, {ds.n_items} items, "
+          f"{cfg.num_rounds} rounds, sample rate {cfg.sample_rate}", flush=True)
+    strategy = UserFedAvg(
+        content=to_record({"item-vectors": item_h}),
+        optimizer=ServerOptimizer(cfg.server_optimizer, cfg.server_lr),
+        sample_rate=cfg.sample_rate, seed=cfg.seed, eval_every=cfg.eval_every, num_rounds=cfg.num_rounds,
+        on_round=lambda row: print(format_round(row, cfg.num_rounds, cfg.top_k), flush=True),
+    )
+    result = strategy.start(grid=grid, initial_arrays=to_record(params), num_rounds=cfg.num_rounds,
+                            train_config=ConfigRecord({}), evaluate_config=ConfigRecord({}))
+    rows = strategy.log.rows
+    last = next((r for r in reversed(rows) if f"test-hr@{cfg.top_k}" in r), {})
+    k = cfg.top_k
+    out = {
+        "metrics": {
+            f"hr@{k}": last.get(f"test-hr@{k}"), f"ndcg@{k}": last.get(f"test-ndcg@{k}"),
+            f"hr@{k}-sampled": last.get(f"test-hr@{k}-sampled"),
+            f"ndcg@{k}-sampled": last.get(f"test-ndcg@{k}-sampled"),
+        },
+        "rounds": rows,
+        "timings": {"content_encoder_s": content_seconds, "federated_total_s": time.perf_counter() - t_start,
+                    "mean_round_s": sum(r["seconds"] for r in rows) / max(len(rows), 1)},
+        "final_arrays": from_record(result.arrays) if result.arrays is not None else None,
+    }
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_rounds_csv(rows, run_dir / "rounds.csv")
+        (run_dir / "federated.json").write_text(json.dumps(
+            {k: v for k, v in out.items() if k != "final_arrays"}, indent=2))
+    return out
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = config_from_mapping(context.run_config)
+    run_federated(grid, cfg, Path(cfg.run_dir) if cfg.run_dir else Path("runs") / time.strftime("%Y%m%d-%H%M%S"))

@@ -1,0 +1,115 @@
+"""User-level federated averaging on top of Flower's FedAvg.
+
+Every node is contacted each round; the server owns user sampling (rate q and a per-round seed
+in the train config), and each node applies it to its own users with `common.federated.poisson_sample`.
+Nodes reply with the SUM of their sampled users' updates and the user count; the server divides
+the total by the number of users (each user weighs the same) and applies a server optimiser.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from logging import INFO
+from typing import Callable, Iterable
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from common.aggregation import ServerOptimizer, sum_updates
+from common.params import from_record, to_record
+
+__all__ = ["UserFedAvg", "RoundLog"]
+
+
+@dataclass
+class RoundLog:
+    """What the server learned in each round (scalars only)."""
+
+    rows: list[dict[str, float | int]] = field(default_factory=list)
+
+
+class UserFedAvg(FedAvg):
+    """FedAvg over users, not nodes; see the module docstring.
+
+    content: public item vectors h(c), sent with the first training round.
+    on_round(row): called after each round's evaluation with the round's scalars.
+    """
+
+    def __init__(self, *, content: ArrayRecord, optimizer: ServerOptimizer, sample_rate: float, seed: int,
+                 eval_every: int, num_rounds: int, on_round: Callable[[dict], None] | None = None) -> None:
+        super().__init__(fraction_train=1.0, fraction_evaluate=1.0, weighted_by_key="num-users")
+        self.content = content
+        self.optimizer = optimizer
+        self.sample_rate = sample_rate
+        self.seed = seed
+        self.eval_every = eval_every
+        self.num_rounds = num_rounds
+        self.on_round = on_round
+        self.current: dict[str, np.ndarray] | None = None
+        self.log = RoundLog()
+        self._row: dict[str, float | int] = {}
+        self._t0 = time.perf_counter()
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self._t0 = time.perf_counter()
+        self.current = from_record(arrays)
+        config["sample-rate"] = float(self.sample_rate)
+        config["sampling-seed"] = int(self.seed)
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        if server_round == 1 and messages:
+            messages[0].content["content"] = self.content  # one RecordDict is shared by all messages
+        return messages
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        valid, errors = self._check_and_log_replies(replies, is_train=True, validate=False)
+        if errors:
+            raise RuntimeError(f"round {server_round}: {len(errors)} node(s) failed: "
+                               + "; ".join(m.error.reason for m in errors[:3]))
+        sums, users, examples, loss = [], 0, 0, 0.0
+        for msg in valid:
+            metrics = msg.content.metric_records["metrics"]
+            n = int(metrics["num-users"])
+            if n > 0:
+                sums.append(from_record(msg.content.array_records["update"]))
+            users += n
+            examples += int(metrics["num-examples"])
+            loss += float(metrics["train-loss-sum"])
+        self._row = {"round": server_round, "users": users, "examples": examples,
+                     "train-loss": loss / max(users, 1)}
+        if users == 0 or self.current is None:
+            return None, MetricRecord({"num-users": 0})
+        total = sum_updates(sums)
+        mean = {k: v / users for k, v in total.items()}
+        new = self.optimizer.apply(self.current, mean)
+        self._row["train-seconds"] = time.perf_counter() - self._t0
+        return to_record(new), MetricRecord({"num-users": users, "train-loss": self._row["train-loss"]})
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        if server_round % self.eval_every and server_round != self.num_rounds:
+            self._finish_round({})
+            return []
+        return super().configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        replies = list(replies)
+        if not replies:  # evaluation skipped this round (see configure_evaluate)
+            return None
+        metrics = super().aggregate_evaluate(server_round, replies)
+        self._finish_round(dict(metrics) if metrics is not None else {})
+        return metrics
+
+    def _finish_round(self, metrics: dict) -> None:
+        row = dict(self._row)
+        row.update({k: float(v) for k, v in metrics.items() if k != "num-users"})
+        row["seconds"] = time.perf_counter() - self._t0
+        self.log.rows.append(row)
+        if self.on_round is not None:
+            self.on_round(row)
+        log(INFO, "round %s done", row.get("round"))

@@ -1,0 +1,164 @@
+"""Run a whole experiment on one machine: a real Flower simulation plus the baselines, and the report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from common.config import Config
+from common.datasets import load_cached, resolve_dataset
+from common.federated import UserStore, evaluate_users
+from common.metrics import hit_and_ndcg, rank_of_target, sample_eval_negatives
+from common.report import SYSTEMS, plot_rounds, results_table
+
+__all__ = ["PROJECT_ROOT", "run_flower_simulation", "run_baselines", "simulate"]
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_flower_simulation(cfg: Config, num_nodes: int, verbose: bool = False) -> None:
+    """Run the ServerApp and ClientApp of this project in Flower's simulation engine (Ray backend).
+
+    Each of `num_nodes` SuperNodes holds a contiguous shard of the users; settings reach both
+    apps through Flower's run config ([tool.flwr.app.config] fused with `cfg`).
+    """
+    from flwr.app import Context, RecordDict
+    from flwr.common.config import get_fused_config_from_dir
+    from flwr.common.typing import Run
+    from flwr.simulation.run_simulation import _run_simulation
+
+    if not verbose:
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    overrides = cfg.to_flwr()
+    run = Run.create_empty(int(time.time() * 1000) % (2**62))
+    run.override_config = overrides
+    context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(),
+                      run_config=get_fused_config_from_dir(PROJECT_ROOT, overrides))
+    cpus = os.cpu_count() or 1
+    backend = {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {"num_cpus": cpus, "include_dashboard": False, "logging_level": "error",
+                      "log_to_driver": verbose},
+    }
+    _run_simulation(
+        num_supernodes=num_nodes, server_app_attr="server.app:app", client_app_attr="client.app:app",
+        backend_name="ray", backend_config=backend, app_dir=str(PROJECT_ROOT), run=run,
+        server_app_context=context, verbose_logging=verbose, exit_event=_exit_event(), is_app=True,
+    )
+
+
+def _exit_event():
+    from flwr.common.telemetry import EventType
+
+    return EventType.PYTHON_API_RUN_SIMULATION_LEAVE
+
+
+def _popularity_metrics(store: UserStore, n_items: int, cfg: Config) -> dict[str, float]:
+    pop = np.bincount(store.items, minlength=n_items).astype(np.float64)
+    users = np.arange(store.n_users)
+    history = [np.append(store.history(u), store.val_item[u]) for u in users]
+    rank = rank_of_target(np.broadcast_to(pop, (store.n_users, n_items)), store.test_item, history)
+    hit, ndcg = hit_and_ndcg(rank, cfg.top_k)
+    from common.federated import user_rng
+
+    s_rank = np.zeros(store.n_users, np.int64)
+    for u in users:
+        seen = np.concatenate([store.history(u), [store.val_item[u], store.test_item[u]]])
+        negs = sample_eval_negatives(n_items, seen, cfg.eval_negatives, user_rng(cfg.seed, 0, store.user_keys[u],
+                                                                                   "eval-test"))
+        s_rank[u] = int((pop[negs] >= pop[store.test_item[u]]).sum())
+    hit_s, ndcg_s = hit_and_ndcg(s_rank, cfg.top_k)
+    k = cfg.top_k
+    return {f"hr@{k}": hit.mean(), f"ndcg@{k}": ndcg.mean(), f"hr@{k}-sampled": hit_s.mean(),
+            f"ndcg@{k}-sampled": ndcg_s.mean()}
+
+
+def run_baselines(cfg: Config, say: Callable[[str], None] = print) -> tuple[dict, dict]:
+    """Centralized model, context-free centralized model and most-popular, on the same split.
+
+    Returns ({system: test metrics}, {system: seconds}).
+    """
+    from common.central import train_central
+    from server.content import ContentEncoder
+
+    ds = load_cached(str(resolve_dataset(cfg)))
+    item_h = ContentEncoder(cfg.text_dim, cfg.text_epochs, cfg.text_window, cfg.text_pooling,
+                            cfg.seed).item_vectors(ds.item_texts)
+    k = cfg.top_k
+    systems, timings = {}, {}
+    for name, c in (("centralized", cfg), ("context-free", cfg.replace(use_context=False))):
+        store = UserStore.from_prepared(ds, np.arange(ds.n_users), use_context=c.use_context)
+        t0 = time.perf_counter()
+
+        def progress(epoch: int, loss: float, seconds: float, name=name, c=c) -> None:
+            if epoch == 1 or epoch % 5 == 0 or epoch == c.central_epochs:
+                say(f"{name}: epoch {epoch:>3}/{c.central_epochs}  loss {loss:.4f}  {seconds:.1f}s")
+
+        params, theta, epoch_s = train_central(store, item_h, c, progress)
+        m = evaluate_users(params, theta, store, item_h, c, "test")
+        systems[name] = {f"hr@{k}": float(m["hr"].mean()), f"ndcg@{k}": float(m["ndcg"].mean()),
+                         f"hr@{k}-sampled": float(m["hr-sampled"].mean()),
+                         f"ndcg@{k}-sampled": float(m["ndcg-sampled"].mean())}
+        timings[f"{name}_total_s"] = time.perf_counter() - t0
+        timings[f"{name}_epoch_s"] = float(np.mean(epoch_s))
+    store = UserStore.from_prepared(ds, np.arange(ds.n_users), use_context=False)
+    systems["popularity"] = {key: float(v) for key, v in _popularity_metrics(store, ds.n_items, cfg).items()}
+    return systems, timings
+
+
+def simulate(cfg: Config, num_nodes: int = 2, verbose: bool = False, baselines: bool = True,
+             say: Callable[[str], None] = print) -> Path:
+    """The whole job: data, federated simulation, baselines, summary.json, rounds.csv, plots. Returns the run dir."""
+    t_start = time.perf_counter()
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    run_dir = run_dir.resolve()
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(f"run directory {run_dir} exists and is not empty. Fix: choose another --out.")
+    cfg = cfg.replace(run_dir=str(run_dir))
+    t0 = time.perf_counter()
+    data_path = resolve_dataset(cfg)
+    ds = load_cached(str(data_path))
+    data_s = time.perf_counter() - t0
+    say(f"data: {data_path} ({ds.n_users} users, {ds.n_items} items, {len(ds.train)} training engagements, "
+        f"context {list(ds.context_names)}) in {data_s:.1f}s")
+    num_nodes = max(1, min(num_nodes, ds.n_users))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    run_flower_simulation(cfg, num_nodes, verbose)
+    federated_s = time.perf_counter() - t0
+    fed_file = run_dir / "federated.json"
+    if not fed_file.is_file():
+        raise RuntimeError(f"the federated run wrote no results ({fed_file}); rerun with --verbose to see why")
+    fed = json.loads(fed_file.read_text())
+    systems = {"federated": fed["metrics"]}
+    timings = {"data_s": data_s, "federated_s": federated_s, **fed["timings"]}
+    if baselines:
+        base, base_t = run_baselines(cfg, say)
+        systems.update(base)
+        timings.update(base_t)
+    timings["total_s"] = time.perf_counter() - t_start
+    summary = {
+        "dataset": {"path": str(data_path), "name": ds.name, "users": ds.n_users, "items": ds.n_items,
+                    "train_engagements": len(ds.train), "context": list(ds.context_names),
+                    "cleaning": ds.cleaning},
+        "systems": {s: systems[s] for s in SYSTEMS if s in systems},
+        "config": cfg.to_flwr(),
+        "nodes": num_nodes,
+        "timings": timings,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot_rounds(fed["rounds"], systems, cfg.top_k, run_dir / "rounds.png")
+    say("")
+    say(results_table(summary["systems"], cfg.top_k))
+    say(f"(test split: each user's last engagement; full ranking over items not in the user's history; "
+        f"sampled: 1 vs {cfg.eval_negatives} negatives)")
+    return run_dir
