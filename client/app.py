@@ -9,6 +9,8 @@ users' shared-parameter updates and scalar metrics.
 
 from __future__ import annotations
 
+import time
+
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -21,7 +23,9 @@ app = ClientApp()
 
 def train_reply(node: Node, content: RecordDict) -> RecordDict:
     """What a node sends back after a training round: {"update": ArrayRecord, "metrics": MetricRecord}."""
+    t0 = time.perf_counter()
     update, metrics = node.train_round(content)
+    metrics["node-seconds"] = time.perf_counter() - t0
     return RecordDict({"update": update, "metrics": MetricRecord(metrics)})
 
 

@@ -95,6 +95,7 @@ class SyntheticConfig:
     min_events: int = 10
     mean_events: float = 20.0
     context_strength: float = 5.0
+    context_mix: float = 0.1  # in a favouring context each favoured topic also gains this weight for every user
     seed: int = 0
     days: int = 120
     start: int = 1_700_000_000
@@ -114,6 +115,8 @@ class SyntheticConfig:
             raise ValueError(
                 f"mean_events ({self.mean_events}) must be >= min_events ({self.min_events})"
             )
+        if not self.context_mix >= 0:
+            raise ValueError(f"context_mix must be >= 0, got {self.context_mix}")
         if not self.context_strength > 0:
             raise ValueError(f"context_strength must be > 0, got {self.context_strength}")
         if self.days < 1:
@@ -228,21 +231,25 @@ def _draw_topics(
     mult: np.ndarray,
     user: np.ndarray,
     ctx: np.ndarray,
+    boost: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Topic of each event, int [E], with weight ``pref[user, t] * mult[ctx, t]``.
+    """Topic of each event, int [E], with weight ``pref[user, t] * mult[ctx, t] + boost[ctx, t]``.
+
+    ``boost`` is the same for every user: the part of the context effect that does not depend
+    on the user's own taste (e.g. everyone drifts to night topics at night).
 
     ``pref_t`` is the transposed preference matrix [T, U]; ``mult`` is [n_ctx, T].
     """
     n_topics = pref_t.shape[0]
     total = np.zeros(user.size)
     for t in range(n_topics):
-        total += pref_t[t][user] * mult[ctx, t]
+        total += pref_t[t][user] * mult[ctx, t] + (0.0 if boost is None else boost[ctx, t])
     target = rng.random(user.size) * total
     topic = np.full(user.size, n_topics - 1, dtype=np.int64)
     open_ = np.ones(user.size, dtype=bool)
     cum = np.zeros(user.size)
     for t in range(n_topics - 1):
-        cum += pref_t[t][user] * mult[ctx, t]
+        cum += pref_t[t][user] * mult[ctx, t] + (0.0 if boost is None else boost[ctx, t])
         hit = open_ & (cum > target)
         topic[hit] = t
         open_ &= ~hit
@@ -299,6 +306,7 @@ def _deduplicate(
     mult: np.ndarray,
     catalogue: _Catalogue,
     n_items: int,
+    boost: np.ndarray | None = None,
 ) -> None:
     """Redraw repeated (user, item) pairs in place until every pair is unique.
 
@@ -312,7 +320,7 @@ def _deduplicate(
         if rep.size == 0:
             return
         if round_ < _REDRAW_ROUNDS:
-            topic[rep] = _draw_topics(rng, pref_t, mult, user[rep], ctx[rep])
+            topic[rep] = _draw_topics(rng, pref_t, mult, user[rep], ctx[rep], boost)
             item[rep] = catalogue.by_popularity(rng, topic[rep])
         elif round_ < 2 * _REDRAW_ROUNDS:
             item[rep] = catalogue.uniform(rng, topic[rep])
@@ -408,16 +416,18 @@ def generate(cfg: SyntheticConfig) -> tuple[pd.DataFrame, pd.DataFrame, Syntheti
 
     # topic multiplier per context code (bit 0 night, bit 1 mobile, bit 2 weekend)
     mult = np.ones((8, n_topics))
+    boost = np.zeros((8, n_topics))
     for bit, favoured in enumerate((night_topics, mobile_topics, weekend_topics)):
         codes = [c for c in range(8) if c >> bit & 1]
         mult[np.ix_(codes, favoured)] *= cfg.context_strength
+        boost[np.ix_(codes, favoured)] += cfg.context_mix
 
     # topic, then item by popularity; redraw repeated (user, item) pairs
     pref_t = np.ascontiguousarray(pref.T)
     catalogue = _Catalogue.build(item_topic, popularity, n_topics)
-    topic = _draw_topics(rng, pref_t, mult, user, ctx)
+    topic = _draw_topics(rng, pref_t, mult, user, ctx, boost)
     item = catalogue.by_popularity(rng, topic)
-    _deduplicate(rng, user, ctx, topic, item, pref_t, mult, catalogue, n_items)
+    _deduplicate(rng, user, ctx, topic, item, pref_t, mult, catalogue, n_items, boost)
 
     order = np.lexsort((item, timestamp, user))
     user_ids = _ids("u", n_users, 6)

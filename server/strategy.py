@@ -71,7 +71,7 @@ class UserFedAvg(FedAvg):
         if errors:
             raise RuntimeError(f"round {server_round}: {len(errors)} node(s) failed: "
                                + "; ".join(m.error.reason for m in errors[:3]))
-        sums, users, examples, loss = [], 0, 0, 0.0
+        sums, users, examples, loss, node_s = [], 0, 0, 0.0, 0.0
         for msg in valid:
             metrics = msg.content.metric_records["metrics"]
             n = int(metrics["num-users"])
@@ -80,8 +80,10 @@ class UserFedAvg(FedAvg):
             users += n
             examples += int(metrics["num-examples"])
             loss += float(metrics["train-loss-sum"])
+            node_s = max(node_s, float(metrics.get("node-seconds", 0.0)))
         self._row = {"round": server_round, "users": users, "examples": examples,
-                     "train-loss": loss / max(users, 1)}
+                     "train-loss": loss / max(users, 1),
+                     "slowest-node-seconds": node_s}
         if users == 0 or self.current is None:
             return None, MetricRecord({"num-users": 0})
         total = sum_updates(sums)

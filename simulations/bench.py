@@ -1,0 +1,57 @@
+"""Benchmark: centralized epoch vs federated full-participation round on the same users and machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from common.config import Config
+from common.datasets import load_cached, resolve_dataset
+
+__all__ = ["bench"]
+
+
+def bench(cfg: Config, users: Sequence[int], items: int, rounds: int = 3, nodes: int = 2,
+          say: Callable[[str], None] = print) -> list[dict]:
+    """For each user count: seconds per centralized epoch (after a warm-up epoch) and per federated
+    training round (Flower simulation, every user sampled, rounds after the first), their ratio and
+    user updates per second. Evaluation is excluded from both timings."""
+    from common.central import train_central
+    from common.federated import UserStore
+    from server.content import ContentEncoder
+    from simulations.simulate import run_flower_simulation
+
+    results = []
+    for n_users in users:
+        c = cfg.replace(data="synthetic", synthetic_users=int(n_users), synthetic_items=int(items),
+                        sample_rate=1.0, num_rounds=max(2, rounds), eval_every=10**6, central_epochs=2)
+        ds = load_cached(str(resolve_dataset(c)))
+        item_h = ContentEncoder(c.text_dim, c.text_epochs, c.text_window, c.text_pooling,
+                                c.seed).item_vectors(ds.item_texts)
+        store = UserStore.from_prepared(ds, np.arange(ds.n_users), use_context=c.use_context)
+        _, _, epoch_s = train_central(store, item_h, c)
+        central = float(epoch_s[-1])
+        say(f"bench {n_users} users: centralized epoch {central:.2f}s ({len(ds.train)} engagements)")
+        with tempfile.TemporaryDirectory() as tmp:
+            run_dir = Path(tmp) / "run"
+            run_flower_simulation(c.replace(run_dir=str(run_dir)), nodes)
+            rows = json.loads((run_dir / "federated.json").read_text())["rounds"]
+        round_s = float(np.mean([r["train-seconds"] for r in rows[1:]]))
+        result = {
+            "users": int(ds.n_users), "items": int(ds.n_items), "engagements": int(len(ds.train)),
+            "nodes": nodes, "local_steps": c.local_steps, "centralized_batch": c.central_batch,
+            "centralized_epoch_s": round(central, 4), "federated_round_s": round(round_s, 4),
+            "ratio": round(round_s / central, 3), "user_updates_per_s": round(ds.n_users / round_s, 1),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.platform()}",
+        }
+        say(f"bench {n_users} users: federated round {round_s:.2f}s, ratio {result['ratio']}, "
+            f"{result['user_updates_per_s']} user updates/s")
+        results.append(result)
+    return results
