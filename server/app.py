@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
@@ -61,6 +62,8 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_rounds_csv(rows, run_dir / "rounds.csv")
+        if out["final_arrays"] is not None:  # the global model (shared parameters only)
+            np.savez(run_dir / "global_model.npz", **{k.replace("/", "."): v for k, v in out["final_arrays"].items()})
         (run_dir / "federated.json").write_text(json.dumps(
             {k: v for k, v in out.items() if k != "final_arrays"}, indent=2))
     return out

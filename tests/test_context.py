@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-
-try:
-    import common  # noqa: F401
-except ModuleNotFoundError:  # running `pytest` without the repo root on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.context import ContextEncoder
 from common.data import ContextColumn

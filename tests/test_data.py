@@ -7,7 +7,6 @@ worked out by hand in the comments next to them.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +14,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-try:
-    import common  # noqa: F401
-except ModuleNotFoundError:  # running `pytest` without the repo root on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.data import (
     ContextColumn,

@@ -1,0 +1,27 @@
+"""Shared fixtures: small generated datasets (never real data)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def small_synthetic(tmp_path_factory) -> Path:
+    """A 24-user, 120-item synthetic dataset directory."""
+    from common.synthetic import SyntheticConfig, write_synthetic
+
+    out = tmp_path_factory.mktemp("data") / "small"
+    return write_synthetic(out, SyntheticConfig(users=24, items=120, topics=6, min_events=6, mean_events=8.0,
+                                                seed=3))
+
+
+@pytest.fixture(scope="session")
+def small_cache(tmp_path_factory) -> Path:
+    """FEDCTX_CACHE for tests that use data=synthetic."""
+    return tmp_path_factory.mktemp("cache")

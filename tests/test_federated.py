@@ -1,0 +1,151 @@
+"""Nodes: per-user updates, sharded == one user per node, sampling, and what leaves a node."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
+
+from client.app import evaluate_reply, train_reply
+from client.node import node_for
+from common.config import Config
+from common.data import load_dataset
+from common.federated import UserStore, poisson_sample, user_updates
+from common.model import DENSE_NAMES, ModelShape, init_shared
+from common.params import from_record, to_record
+from server.content import ContentEncoder
+
+
+@pytest.fixture(scope="module")
+def setup(small_synthetic):
+    cfg = Config(data=str(small_synthetic), dim=4, text_dim=8, text_epochs=2, negatives=3, local_steps=2)
+    ds = load_dataset(small_synthetic)
+    item_h = ContentEncoder(cfg.text_dim, cfg.text_epochs, seed=0).item_vectors(ds.item_texts)
+    shape = ModelShape(ds.n_items, cfg.text_dim, cfg.dim, ds.context_dim, True)
+    params = init_shared(shape, seed=0)
+    return cfg, ds, item_h, shape, params
+
+
+def _content(params, item_h, round_, q=1.0, first=True):
+    d = RecordDict({"arrays": to_record(params),
+                    "config": ConfigRecord({"server-round": round_, "sample-rate": q, "sampling-seed": 7})})
+    if first:
+        d["content"] = to_record({"item-vectors": item_h})
+    return d
+
+
+def _context(cfg, partition, partitions):
+    return Context(run_id=1, node_id=partition + 1, state=RecordDict(), run_config=cfg.to_flwr(),
+                   node_config={"partition-id": partition, "num-partitions": partitions})
+
+
+def _aggregate(cfg, params, item_h, partitions, rounds=2, q=1.0):
+    """Sum of updates and user count over all nodes, per round, with theta_u kept in each node's Context."""
+    contexts = [_context(cfg, p, partitions) for p in range(partitions)]
+    out = []
+    for r in range(1, rounds + 1):
+        total, users = None, 0
+        for ctx in contexts:
+            node = node_for(ctx)
+            reply = train_reply(node, _content(params, item_h, r, q, first=(r == 1)))
+            node.save(ctx)
+            upd = from_record(reply.array_records["update"])
+            total = upd if total is None else {k: total[k] + upd[k] for k in total}
+            users += int(reply.metric_records["metrics"]["num-users"])
+        out.append((total, users))
+    return out
+
+
+def test_sharded_equals_one_user_per_node(setup):
+    cfg, ds, item_h, _, params = setup
+    sharded = _aggregate(cfg, params, item_h, partitions=3)
+    per_user = _aggregate(cfg, params, item_h, partitions=ds.n_users)
+    for (a, na), (b, nb) in zip(sharded, per_user):
+        assert na == nb == ds.n_users
+        for k in a:
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-6)
+    # round 2 starts from the theta_u each node kept: it differs from round 1
+    assert not np.allclose(sharded[0][0]["tower/kernel"], sharded[1][0]["tower/kernel"])
+
+
+def test_poisson_sampling_is_per_user_and_has_rate_q():
+    keys = np.array([f"u{i}" for i in range(4000)])
+    mask = poisson_sample(keys, 0.25, seed=1, round_=3)
+    assert abs(mask.mean() - 0.25) < 4 * np.sqrt(0.25 * 0.75 / 4000)
+    # a user's decision does not depend on who else is on the node
+    np.testing.assert_array_equal(poisson_sample(keys[::7], 0.25, 1, 3), mask[::7])
+    # and changes with the round
+    assert (poisson_sample(keys, 0.25, 1, 4) != mask).any()
+
+
+def test_sampling_matches_rate_in_training(setup):
+    cfg, ds, item_h, _, params = setup
+    ((_, users),) = _aggregate(cfg, params, item_h, partitions=2, rounds=1, q=0.5)
+    keys = np.asarray(ds.user_ids).astype(str)
+    assert users == int(poisson_sample(keys, 0.5, 7, 1).sum())
+
+
+def test_total_is_sum_of_user_updates(setup):
+    cfg, ds, item_h, shape, params = setup
+    store = UserStore.from_prepared(ds, np.arange(ds.n_users))
+    users = np.arange(ds.n_users)
+    theta = np.zeros((ds.n_users, cfg.dim), np.float32)
+    upd, new_theta = user_updates(params, theta, store, users, item_h, cfg, round_=1)
+    shapes = shape.shapes()
+    total = upd.total(shapes)
+    by_user = [upd.user_update(u, shapes) for u in range(upd.n_users)]
+    for k in shapes:
+        np.testing.assert_allclose(total[k], sum(d[k] for d in by_user), rtol=1e-5, atol=1e-6)
+    norms = np.array([np.sqrt(sum(np.square(v).sum() for v in b.values())) for b in by_user])
+    np.testing.assert_allclose(upd.norms(), norms, rtol=1e-4)
+    # an item row changes only for items the user's examples touched
+    for u in range(3):
+        touched = set(upd.rows[u][upd.rows[u] >= 0].tolist())
+        changed = set(np.flatnonzero(np.abs(by_user[u]["items/embedding"]).sum(1) > 0).tolist())
+        assert changed <= touched and set(store.history(u).tolist()) <= touched
+    assert not np.allclose(new_theta, theta)
+
+
+def test_client_sends_only_shared_updates_and_scalars(setup):
+    """No theta_u, no item ids, no raw interactions leave a node."""
+    cfg, ds, item_h, shape, params = setup
+    ctx = _context(cfg, 0, 2)
+    node = node_for(ctx)
+    reply = train_reply(node, _content(params, item_h, 1))
+    node.save(ctx)
+    theta = from_record(ctx.state.array_records["theta"])["theta"]
+    assert set(reply.keys()) == {"update", "metrics"}
+    assert not reply.config_records
+    (update,) = reply.array_records.values()
+    arrays = from_record(update)
+    # exactly the shared parameters, with their global shapes (dense: whole item table)
+    assert {k: v.shape for k, v in arrays.items()} == shape.shapes()
+    assert all(v.dtype == np.float32 for v in arrays.values())
+    # theta_u (private) appears nowhere in what is sent
+    sent = np.concatenate([v.ravel() for v in arrays.values()])
+    for row in theta:
+        for value in row[np.abs(row) > 1e-3][:3]:
+            assert not np.any(np.isclose(sent, value, rtol=0, atol=1e-7)), "a theta_u value was sent"
+    # metrics are a fixed set of scalars (counts and a loss), no ids
+    (metrics,) = reply.metric_records.values()
+    assert set(metrics.keys()) == {"num-users", "num-examples", "train-loss-sum", "node-seconds"}
+    assert all(isinstance(v, (int, float)) for v in metrics.values())
+    # evaluation replies carry only per-node means and the user count
+    ev = evaluate_reply(node, _content(params, item_h, 1, first=False))
+    assert set(ev.keys()) == {"metrics"} and not ev.array_records
+    assert all(isinstance(v, (int, float)) for v in ev.metric_records["metrics"].values())
+    assert all(k == "num-users" or 0.0 <= v <= 1.0 for k, v in ev.metric_records["metrics"].items())
+    assert isinstance(update, ArrayRecord) and isinstance(metrics, MetricRecord)
+
+
+def test_theta_persists_in_node_state(setup):
+    cfg, _, item_h, _, params = setup
+    ctx = _context(cfg, 1, 2)
+    node = node_for(ctx)
+    train_reply(node, _content(params, item_h, 1))
+    node.save(ctx)
+    again = node_for(ctx)
+    np.testing.assert_array_equal(again.theta, node.theta)
+    assert again.ready.all() and again.item_h is not None
+    assert set(from_record(ctx.state.array_records["theta"])) == {"theta", "ready"}
+    assert DENSE_NAMES[0] not in ctx.state.array_records

@@ -1,0 +1,110 @@
+"""The scoring formula, warm start and per-user local training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from common.model import (DENSE_NAMES, ModelShape, group_loss, init_shared, local_train, score_items,
+                          warm_start_theta)
+
+
+def _dense(text_dim=2, dim=2, ctx=1):
+    return {
+        "tower/kernel": np.eye(text_dim, dim, dtype=np.float32),
+        "tower/bias": np.zeros(dim, np.float32),
+        "text-bias/kernel": np.zeros(text_dim, np.float32),
+        "global-bias": np.zeros(1, np.float32),
+        "context/shift": np.zeros(ctx, np.float32),
+        "context/interaction": np.zeros((ctx, dim), np.float32),
+    }
+
+
+def test_score_by_hand():
+    # h(c1) = [1, 0], h(c2) = [0, 1]; tower = identity, so phi = h (+ item embedding).
+    dense = _dense()
+    dense["tower/bias"] = np.array([0.5, 0.0], np.float32)      # phi(c1) = [1.5, 0], phi(c2) = [0.5, 1]
+    dense["text-bias/kernel"] = np.array([0.0, 0.25], np.float32)  # b(c2) = 0.25
+    dense["global-bias"] = np.array([-1.0], np.float32)
+    dense["context/shift"] = np.array([2.0], np.float32)
+    dense["context/interaction"] = np.array([[0.0, 3.0]], np.float32)  # W_int^T x = [0, 3x]
+    item_h = np.array([[1, 0], [0, 1]], np.float32)
+    theta = np.array([[1.0, 0.0]], np.float32)
+    # x = 0: q = [1, 0]: s1 = 1.5 - 1 = 0.5; s2 = 0.5 + 0.25 - 1 = -0.25
+    # x = 1: q = [1, 3]: s1 = 1.5 + 2 - 1 = 2.5; s2 = 0.5 + 3 + 0.25 + 2 - 1 = 4.75
+    s = score_items(dense, np.repeat(theta, 2, 0), np.array([[0.0], [1.0]], np.float32), item_h, None, None)
+    np.testing.assert_allclose(s, [[0.5, -0.25], [2.5, 4.75]], rtol=1e-6)
+    # the context flips the ranking of the two items
+    assert s[0].argmax() == 0 and s[1].argmax() == 1
+    # the hybrid item embedding and bias add to phi(c) and b(c)
+    emb = np.array([[0.0, 0.0], [1.0, 0.0]], np.float32)  # phi(c2) = [1.5, 1]
+    bias = np.array([0.0, 1.0], np.float32)
+    s = score_items(dense, theta, np.zeros((1, 1), np.float32), item_h, emb, bias)
+    np.testing.assert_allclose(s, [[0.5, 1.5 + 0.25 + 1.0 - 1.0]], rtol=1e-6)
+
+
+def test_warm_start_by_hand():
+    phi = np.array([[1.0, 0.0], [0.0, 1.0]])
+    # ages 0 and one half-life: weights 1 and 1/2 -> r = [2/3, 1/3]
+    np.testing.assert_allclose(warm_start_theta(phi, np.array([0.0, 30.0]), 30.0), [2 / 3, 1 / 3], rtol=1e-6)
+    assert warm_start_theta(np.zeros((0, 2)), np.zeros(0), 30.0).tolist() == [0.0, 0.0]
+
+
+def _user_batch(rng, G, L, R, text_dim, dim, ctx_dim, C=3):
+    sizes = rng.integers(1, L + 1, G)
+    ex_mask = (np.arange(L)[None] < sizes[:, None]).astype(np.float32)
+    rows = rng.integers(2, R + 1, G)
+    row_mask = (np.arange(R)[None] < rows[:, None]).astype(np.float32)
+    cand = np.stack([rng.integers(0, r, (L, C)) for r in rows]).astype(np.int32)
+    return dict(
+        theta=rng.normal(0, 0.1, (G, dim)).astype(np.float32),
+        rows_emb=rng.normal(0, 0.1, (G, R, dim)).astype(np.float32),
+        rows_bias=np.zeros((G, R), np.float32),
+        rows_h=rng.normal(0, 1, (G, R, text_dim)).astype(np.float32),
+        row_mask=row_mask, ctx=rng.normal(0, 1, (G, L, ctx_dim)).astype(np.float32),
+        cand=cand, ex_mask=ex_mask,
+    )
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_group_training_equals_one_user_at_a_time(optimizer):
+    """Training G users together gives each user exactly what training it alone gives."""
+    rng = np.random.default_rng(0)
+    G, L, R, text_dim, dim, ctx_dim = 4, 5, 9, 6, 3, 2
+    shared = init_shared(ModelShape(n_items=1, text_dim=text_dim, dim=dim, context_dim=ctx_dim,
+                                    item_embedding=False), seed=1)
+    dense = {k: np.broadcast_to(shared[k], (G,) + shared[k].shape) for k in DENSE_NAMES}
+    b = _user_batch(rng, G, L, R, text_dim, dim, ctx_dim)
+    kw = dict(steps=3, lr=0.05, theta_lr=0.2, l2=1e-3, optimizer=optimizer)
+    together = local_train(dense, b["theta"], b["rows_emb"], b["rows_bias"], b["rows_h"], b["row_mask"],
+                           b["ctx"], b["cand"], b["ex_mask"], **kw)
+    for g in range(G):
+        s = slice(g, g + 1)
+        alone = local_train({k: v[s] for k, v in dense.items()}, b["theta"][s], b["rows_emb"][s],
+                            b["rows_bias"][s], b["rows_h"][s], b["row_mask"][s], b["ctx"][s], b["cand"][s],
+                            b["ex_mask"][s], **kw)
+        for k in DENSE_NAMES:
+            np.testing.assert_allclose(together[0][k][g], alone[0][k][0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(together[1][g], alone[1][0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(together[2][g], alone[2][0], rtol=1e-5, atol=1e-6)
+
+
+def test_local_training_lowers_each_users_loss():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(1)
+    G, L, R, text_dim, dim, ctx_dim = 3, 6, 10, 5, 4, 2
+    shared = init_shared(ModelShape(1, text_dim, dim, ctx_dim, False), seed=2)
+    dense = {k: np.broadcast_to(shared[k], (G,) + shared[k].shape).copy() for k in DENSE_NAMES}
+    b = _user_batch(rng, G, L, R, text_dim, dim, ctx_dim)
+
+    def loss(d, th, e, bias):
+        t = lambda a: tf.constant(a)  # noqa: E731
+        return group_loss({k: t(v) for k, v in d.items()}, t(th), t(e), t(bias), t(b["rows_h"]),
+                          t(b["row_mask"]), t(b["ctx"]), t(b["cand"]), t(b["ex_mask"]), 1e-4).numpy()
+
+    before = loss(dense, b["theta"], b["rows_emb"], b["rows_bias"])
+    out = local_train(dense, b["theta"], b["rows_emb"], b["rows_bias"], b["rows_h"], b["row_mask"], b["ctx"],
+                      b["cand"], b["ex_mask"], steps=5, lr=0.02, theta_lr=0.2, l2=1e-4)
+    after = loss(*out)
+    assert (after < before).all(), (before, after)
