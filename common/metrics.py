@@ -19,13 +19,14 @@ def rank_of_target(scores: np.ndarray, target: np.ndarray, exclude: Sequence[np.
     """
     scores = np.array(scores, dtype=np.float64, copy=True)
     scores[np.isnan(scores)] = -np.inf  # a broken (NaN) score never ranks well
+    candidate = np.ones(scores.shape, bool)
     rows = np.repeat(np.arange(len(exclude)), [len(e) for e in exclude])
-    cols = np.concatenate(exclude) if len(exclude) else np.zeros(0, np.int64)
-    scores[rows, cols.astype(np.int64)] = -np.inf
+    cols = np.concatenate(exclude).astype(np.int64) if len(exclude) else np.zeros(0, np.int64)
+    candidate[rows, cols] = False
     idx = np.arange(len(target))
+    candidate[idx, target] = False
     t = scores[idx, target]
-    scores[idx, target] = -np.inf
-    return (scores >= t[:, None]).sum(axis=1)
+    return ((scores >= t[:, None]) & candidate).sum(axis=1)
 
 
 def hit_and_ndcg(rank: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

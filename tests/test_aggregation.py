@@ -1,0 +1,37 @@
+"""Server aggregation and optimisers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from common.aggregation import ServerOptimizer, sum_updates
+
+
+def test_sum_updates_and_shape_errors():
+    a = {"w": np.array([1.0, 2.0]), "b": np.array([1.0])}
+    b = {"w": np.array([0.5, -1.0]), "b": np.array([3.0])}
+    out = sum_updates([a, b])
+    np.testing.assert_allclose(out["w"], [1.5, 1.0])
+    np.testing.assert_allclose(out["b"], [4.0])
+    with pytest.raises(ValueError, match="shape"):
+        sum_updates([a, {"w": np.zeros(3), "b": np.zeros(1)}])
+    with pytest.raises(ValueError, match="names"):
+        sum_updates([a, {"w": np.zeros(2)}])
+
+
+def test_sgd_is_fedavg():
+    opt = ServerOptimizer("sgd", lr=1.0)
+    x = {"w": np.array([1.0, 1.0], np.float32)}
+    np.testing.assert_allclose(opt.apply(x, {"w": np.array([0.5, -2.0])})["w"], [1.5, -1.0])
+
+
+def test_adam_first_step_by_hand():
+    # step 1: m_hat = d, v_hat = d^2 -> x + lr * d / (|d| + eps) = x + lr * sign(d)
+    opt = ServerOptimizer("adam", lr=0.1, eps=1e-12)
+    x = {"w": np.zeros(3, np.float32)}
+    out = opt.apply(x, {"w": np.array([1e-4, -3.0, 0.0])})
+    np.testing.assert_allclose(out["w"], [0.1, -0.1, 0.0], atol=1e-6)
+    # a zero update after a positive one keeps moving in the same direction (momentum)
+    out2 = opt.apply(out, {"w": np.zeros(3)})
+    assert out2["w"][0] > out["w"][0]

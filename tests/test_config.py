@@ -1,0 +1,35 @@
+"""One configuration: defaults in code and in pyproject agree; bad settings give clear errors."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from common.config import Config, ConfigError, config_from_mapping, parse_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pyproject_holds_every_setting_with_its_default():
+    flwr_config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert flwr_config == Config().to_flwr()
+
+
+def test_overrides_are_typed():
+    cfg = config_from_mapping(parse_overrides(["num-rounds=3", "use-context=false", "server-lr=0.5"]))
+    assert (cfg.num_rounds, cfg.use_context, cfg.server_lr) == (3, False, 0.5)
+
+
+@pytest.mark.parametrize("items, message", [
+    (["num-round=3"], "unknown setting 'num-round'"),
+    (["num-rounds=abc"], "num-rounds: must be an integer. Found 'abc'"),
+    (["sample-rate=1.5"], "sample-rate: must be in (0, 1]. Found 1.5"),
+    (["use-context=maybe"], "use-context: must be true or false"),
+    (["norounds"], "--set expects key=value"),
+])
+def test_bad_settings_name_the_rule_and_value(items, message):
+    with pytest.raises(ConfigError) as err:
+        config_from_mapping(parse_overrides(items))
+    assert message in str(err.value)

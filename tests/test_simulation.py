@@ -1,0 +1,100 @@
+"""End to end through the real Flower simulation engine and the `fedctx` command line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from common.config import Config
+from simulations.cli import cli
+
+SMALL = ["--set", "dim=4", "--set", "text-dim=8", "--set", "text-epochs=2", "--set", "central-epochs=2",
+         "--set", "local-steps=2"]
+
+
+def _fedctx(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "simulations.cli", *args], capture_output=True, text=True,
+                          env=env, cwd=Path(__file__).resolve().parents[1], timeout=600)
+
+
+def test_simulate_writes_the_run_directory(small_synthetic, tmp_path):
+    out = tmp_path / "run"
+    res = _fedctx("simulate", "--data", str(small_synthetic), "--set", "num-rounds=2", *SMALL, "--out", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    last = res.stdout.strip().splitlines()[-1]
+    assert last == f"run directory: {out}"
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["systems"]) == {"federated", "centralized", "context-free", "popularity"}
+    for metrics in summary["systems"].values():
+        for key in ("hr@10", "ndcg@10", "hr@10-sampled", "ndcg@10-sampled"):
+            assert 0.0 <= metrics[key] <= 1.0
+            if key.startswith("ndcg"):
+                assert metrics[key] <= metrics[key.replace("ndcg", "hr")] + 1e-12
+    assert summary["config"]["num-rounds"] == 2 and summary["config"]["data"] == str(small_synthetic)
+    assert {"federated_s", "total_s", "centralized_epoch_s"} <= set(summary["timings"])
+    with open(out / "rounds.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["round"]) for r in rows] == [1, 2]
+    assert int(rows[0]["users"]) == summary["dataset"]["users"]
+    assert (out / "rounds.png").stat().st_size > 10_000
+    assert "round   2/2" in res.stdout
+
+
+def test_one_user_per_node_equals_sharded_through_flower(small_synthetic, tmp_path):
+    """Same seed: every user on its own SuperNode gives the same global model as 3 shards."""
+    from simulations.simulate import run_flower_simulation
+
+    cfg = Config(data=str(small_synthetic), dim=4, text_dim=8, text_epochs=2, local_steps=2, num_rounds=2,
+                 sample_rate=0.6, eval_every=100)
+    models = {}
+    for nodes in (3, 24):
+        run_dir = tmp_path / f"n{nodes}"
+        run_flower_simulation(cfg.replace(run_dir=str(run_dir)), nodes)
+        with np.load(run_dir / "global_model.npz") as f:
+            models[nodes] = {k: f[k] for k in f.files}
+        rows = json.loads((run_dir / "federated.json").read_text())["rounds"]
+        models[f"users{nodes}"] = [r["users"] for r in rows]
+    assert models["users3"] == models["users24"] and 0 < models["users3"][0] < 24
+    for k in models[3]:
+        np.testing.assert_allclose(models[3][k], models[24][k], rtol=1e-4, atol=1e-6)
+
+
+def test_cli_errors_name_the_problem(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(cli, ["simulate", "--set", "num-round=3"])
+    assert res.exit_code == 2 and "unknown setting 'num-round'" in res.output
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "dataset.toml").write_text('[dataset]\ninteractions = "i.csv"\nitems = "items.csv"\n')
+    (bad / "i.csv").write_text("user_id,item_id\nu1,a\n,b\n")
+    (bad / "items.csv").write_text("item_id,text\na,x\nb,y\n")
+    res = runner.invoke(cli, ["data", "validate", str(bad)])
+    assert res.exit_code == 2
+    assert "i.csv" in res.output and "row 2" in res.output and "user_id" in res.output
+    res = runner.invoke(cli, ["simulate", "--data", str(tmp_path / "missing")])
+    assert res.exit_code == 2 and "not a dataset directory" in res.output
+
+
+def test_generate_and_validate(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "gen"
+    res = runner.invoke(cli, ["data", "generate", "--out", str(out), "--users", "30", "--items", "100"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, ["data", "validate", str(out)])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output[: res.output.rindex("}") + 1])
+    assert report["n_users"] == 30 and report["n_items"] == 100
+    # refusing to overwrite leaves the first dataset as it was
+    res = runner.invoke(cli, ["data", "generate", "--out", str(out), "--users", "40"])
+    assert res.exit_code == 2 and "--overwrite" in res.output
+    res = runner.invoke(cli, ["data", "validate", str(out)])
+    assert json.loads(res.output[: res.output.rindex("}") + 1])["n_users"] == 30
