@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from common.config import Config
 from common.federated import UserStore, init_theta, item_representations
-from common.model import DENSE_NAMES, ModelShape, bce_with_negatives, group_logits, init_shared
+from common.model import DENSE_NAMES, ModelShape, candidate_loss, group_logits, init_shared
 
 __all__ = ["train_central", "popularity_scores"]
 
@@ -57,7 +57,7 @@ def train_central(store: UserStore, item_h: np.ndarray, cfg: Config,
             local = tf.reshape(tf.range(tf.size(flat)), tf.shape(cand))[None]
             th = tf.gather(theta, users)
             logits = group_logits(dense, th[None], ctx[None], rows_h, rows_emb, rows_bias, local)
-            loss = tf.reduce_mean(bce_with_negatives(logits))
+            loss = tf.reduce_mean(candidate_loss(logits, cfg.loss))
             reg = tf.reduce_sum(tf.square(th))
             if hybrid:
                 reg += tf.reduce_sum(tf.square(rows_emb)) + tf.reduce_sum(tf.square(rows_bias))

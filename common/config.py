@@ -45,7 +45,8 @@ class Config:
     dim: int = 32                    # theta_u, phi(c) in R^dim
     use_context: bool = True         # context shift theta_ctx . x and interaction x^T W phi(c)
     item_embedding: bool = True      # hybrid: add a shared item-id embedding and bias to phi(c)
-    negatives: int = 4               # sampled negatives per engagement (BCE)
+    negatives: int = 4               # sampled negatives per engagement
+    loss: str = "bce"                # "bce" (calibrated P(engage)) | "softmax" (sampled softmax, ranking)
     l2: float = 1e-4                 # L2 penalty on theta_u and the item rows an example touches
     half_life_days: float = 30.0     # time decay of the history that warms up a new theta_u
 
@@ -56,6 +57,7 @@ class Config:
     local_optimizer: str = "sgd"     # "sgd" | "adam" (Adam state restarts every round)
     local_lr: float = 0.01           # step size of the shared parameters' local copies
     theta_lr: float = 0.2            # step size of the private theta_u
+    local_grad_clip: float = 1.0     # each local step clips a user's whole gradient to this L2 norm
     server_optimizer: str = "adam"   # "adam" (FedAdam, Reddi et al. 2021) | "sgd" (FedAvg)
     server_lr: float = 0.05
     privacy: str = "none"            # privacy mode; differential privacy builds on this seam
@@ -86,6 +88,7 @@ class Config:
         need(self.text_pooling in TEXT_POOLING, "text_pooling", f"must be one of {TEXT_POOLING}")
         need(self.dim >= 1, "dim", "must be >= 1")
         need(self.negatives >= 1, "negatives", "must be >= 1")
+        need(self.loss in ("bce", "softmax"), "loss", "must be 'bce' or 'softmax'")
         need(self.l2 >= 0, "l2", "must be >= 0")
         need(self.half_life_days > 0, "half_life_days", "must be > 0")
         need(self.num_rounds >= 1, "num_rounds", "must be >= 1")
@@ -94,6 +97,7 @@ class Config:
         need(self.local_optimizer in ("sgd", "adam"), "local_optimizer", "must be 'sgd' or 'adam'")
         need(self.local_lr > 0, "local_lr", "must be > 0")
         need(self.theta_lr > 0, "theta_lr", "must be > 0")
+        need(self.local_grad_clip > 0, "local_grad_clip", "must be > 0")
         need(self.server_optimizer in SERVER_OPTIMIZERS, "server_optimizer",
              f"must be one of {SERVER_OPTIMIZERS}")
         need(self.server_lr > 0, "server_lr", "must be > 0")

@@ -236,7 +236,7 @@ def user_updates(params: Mapping[str, np.ndarray], theta: np.ndarray, store: Use
         bias0 = params["items/bias"][safe_rows] if hybrid else None
         d1, th1, emb1, bias1 = local_train(
             dense0, new_theta[group], emb0, bias0, rows_h, row_mask, ctx, cand, ex_mask,
-            steps=cfg.local_steps, lr=cfg.local_lr, theta_lr=cfg.theta_lr, l2=cfg.l2,
+            steps=cfg.local_steps, lr=cfg.local_lr, theta_lr=cfg.theta_lr, l2=cfg.l2, clip=cfg.local_grad_clip, loss=cfg.loss,
             optimizer=cfg.local_optimizer)
         for k in DENSE_NAMES:
             dense_out[k][group] = d1[k] - dense0[k]
@@ -246,7 +246,7 @@ def user_updates(params: Mapping[str, np.ndarray], theta: np.ndarray, store: Use
         else:
             row_parts.append((group, rows, None, None))
         # final loss is reported from the last step's parameters: cheap proxy via one forward pass
-        loss[group] = _final_loss(d1, th1, emb1, bias1, rows_h, row_mask, ctx, cand, ex_mask, cfg.l2)
+        loss[group] = _final_loss(d1, th1, emb1, bias1, rows_h, row_mask, ctx, cand, ex_mask, cfg.l2, cfg.loss)
     R_all = max((p[1].shape[1] for p in row_parts), default=0)
     rows_all = np.full((U, R_all), -1, np.int64)
     emb_all = np.zeros((U, R_all, dim), np.float32) if hybrid else None
@@ -261,14 +261,14 @@ def user_updates(params: Mapping[str, np.ndarray], theta: np.ndarray, store: Use
     return updates, new_theta
 
 
-def _final_loss(dense, theta, emb, bias, rows_h, row_mask, ctx, cand, ex_mask, l2) -> np.ndarray:
+def _final_loss(dense, theta, emb, bias, rows_h, row_mask, ctx, cand, ex_mask, l2, loss) -> np.ndarray:
     from common.model import group_loss
     import tensorflow as tf
 
     out = group_loss({k: tf.constant(v) for k, v in dense.items()}, tf.constant(theta),
                       None if emb is None else tf.constant(emb), None if bias is None else tf.constant(bias),
                       tf.constant(rows_h), tf.constant(row_mask), tf.constant(ctx), tf.constant(cand),
-                      tf.constant(ex_mask), l2)
+                      tf.constant(ex_mask), l2, loss)
     return out.numpy()
 
 
@@ -289,6 +289,7 @@ def evaluate_users(params: Mapping[str, np.ndarray], theta: np.ndarray, store: U
     for start in range(0, store.n_users, chunk):
         users = np.arange(start, min(start + chunk, store.n_users))
         scores = score_items(dense, theta[users], ctx[users], item_h, emb, bias)
+        scores = np.where(np.isnan(scores), -np.inf, scores)  # a broken (NaN) score never ranks well
         history = [store.history(u) if split == "val" else np.append(store.history(u), store.val_item[u])
                    for u in users]
         rank = rank_of_target(scores, target[users], history)

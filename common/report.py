@@ -53,7 +53,11 @@ def plot_rounds(rows: Sequence[Mapping[str, float]], systems: Mapping[str, Mappi
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     evaluated = [r for r in rows if f"val-hr@{k}" in r]
     x = [r["round"] for r in evaluated]
     for ax, metric, title in ((axes[0], f"hr@{k}", f"HR@{k} (full ranking)"),

@@ -108,3 +108,34 @@ def test_local_training_lowers_each_users_loss():
                       b["cand"], b["ex_mask"], steps=5, lr=0.02, theta_lr=0.2, l2=1e-4)
     after = loss(*out)
     assert (after < before).all(), (before, after)
+
+
+def test_candidate_losses_by_hand():
+    import tensorflow as tf
+
+    from common.model import candidate_loss
+
+    logits = tf.constant([[2.0, 0.0], [0.0, 0.0]])
+    # softmax: log(e^2 + e^0) - 2 = log(1 + e^-2)
+    np.testing.assert_allclose(candidate_loss(logits, "softmax").numpy(),
+                               [np.log1p(np.exp(-2.0)), np.log(2.0)], rtol=1e-6)
+    # bce: -log sigmoid(s_0) - sum_c log(1 - sigmoid(s_c))
+    np.testing.assert_allclose(candidate_loss(logits, "bce").numpy(),
+                               [np.log1p(np.exp(-2.0)) + np.log(2.0), 2 * np.log(2.0)], rtol=1e-6)
+
+
+def test_local_gradient_clipping_bounds_each_users_step():
+    rng = np.random.default_rng(5)
+    G, L, R, text_dim, dim, ctx_dim = 3, 4, 8, 5, 3, 2
+    shared = init_shared(ModelShape(1, text_dim, dim, ctx_dim, False), seed=0)
+    dense = {k: np.broadcast_to(shared[k], (G,) + shared[k].shape) for k in DENSE_NAMES}
+    b = _user_batch(rng, G, L, R, text_dim, dim, ctx_dim)
+    b["theta"] *= 50  # large logits, large gradients
+    lr, clip = 0.5, 0.01
+    d, th, e, bias = local_train(dense, b["theta"], b["rows_emb"], b["rows_bias"], b["rows_h"], b["row_mask"],
+                                 b["ctx"], b["cand"], b["ex_mask"], steps=1, lr=lr, theta_lr=lr, l2=0.0, clip=clip)
+    sq = sum(np.square(d[k] - dense[k]).reshape(G, -1).sum(1) for k in DENSE_NAMES)
+    sq += np.square(th - b["theta"]).sum(1) + (np.square(e - b["rows_emb"]).sum(-1)).sum(1)
+    sq += np.square(bias - b["rows_bias"]).sum(1)
+    assert (np.sqrt(sq) <= lr * clip * (1 + 1e-4)).all()
+    assert (np.sqrt(sq) > 0.5 * lr * clip).all()  # the gradients were large: the clip was active
