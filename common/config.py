@@ -45,13 +45,13 @@ class Config:
     dim: int = 32                    # theta_u, phi(c) in R^dim
     use_context: bool = True         # context shift theta_ctx . x and interaction x^T W phi(c)
     item_embedding: bool = True      # hybrid: add a shared item-id embedding and bias to phi(c)
-    negatives: int = 4               # sampled negatives per engagement
-    loss: str = "bce"                # "bce" (calibrated P(engage)) | "softmax" (sampled softmax, ranking)
+    negatives: int = 16              # sampled negatives per engagement
+    loss: str = "softmax"            # "softmax" (sampled softmax; ranks best) | "bce" (sigmoid BCE; calibrated P)
     l2: float = 1e-4                 # L2 penalty on theta_u and the item rows an example touches
     half_life_days: float = 30.0     # time decay of the history that warms up a new theta_u
 
     # federation
-    num_rounds: int = 20
+    num_rounds: int = 40
     sample_rate: float = 1.0         # q: each user takes part in a round independently with prob. q
     local_steps: int = 5             # full-batch Adam steps each sampled user takes per round
     local_optimizer: str = "sgd"     # "sgd" | "adam" (Adam state restarts every round)
@@ -59,7 +59,7 @@ class Config:
     theta_lr: float = 0.2            # step size of the private theta_u
     local_grad_clip: float = 1.0     # each local step clips a user's whole gradient to this L2 norm
     server_optimizer: str = "adam"   # "adam" (FedAdam, Reddi et al. 2021) | "sgd" (FedAvg)
-    server_lr: float = 0.05
+    server_lr: float = 0.02
     privacy: str = "none"            # privacy mode; differential privacy builds on this seam
 
     # centralized baselines

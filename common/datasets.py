@@ -9,7 +9,10 @@ from pathlib import Path
 from common.config import Config
 from common.data import PreparedDataset, load_dataset
 
-__all__ = ["cache_dir", "resolve_dataset", "load_cached"]
+__all__ = ["cache_dir", "resolve_dataset", "load_cached", "GENERATOR_VERSION"]
+
+#: Bumped whenever the synthetic generator's output changes, so cached data is never stale.
+GENERATOR_VERSION = 2
 
 
 def cache_dir() -> Path:
@@ -28,7 +31,7 @@ def resolve_dataset(cfg: Config) -> Path:
         return path
     from common.synthetic import SyntheticConfig, write_synthetic
 
-    path = cache_dir() / f"synthetic-u{cfg.synthetic_users}-i{cfg.synthetic_items}-s{cfg.seed}"
+    path = cache_dir() / f"synthetic-v{GENERATOR_VERSION}-u{cfg.synthetic_users}-i{cfg.synthetic_items}-s{cfg.seed}"
     if not (path / "dataset.toml").is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         try:

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import math
 import os
 import re
@@ -22,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 __all__ = [
+    "write_dataset",
     "TABLE_SUFFIXES",
     "atomic_output_dir",
     "write_table",
@@ -221,3 +224,22 @@ def write_dataset_toml(directory: Path, **fields: object) -> Path:
     target = Path(directory) / "dataset.toml"
     target.write_text(dataset_toml(**fields), encoding="utf-8")  # type: ignore[arg-type]
     return target
+
+
+def write_dataset(out: Path, produce: "Callable[[], tuple[str, pd.DataFrame, pd.DataFrame]]", *,
+                  fmt: str = "parquet", overwrite: bool = False, **toml_fields: object) -> Path:
+    """Write a dataset directory atomically: ``produce()`` -> (name, interactions, items).
+
+    ``produce`` runs inside the temporary directory's lifetime, so a failure while reading or
+    generating leaves nothing behind. ``toml_fields`` go to :func:`dataset_toml` (besides name and files).
+    """
+    if fmt not in ("parquet", "csv"):
+        raise ValueError(f"fmt must be 'parquet' or 'csv', got {fmt!r}")
+    out = Path(out)
+    with atomic_output_dir(out, overwrite=overwrite) as tmp:
+        name, interactions, items = produce()
+        write_table(interactions, tmp / f"interactions.{fmt}")
+        write_table(items, tmp / f"items.{fmt}")
+        write_dataset_toml(tmp, name=name, interactions=f"interactions.{fmt}", items=f"items.{fmt}",
+                           **toml_fields)
+    return out

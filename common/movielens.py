@@ -39,7 +39,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from common.io import atomic_output_dir, write_dataset_toml, write_table
+from common.io import write_dataset
 
 __all__ = ["VARIANTS", "detect_variant", "read_movielens", "import_movielens"]
 
@@ -313,9 +313,9 @@ def read_movielens(src: Path) -> tuple[str, pd.DataFrame, pd.DataFrame]:
             f"{src}: {int(unknown.sum())} ratings refer to {missing.size} movie id(s) missing "
             f"from the movie file, e.g. {missing[:5].tolist()}"
         )
-    interactions = interactions.sort_values(
-        ["user_id", "timestamp", "item_id"], kind="stable"
-    ).reset_index(drop=True)
+    # ties in time keep the release file's order (a stable sort): MovieLens users often rate many
+    # movies in the same second, and ordering ties by item id would bias the leave-last-out split
+    interactions = interactions.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
     return variant, interactions, items
 
 
@@ -328,20 +328,6 @@ def import_movielens(
     label-column ``rating``, from-time hour/weekday/weekend, no context columns),
     ``interactions.<fmt>`` and ``items.<fmt>`` atomically; returns ``out``.
     """
-    if fmt not in ("parquet", "csv"):
-        raise ValueError(f"fmt must be 'parquet' or 'csv', got {fmt!r}")
-    out = Path(out)
-    with atomic_output_dir(out, overwrite=overwrite) as tmp:
-        variant, interactions, items = read_movielens(src)
-        write_table(interactions, tmp / f"interactions.{fmt}")
-        write_table(items, tmp / f"items.{fmt}")
-        write_dataset_toml(
-            tmp,
-            name=variant,
-            interactions=f"interactions.{fmt}",
-            items=f"items.{fmt}",
-            time_column="timestamp",
-            label_column="rating",
-            from_time=["hour", "weekday", "weekend"],
-        )
-    return out
+    return write_dataset(out, lambda: read_movielens(src), fmt=fmt, overwrite=overwrite,
+                         time_column="timestamp", label_column="rating",
+                         from_time=["hour", "weekday", "weekend"])

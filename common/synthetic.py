@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.io import atomic_output_dir, write_dataset_toml, write_table
+from common.io import write_dataset
 
 __all__ = [
     "DEVICES",
@@ -95,7 +95,7 @@ class SyntheticConfig:
     min_events: int = 10
     mean_events: float = 20.0
     context_strength: float = 5.0
-    context_mix: float = 0.1  # in a favouring context each favoured topic also gains this weight for every user
+    context_mix: float = 0.3  # in a favouring context each favoured topic also gains this weight for every user
     seed: int = 0
     days: int = 120
     start: int = 1_700_000_000
@@ -475,20 +475,6 @@ def write_synthetic(
     ``"parquet"`` or ``"csv"``). Raises :class:`FileExistsError` if ``out`` is a
     non-empty directory and ``overwrite`` is false (before generating anything).
     """
-    if fmt not in ("parquet", "csv"):
-        raise ValueError(f"fmt must be 'parquet' or 'csv', got {fmt!r}")
-    out = Path(out)
-    with atomic_output_dir(out, overwrite=overwrite) as tmp:
-        interactions, items, _ = generate(cfg)
-        write_table(interactions, tmp / f"interactions.{fmt}")
-        write_table(items, tmp / f"items.{fmt}")
-        write_dataset_toml(
-            tmp,
-            name="synthetic",
-            interactions=f"interactions.{fmt}",
-            items=f"items.{fmt}",
-            time_column="timestamp",
-            context_columns={"device": "categorical"},
-            from_time=["hour", "weekday", "weekend"],
-        )
-    return out
+    return write_dataset(out, lambda: ("synthetic", *generate(cfg)[:2]), fmt=fmt, overwrite=overwrite,
+                         time_column="timestamp", context_columns={"device": "categorical"},
+                         from_time=["hour", "weekday", "weekend"])

@@ -149,3 +149,21 @@ def test_theta_persists_in_node_state(setup):
     assert again.ready.all() and again.item_h is not None
     assert set(from_record(ctx.state.array_records["theta"])) == {"theta", "ready"}
     assert DENSE_NAMES[0] not in ctx.state.array_records
+
+
+def test_device_node_keeps_theta_on_disk(setup, small_synthetic, tmp_path):
+    """A device node reads its own data directory and keeps theta_u in state-dir across restarts."""
+    cfg, ds, item_h, _, params = setup
+    node_config = {"data-dir": str(small_synthetic), "state-dir": str(tmp_path / "state")}
+    ctx = Context(run_id=1, node_id=1, state=RecordDict(), run_config=cfg.to_flwr(), node_config=node_config)
+    node = node_for(ctx)
+    assert node.store.n_users == ds.n_users
+    train_reply(node, _content(params, item_h, 1))
+    node.save(ctx)
+    assert (tmp_path / "state" / "node-state.npz").is_file()
+    # a restarted node (fresh Flower context) finds its users' theta_u and the item vectors on disk
+    fresh = Context(run_id=2, node_id=1, state=RecordDict(), run_config=cfg.to_flwr(), node_config=node_config)
+    again = node_for(fresh)
+    np.testing.assert_array_equal(again.theta, node.theta)
+    np.testing.assert_array_equal(again.item_h, item_h)
+    assert again.ready.all()

@@ -125,8 +125,9 @@ def test_ml100k(tmp_path: Path, fmt: str) -> None:
         fmt,
         _interactions(
             [
-                (1, 1, 881250949, 5.0),
+                # same second: the file's order is kept (item 2 was rated before item 1)
                 (1, 2, 881250949, 3.0),
+                (1, 1, 881250949, 5.0),
                 (2, 2, 881250000, 1.0),
                 (2, 1, 881250950, 4.0),
             ]
