@@ -47,13 +47,13 @@ class Config:
     item_embedding: bool = True      # hybrid: add a shared item-id embedding and bias to phi(c)
     negatives: int = 16              # sampled negatives per engagement
     loss: str = "softmax"            # "softmax" (sampled softmax; ranks best) | "bce" (sigmoid BCE; calibrated P)
-    l2: float = 1e-4                 # L2 penalty on theta_u and the item rows an example touches
+    l2: float = 1e-3                 # L2 penalty on theta_u and the item rows an example touches
     half_life_days: float = 30.0     # time decay of the history that warms up a new theta_u
 
     # federation
     num_rounds: int = 40
     sample_rate: float = 1.0         # q: each user takes part in a round independently with prob. q
-    local_steps: int = 5             # full-batch Adam steps each sampled user takes per round
+    local_steps: int = 2             # full-batch local steps (SGD by default) per sampled user and round
     local_optimizer: str = "sgd"     # "sgd" | "adam" (Adam state restarts every round)
     local_lr: float = 0.01           # step size of the shared parameters' local copies
     theta_lr: float = 0.2            # step size of the private theta_u
