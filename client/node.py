@@ -17,6 +17,7 @@ from common.federated import (UserStore, evaluate_users, init_theta, item_repres
                               user_updates)
 from common.model import DENSE_NAMES, ITEM_NAMES
 from common.params import from_record, to_record
+from common.privacy import clip_factors
 
 __all__ = ["Node", "node_for", "build_store"]
 
@@ -76,7 +77,10 @@ class Node:
                                           self.cfg, round_)
         self.theta[sampled] = new_theta
         shapes = {k: v.shape for k, v in params.items()}
-        total = updates.total(shapes)
+        scale = None
+        if self.cfg.privacy == "central":  # each user's whole update is clipped on the node (DP-FedAvg)
+            scale = clip_factors(updates.norms(), self.cfg.clip_norm)
+        total = updates.total(shapes, scale)
         return to_record({k: total[k] for k in params}), {
             "num-users": int(len(sampled)),
             "num-examples": int(updates.n_examples.sum()),

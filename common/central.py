@@ -22,13 +22,16 @@ def popularity_scores(store: UserStore, n_items: int) -> np.ndarray:
 
 
 def train_central(store: UserStore, item_h: np.ndarray, cfg: Config,
-                  progress: Callable[[int, float, float], None] | None = None
-                  ) -> tuple[dict[str, np.ndarray], np.ndarray, list[float]]:
+                  progress: Callable[[int, float, float], None] | None = None,
+                  validate: Callable[[dict[str, np.ndarray], np.ndarray], float] | None = None,
+                  ) -> tuple[dict[str, np.ndarray], np.ndarray, list[float], int]:
     """Minibatch Adam on all users' engagements at once (BCE, uniform sampled negatives).
 
     store: every user's training engagements; item_h [n_items, text_dim].
-    Returns (shared params, theta [n_users, dim], seconds per epoch).
-    progress(epoch, loss, seconds) is called after every epoch.
+    Returns (shared params, theta [n_users, dim], seconds per epoch, selected epoch).
+    progress(epoch, loss, seconds) is called after every epoch. With validate(params, theta) -> score
+    (higher is better, e.g. validation HR@10), the parameters of the best-scoring epoch are returned
+    (early stopping on the validation split).
     """
     n_items = item_h.shape[0]
     shape = ModelShape(n_items=n_items, text_dim=item_h.shape[1], dim=cfg.dim,
@@ -69,7 +72,16 @@ def train_central(store: UserStore, item_h: np.ndarray, cfg: Config,
     n = len(store.items)
     users_all = np.repeat(np.arange(store.n_users), np.diff(store.offsets))
     rng = np.random.default_rng(cfg.seed + 1)
-    epoch_seconds = []
+    epoch_seconds: list[float] = []
+
+    def snapshot() -> tuple[dict[str, np.ndarray], np.ndarray]:
+        params = {k: v.numpy()[0] for k, v in dense.items()}
+        if hybrid:
+            params["items/embedding"] = emb.numpy()
+            params["items/bias"] = ibias.numpy()
+        return params, theta.numpy()
+
+    best = (-np.inf, cfg.central_epochs, None)
     for epoch in range(1, cfg.central_epochs + 1):
         t0 = time.perf_counter()
         perm = rng.permutation(n)
@@ -83,8 +95,10 @@ def train_central(store: UserStore, item_h: np.ndarray, cfg: Config,
         epoch_seconds.append(time.perf_counter() - t0)
         if progress is not None:
             progress(epoch, float(np.mean(losses)), epoch_seconds[-1])
-    params = {k: v.numpy()[0] for k, v in dense.items()}
-    if hybrid:
-        params["items/embedding"] = emb.numpy()
-        params["items/bias"] = ibias.numpy()
-    return params, theta.numpy(), epoch_seconds
+        if validate is not None:
+            current = snapshot()
+            score = validate(*current)
+            if score > best[0]:
+                best = (score, epoch, current)
+    params, theta_out = best[2] if best[2] is not None else snapshot()
+    return params, theta_out, epoch_seconds, best[1]

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 __all__ = ["Config", "ConfigError", "config_from_mapping", "parse_overrides"]
 
-PRIVACY_MODES = ("none",)
+PRIVACY_MODES = ("none", "central")
 SERVER_OPTIMIZERS = ("adam", "sgd")
 TEXT_POOLING = ("mean", "tfidf")
 
@@ -60,7 +60,12 @@ class Config:
     local_grad_clip: float = 1.0     # each local step clips a user's whole gradient to this L2 norm
     server_optimizer: str = "adam"   # "adam" (FedAdam, Reddi et al. 2021) | "sgd" (FedAvg)
     server_lr: float = 0.02
-    privacy: str = "none"            # privacy mode; differential privacy builds on this seam
+    privacy: str = "none"            # "none" | "central" (user-level DP-FedAvg: clip per user, noise at the server)
+    target_epsilon: float = 0.0      # > 0: calibrate noise-multiplier so all planned rounds stay within it
+    delta: float = 0.0               # 0 = 0.1 / number of users (below 1/N)
+    noise_multiplier: float = 1.0    # z: noise std = z * clip-norm on the sum of clipped updates
+    clip_norm: float = 1.0           # C: L2 bound of each user's whole shared-parameter update
+    accountant: str = "rdp"          # "rdp" | "pld" (dp-accounting)
 
     # centralized baselines
     central_epochs: int = 20
@@ -102,6 +107,11 @@ class Config:
              f"must be one of {SERVER_OPTIMIZERS}")
         need(self.server_lr > 0, "server_lr", "must be > 0")
         need(self.privacy in PRIVACY_MODES, "privacy", f"must be one of {PRIVACY_MODES}")
+        need(self.target_epsilon >= 0, "target_epsilon", "must be >= 0 (0 = use noise-multiplier as given)")
+        need(0 <= self.delta < 1, "delta", "must be in [0, 1) (0 = 0.1 / number of users)")
+        need(self.noise_multiplier >= 0, "noise_multiplier", "must be >= 0")
+        need(self.clip_norm > 0, "clip_norm", "must be > 0")
+        need(self.accountant in ("rdp", "pld"), "accountant", "must be 'rdp' or 'pld'")
         need(self.central_epochs >= 1, "central_epochs", "must be >= 1")
         need(self.central_batch >= 1, "central_batch", "must be >= 1")
         need(self.central_lr > 0, "central_lr", "must be > 0")

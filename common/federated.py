@@ -22,6 +22,8 @@ __all__ = ["UserStore", "UserUpdates", "user_rng", "poisson_sample", "user_updat
            "item_representations", "init_theta"]
 
 SECONDS_PER_DAY = 86400.0
+#: Terms equal for every candidate of an example; the sampled softmax cannot learn them.
+SHIFT_INVARIANT = ("global-bias", "context/shift")
 
 
 def user_rng(seed: int, round_: int, user_key: str, purpose: str) -> np.random.Generator:
@@ -129,15 +131,16 @@ class UserUpdates:
             out["items/embedding"], out["items/bias"] = emb, bias
         return out
 
-    def total(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
-        """Sum over users of their updates, as dense arrays of the full shapes."""
-        out = {k: self.dense[k].sum(axis=0) for k in DENSE_NAMES}
+    def total(self, shapes: Mapping[str, tuple[int, ...]], scale: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Sum over users of their updates (each times scale[u], e.g. a clip factor), as dense full-shape arrays."""
+        w = np.ones(self.n_users, np.float32) if scale is None else np.asarray(scale, np.float32)
+        out = {k: np.tensordot(w, self.dense[k], axes=1) for k in DENSE_NAMES}
         if self.rows_emb is not None:
             real = self.rows >= 0
             emb = np.zeros(shapes["items/embedding"], np.float32)
             bias = np.zeros(shapes["items/bias"], np.float32)
-            np.add.at(emb, self.rows[real], self.rows_emb[real])
-            np.add.at(bias, self.rows[real], self.rows_bias[real])
+            np.add.at(emb, self.rows[real], (self.rows_emb * w[:, None, None])[real])
+            np.add.at(bias, self.rows[real], (self.rows_bias * w[:, None])[real])
             out["items/embedding"], out["items/bias"] = emb, bias
         return out
 
@@ -239,6 +242,8 @@ def user_updates(params: Mapping[str, np.ndarray], theta: np.ndarray, store: Use
             steps=cfg.local_steps, lr=cfg.local_lr, theta_lr=cfg.theta_lr, l2=cfg.l2, clip=cfg.local_grad_clip, loss=cfg.loss,
             optimizer=cfg.local_optimizer)
         for k in DENSE_NAMES:
+            if cfg.loss == "softmax" and k in SHIFT_INVARIANT:
+                continue  # no gradient under softmax: leave exactly 0 so float noise is not sent or amplified
             dense_out[k][group] = d1[k] - dense0[k]
         new_theta[group] = th1
         if hybrid:

@@ -19,6 +19,8 @@ def format_round(row: Mapping[str, float | int], num_rounds: int, k: int) -> str
     if f"val-hr@{k}" in row:
         text += (f"  val HR@{k} {row[f'val-hr@{k}']:.4f}  NDCG@{k} {row[f'val-ndcg@{k}']:.4f}"
                  f"  sampled HR@{k} {row[f'val-hr@{k}-sampled']:.4f}")
+    if "epsilon" in row:
+        text += f"  epsilon {row['epsilon']:.3f}"
     return text + f"  {row.get('seconds', 0.0):.1f}s"
 
 

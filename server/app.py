@@ -17,7 +17,8 @@ from common.model import ModelShape, init_shared
 from common.params import from_record, to_record
 from common.report import format_round, write_rounds_csv
 from server.content import ContentEncoder
-from server.strategy import UserFedAvg
+from server.strategy import CentralDP, UserFedAvg
+from common.privacy import PrivacyLedger, calibrate_noise
 
 __all__ = ["app", "run_federated"]
 
@@ -37,32 +38,60 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
     params = init_shared(shape, cfg.seed)
     print(f"federated: {len(list(grid.get_node_ids()))} nodes, {ds.n_users} users, {ds.n_items} items, "
           f"{cfg.num_rounds} rounds, sample rate {cfg.sample_rate}", flush=True)
+    dp, privacy = None, None
+    if cfg.privacy == "central":
+        delta = cfg.delta or 0.1 / ds.n_users
+        z = (calibrate_noise(cfg.target_epsilon, cfg.sample_rate, cfg.num_rounds, delta, cfg.accountant)
+             if cfg.target_epsilon > 0 else cfg.noise_multiplier)
+        dp = CentralDP(clip_norm=cfg.clip_norm, noise_multiplier=z, denominator=cfg.sample_rate * ds.n_users,
+                       ledger=PrivacyLedger(delta=delta, accountant=cfg.accountant))
+        print(f"privacy: user-level DP-FedAvg, clip norm {cfg.clip_norm}, noise multiplier {z:.4f}, "
+              f"Poisson sampling q = {cfg.sample_rate}, delta = {delta:.3g}", flush=True)
     strategy = UserFedAvg(
         content=to_record({"item-vectors": item_h}),
         optimizer=ServerOptimizer(cfg.server_optimizer, cfg.server_lr),
         sample_rate=cfg.sample_rate, seed=cfg.seed, eval_every=cfg.eval_every, num_rounds=cfg.num_rounds,
         on_round=lambda row: print(format_round(row, cfg.num_rounds, cfg.top_k), flush=True),
+        dp=dp, select_key=f"val-hr@{cfg.top_k}",
     )
     result = strategy.start(grid=grid, initial_arrays=to_record(params), num_rounds=cfg.num_rounds,
                             train_config=ConfigRecord({}), evaluate_config=ConfigRecord({}))
     rows = strategy.log.rows
-    last = next((r for r in reversed(rows) if f"test-hr@{cfg.top_k}" in r), {})
     k = cfg.top_k
+    last = next((r for r in reversed(rows) if f"test-hr@{k}" in r), {})
+    selected = next((r for r in rows if r["round"] == strategy.best[1]), last)  # early stopping on validation
+
+    def test_metrics(row: dict) -> dict:
+        return {f"hr@{k}": row.get(f"test-hr@{k}"), f"ndcg@{k}": row.get(f"test-ndcg@{k}"),
+                f"hr@{k}-sampled": row.get(f"test-hr@{k}-sampled"),
+                f"ndcg@{k}-sampled": row.get(f"test-ndcg@{k}-sampled")}
+
     out = {
-        "metrics": {
-            f"hr@{k}": last.get(f"test-hr@{k}"), f"ndcg@{k}": last.get(f"test-ndcg@{k}"),
-            f"hr@{k}-sampled": last.get(f"test-hr@{k}-sampled"),
-            f"ndcg@{k}-sampled": last.get(f"test-ndcg@{k}-sampled"),
-        },
+        "metrics": {**test_metrics(selected), "selected_round": selected.get("round")},
+        "last_round_metrics": {**test_metrics(last), "round": last.get("round")},
         "rounds": rows,
         "timings": {"content_encoder_s": content_seconds, "federated_total_s": time.perf_counter() - t_start,
                     "mean_round_s": sum(r["seconds"] for r in rows) / max(len(rows), 1)},
-        "final_arrays": from_record(result.arrays) if result.arrays is not None else None,
+        "final_arrays": strategy.best[2] if strategy.best[2] is not None else (
+            from_record(result.arrays) if result.arrays is not None else None),
     }
+    if dp is not None:
+        privacy = {
+            "unit": "user", "epsilon": dp.ledger.epsilon(), "delta": dp.ledger.delta,
+            "accountant": f"{dp.ledger.accountant} (dp-accounting)", "noise_multiplier": dp.noise_multiplier,
+            "clip_norm": dp.clip_norm, "sampling": {"scheme": "poisson", "q": cfg.sample_rate},
+            "rounds": len(dp.ledger.records), "statement": dp.ledger.statement("user"),
+            "noise_source": "os.urandom" if dp.noise.secure else "seeded (tests only)",
+        }
+        print(f"privacy: {privacy['statement']}", flush=True)
+    out["privacy"] = privacy
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if dp is not None:
+            dp.ledger.write_csv(run_dir / "privacy_ledger.csv")
+            privacy["ledger"] = str(run_dir / "privacy_ledger.csv")
         write_rounds_csv(rows, run_dir / "rounds.csv")
-        if out["final_arrays"] is not None:  # the global model (shared parameters only)
+        if out["final_arrays"] is not None:  # the selected global model (shared parameters only)
             np.savez(run_dir / "global_model.npz", **{k.replace("/", "."): v for k, v in out["final_arrays"].items()})
         (run_dir / "federated.json").write_text(json.dumps(
             {k: v for k, v in out.items() if k != "final_arrays"}, indent=2))

@@ -21,8 +21,21 @@ from flwr.serverapp.strategy import FedAvg
 
 from common.aggregation import ServerOptimizer, sum_updates
 from common.params import from_record, to_record
+from common.privacy import PrivacyLedger, SecureGaussian, noisy_mean
 
-__all__ = ["UserFedAvg", "RoundLog"]
+__all__ = ["UserFedAvg", "RoundLog", "CentralDP"]
+
+
+@dataclass
+class CentralDP:
+    """User-level DP-FedAvg at the server (McMahan et al. 2018): nodes clip every user's update to
+    clip_norm; the server adds N(0, (z C)^2) to the sum and divides by the fixed denominator q N."""
+
+    clip_norm: float
+    noise_multiplier: float
+    denominator: float
+    ledger: PrivacyLedger
+    noise: SecureGaussian = field(default_factory=SecureGaussian)
 
 
 @dataclass
@@ -40,7 +53,8 @@ class UserFedAvg(FedAvg):
     """
 
     def __init__(self, *, content: ArrayRecord, optimizer: ServerOptimizer, sample_rate: float, seed: int,
-                 eval_every: int, num_rounds: int, on_round: Callable[[dict], None] | None = None) -> None:
+                 eval_every: int, num_rounds: int, on_round: Callable[[dict], None] | None = None,
+                 dp: CentralDP | None = None, select_key: str = "val-hr@10") -> None:
         super().__init__(fraction_train=1.0, fraction_evaluate=1.0, weighted_by_key="num-users")
         self.content = content
         self.optimizer = optimizer
@@ -49,8 +63,12 @@ class UserFedAvg(FedAvg):
         self.eval_every = eval_every
         self.num_rounds = num_rounds
         self.on_round = on_round
+        self.dp = dp
         self.current: dict[str, np.ndarray] | None = None
         self.log = RoundLog()
+        self.select_key = select_key  # the evaluated round with the best value is kept (early stopping)
+        self.best: tuple[float, int, dict[str, np.ndarray] | None] = (-np.inf, 0, None)
+        self._eval_arrays: ArrayRecord | None = None
         self._row: dict[str, float | int] = {}
         self._t0 = time.perf_counter()
 
@@ -84,10 +102,20 @@ class UserFedAvg(FedAvg):
         self._row = {"round": server_round, "users": users, "examples": examples,
                      "train-loss": loss / max(users, 1),
                      "slowest-node-seconds": node_s}
-        if users == 0 or self.current is None:
+        if self.current is None:
             return None, MetricRecord({"num-users": 0})
-        total = sum_updates(sums)
-        mean = {k: v / users for k, v in total.items()}
+        if self.dp is not None:  # a DP round counts (and is noised) even if nobody was sampled
+            total = sum_updates(sums) if sums else {k: np.zeros_like(v, np.float64) for k, v in self.current.items()}
+            mean = noisy_mean(total, self.dp.clip_norm, self.dp.noise_multiplier, self.dp.denominator,
+                              self.dp.noise)
+            record = self.dp.ledger.append(server_round, self.sample_rate, self.dp.noise_multiplier,
+                                           self.dp.clip_norm, users)
+            self._row["epsilon"] = record.epsilon
+        elif users == 0:
+            return None, MetricRecord({"num-users": 0})
+        else:
+            total = sum_updates(sums)
+            mean = {k: v / users for k, v in total.items()}
         new = self.optimizer.apply(self.current, mean)
         self._row["train-seconds"] = time.perf_counter() - self._t0
         return to_record(new), MetricRecord({"num-users": users, "train-loss": self._row["train-loss"]})
@@ -97,6 +125,7 @@ class UserFedAvg(FedAvg):
         if server_round % self.eval_every and server_round != self.num_rounds:
             self._finish_round({})
             return []
+        self._eval_arrays = arrays
         return super().configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -112,6 +141,9 @@ class UserFedAvg(FedAvg):
         row.update({k: float(v) for k, v in metrics.items() if k != "num-users"})
         row["seconds"] = time.perf_counter() - self._t0
         self.log.rows.append(row)
+        score = row.get(self.select_key)
+        if score is not None and score > self.best[0] and self._eval_arrays is not None:
+            self.best = (float(score), int(row["round"]), from_record(self._eval_arrays))
         if self.on_round is not None:
             self.on_round(row)
         log(INFO, "round %s done", row.get("round"))

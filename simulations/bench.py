@@ -36,7 +36,7 @@ def bench(cfg: Config, users: Sequence[int], items: int, rounds: int = 3, nodes:
         item_h = ContentEncoder(c.text_dim, c.text_epochs, c.text_window, c.text_pooling,
                                 c.seed).item_vectors(ds.item_texts)
         store = UserStore.from_prepared(ds, np.arange(ds.n_users), use_context=c.use_context)
-        _, _, epoch_s = train_central(store, item_h, c)
+        _, _, epoch_s, _ = train_central(store, item_h, c)
         central = float(epoch_s[-1])
         say(f"bench {n_users} users: centralized epoch {central:.2f}s ({len(ds.train)} engagements)")
         with tempfile.TemporaryDirectory() as tmp:

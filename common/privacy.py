@@ -1,0 +1,450 @@
+"""User-level differential privacy for federated averaging: clipping, secure noise, accounting.
+
+DP-FedAvg (McMahan, Ramage, Talwar, Zhang 2018, "Learning Differentially Private Recurrent
+Language Models"): each round samples users independently with probability q (Poisson sampling),
+scales every sampled user's whole update to L2 norm <= C, sums the clipped updates, adds
+N(0, (z*C)^2 I) and divides by a FIXED denominator (the expected number of users q*N), so one
+user changes the released sum by at most C (add/remove-one adjacency).
+
+The privacy loss of T rounds is the composition of T Poisson-subsampled Gaussian mechanisms,
+accounted with Google's dp-accounting library (Renyi DP, Mironov 2017 / Mironov, Talwar, Zhang
+2019; or privacy loss distributions, Koskela et al. 2020, Doroshenko et al. 2022).
+
+Pure numpy + dp-accounting: no Flower, no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import Callable, Mapping
+
+import numpy as np
+import dp_accounting
+
+__all__ = [
+    "clip_factors",
+    "SecureGaussian",
+    "RoundRecord",
+    "PrivacyLedger",
+    "dp_event",
+    "epsilon_for",
+    "calibrate_noise",
+    "max_rounds",
+    "noisy_mean",
+    "ACCOUNTANTS",
+]
+
+ACCOUNTANTS = ("rdp", "pld")
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation (messages in dp-accounting style: the rule, then "Found <value>.")
+
+def _check_q(q: float) -> float:
+    if not (isinstance(q, (int, float, np.integer, np.floating)) and 0.0 <= float(q) <= 1.0):
+        raise ValueError(f"Sampling rate must be in [0, 1]. Found {q}.")
+    return float(q)
+
+
+def _check_z(z: float) -> float:
+    if not (isinstance(z, (int, float, np.integer, np.floating)) and 0.0 <= float(z) < math.inf):
+        raise ValueError(f"Noise multiplier must be non-negative and finite. Found {z}.")
+    return float(z)
+
+
+def _check_delta(delta: float) -> float:
+    if not (isinstance(delta, (int, float, np.integer, np.floating)) and 0.0 < float(delta) < 1.0):
+        raise ValueError(f"Delta must be in (0, 1). Found {delta}.")
+    return float(delta)
+
+
+def _check_clip(clip_norm: float) -> float:
+    if not (isinstance(clip_norm, (int, float, np.integer, np.floating)) and 0.0 < float(clip_norm) < math.inf):
+        raise ValueError(f"Clip norm must be positive and finite. Found {clip_norm}.")
+    return float(clip_norm)
+
+
+def _check_target(target_epsilon: float) -> float:
+    if not (isinstance(target_epsilon, (int, float, np.integer, np.floating))
+            and 0.0 < float(target_epsilon) < math.inf):
+        raise ValueError(f"Target epsilon must be positive and finite. Found {target_epsilon}.")
+    return float(target_epsilon)
+
+
+def _check_rounds(rounds: int, name: str = "Number of rounds") -> int:
+    if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 0:
+        raise ValueError(f"{name} must be a non-negative integer. Found {rounds}.")
+    return int(rounds)
+
+
+def _check_accountant(accountant: str) -> str:
+    if accountant not in ACCOUNTANTS:
+        raise ValueError(f"Accountant must be one of {ACCOUNTANTS}. Found {accountant!r}.")
+    return accountant
+
+
+# ----------------------------------------------------------------------------------------------
+# Clipping and noise
+
+def clip_factors(norms: np.ndarray, clip_norm: float) -> np.ndarray:
+    """Per-user scale [U] = min(1, C / norm) (norm 0 -> 1), so each user's whole update has L2 norm <= C.
+
+    norms: [U] L2 norms of each user's whole update (all tensors concatenated). Returns float64 [U].
+    Flat clipping as in DP-FedAvg (McMahan et al. 2018, Alg. 1, `ClipFn`).
+    """
+    C = _check_clip(clip_norm)
+    n = np.asarray(norms, dtype=np.float64)
+    if not np.all(np.isfinite(n)) or np.any(n < 0):
+        bad = n[~(np.isfinite(n) & (n >= 0))].ravel()[0]
+        raise ValueError(f"Norms must be finite and non-negative. Found {bad}.")
+    out = np.ones_like(n)
+    over = n > C
+    out[over] = C / n[over]
+    # Guard against the last-ulp rounding of norm * (C / norm) > C.
+    fix = over & (n * out > C)
+    out[fix] = np.nextafter(out[fix], 0.0)
+    return out
+
+
+class SecureGaussian:
+    """Gaussian noise from a cryptographically secure source, never from the experiment seed.
+
+    SecureGaussian(seed=None): uniforms from os.urandom (53-bit, in (0, 1]) turned into normals by
+    Box-Muller (production). seed=int: a deterministic numpy Generator, ONLY for tests.
+    .normal(std, shape) -> float64 array of the given shape with i.i.d. N(0, std^2) entries.
+
+    Caveat: like every floating-point sampler (also TF Privacy's), textbook Box-Muller does not
+    defend against floating-point or timing side channels (Mironov 2012; Jin et al. 2022).
+    """
+
+    def __init__(self, seed: int | None = None):
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise ValueError(f"Seed must be None (secure) or an int (tests only). Found {seed!r}.")
+        self.seed = None if seed is None else int(seed)
+        self.secure = seed is None
+        self._rng = None if seed is None else np.random.default_rng(self.seed)
+
+    def __repr__(self) -> str:
+        return "SecureGaussian(os.urandom)" if self.secure else f"SecureGaussian(seed={self.seed}, TEST ONLY)"
+
+    @staticmethod
+    def _urandom_uniform(n: int) -> np.ndarray:
+        """n i.i.d. uniforms on (0, 1] with 53 random bits each, from os.urandom."""
+        bits = np.frombuffer(os.urandom(8 * n), dtype=np.uint64) >> np.uint64(11)
+        return (bits.astype(np.float64) + 1.0) * 2.0 ** -53
+
+    def normal(self, std: float, shape: tuple[int, ...]) -> np.ndarray:
+        """[shape] float64 samples of N(0, std^2)."""
+        if not (isinstance(std, (int, float, np.integer, np.floating)) and 0.0 <= float(std) < math.inf):
+            raise ValueError(f"Standard deviation must be non-negative and finite. Found {std}.")
+        shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
+        if any(s < 0 for s in shape):
+            raise ValueError(f"Shape must have non-negative dimensions. Found {shape}.")
+        n = math.prod(shape)
+        if self._rng is not None:
+            return float(std) * self._rng.standard_normal(shape)
+        m = (n + 1) // 2
+        u = self._urandom_uniform(2 * m)
+        r = np.sqrt(-2.0 * np.log(u[:m]))
+        theta = 2.0 * np.pi * u[m:]
+        z = np.concatenate([r * np.cos(theta), r * np.sin(theta)])[:n]
+        return float(std) * z.reshape(shape)
+
+
+def noisy_mean(total: Mapping[str, np.ndarray], clip_norm: float, noise_multiplier: float,
+               denominator: float, noise: SecureGaussian) -> dict[str, np.ndarray]:
+    """DP-FedAvg server step (McMahan et al. 2018, Alg. 1 with the fixed-denominator estimator).
+
+    total: {name: array} sum over sampled users of CLIPPED updates (each user's norm <= C).
+    Returns {name: float64 array} = (total + N(0, (z*C)^2 I)) / denominator, where the noise is
+    i.i.d. over every coordinate of every tensor and denominator is FIXED (expected users q*N),
+    never the realised count (which would itself leak the sample).
+    """
+    C = _check_clip(clip_norm)
+    z = _check_z(noise_multiplier)
+    if not (isinstance(denominator, (int, float, np.integer, np.floating)) and 0.0 < float(denominator) < math.inf):
+        raise ValueError(f"Denominator must be positive and finite. Found {denominator}.")
+    if not isinstance(noise, SecureGaussian):
+        raise ValueError(f"Noise source must be a SecureGaussian. Found {type(noise).__name__}.")
+    std = z * C
+    out = {}
+    for k, v in total.items():
+        x = np.array(v, dtype=np.float64)
+        if std > 0.0:
+            x += noise.normal(std, x.shape)
+        out[k] = x / float(denominator)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Accounting
+
+def dp_event(q: float, z: float, rounds: int) -> dp_accounting.DpEvent:
+    """DpEvent of `rounds` DP-FedAvg rounds: SelfComposed(PoissonSampled(q, Gaussian(z)), rounds).
+
+    q == 1 (every user, every round) composes GaussianDpEvent(z) directly.
+    """
+    q, z, rounds = _check_q(q), _check_z(z), _check_rounds(rounds)
+    inner: dp_accounting.DpEvent = dp_accounting.GaussianDpEvent(z)
+    if q < 1.0:
+        inner = dp_accounting.PoissonSampledDpEvent(q, inner)
+    return dp_accounting.SelfComposedDpEvent(inner, rounds)
+
+
+def _make_accountant(accountant: str) -> Callable[[], dp_accounting.PrivacyAccountant]:
+    _check_accountant(accountant)
+    if accountant == "rdp":
+        return dp_accounting.rdp.RdpAccountant
+    return dp_accounting.pld.PLDAccountant
+
+
+@functools.lru_cache(maxsize=4096)
+def _epsilon_of(event: dp_accounting.DpEvent, delta: float, accountant: str) -> float:
+    """Epsilon of one (hashable) DpEvent from a fresh accountant; memoised, as it is deterministic."""
+    return float(_make_accountant(accountant)().compose(event).get_epsilon(delta))
+
+
+class _MemoAccountant(dp_accounting.PrivacyAccountant):
+    """Accountant facade for calibrate_dp_mechanism: the epsilon of its composed event comes from
+    _epsilon_of (a fresh real accountant, memoised), so search points are never recomputed."""
+
+    def __init__(self, accountant: str):
+        super().__init__(dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE)
+        self._accountant = accountant
+
+    def _maybe_compose(self, event, count, do_compose):
+        # Support is checked by the real accountant in get_epsilon.
+        return None
+
+    def get_epsilon(self, target_delta: float) -> float:
+        return _epsilon_of(self.ledger, float(target_delta), self._accountant)
+
+
+def epsilon_for(q: float, z: float, rounds: int, delta: float, accountant: str = "rdp") -> float:
+    """Epsilon (at delta) of `rounds` DP-FedAvg rounds with sampling rate q and noise multiplier z.
+
+    rounds == 0 or q == 0 -> 0.0 (nothing released about any user); z == 0 -> inf.
+    accountant: "rdp" (dp_accounting.rdp.RdpAccountant) or "pld" (dp_accounting.pld.PLDAccountant).
+    """
+    q, z, rounds, delta = _check_q(q), _check_z(z), _check_rounds(rounds), _check_delta(delta)
+    _check_accountant(accountant)
+    if rounds == 0 or q == 0.0:
+        return 0.0
+    if z == 0.0:
+        return math.inf
+    return _epsilon_of(dp_event(q, z, rounds), delta, accountant)
+
+
+def calibrate_noise(target_epsilon: float, q: float, rounds: int, delta: float, accountant: str = "rdp") -> float:
+    """Smallest noise multiplier z (to 1e-3 relative) with epsilon_for(q, z, rounds, delta) <= target.
+
+    Uses dp_accounting.calibrate_dp_mechanism over log z on an ExplicitBracketInterval found here
+    (epsilon is decreasing in z); the result never overshoots the target. q == 0 or rounds == 0 -> 0.0.
+    """
+    target = _check_target(target_epsilon)
+    q, rounds, delta = _check_q(q), _check_rounds(rounds), _check_delta(delta)
+    _check_accountant(accountant)
+    if rounds == 0 or q == 0.0:
+        return 0.0
+
+    def eps(z: float) -> float:
+        return epsilon_for(q, z, rounds, delta, accountant)
+
+    # Bracket [lo, hi] with eps(lo) > target >= eps(hi). For PLD start from the (fast) RDP answer:
+    # PLD is the tighter accountant, so its z is usually a little smaller.
+    hi = calibrate_noise(target, q, rounds, delta, "rdp") if accountant == "pld" else 1.0
+    while eps(hi) > target:
+        hi *= 2.0
+        if hi > 1e8:
+            raise ValueError(f"No noise multiplier up to 1e8 reaches target epsilon {target}.")
+    step = 0.8 if accountant == "pld" else 0.5   # small z makes PLD slow: approach it gently
+    lo = hi * step
+    while eps(lo) <= target:
+        hi, lo = lo, lo * step
+        if lo < 1e-6:
+            return hi
+    # Search over t = log z so that the tolerance is relative: |t - t*| <= log(1.001).
+    tol = math.log1p(1e-3)
+    ends = {math.log(lo): lo, math.log(hi): hi}     # exact endpoints: memoised already
+
+    def event(t: float) -> dp_accounting.DpEvent:
+        return dp_event(q, ends.get(t, math.exp(t)), rounds)
+
+    t = dp_accounting.calibrate_dp_mechanism(
+        lambda: _MemoAccountant(accountant),
+        event,
+        target, delta,
+        bracket_interval=dp_accounting.ExplicitBracketInterval(math.log(lo), math.log(hi)),
+        tol=tol,
+    )
+    z = ends.get(t, math.exp(t))
+    while eps(z) > target:          # belt and braces: never overshoot
+        t += tol / 10.0
+        z = math.exp(t)
+    return z
+
+
+def max_rounds(target_epsilon: float, q: float, z: float, delta: float, accountant: str = "rdp",
+               limit: int = 100000) -> int:
+    """Largest T <= limit with epsilon_for(q, z, T, delta) <= target (0 if one round already exceeds).
+
+    Exponential then binary search over T (epsilon is non-decreasing in T).
+    """
+    target = _check_target(target_epsilon)
+    q, z, delta = _check_q(q), _check_z(z), _check_delta(delta)
+    limit = _check_rounds(limit, "Round limit")
+    _check_accountant(accountant)
+
+    def ok(t: int) -> bool:
+        return epsilon_for(q, z, t, delta, accountant) <= target
+
+    if limit == 0 or not ok(1):
+        return 0
+    if ok(limit):
+        return limit
+    lo = 1
+    if accountant == "pld":           # PLD <= RDP up to discretisation: start from the RDP answer
+        r = max_rounds(target, q, z, delta, "rdp", limit)
+        if r > lo and ok(r):
+            lo = r
+    hi = lo * 2
+    while hi < limit and ok(hi):
+        lo, hi = hi, hi * 2
+    hi = min(hi, limit)               # invariant: ok(lo), not ok(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+# ----------------------------------------------------------------------------------------------
+# Ledger
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One immutable ledger entry: the DP parameters of one round and the cumulative epsilon."""
+
+    round: int
+    sample_rate: float        # q
+    noise_multiplier: float   # z
+    clip_norm: float          # C
+    users_sampled: int
+    epsilon: float            # cumulative epsilon after this round (at the ledger's delta)
+
+
+@functools.lru_cache(maxsize=256)
+def _epsilon_of_runs(runs: tuple[tuple[float, float, int], ...], delta: float, accountant: str) -> float:
+    """Epsilon of consecutive runs (q, z, rounds) composed: one fresh accountant, memoised."""
+    if len(runs) == 1:
+        return _epsilon_of(dp_event(*runs[0]), delta, accountant)
+    event = dp_accounting.ComposedDpEvent([dp_event(q, z, n) for q, z, n in runs])
+    return float(_make_accountant(accountant)().compose(event).get_epsilon(delta))
+
+
+def _runs(pairs: list[tuple[float, float]]) -> tuple[tuple[float, float, int], ...]:
+    """Per-round (q, z) as runs of equal settings: ((q, z, rounds), ...)."""
+    runs: list[list] = []
+    for q, z in pairs:
+        if runs and (runs[-1][0], runs[-1][1]) == (q, z):
+            runs[-1][2] += 1
+        else:
+            runs.append([q, z, 1])
+    return tuple(tuple(r) for r in runs)
+
+
+def _fmt(x: float) -> str:
+    return repr(float(f"{float(x):.6g}"))
+
+
+@dataclass
+class PrivacyLedger:
+    """Append-only record of DP-FedAvg rounds; epsilon recomputed from the whole ledger each time
+    (one fresh accountant over all rounds, runs of equal (q, z) self-composed; memoised).
+
+    delta: target delta (e.g. < 1/number of users). accountant: "rdp" | "pld" (dp-accounting).
+    """
+
+    delta: float
+    accountant: str = "rdp"
+    records: list[RoundRecord] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.delta = _check_delta(self.delta)
+        _check_accountant(self.accountant)
+
+    def _epsilon(self, pairs: list[tuple[float, float]]) -> float:
+        pairs = [(q, z) for q, z in pairs if q > 0.0]
+        if not pairs:
+            return 0.0
+        if any(z == 0.0 for _, z in pairs):
+            return math.inf
+        return _epsilon_of_runs(_runs(pairs), self.delta, self.accountant)
+
+    def _pairs(self) -> list[tuple[float, float]]:
+        return [(r.sample_rate, r.noise_multiplier) for r in self.records]
+
+    def epsilon_after(self, q: float, z: float, rounds_more: int = 1) -> float:
+        """Epsilon if `rounds_more` rounds with (q, z) were added to the recorded ones."""
+        q, z = _check_q(q), _check_z(z)
+        rounds_more = _check_rounds(rounds_more)
+        return self._epsilon(self._pairs() + [(q, z)] * rounds_more)
+
+    def append(self, round: int, q: float, z: float, C: float, users_sampled: int) -> RoundRecord:
+        """Record one round (round numbers strictly increasing) and return its entry."""
+        round = _check_rounds(round, "Round")
+        if self.records and round <= self.records[-1].round:
+            raise ValueError(f"Round must be greater than the last recorded round {self.records[-1].round}. "
+                             f"Found {round}.")
+        q, z, C = _check_q(q), _check_z(z), _check_clip(C)
+        users_sampled = _check_rounds(users_sampled, "Users sampled")
+        rec = RoundRecord(round=round, sample_rate=q, noise_multiplier=z, clip_norm=C,
+                          users_sampled=users_sampled, epsilon=self.epsilon_after(q, z, 1))
+        self.records.append(rec)
+        return rec
+
+    def epsilon(self) -> float:
+        """Epsilon of the recorded rounds (0.0 if none)."""
+        return self._epsilon(self._pairs())
+
+    def to_rows(self) -> list[dict]:
+        """One dict per round with the RoundRecord fields."""
+        return [asdict(r) for r in self.records]
+
+    def write_csv(self, path) -> None:
+        """Write to_rows() as CSV (header always written)."""
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(RoundRecord)])
+            w.writeheader()
+            w.writerows(self.to_rows())
+
+    def statement(self, unit: str = "user") -> str:
+        """One readable sentence stating the guarantee of the recorded rounds (epsilon rounded up)."""
+        n = len(self.records)
+        eps = self.epsilon()
+        acc = {"rdp": "RDP", "pld": "PLD"}[self.accountant]
+
+        def values(attr: str) -> str:
+            vs = sorted({getattr(r, attr) for r in self.records})
+            if not vs:
+                return "n/a"
+            return _fmt(vs[0]) if len(vs) == 1 else f"{_fmt(vs[0])} to {_fmt(vs[-1])}"
+
+        how = (f"over {n} round{'s' if n != 1 else ''} of DP-FedAvg with Poisson sampling "
+               f"(q = {values('sample_rate')}), noise multiplier {values('noise_multiplier')}, "
+               f"clip norm {values('clip_norm')}, {acc} accountant (dp-accounting).")
+        if n == 0:
+            return (f"(ε = 0.00, δ = {_fmt(self.delta)}) {unit}-level differential privacy: no DP-FedAvg "
+                    f"rounds recorded yet, {acc} accountant (dp-accounting).")
+        if math.isinf(eps):
+            return (f"No finite (ε, δ = {_fmt(self.delta)}) {unit}-level differential privacy guarantee "
+                    f"(a round without noise was recorded) {how}")
+        eps_up = math.ceil(eps * 100.0 - 1e-9) / 100.0
+        return (f"(ε = {eps_up:.2f}, δ = {_fmt(self.delta)}) {unit}-level differential privacy "
+                f"for all shared-parameter updates {how}")

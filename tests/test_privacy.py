@@ -1,0 +1,263 @@
+"""Tests for common.privacy: clipping, secure noise, DP-FedAvg accounting and the ledger."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import dp_accounting
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra.numpy import arrays
+
+from common.privacy import (
+    PrivacyLedger,
+    RoundRecord,
+    SecureGaussian,
+    calibrate_noise,
+    clip_factors,
+    dp_event,
+    epsilon_for,
+    max_rounds,
+    noisy_mean,
+)
+
+DELTA = 1e-5
+
+finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, width=64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Clipping
+
+@settings(max_examples=60, deadline=None)
+@given(
+    updates=st.integers(1, 8).flatmap(
+        lambda u: st.integers(1, 16).flatmap(lambda d: arrays(np.float64, (u, d), elements=finite))),
+    clip=st.floats(1e-3, 1e3),
+)
+def test_clipped_norm_at_most_C_and_unchanged_within(updates, clip):
+    norms = np.linalg.norm(updates, axis=1)
+    f = clip_factors(norms, clip)
+    assert f.shape == norms.shape and f.dtype == np.float64
+    assert np.all((f > 0) & (f <= 1))
+    clipped = updates * f[:, None]
+    assert np.all(np.linalg.norm(clipped, axis=1) <= clip * (1 + 1e-6))
+    within = norms <= clip
+    assert np.all(f[within] == 1.0)
+    np.testing.assert_array_equal(clipped[within], updates[within])
+
+
+def test_clip_factors_zero_norm_and_errors():
+    np.testing.assert_array_equal(clip_factors(np.array([0.0, 0.5, 4.0]), 1.0), [1.0, 1.0, 0.25])
+    with pytest.raises(ValueError, match=r"Clip norm must be positive.*Found 0"):
+        clip_factors(np.array([1.0]), 0.0)
+    with pytest.raises(ValueError, match="Found -1"):
+        clip_factors(np.array([-1.0]), 1.0)
+    with pytest.raises(ValueError, match="Found nan"):
+        clip_factors(np.array([np.nan]), 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# noisy_mean
+
+@settings(max_examples=40, deadline=None)
+@given(
+    a=arrays(np.float32, st.tuples(st.integers(1, 5), st.integers(1, 5)), elements=st.floats(-1e3, 1e3, width=32)),
+    b=arrays(np.float64, st.integers(1, 7), elements=finite),
+    denominator=st.floats(0.1, 1e4),
+)
+def test_noisy_mean_without_noise_is_sum_over_denominator(a, b, denominator):
+    total = {"a": a, "b": b}
+    out = noisy_mean(total, clip_norm=1e12, noise_multiplier=0.0, denominator=denominator,
+                     noise=SecureGaussian(0))
+    assert set(out) == {"a", "b"}
+    for k, v in total.items():
+        assert out[k].shape == v.shape and out[k].dtype == np.float64
+        np.testing.assert_array_equal(out[k], v.astype(np.float64) / denominator)
+
+
+def test_noisy_mean_noise_std_matches_zC_over_denominator():
+    z, C, denom = 1.3, 0.7, 25.0
+    total = {"w": np.zeros((200, 250)), "b": np.full(100, 3.0)}
+    out = noisy_mean(total, C, z, denom, SecureGaussian(seed=1234))
+    noise = np.concatenate([out["w"].ravel(), out["b"].ravel() - 3.0 / denom])   # 50,100 samples
+    expected = z * C / denom
+    assert abs(noise.std() / expected - 1) < 0.03
+    assert abs(noise.mean()) < 4 * expected / math.sqrt(noise.size)
+
+
+def test_noisy_mean_rejects_bad_arguments():
+    g = SecureGaussian(0)
+    with pytest.raises(ValueError, match="Noise multiplier must be non-negative.*Found -0.5"):
+        noisy_mean({"a": np.zeros(2)}, 1.0, -0.5, 1.0, g)
+    with pytest.raises(ValueError, match="Clip norm must be positive.*Found -1"):
+        noisy_mean({"a": np.zeros(2)}, -1.0, 1.0, 1.0, g)
+    with pytest.raises(ValueError, match="Denominator must be positive.*Found 0"):
+        noisy_mean({"a": np.zeros(2)}, 1.0, 1.0, 0.0, g)
+
+
+# ---------------------------------------------------------------------------------------------
+# SecureGaussian
+
+def test_secure_gaussian_standard_normal_and_not_reproducible():
+    a = SecureGaussian(None).normal(1.0, (200_000,))
+    b = SecureGaussian(None).normal(1.0, (200_000,))
+    assert a.dtype == np.float64 and a.shape == (200_000,)
+    assert abs(a.mean()) < 0.01          # 4.5 standard errors
+    assert abs(a.std() - 1) < 0.01
+    # tails are Gaussian, not uniform: about 4.55 % beyond 2 sigma
+    assert abs(np.mean(np.abs(a) > 2) - 0.0455) < 0.003
+    assert not np.array_equal(a, b)
+    assert SecureGaussian().normal(2.0, (3, 5, 1)).shape == (3, 5, 1)
+    assert SecureGaussian().normal(1.0, (7,)).shape == (7,)   # odd count (Box-Muller pairs)
+
+
+def test_seeded_gaussian_is_deterministic_test_only():
+    np.testing.assert_array_equal(SecureGaussian(7).normal(2.0, (4,)), SecureGaussian(7).normal(2.0, (4,)))
+    assert SecureGaussian(7).secure is False and SecureGaussian().secure is True
+    with pytest.raises(ValueError):
+        SecureGaussian(0).normal(-1.0, (2,))
+
+
+# ---------------------------------------------------------------------------------------------
+# Accounting
+
+@pytest.mark.parametrize("accountant", ["rdp", "pld"])
+def test_epsilon_matches_independent_dp_accounting(accountant):
+    q, z, rounds = 0.01, 1.1, 100
+    event = dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(z)), rounds)
+    acc = dp_accounting.rdp.RdpAccountant() if accountant == "rdp" else dp_accounting.pld.PLDAccountant()
+    expected = acc.compose(event).get_epsilon(DELTA)
+    assert epsilon_for(q, z, rounds, DELTA, accountant) == pytest.approx(expected, rel=1e-12)
+    # reference values (dp-accounting 0.4.3)
+    assert expected == pytest.approx({"rdp": 0.956, "pld": 0.550}[accountant], abs=5e-3)
+
+
+def test_full_participation_is_plain_gaussian_and_edge_cases():
+    ev = dp_event(1.0, 2.0, 5)
+    assert ev == dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(2.0), 5)
+    expected = dp_accounting.rdp.RdpAccountant().compose(ev).get_epsilon(DELTA)
+    assert epsilon_for(1.0, 2.0, 5, DELTA) == pytest.approx(expected)
+    assert epsilon_for(0.1, 0.0, 3, DELTA) == math.inf
+    assert epsilon_for(0.1, 1.0, 0, DELTA) == 0.0
+    assert epsilon_for(0.0, 1.0, 3, DELTA) == 0.0
+
+
+def test_accounting_rejects_bad_arguments():
+    with pytest.raises(ValueError, match=r"Sampling rate must be in \[0, 1\]. Found 1.3."):
+        epsilon_for(1.3, 1.0, 1, DELTA)
+    with pytest.raises(ValueError, match="Noise multiplier must be non-negative.*Found -1"):
+        epsilon_for(0.1, -1.0, 1, DELTA)
+    for d in (0.0, 1.0, -1e-5):
+        with pytest.raises(ValueError, match=r"Delta must be in \(0, 1\). Found"):
+            epsilon_for(0.1, 1.0, 1, d)
+    with pytest.raises(ValueError, match="Target epsilon must be positive.*Found 0"):
+        calibrate_noise(0.0, 0.1, 10, DELTA)
+    with pytest.raises(ValueError, match="Target epsilon must be positive.*Found -2"):
+        max_rounds(-2.0, 0.1, 1.0, DELTA)
+    with pytest.raises(ValueError, match="Accountant must be one of"):
+        epsilon_for(0.1, 1.0, 1, DELTA, "moments")
+    with pytest.raises(ValueError, match="Delta must be in"):
+        PrivacyLedger(delta=2.0)
+
+
+@settings(max_examples=15, deadline=None)
+@given(target=st.floats(0.5, 8.0), q=st.floats(0.01, 0.2), rounds=st.integers(1, 50))
+def test_calibrate_never_overshoots_and_epsilon_grows_with_rounds(target, q, rounds):
+    z = calibrate_noise(target, q, rounds, DELTA)
+    eps = epsilon_for(q, z, rounds, DELTA)
+    assert 0 < z and eps <= target
+    assert epsilon_for(q, z, rounds + 1, DELTA) > eps          # monotone in rounds
+
+
+@pytest.mark.parametrize("accountant,target,q,rounds", [("rdp", 0.5, 0.2, 50), ("rdp", 4.0, 0.05, 5),
+                                                         ("pld", 0.3, 0.05, 10)])
+def test_calibrate_noise_is_minimal_within_tolerance(accountant, target, q, rounds):
+    z = calibrate_noise(target, q, rounds, DELTA, accountant)
+    # never overshoots; a 0.15 % smaller z (beyond the 1e-3 relative tolerance) does
+    assert epsilon_for(q, z, rounds, DELTA, accountant) <= target
+    assert epsilon_for(q, z * (1 - 1.5e-3), rounds, DELTA, accountant) > target
+
+
+def test_pld_is_tighter_than_rdp():
+    assert calibrate_noise(0.3, 0.05, 10, DELTA, "pld") < calibrate_noise(0.3, 0.05, 10, DELTA, "rdp")
+
+
+@pytest.mark.parametrize("target,q,z,accountant", [(1.0, 0.01, 1.1, "rdp"), (3.0, 0.05, 1.5, "rdp"),
+                                                   (4.0, 0.1, 2.0, "rdp"), (0.5, 0.05, 3.0, "pld")])
+def test_max_rounds_is_the_last_round_within_budget(target, q, z, accountant):
+    t = max_rounds(target, q, z, DELTA, accountant)
+    assert t >= 1
+    assert epsilon_for(q, z, t, DELTA, accountant) <= target < epsilon_for(q, z, t + 1, DELTA, accountant)
+
+
+def test_max_rounds_edges():
+    assert max_rounds(0.1, 0.5, 0.5, DELTA) == 0                 # one round already exceeds
+    assert max_rounds(1.0, 0.01, 5.0, DELTA, limit=50) == 50      # capped at limit
+    assert max_rounds(1.0, 0.1, 0.0, DELTA) == 0                 # no noise
+
+
+# ---------------------------------------------------------------------------------------------
+# Ledger
+
+@pytest.mark.parametrize("accountant,n", [("rdp", 12), ("pld", 4)])
+def test_ledger_appends_equal_one_composed_event(accountant, n):
+    q, z = 0.05, 2.0
+    ledger = PrivacyLedger(delta=DELTA, accountant=accountant)
+    assert ledger.epsilon() == 0.0
+    before = ledger.epsilon_after(q, z, n)
+    for r in range(1, n + 1):
+        rec = ledger.append(r, q, z, 1.0, users_sampled=50)
+        assert isinstance(rec, RoundRecord) and rec.round == r
+    assert ledger.epsilon() == pytest.approx(epsilon_for(q, z, n, DELTA, accountant), rel=1e-9)
+    assert ledger.epsilon() == pytest.approx(before, rel=1e-9)
+    assert ledger.records[-1].epsilon == pytest.approx(ledger.epsilon(), rel=1e-9)
+    eps = [rec.epsilon for rec in ledger.records]
+    assert all(a <= b for a, b in zip(eps, eps[1:]))
+    with pytest.raises(Exception):
+        ledger.records[0].epsilon = 0.0                          # frozen entries
+
+
+def test_ledger_mixed_rounds_and_csv(tmp_path):
+    ledger = PrivacyLedger(delta=DELTA)
+    ledger.append(1, 0.1, 2.0, 1.0, 9)
+    ledger.append(2, 0.1, 2.0, 1.0, 11)
+    ledger.append(3, 0.2, 3.0, 0.5, 19)
+    expected = dp_accounting.rdp.RdpAccountant().compose(dp_accounting.ComposedDpEvent([
+        dp_event(0.1, 2.0, 2), dp_event(0.2, 3.0, 1)])).get_epsilon(DELTA)
+    assert ledger.epsilon() == pytest.approx(expected, rel=1e-12)
+    assert ledger.epsilon_after(0.1, 2.0, 0) == ledger.epsilon()
+    assert ledger.epsilon_after(0.1, 2.0, 5) > ledger.epsilon()
+    with pytest.raises(ValueError, match="Round must be greater"):
+        ledger.append(3, 0.1, 2.0, 1.0, 9)
+    rows = ledger.to_rows()
+    assert [r["round"] for r in rows] == [1, 2, 3] and rows[2]["clip_norm"] == 0.5
+    path = tmp_path / "ledger.csv"
+    ledger.write_csv(path)
+    with open(path, newline="") as f:
+        read = list(csv.DictReader(f))
+    assert [int(r["users_sampled"]) for r in read] == [9, 11, 19]
+    assert float(read[-1]["epsilon"]) == pytest.approx(ledger.epsilon())
+
+
+def test_statement_names_epsilon_delta_level_and_accountant():
+    ledger = PrivacyLedger(delta=DELTA)
+    assert "no DP-FedAvg rounds recorded" in ledger.statement()
+    for r in range(1, 4):
+        ledger.append(r, 0.1, 1.1, 1.0, 100)
+    s = ledger.statement()
+    eps = ledger.epsilon()
+    assert f"(ε = {math.ceil(eps * 100) / 100:.2f}, δ = 1e-05) user-level differential privacy" in s  # rounded up
+    assert "over 3 rounds of DP-FedAvg with Poisson sampling (q = 0.1)" in s
+    assert "noise multiplier 1.1, clip norm 1.0, RDP accountant (dp-accounting)." in s
+    assert "example-level" in ledger.statement(unit="example")
+    pld = PrivacyLedger(delta=DELTA, accountant="pld")
+    pld.append(1, 0.1, 3.0, 1.0, 10)
+    pld.append(2, 0.2, 3.0, 0.5, 21)
+    s = pld.statement()
+    assert "PLD accountant" in s and "1 round" not in s and "q = 0.1 to 0.2" in s and "clip norm 0.5 to 1.0" in s
+    ledger.append(4, 0.1, 0.0, 1.0, 10)
+    assert ledger.epsilon() == math.inf and "No finite" in ledger.statement()
