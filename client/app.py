@@ -34,19 +34,18 @@ def evaluate_reply(node: Node, content: RecordDict) -> RecordDict:
     return RecordDict({"metrics": MetricRecord(node.evaluate(content))})
 
 
+def _reply(msg: Message, context: Context, handler) -> Message:
+    node = node_for(context)
+    reply = handler(node, msg.content)
+    node.save(context)  # theta_u stays on the node, in its Context (and state-dir on a device)
+    return Message(content=reply, reply_to=msg)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    node = node_for(context)
-    reply = train_reply(node, msg.content)
-    node.save(context)
-    return Message(content=reply, reply_to=msg)
+    return _reply(msg, context, train_reply)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    node = node_for(context)
-    reply = evaluate_reply(node, msg.content)
-    node.save(context)
-    return Message(content=reply, reply_to=msg)
-
-
+    return _reply(msg, context, evaluate_reply)
