@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from common.config import Config
 from common.federated import UserStore, init_theta, item_representations
-from common.model import DENSE_NAMES, ModelShape, candidate_loss, group_logits, init_shared
+from common.model import DENSE_NAMES, ModelShape, candidate_loss, group_logits, init_shared, trainable_dense
 
 __all__ = ["train_central", "popularity_scores"]
 
@@ -45,7 +45,7 @@ def train_central(store: UserStore, item_h: np.ndarray, cfg: Config,
     theta = tf.Variable(theta0, name="theta")
     emb = tf.Variable(params0["items/embedding"], name="emb") if hybrid else None
     ibias = tf.Variable(params0["items/bias"], name="ibias") if hybrid else None
-    variables = list(dense.values()) + [theta] + ([emb, ibias] if hybrid else [])
+    variables = [dense[k] for k in trainable_dense(cfg.loss)] + [theta] + ([emb, ibias] if hybrid else [])
     opt = tf.keras.optimizers.Adam(learning_rate=cfg.central_lr)
     item_h_t = tf.constant(item_h, tf.float32)
     l2 = tf.constant(cfg.l2, tf.float32)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -19,11 +19,10 @@ from common.metrics import hit_and_ndcg, rank_of_target, sample_eval_negatives
 from common.model import DENSE_NAMES, item_side, local_train, score_items, warm_start_theta
 
 __all__ = ["UserStore", "UserUpdates", "user_rng", "poisson_sample", "user_updates", "evaluate_users",
-           "item_representations", "init_theta"]
+           "item_representations", "init_theta",
+           "evaluate_scores"]
 
 SECONDS_PER_DAY = 86400.0
-#: Terms equal for every candidate of an example; the sampled softmax cannot learn them.
-SHIFT_INVARIANT = ("global-bias", "context/shift")
 
 
 def user_rng(seed: int, round_: int, user_key: str, purpose: str) -> np.random.Generator:
@@ -195,7 +194,7 @@ def user_updates(params: Mapping[str, np.ndarray], theta: np.ndarray, store: Use
     """
     users = np.asarray(users, np.int64)
     hybrid = "items/embedding" in params
-    n_items, dim = item_h.shape[0], theta.shape[1] if theta.ndim == 2 else cfg.dim
+    n_items, dim = item_h.shape[0], cfg.dim
     sizes = np.array([store.offsets[u + 1] - store.offsets[u] for u in users], np.int64)
     new_theta = np.array(theta, np.float32, copy=True)
     U = len(users)
@@ -237,21 +236,17 @@ def user_updates(params: Mapping[str, np.ndarray], theta: np.ndarray, store: Use
                   for k in DENSE_NAMES}
         emb0 = params["items/embedding"][safe_rows] if hybrid else None
         bias0 = params["items/bias"][safe_rows] if hybrid else None
-        d1, th1, emb1, bias1 = local_train(
+        d1, th1, emb1, bias1, loss[group] = local_train(
             dense0, new_theta[group], emb0, bias0, rows_h, row_mask, ctx, cand, ex_mask,
             steps=cfg.local_steps, lr=cfg.local_lr, theta_lr=cfg.theta_lr, l2=cfg.l2, clip=cfg.local_grad_clip, loss=cfg.loss,
             optimizer=cfg.local_optimizer)
         for k in DENSE_NAMES:
-            if cfg.loss == "softmax" and k in SHIFT_INVARIANT:
-                continue  # no gradient under softmax: leave exactly 0 so float noise is not sent or amplified
             dense_out[k][group] = d1[k] - dense0[k]
         new_theta[group] = th1
         if hybrid:
             row_parts.append((group, rows, (emb1 - emb0) * row_mask[..., None], (bias1 - bias0) * row_mask))
         else:
             row_parts.append((group, rows, None, None))
-        # final loss is reported from the last step's parameters: cheap proxy via one forward pass
-        loss[group] = _final_loss(d1, th1, emb1, bias1, rows_h, row_mask, ctx, cand, ex_mask, cfg.l2, cfg.loss)
     R_all = max((p[1].shape[1] for p in row_parts), default=0)
     rows_all = np.full((U, R_all), -1, np.int64)
     emb_all = np.zeros((U, R_all, dim), np.float32) if hybrid else None
@@ -266,47 +261,39 @@ def user_updates(params: Mapping[str, np.ndarray], theta: np.ndarray, store: Use
     return updates, new_theta
 
 
-def _final_loss(dense, theta, emb, bias, rows_h, row_mask, ctx, cand, ex_mask, l2, loss) -> np.ndarray:
-    from common.model import group_loss
-    import tensorflow as tf
-
-    out = group_loss({k: tf.constant(v) for k, v in dense.items()}, tf.constant(theta),
-                      None if emb is None else tf.constant(emb), None if bias is None else tf.constant(bias),
-                      tf.constant(rows_h), tf.constant(row_mask), tf.constant(ctx), tf.constant(cand),
-                      tf.constant(ex_mask), l2, loss)
-    return out.numpy()
-
-
 def evaluate_users(params: Mapping[str, np.ndarray], theta: np.ndarray, store: UserStore, item_h: np.ndarray,
-                   cfg: Config, split: str, chunk: int = 512) -> dict[str, np.ndarray]:
-    """Per-user metrics [U] on the held-out engagement of `split` ("val" or "test").
+                   cfg: Config, split: str) -> dict[str, np.ndarray]:
+    """Per-user metrics [U] of the model on the held-out engagement of `split` ("val" or "test")."""
+    dense = {k: np.asarray(params[k], np.float32) for k in DENSE_NAMES}
+    emb, bias = params.get("items/embedding"), params.get("items/bias")
+    ctx = store.val_ctx if split == "val" else store.test_ctx
+    return evaluate_scores(lambda users: score_items(dense, theta[users], ctx[users], item_h, emb, bias),
+                           store, item_h.shape[0], cfg, split)
+
+
+def evaluate_scores(score: Callable[[np.ndarray], np.ndarray], store: UserStore, n_items: int, cfg: Config,
+                    split: str, chunk: int = 512) -> dict[str, np.ndarray]:
+    """Per-user HR/NDCG@k [U] of any scorer, score(users [n]) -> [n, n_items], on `split`.
 
     Full ranking: the held-out item against every item not in the user's history (for "test",
     the validation item is history too). Sampled: against `eval_negatives` items the user never
-    engaged with, drawn from a per-user stream fixed by the seed.
+    engaged with, drawn from a per-user stream fixed by the seed (the same for every system).
     """
-    dense = {k: np.asarray(params[k], np.float32) for k in DENSE_NAMES}
-    emb, bias = params.get("items/embedding"), params.get("items/bias")
     target = store.val_item if split == "val" else store.test_item
-    ctx = store.val_ctx if split == "val" else store.test_ctx
-    n_items = item_h.shape[0]
     out = {m: np.zeros(store.n_users) for m in ("hr", "ndcg", "hr-sampled", "ndcg-sampled")}
     for start in range(0, store.n_users, chunk):
         users = np.arange(start, min(start + chunk, store.n_users))
-        scores = score_items(dense, theta[users], ctx[users], item_h, emb, bias)
+        scores = score(users)
         scores = np.where(np.isnan(scores), -np.inf, scores)  # a broken (NaN) score never ranks well
         history = [store.history(u) if split == "val" else np.append(store.history(u), store.val_item[u])
                    for u in users]
         rank = rank_of_target(scores, target[users], history)
-        hit, ndcg = hit_and_ndcg(rank, cfg.top_k)
-        out["hr"][users], out["ndcg"][users] = hit, ndcg
-        # sampled protocol
+        out["hr"][users], out["ndcg"][users] = hit_and_ndcg(rank, cfg.top_k)
         s_rank = np.zeros(len(users), np.int64)
         for i, u in enumerate(users):
             seen = np.concatenate([store.history(u), [store.val_item[u], store.test_item[u]]])
             rng = user_rng(cfg.seed, 0, store.user_keys[u], f"eval-{split}")
             negs = sample_eval_negatives(n_items, seen, cfg.eval_negatives, rng)
             s_rank[i] = int((scores[i, negs] >= scores[i, target[u]]).sum())
-        hit_s, ndcg_s = hit_and_ndcg(s_rank, cfg.top_k)
-        out["hr-sampled"][users], out["ndcg-sampled"][users] = hit_s, ndcg_s
+        out["hr-sampled"][users], out["ndcg-sampled"][users] = hit_and_ndcg(s_rank, cfg.top_k)
     return out

@@ -27,6 +27,8 @@ __all__ = [
     "ModelShape",
     "DENSE_NAMES",
     "ITEM_NAMES",
+    "SHIFT_INVARIANT",
+    "trainable_dense",
     "init_shared",
     "item_side",
     "query_side",
@@ -48,8 +50,16 @@ DENSE_NAMES = (
     "context/shift",        # theta_ctx [context_dim]
     "context/interaction",  # W_int [context_dim, dim]
 )
+#: Terms equal for every candidate of an example; a softmax over candidates cannot learn them, so
+#: they are kept fixed under loss="softmax" (numerical-noise gradients would otherwise move them).
+SHIFT_INVARIANT = ("global-bias", "context/shift")
 #: Shared item-id tables of the hybrid model (updated densely: the whole table is sent).
 ITEM_NAMES = ("items/embedding", "items/bias")  # E [n_items, dim], e [n_items]
+
+
+def trainable_dense(loss: str) -> tuple[str, ...]:
+    """Dense shared parameters that `loss` trains (all but SHIFT_INVARIANT under softmax)."""
+    return tuple(k for k in DENSE_NAMES if not (loss == "softmax" and k in SHIFT_INVARIANT))
 
 
 @dataclass(frozen=True)
@@ -184,6 +194,7 @@ def _local_train_tf(dense, theta, rows_emb, rows_bias, rows_h, row_mask, ctx, ca
                     steps, lr, theta_lr, l2, clip, hybrid, adam, loss_kind):
     """Full-batch SGD or Adam on each group's own loss; groups never share a gradient."""
     names = sorted(dense)
+    frozen = set(names) - set(trainable_dense(loss_kind))
     vars_ = [dense[k] for k in names] + [theta]
     if hybrid:
         vars_ += [rows_emb, rows_bias]
@@ -198,6 +209,7 @@ def _local_train_tf(dense, theta, rows_emb, rows_bias, rows_h, row_mask, ctx, ca
             emb, bias = (vars_[-2], vars_[-1]) if hybrid else (None, None)
             loss = tf.reduce_sum(group_loss(d, th, emb, bias, rows_h, row_mask, ctx, cand, ex_mask, l2, loss_kind))
         grads = tape.gradient(loss, vars_)
+        grads = [tf.zeros_like(g) if i < len(names) and names[i] in frozen else g for i, g in enumerate(grads)]
         # each user's gradient (all its variables together) is clipped to L2 norm <= clip
         sq = tf.add_n([tf.reduce_sum(tf.reshape(tf.square(g), [tf.shape(g)[0], -1]), axis=1) for g in grads])
         scale = tf.minimum(1.0, clip / tf.maximum(tf.sqrt(sq), 1e-12))
@@ -216,9 +228,10 @@ def _local_train_tf(dense, theta, rows_emb, rows_bias, rows_h, row_mask, ctx, ca
         vars_ = new_vars
     out_dense = dict(zip(names, vars_[: len(names)]))
     out_theta = vars_[len(names)]
-    if hybrid:
-        return out_dense, out_theta, vars_[-2], vars_[-1]
-    return out_dense, out_theta, rows_emb, rows_bias
+    out_emb, out_bias = (vars_[-2], vars_[-1]) if hybrid else (rows_emb, rows_bias)
+    final_loss = group_loss(out_dense, out_theta, out_emb if hybrid else None, out_bias if hybrid else None,
+                            rows_h, row_mask, ctx, cand, ex_mask, l2, loss_kind)
+    return out_dense, out_theta, out_emb, out_bias, final_loss
 
 
 def local_train(dense: Mapping[str, np.ndarray], theta: np.ndarray, rows_emb: np.ndarray | None,
@@ -231,7 +244,8 @@ def local_train(dense: Mapping[str, np.ndarray], theta: np.ndarray, rows_emb: np
     touch (row_mask [G, R] marks real rows); ctx [G, L, context_dim]; cand [G, L, 1+negatives]
     (column 0 the engaged item); ex_mask [G, L] marks real examples. Every step, each user's
     gradient is clipped to L2 norm <= clip (all of the user's variables together).
-    Returns (dense [G, ...], theta [G, dim], rows_emb [G, R, dim] | None, rows_bias [G, R] | None).
+    Returns (dense [G, ...], theta [G, dim], rows_emb [G, R, dim] | None, rows_bias [G, R] | None,
+    loss [G] of the final parameters).
     """
     hybrid = rows_emb is not None
     G, R = row_mask.shape
@@ -244,9 +258,9 @@ def local_train(dense: Mapping[str, np.ndarray], theta: np.ndarray, rows_emb: np
         tf.constant(ex_mask, tf.float32), int(steps), tf.constant(lr, tf.float32),
         tf.constant(theta_lr, tf.float32),
         tf.constant(l2, tf.float32), tf.constant(min(clip, 3.0e38), tf.float32), hybrid, optimizer == "adam", loss)
-    d, th, e, b = out
+    d, th, e, b, final_loss = out
     return ({k: v.numpy() for k, v in d.items()}, th.numpy(),
-            e.numpy() if hybrid else None, b.numpy() if hybrid else None)
+            e.numpy() if hybrid else None, b.numpy() if hybrid else None, final_loss.numpy())
 
 
 def warm_start_theta(phi_history: np.ndarray, age_days: np.ndarray, half_life_days: float) -> np.ndarray:

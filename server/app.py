@@ -16,7 +16,7 @@ from common.datasets import load_cached, resolve_dataset
 from common.model import ModelShape, init_shared
 from common.params import from_record, to_record
 from common.report import format_round, write_rounds_csv
-from server.content import ContentEncoder
+from server.content import content_vectors
 from server.strategy import CentralDP, UserFedAvg
 from common.privacy import PrivacyLedger, calibrate_noise
 
@@ -30,8 +30,7 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
     t_start = time.perf_counter()
     ds = load_cached(str(resolve_dataset(cfg)))  # the server uses the public catalogue and context schema only
     t0 = time.perf_counter()
-    item_h = ContentEncoder(cfg.text_dim, cfg.text_epochs, cfg.text_window, cfg.text_pooling,
-                            cfg.seed).item_vectors(ds.item_texts)
+    item_h = content_vectors(cfg, ds.item_texts)
     content_seconds = time.perf_counter() - t0
     shape = ModelShape(n_items=ds.n_items, text_dim=cfg.text_dim, dim=cfg.dim,
                        context_dim=ds.context_dim if cfg.use_context else 0, item_embedding=cfg.item_embedding)

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 from gensim.models import Word2Vec
 
-__all__ = ["tokenize", "ContentEncoder"]
+__all__ = ["tokenize", "ContentEncoder", "content_vectors"]
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
@@ -83,3 +83,9 @@ class ContentEncoder:
         h = self.fit(texts).transform(texts)
         mean, std = h.mean(axis=0), h.std(axis=0)
         return ((h - mean) / np.where(std > 0, std, 1.0)).astype(np.float32)
+
+
+def content_vectors(cfg, texts: Sequence[str]) -> np.ndarray:
+    """h(c) [n_items, cfg.text_dim] of a catalogue under a run's `common.config.Config`."""
+    return ContentEncoder(cfg.text_dim, cfg.text_epochs, cfg.text_window, cfg.text_pooling,
+                          cfg.seed).item_vectors(texts)

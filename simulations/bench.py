@@ -25,7 +25,7 @@ def bench(cfg: Config, users: Sequence[int], items: int, rounds: int = 3, nodes:
     user updates per second. Evaluation is excluded from both timings."""
     from common.central import train_central
     from common.federated import UserStore
-    from server.content import ContentEncoder
+    from server.content import content_vectors
     from simulations.simulate import run_flower_simulation
 
     results = []
@@ -33,8 +33,7 @@ def bench(cfg: Config, users: Sequence[int], items: int, rounds: int = 3, nodes:
         c = cfg.replace(data="synthetic", synthetic_users=int(n_users), synthetic_items=int(items),
                         sample_rate=1.0, num_rounds=max(2, rounds), eval_every=10**6, central_epochs=2)
         ds = load_cached(str(resolve_dataset(c)))
-        item_h = ContentEncoder(c.text_dim, c.text_epochs, c.text_window, c.text_pooling,
-                                c.seed).item_vectors(ds.item_texts)
+        item_h = content_vectors(c, ds.item_texts)
         store = UserStore.from_prepared(ds, np.arange(ds.n_users), use_context=c.use_context)
         _, _, epoch_s, _ = train_central(store, item_h, c)
         central = float(epoch_s[-1])

@@ -14,8 +14,7 @@ import numpy as np
 
 from common.config import Config
 from common.datasets import load_cached, resolve_dataset
-from common.federated import UserStore, evaluate_users
-from common.metrics import hit_and_ndcg, rank_of_target, sample_eval_negatives
+from common.federated import UserStore, evaluate_scores, evaluate_users
 from common.report import SYSTEMS, plot_rounds, results_table
 
 __all__ = ["PROJECT_ROOT", "run_flower_simulation", "run_baselines", "simulate"]
@@ -31,6 +30,7 @@ def run_flower_simulation(cfg: Config, num_nodes: int, verbose: bool = False) ->
     """
     from flwr.app import Context, RecordDict
     from flwr.common.config import get_fused_config_from_dir
+    from flwr.common.telemetry import EventType
     from flwr.common.typing import Run
     from flwr.simulation.run_simulation import _run_simulation
 
@@ -51,34 +51,14 @@ def run_flower_simulation(cfg: Config, num_nodes: int, verbose: bool = False) ->
     _run_simulation(
         num_supernodes=num_nodes, server_app_attr="server.app:app", client_app_attr="client.app:app",
         backend_name="ray", backend_config=backend, app_dir=str(PROJECT_ROOT), run=run,
-        server_app_context=context, verbose_logging=verbose, exit_event=_exit_event(), is_app=True,
+        server_app_context=context, verbose_logging=verbose, exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE, is_app=True,
     )
 
 
-def _exit_event():
-    from flwr.common.telemetry import EventType
-
-    return EventType.PYTHON_API_RUN_SIMULATION_LEAVE
-
-
-def _popularity_metrics(store: UserStore, n_items: int, cfg: Config) -> dict[str, float]:
-    pop = np.bincount(store.items, minlength=n_items).astype(np.float64)
-    users = np.arange(store.n_users)
-    history = [np.append(store.history(u), store.val_item[u]) for u in users]
-    rank = rank_of_target(np.broadcast_to(pop, (store.n_users, n_items)), store.test_item, history)
-    hit, ndcg = hit_and_ndcg(rank, cfg.top_k)
-    from common.federated import user_rng
-
-    s_rank = np.zeros(store.n_users, np.int64)
-    for u in users:
-        seen = np.concatenate([store.history(u), [store.val_item[u], store.test_item[u]]])
-        negs = sample_eval_negatives(n_items, seen, cfg.eval_negatives, user_rng(cfg.seed, 0, store.user_keys[u],
-                                                                                   "eval-test"))
-        s_rank[u] = int((pop[negs] >= pop[store.test_item[u]]).sum())
-    hit_s, ndcg_s = hit_and_ndcg(s_rank, cfg.top_k)
-    k = cfg.top_k
-    return {f"hr@{k}": hit.mean(), f"ndcg@{k}": ndcg.mean(), f"hr@{k}-sampled": hit_s.mean(),
-            f"ndcg@{k}-sampled": ndcg_s.mean()}
+def _summarise(m: dict[str, np.ndarray], k: int) -> dict[str, float]:
+    """Per-user metrics -> the means reported for a system."""
+    return {f"hr@{k}": float(m["hr"].mean()), f"ndcg@{k}": float(m["ndcg"].mean()),
+            f"hr@{k}-sampled": float(m["hr-sampled"].mean()), f"ndcg@{k}-sampled": float(m["ndcg-sampled"].mean())}
 
 
 def run_baselines(cfg: Config, say: Callable[[str], None] = print) -> tuple[dict, dict]:
@@ -86,12 +66,11 @@ def run_baselines(cfg: Config, say: Callable[[str], None] = print) -> tuple[dict
 
     Returns ({system: test metrics}, {system: seconds}).
     """
-    from common.central import train_central
-    from server.content import ContentEncoder
+    from common.central import popularity_scores, train_central
+    from server.content import content_vectors
 
     ds = load_cached(str(resolve_dataset(cfg)))
-    item_h = ContentEncoder(cfg.text_dim, cfg.text_epochs, cfg.text_window, cfg.text_pooling,
-                            cfg.seed).item_vectors(ds.item_texts)
+    item_h = content_vectors(cfg, ds.item_texts)
     k = cfg.top_k
     systems, timings = {}, {}
     for name, c in (("centralized", cfg), ("context-free", cfg.replace(use_context=False))):
@@ -107,15 +86,14 @@ def run_baselines(cfg: Config, say: Callable[[str], None] = print) -> tuple[dict
 
         params, theta, epoch_s, selected = train_central(store, item_h, c, progress, validate)
         say(f"{name}: best validation HR@{k} at epoch {selected}")
-        m = evaluate_users(params, theta, store, item_h, c, "test")
-        systems[name] = {f"hr@{k}": float(m["hr"].mean()), f"ndcg@{k}": float(m["ndcg"].mean()),
-                         f"hr@{k}-sampled": float(m["hr-sampled"].mean()),
-                         f"ndcg@{k}-sampled": float(m["ndcg-sampled"].mean())}
+        systems[name] = _summarise(evaluate_users(params, theta, store, item_h, c, "test"), k)
         timings[f"{name}_total_s"] = time.perf_counter() - t0
         timings[f"{name}_epoch_s"] = float(np.mean(epoch_s))
         systems[name]["selected_epoch"] = selected
     store = UserStore.from_prepared(ds, np.arange(ds.n_users), use_context=False)
-    systems["popularity"] = {key: float(v) for key, v in _popularity_metrics(store, ds.n_items, cfg).items()}
+    pop = popularity_scores(store, ds.n_items)
+    systems["popularity"] = _summarise(evaluate_scores(
+        lambda users: np.broadcast_to(pop, (len(users), ds.n_items)), store, ds.n_items, cfg, "test"), k)
     return systems, timings
 
 
