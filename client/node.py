@@ -14,7 +14,7 @@ from flwr.app import ArrayRecord, Context, RecordDict
 from common.config import Config, config_from_mapping
 from common.datasets import load_cached, resolve_dataset
 from common.federated import (UserStore, evaluate_users, init_theta, item_representations, poisson_sample,
-                              user_updates)
+                              training_members, user_updates)
 from common.model import DENSE_NAMES, ITEM_NAMES
 from common.params import from_record, to_record
 from common.privacy import clip_factors
@@ -68,7 +68,7 @@ class Node:
         conf = content.config_records["config"]
         round_ = int(conf["server-round"])
         sampled = np.flatnonzero(poisson_sample(self.store.user_keys, float(conf["sample-rate"]),
-                                                int(conf["sampling-seed"]), round_))
+                                                int(conf["sampling-seed"]), round_) & self.members)
         if len(sampled) == 0:
             zero = {k: np.zeros_like(v) for k, v in params.items()}
             return to_record(zero), {"num-users": 0, "num-examples": 0, "train-loss-sum": 0.0}
@@ -87,19 +87,24 @@ class Node:
             "train-loss-sum": float(updates.loss.sum()),
         }
 
+    @functools.cached_property
+    def members(self) -> np.ndarray:
+        """[U] users that take part in training (all, unless audit-fraction holds some out)."""
+        return training_members(self.store.user_keys, self.cfg.audit_fraction, self.cfg.seed)
+
     def evaluate(self, content: RecordDict) -> dict[str, float | int]:
-        """Mean HR/NDCG@k of this node's users on validation and test (full ranking and sampled)."""
+        """Mean HR/NDCG@k of this node's training members on validation and test (full ranking and sampled)."""
         params = self._receive(content)
         users = np.arange(self.store.n_users)
         self._warm_start(users, params)
         k = self.cfg.top_k
-        out: dict[str, float | int] = {"num-users": int(self.store.n_users)}
+        members = self.members
+        out: dict[str, float | int] = {"num-users": int(members.sum())}
         for split in ("val", "test"):
             m = evaluate_users(params, self.theta, self.store, self.item_h, self.cfg, split)
-            out[f"{split}-hr@{k}"] = float(m["hr"].mean())
-            out[f"{split}-ndcg@{k}"] = float(m["ndcg"].mean())
-            out[f"{split}-hr@{k}-sampled"] = float(m["hr-sampled"].mean())
-            out[f"{split}-ndcg@{k}-sampled"] = float(m["ndcg-sampled"].mean())
+            for name, key in (("hr", f"hr@{k}"), ("ndcg", f"ndcg@{k}"), ("hr-sampled", f"hr@{k}-sampled"),
+                              ("ndcg-sampled", f"ndcg@{k}-sampled")):
+                out[f"{split}-{key}"] = float(m[name][members].mean()) if members.any() else 0.0
         return out
 
     # -- persistence ----------------------------------------------------------------------------

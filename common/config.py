@@ -66,6 +66,7 @@ class Config:
     noise_multiplier: float = 1.0    # z: noise std = z * clip-norm on the sum of clipped updates
     clip_norm: float = 1.0           # C: L2 bound of each user's whole shared-parameter update
     accountant: str = "rdp"          # "rdp" | "pld" (dp-accounting)
+    audit_fraction: float = 0.0      # share of users held out of training: the membership audit's non-members
 
     # centralized baselines
     central_epochs: int = 20
@@ -112,6 +113,7 @@ class Config:
         need(self.noise_multiplier >= 0, "noise_multiplier", "must be >= 0")
         need(self.clip_norm > 0, "clip_norm", "must be > 0")
         need(self.accountant in ("rdp", "pld"), "accountant", "must be 'rdp' or 'pld'")
+        need(0.0 <= self.audit_fraction < 1.0, "audit_fraction", "must be in [0, 1)")
         need(self.central_epochs >= 1, "central_epochs", "must be >= 1")
         need(self.central_batch >= 1, "central_batch", "must be >= 1")
         need(self.central_lr > 0, "central_lr", "must be > 0")

@@ -18,7 +18,7 @@ from common.config import Config
 from common.metrics import hit_and_ndcg, rank_of_target, sample_eval_negatives
 from common.model import DENSE_NAMES, item_side, local_train, score_items, warm_start_theta
 
-__all__ = ["UserStore", "UserUpdates", "user_rng", "poisson_sample", "user_updates", "evaluate_users",
+__all__ = ["UserStore", "UserUpdates", "user_rng", "poisson_sample", "training_members", "user_updates", "evaluate_users",
            "item_representations", "init_theta",
            "evaluate_scores"]
 
@@ -41,6 +41,15 @@ def poisson_sample(user_keys: np.ndarray, q: float, seed: int, round_: int) -> n
         return np.ones(len(user_keys), bool)
     u = np.array([user_rng(seed, round_, str(k), "sample").random() for k in user_keys])
     return u < q
+
+
+def training_members(user_keys: np.ndarray, audit_fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask [U]: users who may train. The others (share `audit_fraction`, fixed by seed and
+    user) never take part; they are the non-members of the membership-inference audit."""
+    if audit_fraction <= 0.0:
+        return np.ones(len(user_keys), bool)
+    u = np.array([user_rng(seed, 0, str(k), "audit-holdout").random() for k in user_keys])
+    return u >= audit_fraction
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 from common.aggregation import ServerOptimizer
 from common.config import Config, config_from_mapping
 from common.datasets import load_cached, resolve_dataset
+from common.federated import training_members
 from common.model import ModelShape, init_shared
 from common.params import from_record, to_record
 from common.report import format_round, write_rounds_csv
@@ -35,14 +36,16 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
     shape = ModelShape(n_items=ds.n_items, text_dim=cfg.text_dim, dim=cfg.dim,
                        context_dim=ds.context_dim if cfg.use_context else 0, item_embedding=cfg.item_embedding)
     params = init_shared(shape, cfg.seed)
-    print(f"federated: {len(list(grid.get_node_ids()))} nodes, {ds.n_users} users, {ds.n_items} items, "
-          f"{cfg.num_rounds} rounds, sample rate {cfg.sample_rate}", flush=True)
+    n_members = int(training_members(np.asarray(ds.user_ids).astype(str), cfg.audit_fraction, cfg.seed).sum())
+    held_out = f" ({ds.n_users - n_members} held out for the membership audit)" if n_members < ds.n_users else ""
+    print(f"federated: {len(list(grid.get_node_ids()))} nodes, {n_members} training users{held_out}, "
+          f"{ds.n_items} items, {cfg.num_rounds} rounds, sample rate {cfg.sample_rate}", flush=True)
     dp, privacy = None, None
     if cfg.privacy == "central":
-        delta = cfg.delta or 0.1 / ds.n_users
+        delta = cfg.delta or 0.1 / n_members
         z = (calibrate_noise(cfg.target_epsilon, cfg.sample_rate, cfg.num_rounds, delta, cfg.accountant)
              if cfg.target_epsilon > 0 else cfg.noise_multiplier)
-        dp = CentralDP(clip_norm=cfg.clip_norm, noise_multiplier=z, denominator=cfg.sample_rate * ds.n_users,
+        dp = CentralDP(clip_norm=cfg.clip_norm, noise_multiplier=z, denominator=cfg.sample_rate * n_members,
                        ledger=PrivacyLedger(delta=delta, accountant=cfg.accountant))
         print(f"privacy: user-level DP-FedAvg, clip norm {cfg.clip_norm}, noise multiplier {z:.4f}, "
               f"Poisson sampling q = {cfg.sample_rate}, delta = {delta:.3g}", flush=True)

@@ -115,6 +115,32 @@ def simulate_cmd(
     typer.echo(f"run directory: {run_dir}")
 
 
+@cli.command("sweep")
+def sweep_cmd(
+    config: Optional[Path] = typer.Option(None, help="TOML with settings (top level) and a [sweep] table "
+                                                     "(epsilons, seeds, audit-users)."),
+    data: Optional[str] = typer.Option(None, help="Dataset directory, or 'synthetic' (default, 10,000 users)."),
+    set_: List[str] = typer.Option([], "--set", help="Setting override key=value; also epsilons=0.5,1,inf, "
+                                                     "seeds=0,1,2, audit-users=N."),
+    out: Optional[Path] = typer.Option(None, help="Sweep directory (default runs/sweep-<date-time>)."),
+    nodes: int = typer.Option(2, help="Simulated SuperNodes per run."),
+) -> None:
+    """Privacy/accuracy trade-off: central DP at several epsilons and seeds, with a membership audit."""
+    import time
+
+    from common.config import ConfigError, parse_overrides
+    from common.data import DataError
+    from simulations.sweep import run_sweep, sweep_config
+
+    try:
+        base, plan = sweep_config(config, parse_overrides(set_ or []), data)
+        out_dir = out or Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
+        path = run_sweep(base, plan, out_dir, nodes=nodes)
+    except (ConfigError, DataError, FileExistsError, FileNotFoundError) as err:
+        _fail(err)
+    typer.echo(f"run directory: {path}")
+
+
 @cli.command("bench")
 def bench_cmd(
     users: List[int] = typer.Option([1000, 10000], help="User counts to measure (repeat the option)."),

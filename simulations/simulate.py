@@ -14,7 +14,7 @@ import numpy as np
 
 from common.config import Config
 from common.datasets import load_cached, resolve_dataset
-from common.federated import UserStore, evaluate_scores, evaluate_users
+from common.federated import UserStore, evaluate_scores, evaluate_users, training_members
 from common.report import SYSTEMS, plot_rounds, results_table
 
 __all__ = ["PROJECT_ROOT", "run_flower_simulation", "run_baselines", "simulate"]
@@ -72,9 +72,10 @@ def run_baselines(cfg: Config, say: Callable[[str], None] = print) -> tuple[dict
     ds = load_cached(str(resolve_dataset(cfg)))
     item_h = content_vectors(cfg, ds.item_texts)
     k = cfg.top_k
+    members = np.flatnonzero(training_members(np.asarray(ds.user_ids).astype(str), cfg.audit_fraction, cfg.seed))
     systems, timings = {}, {}
     for name, c in (("centralized", cfg), ("context-free", cfg.replace(use_context=False))):
-        store = UserStore.from_prepared(ds, np.arange(ds.n_users), use_context=c.use_context)
+        store = UserStore.from_prepared(ds, members, use_context=c.use_context)
         t0 = time.perf_counter()
 
         def progress(epoch: int, loss: float, seconds: float, name=name, c=c) -> None:
@@ -90,7 +91,7 @@ def run_baselines(cfg: Config, say: Callable[[str], None] = print) -> tuple[dict
         timings[f"{name}_total_s"] = time.perf_counter() - t0
         timings[f"{name}_epoch_s"] = float(np.mean(epoch_s))
         systems[name]["selected_epoch"] = selected
-    store = UserStore.from_prepared(ds, np.arange(ds.n_users), use_context=False)
+    store = UserStore.from_prepared(ds, members, use_context=False)
     pop = popularity_scores(store, ds.n_items)
     systems["popularity"] = _summarise(evaluate_scores(
         lambda users: np.broadcast_to(pop, (len(users), ds.n_items)), store, ds.n_items, cfg, "test"), k)

@@ -184,3 +184,30 @@ def test_central_dp_clips_every_users_update(setup):
     assert norms[("none", 1.0)] > 0.005  # the clip below is active
     assert norms[("central", 0.005)] <= 0.005 * (1 + 1e-5)
     np.testing.assert_allclose(norms[("central", 1e6)], norms[("none", 1.0)], rtol=1e-5)
+
+
+def test_training_members_holds_out_the_audit_share_per_user():
+    from common.federated import training_members
+
+    keys = np.array([f"user-{i}" for i in range(5000)])
+    members = training_members(keys, 0.2, seed=4)
+    # binomial(5000, 0.8): sd = 28 users; 5 sd tolerance
+    assert abs(members.sum() - 4000) < 5 * np.sqrt(5000 * 0.2 * 0.8)
+    # a user's membership does not depend on which other users sit on the node
+    np.testing.assert_array_equal(training_members(keys[::-1], 0.2, seed=4), members[::-1])
+    assert training_members(keys, 0.0, seed=4).all()
+
+
+def test_held_out_users_never_train_and_are_not_evaluated(setup):
+    cfg, ds, item_h, _, params = setup
+    c = cfg.replace(audit_fraction=0.4)
+    ctx = _context(c, 0, 1)
+    node = node_for(ctx)
+    members = node.members
+    assert 0 < members.sum() < len(members)
+    reply = train_reply(node, _content(params, item_h, 1))
+    assert int(reply.metric_records["metrics"]["num-users"]) == members.sum()  # q = 1: every member, nobody else
+    full = train_reply(node_for(_context(cfg, 0, 1)), _content(params, item_h, 1))
+    assert int(full.metric_records["metrics"]["num-users"]) == len(members)
+    ev = evaluate_reply(node, _content(params, item_h, 2, first=False)).metric_records["metrics"]
+    assert int(ev["num-users"]) == members.sum()

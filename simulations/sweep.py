@@ -1,0 +1,270 @@
+"""Privacy/accuracy trade-off study: federated runs over privacy settings and seeds, with the audit.
+
+Every (setting, seed) is a real Flower simulation of this project's apps. A share of the users
+(`audit-fraction`) is held out of training; after the run, the loss-threshold membership attack of
+`common.audit` is run on the released global model, members against held-out users.
+The reported metrics are those of the LAST round: choosing a round by validation metrics would use
+the users' data outside the privacy accounting.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from common.config import Config, ConfigError, config_from_mapping
+
+__all__ = ["SweepPlan", "SWEEP_DEFAULTS", "sweep_config", "run_sweep", "summarise", "markdown_table",
+           "plot_tradeoff", "COLUMNS"]
+
+#: The sweep's default setting: big enough for user-level DP (many users per round), small enough
+#: for 2 cores in well under an hour (6 settings x 3 seeds).
+SWEEP_DEFAULTS: dict[str, Any] = {
+    "synthetic-users": 10000,
+    "synthetic-items": 10000,
+    "sample-rate": 0.1,
+    "num-rounds": 40,
+    "clip-norm": 0.02,
+    "audit-fraction": 0.2,
+}
+
+COLUMNS = ("setting", "target_epsilon", "epsilon", "delta", "noise_multiplier", "clip_norm", "sample_rate",
+           "rounds", "seed", "hr@10", "ndcg@10", "hr@10-sampled", "ndcg@10-sampled", "mia_auc",
+           "audit_members", "audit_nonmembers", "seconds")
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What to sweep. epsilons: target epsilons of central DP (math.inf = non-private);
+    seeds: one run per seed and setting; audit_users: at most this many members and as many
+    non-members are attacked per run."""
+
+    epsilons: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, math.inf)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    audit_users: int = 1000
+
+    def __post_init__(self) -> None:
+        if not self.epsilons or any(not (e > 0) for e in self.epsilons):
+            raise ConfigError(f"epsilons: each must be > 0 (inf = non-private). Found {list(self.epsilons)}.")
+        if not self.seeds:
+            raise ConfigError("seeds: give at least one seed.")
+        if self.audit_users < 2:
+            raise ConfigError(f"audit-users: must be >= 2. Found {self.audit_users}.")
+
+    def settings(self, base: Config) -> list[tuple[str, Config]]:
+        """(label, config) per privacy setting, without the seed."""
+        out = []
+        for eps in self.epsilons:
+            if math.isinf(eps):
+                out.append(("non-private", base.replace(privacy="none", target_epsilon=0.0)))
+            else:
+                out.append((f"central eps={eps:g}", base.replace(privacy="central", target_epsilon=float(eps))))
+        return out
+
+
+def _floats(name: str, value: Any) -> tuple[float, ...]:
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    try:
+        return tuple(float(x) for x in items)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: must be a list of numbers (e.g. 0.5,1,inf). Found {value!r}.") from None
+
+
+def sweep_config(config_file: Path | None, sets: Mapping[str, str], data: str | None = None
+                 ) -> tuple[Config, SweepPlan]:
+    """Base config and plan: SWEEP_DEFAULTS < the file's settings < --set.
+
+    The TOML file holds settings at top level (kebab-case, as in [tool.flwr.app.config]) and an
+    optional [sweep] table with `epsilons`, `seeds` and `audit-users`.
+    """
+    values: dict[str, Any] = dict(SWEEP_DEFAULTS)
+    plan_values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            doc = tomllib.loads(Path(config_file).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise ConfigError(f"{config_file}: cannot read the sweep config ({err}).") from None
+        plan_values = dict(doc.pop("sweep", {}))
+        values.update(doc)
+    values.update(sets)
+    for key in ("epsilons", "seeds", "audit-users"):
+        if key in values:
+            plan_values[key] = values.pop(key)
+    if data is not None:
+        values["data"] = data
+    base = config_from_mapping(values)
+    plan = SweepPlan()
+    if "epsilons" in plan_values:
+        plan = SweepPlan(_floats("epsilons", plan_values["epsilons"]), plan.seeds, plan.audit_users)
+    if "seeds" in plan_values:
+        plan = SweepPlan(plan.epsilons, tuple(int(s) for s in _floats("seeds", plan_values["seeds"])), plan.audit_users)
+    if "audit-users" in plan_values:
+        plan = SweepPlan(plan.epsilons, plan.seeds, int(plan_values["audit-users"]))
+    unknown = set(plan_values) - {"epsilons", "seeds", "audit-users"}
+    if unknown:
+        raise ConfigError(f"[sweep]: unknown keys {sorted(unknown)}. Known: epsilons, seeds, audit-users.")
+    if base.audit_fraction <= 0:
+        raise ConfigError("audit-fraction: the sweep needs held-out users for the membership audit (> 0).")
+    return base, plan
+
+
+def audit_run(cfg: Config, run_dir: Path, audit_users: int) -> tuple[float, int, int]:
+    """Membership-inference AUC of the run's released global model (members vs held-out users)."""
+    from common.audit import membership_auc, user_losses
+    from common.datasets import load_cached, resolve_dataset
+    from common.federated import UserStore, training_members
+    from server.content import content_vectors
+
+    ds = load_cached(str(resolve_dataset(cfg)))
+    with np.load(run_dir / "global_model.npz") as f:
+        params = {k.replace(".", "/"): f[k] for k in f.files}
+    item_h = content_vectors(cfg, ds.item_texts)
+    members = training_members(np.asarray(ds.user_ids).astype(str), cfg.audit_fraction, cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    m_users = np.flatnonzero(members)
+    n_users = np.flatnonzero(~members)
+    n = min(audit_users, len(m_users), len(n_users))
+    m_users = np.sort(rng.choice(m_users, n, replace=False))
+    n_users = np.sort(rng.choice(n_users, n, replace=False))
+    store = UserStore.from_prepared(ds, np.concatenate([m_users, n_users]), use_context=cfg.use_context)
+    losses = user_losses(params, store, np.arange(2 * n), item_h, cfg.half_life_days)
+    return membership_auc(losses[:n], losses[n:]), n, n
+
+
+def _write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows([{c: r.get(c) for c in COLUMNS} for r in rows])
+    os.replace(tmp, path)
+
+
+def run_sweep(base: Config, plan: SweepPlan, out: Path, nodes: int = 2,
+              say: Callable[[str], None] = print) -> Path:
+    """Run every setting x seed; write tradeoff.csv (after every run), tradeoff.md and tradeoff.png."""
+    from simulations.simulate import run_flower_simulation
+
+    out = Path(out).resolve()
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"sweep directory {out} exists and is not empty. Fix: choose another --out.")
+    out.mkdir(parents=True, exist_ok=True)
+    base = base.replace(eval_every=base.num_rounds)  # only the last round is reported (see module doc)
+    settings = plan.settings(base)
+    total = len(settings) * len(plan.seeds)
+    (out / "sweep.json").write_text(json.dumps({
+        "base": base.to_flwr(), "epsilons": [str(e) for e in plan.epsilons], "seeds": list(plan.seeds),
+        "audit_users": plan.audit_users, "nodes": nodes}, indent=2))
+    rows: list[dict[str, Any]] = []
+    t_start = time.perf_counter()
+    for i, (seed, (label, cfg)) in enumerate(((s, x) for s in plan.seeds for x in settings), start=1):
+        run_dir = out / "runs" / f"{label.replace(' ', '-').replace('=', '')}-seed{seed}"
+        cfg = cfg.replace(seed=seed, run_dir=str(run_dir))
+        t0 = time.perf_counter()
+        run_dir.mkdir(parents=True)
+        run_flower_simulation(cfg, nodes)
+        fed = json.loads((run_dir / "federated.json").read_text())
+        auc, n_m, n_n = audit_run(cfg, run_dir, plan.audit_users)
+        last = fed["last_round_metrics"]
+        priv = fed.get("privacy") or {}
+        row = {
+            "setting": label, "target_epsilon": cfg.target_epsilon if cfg.privacy != "none" else math.inf,
+            "epsilon": priv.get("epsilon", math.inf), "delta": priv.get("delta", 0.0),
+            "noise_multiplier": priv.get("noise_multiplier", 0.0),
+            "clip_norm": cfg.clip_norm if cfg.privacy != "none" else "", "sample_rate": cfg.sample_rate,
+            "rounds": cfg.num_rounds, "seed": seed, "hr@10": last.get(f"hr@{cfg.top_k}"),
+            "ndcg@10": last.get(f"ndcg@{cfg.top_k}"), "hr@10-sampled": last.get(f"hr@{cfg.top_k}-sampled"),
+            "ndcg@10-sampled": last.get(f"ndcg@{cfg.top_k}-sampled"), "mia_auc": auc,
+            "audit_members": n_m, "audit_nonmembers": n_n, "seconds": round(time.perf_counter() - t0, 1),
+        }
+        rows.append(row)
+        _write_csv(rows, out / "tradeoff.csv")
+        elapsed = time.perf_counter() - t_start
+        say(f"[{i}/{total}] {label:<18} seed {seed}: HR@10 {row['hr@10']:.4f}  NDCG@10 {row['ndcg@10']:.4f}  "
+            f"epsilon {row['epsilon']:.3g}  MIA AUC {auc:.3f}  ({row['seconds']:.0f}s; "
+            f"about {elapsed / i * (total - i) / 60:.0f} min left)")
+    table = summarise(rows)
+    (out / "tradeoff.md").write_text(markdown_table(table, base))
+    plot_tradeoff(table, out / "tradeoff.png")
+    say("")
+    say(markdown_table(table, base))
+    return out
+
+
+def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per setting: means and sample standard deviations over seeds."""
+    out = []
+    for label in dict.fromkeys(r["setting"] for r in rows):
+        group = [r for r in rows if r["setting"] == label]
+        entry: dict[str, Any] = {"setting": label, "target_epsilon": float(group[0]["target_epsilon"]),
+                                 "seeds": len(group), "delta": float(group[0]["delta"])}
+        for col in ("epsilon", "noise_multiplier", "hr@10", "ndcg@10", "hr@10-sampled", "mia_auc"):
+            values = np.array([float(r[col]) for r in group])
+            entry[col] = float(values.mean())
+            finite = np.isfinite(values).all()
+            entry[f"{col}-sd"] = float(values.std(ddof=1)) if len(values) > 1 and finite else 0.0
+        out.append(entry)
+    ref = next((e for e in out if math.isinf(e["target_epsilon"])), None)
+    for e in out:
+        e["hr@10-ratio"] = e["hr@10"] / ref["hr@10"] if ref and ref["hr@10"] > 0 else float("nan")
+    return out
+
+
+def markdown_table(table: Sequence[Mapping[str, Any]], base: Config) -> str:
+    """The trade-off table (mean +- sd over seeds)."""
+    lines = ["| setting | epsilon (user-level) | noise multiplier z | HR@10 | NDCG@10 | HR@10 / non-private "
+             "| MIA AUC | seeds |",
+             "|---|---|---|---|---|---|---|---|"]
+    for e in table:
+        eps = "inf" if math.isinf(e["epsilon"]) else f"{e['epsilon']:.2f}"
+        lines.append(f"| {e['setting']} | {eps} | {e['noise_multiplier']:.3f} | {e['hr@10']:.4f} +- "
+                     f"{e['hr@10-sd']:.4f} | {e['ndcg@10']:.4f} +- {e['ndcg@10-sd']:.4f} | {e['hr@10-ratio']:.2f} | "
+                     f"{e['mia_auc']:.3f} +- {e['mia_auc-sd']:.3f} | {e['seeds']} |")
+    delta = next((e["delta"] for e in table if e["delta"] > 0), None)
+    lines.append("")
+    lines.append(f"Data: {base.data}"
+                 + (f" ({base.synthetic_users} users, {base.synthetic_items} items)" if base.data == "synthetic" else "")
+                 + f"; {base.num_rounds} rounds, Poisson user sampling q = {base.sample_rate}, clip norm C = "
+                 f"{base.clip_norm}, {base.audit_fraction:.0%} of users held out as audit non-members"
+                 + (f", delta = {delta:.3g}" if delta else "") + ". Metrics of the last round (full ranking, "
+                 "test split); MIA: loss-threshold attack on the released global model (ROC AUC, 0.5 = chance).")
+    return "\n".join(lines) + "\n"
+
+
+def plot_tradeoff(table: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """PNG: HR@10, NDCG@10 and MIA AUC against epsilon (log scale), error bars = sd over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    private = [e for e in table if not math.isinf(e["epsilon"])]
+    ref = next((e for e in table if math.isinf(e["epsilon"])), None)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, col, title in ((axes[0], "hr@10", "HR@10 (full ranking)"), (axes[1], "ndcg@10", "NDCG@10"),
+                           (axes[2], "mia_auc", "membership-inference AUC")):
+        if private:
+            ax.errorbar([e["epsilon"] for e in private], [e[col] for e in private],
+                        yerr=[e[f"{col}-sd"] for e in private], fmt="o-", capsize=4, label="central DP (DP-FedAvg)")
+        if ref is not None:
+            ax.axhline(ref[col], color="C1", linestyle="--", label="non-private")
+            ax.axhspan(ref[col] - ref[f"{col}-sd"], ref[col] + ref[f"{col}-sd"], color="C1", alpha=0.15)
+        if col == "mia_auc":
+            ax.axhline(0.5, color="gray", linestyle=":", label="chance")
+        ax.set_xscale("log")
+        ax.set_xlabel("epsilon (user-level)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
