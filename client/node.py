@@ -78,7 +78,7 @@ class Node:
         self.theta[sampled] = new_theta
         shapes = {k: v.shape for k, v in params.items()}
         scale = None
-        if self.cfg.privacy == "central":  # each user's whole update is clipped on the node (DP-FedAvg)
+        if self.cfg.privacy in ("central", "local+central"):  # each user's whole update is clipped (DP-FedAvg)
             scale = clip_factors(updates.norms(), self.cfg.clip_norm)
         total = updates.total(shapes, scale)
         return to_record({k: total[k] for k in params}), {

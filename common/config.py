@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 __all__ = ["Config", "ConfigError", "config_from_mapping", "parse_overrides"]
 
-PRIVACY_MODES = ("none", "central")
+PRIVACY_MODES = ("none", "central", "local", "local+central")
 SERVER_OPTIMIZERS = ("adam", "sgd")
 TEXT_POOLING = ("mean", "tfidf")
 
@@ -61,11 +61,17 @@ class Config:
     server_optimizer: str = "adam"   # "adam" (FedAdam, Reddi et al. 2021) | "sgd" (FedAvg)
     server_lr: float = 0.02
     privacy: str = "none"            # "none" | "central" (user-level DP-FedAvg: clip per user, noise at the server)
+                                     # | "local" (example-level DP-SGD on the device) | "local+central" (both)
     target_epsilon: float = 0.0      # > 0: calibrate noise-multiplier so all planned rounds stay within it
     delta: float = 0.0               # 0 = 0.1 / number of users (below 1/N)
     noise_multiplier: float = 1.0    # z: noise std = z * clip-norm on the sum of clipped updates
-    clip_norm: float = 1.0           # C: L2 bound of each user's whole shared-parameter update
+    clip_norm: float = 0.02          # C: L2 bound of each user's whole shared-parameter update
+                                     # (the local update is at most local-lr * local-steps * local-grad-clip = 0.02)
     accountant: str = "rdp"          # "rdp" | "pld" (dp-accounting)
+    local_clip_norm: float = 1.0     # local DP-SGD: L2 bound of each example's gradient
+    local_noise_multiplier: float = 1.0  # local DP-SGD: noise std = local-noise-multiplier * local-clip-norm
+    local_delta: float = 1e-5        # example-level delta of each client's local guarantee
+    local_dp_theta: bool = False     # also train the private theta_u with DP-SGD (default: plain SGD)
     audit_fraction: float = 0.0      # share of users held out of training: the membership audit's non-members
 
     # centralized baselines
@@ -113,6 +119,15 @@ class Config:
         need(self.noise_multiplier >= 0, "noise_multiplier", "must be >= 0")
         need(self.clip_norm > 0, "clip_norm", "must be > 0")
         need(self.accountant in ("rdp", "pld"), "accountant", "must be 'rdp' or 'pld'")
+        need(self.local_clip_norm > 0, "local_clip_norm", "must be > 0")
+        need(self.local_noise_multiplier >= 0, "local_noise_multiplier", "must be >= 0")
+        need(0 < self.local_delta < 1, "local_delta", "must be in (0, 1)")
+        if self.privacy in ("local", "local+central"):
+            need(self.local_optimizer == "sgd", "local_optimizer", "must be 'sgd' with local DP (DP-SGD)")
+        if self.privacy == "local+central":
+            need(not self.item_embedding, "item_embedding",
+                 "must be false with privacy=local+central (local noise on the untouched item rows is added "
+                 "after the per-user clip, which only the content-only model avoids); use privacy=local or central")
         need(0.0 <= self.audit_fraction < 1.0, "audit_fraction", "must be in [0, 1)")
         need(self.central_epochs >= 1, "central_epochs", "must be >= 1")
         need(self.central_batch >= 1, "central_batch", "must be >= 1")

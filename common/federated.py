@@ -16,10 +16,12 @@ import numpy as np
 
 from common.config import Config
 from common.metrics import hit_and_ndcg, rank_of_target, sample_eval_negatives
-from common.model import DENSE_NAMES, item_side, local_train, score_items, warm_start_theta
+from common.model import (DENSE_NAMES, dp_local_train, item_side, local_train, score_items, trainable_dense,
+                          warm_start_theta)
+from common.privacy import SecureGaussian
 
 __all__ = ["UserStore", "UserUpdates", "user_rng", "poisson_sample", "training_members", "user_updates", "evaluate_users",
-           "item_representations", "init_theta",
+           "item_representations", "init_theta", "distinct_candidates",
            "evaluate_scores"]
 
 SECONDS_PER_DAY = 86400.0
@@ -122,10 +124,19 @@ class UserUpdates:
     rows_bias: np.ndarray | None
     loss: np.ndarray
     n_examples: np.ndarray
+    free_noise_std: np.ndarray | None = None   # [U] local DP: noise std of each item row the user did not touch
+    noise: SecureGaussian | None = None
 
     @property
     def n_users(self) -> int:
         return len(self.rows)
+
+    def _free_noise(self, std_sq_rows: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """Gaussian noise for the item table [n_items, dim] and biases [n_items], given each row's variance."""
+        std = np.sqrt(np.maximum(std_sq_rows, 0.0))
+        emb = self.noise.normal(1.0, (len(std), dim)) * std[:, None]
+        bias = self.noise.normal(1.0, (len(std),)) * std
+        return emb.astype(np.float32), bias.astype(np.float32)
 
     def user_update(self, u: int, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
         """The whole shared-parameter update of user u, as dense arrays of the full shapes."""
@@ -134,6 +145,10 @@ class UserUpdates:
             real = self.rows[u] >= 0
             emb = np.zeros(shapes["items/embedding"], np.float32)
             bias = np.zeros(shapes["items/bias"], np.float32)
+            if self.free_noise_std is not None:  # local DP: the rows the user did not touch are noised too
+                var = np.full(len(bias), self.free_noise_std[u] ** 2)
+                var[self.rows[u][real]] = 0.0
+                emb, bias = self._free_noise(var, emb.shape[1])
             emb[self.rows[u][real]] = self.rows_emb[u][real]
             bias[self.rows[u][real]] = self.rows_bias[u][real]
             out["items/embedding"], out["items/bias"] = emb, bias
@@ -147,6 +162,14 @@ class UserUpdates:
             real = self.rows >= 0
             emb = np.zeros(shapes["items/embedding"], np.float32)
             bias = np.zeros(shapes["items/bias"], np.float32)
+            if self.free_noise_std is not None:
+                # local DP: every user's untouched rows carry N(0, std_u^2) noise; their sum over users is
+                # one Gaussian per row with the summed variance (exact in distribution)
+                var_u = (w * self.free_noise_std) ** 2
+                var = np.full(len(bias), var_u.sum())
+                users = np.broadcast_to(np.arange(self.n_users)[:, None], self.rows.shape)[real]
+                np.subtract.at(var, self.rows[real], var_u[users])
+                emb, bias = self._free_noise(var, emb.shape[1])
             np.add.at(emb, self.rows[real], (self.rows_emb * w[:, None, None])[real])
             np.add.at(bias, self.rows[real], (self.rows_bias * w[:, None])[real])
             out["items/embedding"], out["items/bias"] = emb, bias
@@ -195,12 +218,22 @@ def _chunks(sizes: np.ndarray, max_cells: int) -> list[np.ndarray]:
 
 def user_updates(params: Mapping[str, np.ndarray], theta: np.ndarray, store: UserStore, users: np.ndarray,
                  item_h: np.ndarray, cfg: Config, round_: int,
-                 max_cells: int = 16384) -> tuple[UserUpdates, np.ndarray]:
+                 max_cells: int = 16384, noise: SecureGaussian | None = None) -> tuple[UserUpdates, np.ndarray]:
     """Local training of the given users (indices into the store), each from the same global params.
 
     params: global shared parameters; theta [len(users), dim] their current private vectors.
     Returns (per-user updates of the shared parameters, new theta [len(users), dim]).
+    With cfg.privacy "local" or "local+central" every user trains by DP-SGD (`common.model.dp_local_train`)
+    with Gaussian noise from `noise` (default: a secure source), and the item rows a user did not touch
+    get the same noise, so the update does not reveal which items the user engaged with.
     """
+    local_dp = cfg.privacy in ("local", "local+central")
+    if local_dp:
+        noise = noise or SecureGaussian()
+        max_cells = min(max_cells, 4096)  # one parameter copy per example
+        if cfg.negatives > item_h.shape[0] - 1:
+            raise ValueError(f"negatives: must be < the number of items ({item_h.shape[0]}) with local DP "
+                             f"(each example's candidates are distinct items). Found {cfg.negatives}.")
     users = np.asarray(users, np.int64)
     hybrid = "items/embedding" in params
     n_items, dim = item_h.shape[0], cfg.dim
@@ -219,8 +252,11 @@ def user_updates(params: Mapping[str, np.ndarray], theta: np.ndarray, store: Use
             u = users[pos]
             hist = store.history(u)
             rng = user_rng(cfg.seed, round_, store.user_keys[u], "negatives")
-            negs = rng.integers(0, n_items, size=(len(hist), K))
-            cand = np.concatenate([hist[:, None], negs], axis=1)
+            if local_dp:
+                cand = distinct_candidates(rng, hist, n_items, K)
+            else:
+                negs = rng.integers(0, n_items, size=(len(hist), K))
+                cand = np.concatenate([hist[:, None], negs], axis=1)
             rows, inverse = np.unique(cand, return_inverse=True)
             rows_list.append(rows)
             locals_.append(inverse.reshape(cand.shape))
@@ -245,10 +281,26 @@ def user_updates(params: Mapping[str, np.ndarray], theta: np.ndarray, store: Use
                   for k in DENSE_NAMES}
         emb0 = params["items/embedding"][safe_rows] if hybrid else None
         bias0 = params["items/bias"][safe_rows] if hybrid else None
-        d1, th1, emb1, bias1, loss[group] = local_train(
-            dense0, new_theta[group], emb0, bias0, rows_h, row_mask, ctx, cand, ex_mask,
-            steps=cfg.local_steps, lr=cfg.local_lr, theta_lr=cfg.theta_lr, l2=cfg.l2, clip=cfg.local_grad_clip, loss=cfg.loss,
-            optimizer=cfg.local_optimizer)
+        if local_dp:
+            steps = cfg.local_steps
+            shapes = {k: (steps, G) + np.shape(params[k]) for k in trainable_dense(cfg.loss)}
+            if hybrid:
+                shapes["items/embedding"], shapes["items/bias"] = (steps, G, R, dim), (steps, G, R)
+            if cfg.local_dp_theta:
+                shapes["theta"] = (steps, G, dim)
+            d1, th1, emb1, bias1 = dp_local_train(
+                dense0, new_theta[group], emb0, bias0, rows_h, ctx, cand, ex_mask,
+                {k: noise.normal(1.0, v).astype(np.float32) for k, v in shapes.items()}, steps=steps,
+                lr=cfg.local_lr, theta_lr=cfg.theta_lr, l2=cfg.l2, clip=cfg.local_clip_norm,
+                noise_std=cfg.local_noise_multiplier * cfg.local_clip_norm, dp_theta=cfg.local_dp_theta,
+                loss=cfg.loss)
+            *_, loss[group] = local_train(d1, th1, emb1, bias1, rows_h, row_mask, ctx, cand, ex_mask, steps=0,
+                                          lr=0.0, theta_lr=0.0, l2=cfg.l2, loss=cfg.loss)
+        else:
+            d1, th1, emb1, bias1, loss[group] = local_train(
+                dense0, new_theta[group], emb0, bias0, rows_h, row_mask, ctx, cand, ex_mask,
+                steps=cfg.local_steps, lr=cfg.local_lr, theta_lr=cfg.theta_lr, l2=cfg.l2, clip=cfg.local_grad_clip,
+                loss=cfg.loss, optimizer=cfg.local_optimizer)
         for k in DENSE_NAMES:
             dense_out[k][group] = d1[k] - dense0[k]
         new_theta[group] = th1
@@ -265,9 +317,25 @@ def user_updates(params: Mapping[str, np.ndarray], theta: np.ndarray, store: Use
         if hybrid:
             emb_all[group, : rows.shape[1]] = emb
             bias_all[group, : rows.shape[1]] = bias
+    free_std = None
+    if local_dp and hybrid:  # the SGD update of an untouched row is -lr * sum_t noise_t / n
+        free_std = (np.sqrt(cfg.local_steps) * cfg.local_lr * cfg.local_noise_multiplier * cfg.local_clip_norm
+                    / np.maximum(sizes, 1)).astype(np.float64)
     updates = UserUpdates(dense=dense_out, rows=rows_all, rows_emb=emb_all, rows_bias=bias_all,
-                          loss=loss, n_examples=sizes.astype(np.int64))
+                          loss=loss, n_examples=sizes.astype(np.int64), free_noise_std=free_std, noise=noise)
     return updates, new_theta
+
+
+def distinct_candidates(rng: np.random.Generator, positives: np.ndarray, n_items: int, k: int) -> np.ndarray:
+    """[n, 1 + k] candidates per example: the engaged item, then k uniform negatives, all distinct
+    within the row (so a clipped example's gradient moves each item row once). Requires k < n_items."""
+    cand = np.concatenate([positives[:, None], rng.integers(0, n_items, size=(len(positives), k))], axis=1)
+    while True:
+        s = np.sort(cand, axis=1)
+        bad = np.flatnonzero((s[:, 1:] == s[:, :-1]).any(axis=1))
+        if len(bad) == 0:
+            return cand
+        cand[bad, 1:] = rng.integers(0, n_items, size=(len(bad), k))
 
 
 def evaluate_users(params: Mapping[str, np.ndarray], theta: np.ndarray, store: UserStore, item_h: np.ndarray,

@@ -38,6 +38,7 @@ __all__ = [
     "candidate_loss",
     "group_loss",
     "local_train",
+    "dp_local_train",
     "warm_start_theta",
 ]
 
@@ -261,6 +262,106 @@ def local_train(dense: Mapping[str, np.ndarray], theta: np.ndarray, rows_emb: np
     d, th, e, b, final_loss = out
     return ({k: v.numpy() for k, v in d.items()}, th.numpy(),
             e.numpy() if hybrid else None, b.numpy() if hybrid else None, final_loss.numpy())
+
+
+@tf.function(reduce_retracing=True, autograph=False)
+def _dp_local_train_tf(dense, theta, rows_emb, rows_bias, rows_h, ctx, cand, ex_mask, noise,
+                       steps, lr, theta_lr, l2, clip, noise_std, hybrid, dp_theta, loss_kind):
+    """DP-SGD (Abadi et al. 2016) on each group's examples, full batch: every example's gradient of the
+    shared parameters (and of theta_u if dp_theta) is clipped to L2 norm <= clip, the clipped gradients
+    are summed, N(0, noise_std^2) is added to every coordinate (noise: standard normals per step),
+    and the sum is divided by the group's number of examples.
+
+    Per-example gradients come from the same formula (`group_logits`) with one parameter copy per
+    example: example (g, l) becomes its own group whose item rows are its own candidates.
+    """
+    names = sorted(dense)
+    train_names = [k for k in names if k in trainable_dense(loss_kind)]
+    G, L, C = tf.shape(cand)[0], tf.shape(cand)[1], tf.shape(cand)[2]
+    R = tf.shape(rows_h)[1]
+    n = tf.maximum(tf.reduce_sum(ex_mask, axis=1), 1.0)  # [G]
+    flat_mask = tf.reshape(ex_mask, [-1])
+    rows_h_ex = tf.reshape(tf.gather(rows_h, cand, batch_dims=1), tf.concat([[G * L, C], tf.shape(rows_h)[2:]], 0))
+    ctx_ex = tf.reshape(ctx, [G * L, 1, -1])
+    local = tf.broadcast_to(tf.range(C)[None, None, :], [G * L, 1, C])
+    seg = tf.reshape(tf.range(G)[:, None, None] * R + cand, [-1])  # the group's row of each candidate slot
+
+    def per_example(v, extra):  # [G, ...] -> [G*L, ...] one copy per example
+        ex = tf.broadcast_to(v[:, None], tf.concat([[G, L], tf.shape(v)[1:]], 0))
+        return tf.reshape(ex, tf.concat([[G * L], extra], 0))
+
+    for t in range(steps):
+        d_ex = {k: per_example(dense[k], tf.shape(dense[k])[1:]) for k in names}
+        th_ex = tf.reshape(per_example(theta, tf.shape(theta)[1:]), [G * L, 1, -1])
+        emb_ex = tf.reshape(tf.gather(rows_emb, cand, batch_dims=1), [G * L, C, -1])
+        bias_ex = tf.reshape(tf.gather(rows_bias, cand, batch_dims=1), [G * L, C])
+        watched = [d_ex[k] for k in train_names] + [th_ex] + ([emb_ex, bias_ex] if hybrid else [])
+        with tf.GradientTape() as tape:
+            tape.watch(watched)
+            logits = group_logits(d_ex, th_ex, ctx_ex, rows_h_ex, emb_ex if hybrid else None,
+                                  bias_ex if hybrid else None, local)[:, 0, :]  # [G*L, C]
+            per_ex = candidate_loss(logits, loss_kind)
+            if hybrid:  # the candidate rows' L2 penalty belongs to the example (clipped with it)
+                per_ex += l2 * (tf.reduce_sum(tf.square(emb_ex), [1, 2]) + tf.reduce_sum(tf.square(bias_ex), 1))
+            total = tf.reduce_sum(per_ex * flat_mask)
+        grads = tape.gradient(total, watched)
+        clipped = grads if dp_theta else [g for i, g in enumerate(grads) if i != len(train_names)]
+        sq = tf.add_n([tf.reduce_sum(tf.reshape(tf.square(g), [G * L, -1]), 1) for g in clipped])
+        factor = tf.minimum(1.0, clip / tf.maximum(tf.sqrt(sq), 1e-12)) * flat_mask  # [G*L]
+
+        def summed(g, clip_it):  # per-example [G*L, ...] -> [G, ...] sum of (clipped) gradients
+            w = factor if clip_it else flat_mask
+            g = g * tf.reshape(w, tf.concat([[-1], tf.ones([tf.rank(g) - 1], tf.int32)], 0))
+            return tf.reduce_sum(tf.reshape(g, tf.concat([[G, L], tf.shape(g)[1:]], 0)), axis=1)
+
+        def step(v, g_sum, z, size):
+            g_mean = (g_sum + noise_std * z) / tf.reshape(n, tf.concat([[-1], tf.ones([tf.rank(v) - 1], tf.int32)], 0))
+            return v - size * g_mean
+
+        new_dense = dict(dense)
+        for i, k in enumerate(train_names):
+            new_dense[k] = step(dense[k], summed(grads[i], True), noise[k][t], lr)
+        g_theta = tf.reshape(summed(grads[len(train_names)], dp_theta), tf.shape(theta))
+        if dp_theta:
+            theta = step(theta, g_theta, noise["theta"][t], theta_lr)
+        else:  # plain gradient of the mean loss (theta_u never leaves the device)
+            theta = theta - theta_lr * (g_theta / n[:, None] + 2.0 * l2 * theta)
+        if hybrid:
+            g_emb, g_bias = grads[-2], grads[-1]
+            w = tf.reshape(factor, [G * L, 1])
+            e_sum = tf.math.unsorted_segment_sum(tf.reshape(g_emb * w[..., None], [G * L * C, -1]), seg, G * R)
+            b_sum = tf.math.unsorted_segment_sum(tf.reshape(g_bias * w, [-1]), seg, G * R)
+            rows_emb = step(rows_emb, tf.reshape(e_sum, tf.shape(rows_emb)), noise["items/embedding"][t], lr)
+            rows_bias = step(rows_bias, tf.reshape(b_sum, tf.shape(rows_bias)), noise["items/bias"][t], lr)
+        dense = new_dense
+    return dense, theta, rows_emb, rows_bias
+
+
+def dp_local_train(dense: Mapping[str, np.ndarray], theta: np.ndarray, rows_emb: np.ndarray | None,
+                   rows_bias: np.ndarray | None, rows_h: np.ndarray, ctx: np.ndarray, cand: np.ndarray,
+                   ex_mask: np.ndarray, noise: Mapping[str, np.ndarray], *, steps: int, lr: float,
+                   theta_lr: float, l2: float, clip: float, noise_std: float, dp_theta: bool = False,
+                   loss: str = "softmax"):
+    """Local DP-SGD of G users' copies (see `_dp_local_train_tf`); shapes as in `local_train`.
+
+    Every example's candidates must be distinct item rows (so a clipped example moves each row once).
+    noise: standard normals per step, {name: [steps, G, ...]} for each trained dense parameter,
+    "items/embedding" [steps, G, R, dim] and "items/bias" [steps, G, R] (hybrid), "theta" (dp_theta).
+    Returns (dense, theta, rows_emb | None, rows_bias | None).
+    """
+    hybrid = rows_emb is not None
+    G, R = rows_h.shape[:2]
+    emb = rows_emb if hybrid else np.zeros((G, R, theta.shape[1]), np.float32)
+    bias = rows_bias if hybrid else np.zeros((G, R), np.float32)
+    d, th, e, b = _dp_local_train_tf(
+        {k: tf.constant(v, tf.float32) for k, v in dense.items()}, tf.constant(theta, tf.float32),
+        tf.constant(emb, tf.float32), tf.constant(bias, tf.float32), tf.constant(rows_h, tf.float32),
+        tf.constant(ctx, tf.float32), tf.constant(cand, tf.int32), tf.constant(ex_mask, tf.float32),
+        {k: tf.constant(v, tf.float32) for k, v in noise.items()}, int(steps), tf.constant(lr, tf.float32),
+        tf.constant(theta_lr, tf.float32), tf.constant(l2, tf.float32), tf.constant(clip, tf.float32),
+        tf.constant(noise_std, tf.float32), hybrid, bool(dp_theta), loss)
+    return ({k: v.numpy() for k, v in d.items()}, th.numpy(),
+            e.numpy() if hybrid else None, b.numpy() if hybrid else None)
 
 
 def warm_start_theta(phi_history: np.ndarray, age_days: np.ndarray, half_life_days: float) -> np.ndarray:

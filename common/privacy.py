@@ -36,6 +36,9 @@ __all__ = [
     "max_rounds",
     "noisy_mean",
     "ACCOUNTANTS",
+    "local_dp_event",
+    "local_epsilon",
+    "local_report",
 ]
 
 ACCOUNTANTS = ("rdp", "pld")
@@ -448,3 +451,53 @@ class PrivacyLedger:
         eps_up = math.ceil(eps * 100.0 - 1e-9) / 100.0
         return (f"(ε = {eps_up:.2f}, δ = {_fmt(self.delta)}) {unit}-level differential privacy "
                 f"for all shared-parameter updates {how}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Local DP-SGD on the device (example-level)
+
+def local_dp_event(z: float, steps_per_round: int, participations: int) -> dp_accounting.DpEvent:
+    """DpEvent of one client's local DP-SGD: full-batch steps (no sampling, q = 1), each a Gaussian
+    mechanism with noise multiplier z, `steps_per_round` per round over `participations` rounds."""
+    z = _check_z(z)
+    steps = _check_rounds(steps_per_round, "Steps per round") * _check_rounds(participations, "Participations")
+    return dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z), steps)
+
+
+@functools.lru_cache(maxsize=4096)
+def local_epsilon(z: float, steps_per_round: int, participations: int, delta: float,
+                  accountant: str = "rdp") -> float:
+    """Example-level epsilon of a client that took part in `participations` rounds (0 if none)."""
+    if participations == 0:
+        return 0.0
+    if z == 0:
+        return math.inf
+    return _epsilon_of(local_dp_event(z, steps_per_round, participations), _check_delta(delta), accountant)
+
+
+def local_report(participations: np.ndarray, z: float, steps_per_round: int, delta: float, clip_norm: float,
+                 accountant: str = "rdp", dp_theta: bool = False) -> dict:
+    """Distribution over clients of the example-level (epsilon, delta) of local DP-SGD.
+
+    participations [N]: rounds each client took part in.
+    """
+    counts = np.asarray(participations, np.int64)
+    eps = np.array([local_epsilon(float(z), int(steps_per_round), int(c), float(delta), accountant)
+                    for c in counts])
+    stats = {name: float(f(eps)) for name, f in (("min", np.min), ("median", np.median), ("mean", np.mean),
+                                                  ("p90", lambda e: np.percentile(e, 90)), ("max", np.max))
+             } if len(eps) else {}
+    acc = {"rdp": "RDP", "pld": "PLD"}[accountant]
+    worst = stats.get("max", 0.0)
+    statement = (f"(ε ≤ {math.ceil(worst * 100 - 1e-9) / 100:.2f}, δ = {_fmt(delta)}) example-level differential "
+                 f"privacy on every client for what its device sends (local DP-SGD, full batch, {steps_per_round} "
+                 f"step(s) per round, noise multiplier {_fmt(z)}, clip norm {_fmt(clip_norm)}, {acc} accountant, "
+                 f"dp-accounting; median client ε = {stats.get('median', 0.0):.2f})"
+                 + ("." if dp_theta else "; theta_u is trained without noise on the device, see README."))
+    return {"unit": "example", "epsilon": stats, "delta": float(delta), "accountant": f"{accountant} (dp-accounting)",
+            "noise_multiplier": float(z), "clip_norm": float(clip_norm), "steps_per_round": int(steps_per_round),
+            "sampling": {"scheme": "full batch (every example, every local step)", "q": 1.0},
+            "participations": {"min": int(counts.min()) if len(counts) else 0,
+                               "max": int(counts.max()) if len(counts) else 0,
+                               "mean": float(counts.mean()) if len(counts) else 0.0},
+            "clients": int(len(counts)), "dp_theta": bool(dp_theta), "statement": statement}

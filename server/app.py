@@ -13,13 +13,13 @@ from flwr.serverapp import Grid, ServerApp
 from common.aggregation import ServerOptimizer
 from common.config import Config, config_from_mapping
 from common.datasets import load_cached, resolve_dataset
-from common.federated import training_members
+from common.federated import poisson_sample, training_members
 from common.model import ModelShape, init_shared
 from common.params import from_record, to_record
 from common.report import format_round, write_rounds_csv
 from server.content import content_vectors
 from server.strategy import CentralDP, UserFedAvg
-from common.privacy import PrivacyLedger, calibrate_noise
+from common.privacy import PrivacyLedger, calibrate_noise, local_report
 
 __all__ = ["app", "run_federated"]
 
@@ -41,7 +41,7 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
     print(f"federated: {len(list(grid.get_node_ids()))} nodes, {n_members} training users{held_out}, "
           f"{ds.n_items} items, {cfg.num_rounds} rounds, sample rate {cfg.sample_rate}", flush=True)
     dp, privacy = None, None
-    if cfg.privacy == "central":
+    if cfg.privacy in ("central", "local+central"):
         delta = cfg.delta or 0.1 / n_members
         z = (calibrate_noise(cfg.target_epsilon, cfg.sample_rate, cfg.num_rounds, delta, cfg.accountant)
              if cfg.target_epsilon > 0 else cfg.noise_multiplier)
@@ -86,6 +86,16 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
             "noise_source": "os.urandom" if dp.noise.secure else "seeded (tests only)",
         }
         print(f"privacy: {privacy['statement']}", flush=True)
+    if cfg.privacy in ("local", "local+central"):
+        users = np.asarray(ds.user_ids).astype(str)
+        members = training_members(users, cfg.audit_fraction, cfg.seed)
+        counts = sum(poisson_sample(users, cfg.sample_rate, cfg.seed, r) & members
+                     for r in range(1, cfg.num_rounds + 1))
+        local = local_report(counts[members], cfg.local_noise_multiplier, cfg.local_steps, cfg.local_delta,
+                             cfg.local_clip_norm, cfg.accountant, cfg.local_dp_theta)
+        local["noise_source"] = "os.urandom"
+        print(f"privacy: {local['statement']}", flush=True)
+        privacy = {**privacy, "local": local} if privacy else local
     out["privacy"] = privacy
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)

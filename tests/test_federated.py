@@ -10,7 +10,7 @@ from client.app import evaluate_reply, train_reply
 from client.node import node_for
 from common.config import Config
 from common.data import load_dataset
-from common.federated import UserStore, poisson_sample, user_updates
+from common.federated import UserStore, distinct_candidates, poisson_sample, user_rng, user_updates
 from common.model import DENSE_NAMES, ModelShape, init_shared
 from common.params import from_record, to_record
 from server.content import ContentEncoder
@@ -211,3 +211,26 @@ def test_held_out_users_never_train_and_are_not_evaluated(setup):
     assert int(full.metric_records["metrics"]["num-users"]) == len(members)
     ev = evaluate_reply(node, _content(params, item_h, 2, first=False)).metric_records["metrics"]
     assert int(ev["num-users"]) == members.sum()
+
+
+def test_local_dp_update_hides_which_items_a_user_touched(setup):
+    """privacy=local: a one-user node's reply moves EVERY item row (noise on the untouched ones, of the
+    size DP-SGD gives them), not only the rows of the user's candidates."""
+    cfg, ds, item_h, _, params = setup
+    c = cfg.replace(privacy="local", local_noise_multiplier=2.0, local_clip_norm=0.5, local_lr=0.1)
+    node = node_for(_context(c, 0, ds.n_users))  # exactly one user
+    reply = train_reply(node, _content(params, item_h, 1))
+    emb = from_record(reply.array_records["update"])["items/embedding"]
+    moved = np.abs(emb).sum(axis=1) > 0
+    assert moved.all()
+    hist = node.store.history(0)
+    n = len(hist)
+    rng = user_rng(c.seed, 1, node.store.user_keys[0], "negatives")  # the node's own candidate stream
+    touched = np.zeros(len(emb), bool)
+    touched[np.unique(distinct_candidates(rng, hist, ds.n_items, c.negatives))] = True
+    assert 0 < touched.sum() < len(emb) // 2
+    std = np.sqrt(c.local_steps) * c.local_lr * 2.0 * 0.5 / n  # sum of steps of lr * z C / n * N(0, 1)
+    assert 0.85 * std < emb[~touched].std() < 1.15 * std
+    plain = from_record(train_reply(node_for(_context(cfg, 0, ds.n_users)), _content(params, item_h, 1))
+                        .array_records["update"])["items/embedding"]
+    assert (np.abs(plain).sum(axis=1) > 0).sum() <= n * (1 + cfg.negatives)

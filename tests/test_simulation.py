@@ -49,6 +49,23 @@ def test_simulate_writes_the_run_directory(small_synthetic, tmp_path):
     assert "round   2/2" in res.stdout
 
 
+def test_local_plus_central_dp_run_reports_both_guarantees(small_synthetic, tmp_path):
+    out = tmp_path / "ldp"
+    res = _fedctx("simulate", "--data", str(small_synthetic), "--no-baselines", *SMALL, "--set", "num-rounds=2",
+                  "--set", "privacy=local+central", "--set", "item-embedding=false", "--set", "target-epsilon=8",
+                  "--set", "sample-rate=0.5", "--set", "local-noise-multiplier=1.5", "--out", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    privacy = json.loads((out / "summary.json").read_text())["privacy"]
+    assert privacy["unit"] == "user" and 0 < privacy["epsilon"] <= 8.0
+    local = privacy["local"]
+    assert local["unit"] == "example" and local["noise_multiplier"] == 1.5 and local["clients"] == 24
+    assert 0 <= local["epsilon"]["min"] <= local["epsilon"]["median"] <= local["epsilon"]["max"] < float("inf")
+    assert local["participations"]["max"] <= 2
+    # the hybrid item table cannot be combined with local+central (see Config)
+    bad = _fedctx("simulate", "--data", str(small_synthetic), "--set", "privacy=local+central")
+    assert bad.returncode == 2 and "item-embedding" in bad.stderr
+
+
 def test_central_dp_run_reports_its_guarantee(small_synthetic, tmp_path):
     out = tmp_path / "dp"
     res = _fedctx("simulate", "--data", str(small_synthetic), "--no-baselines", *SMALL, "--set", "num-rounds=3",

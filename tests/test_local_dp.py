@@ -1,0 +1,119 @@
+"""Local DP-SGD on the device: equals TensorFlow Privacy's DP-SGD, noise of the right size, accounting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from common.model import DENSE_NAMES, candidate_loss, dp_local_train, group_logits, trainable_dense
+
+
+def _one_user(seed=0, L=6, C=5, R=14, text_dim=5, dim=3, ctx_dim=2):
+    rng = np.random.default_rng(seed)
+    dense = {
+        "tower/kernel": rng.normal(0, 0.5, (1, text_dim, dim)), "tower/bias": rng.normal(0, 0.1, (1, dim)),
+        "text-bias/kernel": rng.normal(0, 0.3, (1, text_dim)), "global-bias": np.zeros((1, 1)),
+        "context/shift": rng.normal(0, 0.1, (1, ctx_dim)), "context/interaction": rng.normal(0, 0.3, (1, ctx_dim, dim)),
+    }
+    dense = {k: v.astype(np.float32) for k, v in dense.items()}
+    # every example's candidates are distinct rows of the user's R rows
+    cand = np.stack([rng.choice(R, C, replace=False) for _ in range(L)])[None].astype(np.int32)
+    return dict(
+        dense=dense, theta=rng.normal(0, 0.5, (1, dim)).astype(np.float32),
+        emb=rng.normal(0, 0.3, (1, R, dim)).astype(np.float32), bias=rng.normal(0, 0.3, (1, R)).astype(np.float32),
+        rows_h=rng.normal(0, 1, (1, R, text_dim)).astype(np.float32),
+        ctx=rng.normal(0, 1, (1, L, ctx_dim)).astype(np.float32), cand=cand, ex_mask=np.ones((1, L), np.float32))
+
+
+def test_one_step_equals_tensorflow_privacy_dp_sgd():
+    """Our vectorised per-example clipping equals DPKerasSGDOptimizer (jacobian per example, clip, mean)."""
+    from tensorflow_privacy import DPKerasSGDOptimizer
+
+    u = _one_user()
+    lr, clip, l2, L = 0.5, 0.3, 0.01, u["cand"].shape[1]
+    names = list(trainable_dense("softmax"))
+    zeros = {k: np.zeros((1, 1) + u["dense"][k].shape[1:], np.float32) for k in names}
+    zeros.update({"items/embedding": np.zeros((1, 1) + u["emb"].shape[1:], np.float32),
+                  "items/bias": np.zeros((1, 1) + u["bias"].shape[1:], np.float32)})
+    ours = dp_local_train(u["dense"], u["theta"], u["emb"], u["bias"], u["rows_h"], u["ctx"], u["cand"],
+                          u["ex_mask"], zeros, steps=1, lr=lr, theta_lr=0.1, l2=l2, clip=clip, noise_std=0.0)
+
+    variables = {k: tf.Variable(u["dense"][k]) for k in names}
+    emb, bias = tf.Variable(u["emb"]), tf.Variable(u["bias"])
+    fixed = {k: tf.constant(v) for k, v in u["dense"].items() if k not in names}
+    theta_ex = tf.constant(np.broadcast_to(u["theta"][:, None], (1, L, u["theta"].shape[1])))
+
+    def per_example_loss():
+        d = {**fixed, **variables}
+        logits = group_logits(d, theta_ex, tf.constant(u["ctx"]), tf.constant(u["rows_h"]), emb, bias,
+                              tf.constant(u["cand"]))[0]
+        rows_e = tf.gather(emb[0], u["cand"][0])
+        rows_b = tf.gather(bias[0], u["cand"][0])
+        reg = tf.reduce_sum(tf.square(rows_e), [1, 2]) + tf.reduce_sum(tf.square(rows_b), 1)
+        return candidate_loss(logits, "softmax") + l2 * reg  # [L]
+
+    opt = DPKerasSGDOptimizer(l2_norm_clip=clip, noise_multiplier=0.0, num_microbatches=L, learning_rate=lr)
+    var_list = [variables[k] for k in names] + [emb, bias]
+    opt.minimize(per_example_loss, var_list=var_list)
+    for k in names:
+        np.testing.assert_allclose(ours[0][k], variables[k].numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(ours[2], emb.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(ours[3], bias.numpy(), rtol=1e-4, atol=1e-6)
+    # the clip was active: without it the step differs
+    loose = dp_local_train(u["dense"], u["theta"], u["emb"], u["bias"], u["rows_h"], u["ctx"], u["cand"],
+                           u["ex_mask"], zeros, steps=1, lr=lr, theta_lr=0.1, l2=l2, clip=1e6, noise_std=0.0)
+    assert not np.allclose(loose[0]["tower/kernel"], ours[0]["tower/kernel"], rtol=1e-3)
+
+
+def test_noise_has_std_noise_std_times_lr_over_examples():
+    """With a clip so small the signal vanishes, one step moves each coordinate by lr * z C / n * N(0, 1)."""
+    u = _one_user(seed=1, L=4)
+    rng = np.random.default_rng(5)
+    names = list(trainable_dense("softmax"))
+    noise = {k: rng.standard_normal((1, 1) + u["dense"][k].shape[1:]).astype(np.float32) for k in names}
+    noise["items/embedding"] = rng.standard_normal((1, 1) + u["emb"].shape[1:]).astype(np.float32)
+    noise["items/bias"] = rng.standard_normal((1, 1) + u["bias"].shape[1:]).astype(np.float32)
+    lr, std, n = 0.2, 3.0, 4
+    out = dp_local_train(u["dense"], u["theta"], u["emb"], u["bias"], u["rows_h"], u["ctx"], u["cand"],
+                         u["ex_mask"], noise, steps=1, lr=lr, theta_lr=0.1, l2=0.0, clip=1e-9, noise_std=std)
+    for k in names:
+        np.testing.assert_allclose(out[0][k] - u["dense"][k], -lr * std / n * noise[k][0], atol=1e-5)
+    np.testing.assert_allclose(out[2] - u["emb"], -lr * std / n * noise["items/embedding"][0], atol=1e-5)
+    # theta is trained by plain SGD by default: no noise in it, and it moved
+    assert not np.allclose(out[1], u["theta"])
+
+
+@pytest.mark.parametrize("z,steps,rounds", [(1.0, 2, 3), (0.7, 5, 10), (2.0, 1, 40)])
+def test_local_epsilon_equals_tensorflow_privacy_example_level_accounting(z, steps, rounds):
+    """Full-batch DP-SGD, one example per microbatch: TF Privacy's add/remove-one-example epsilon."""
+    from tensorflow_privacy.privacy.analysis.compute_dp_sgd_privacy_lib import _compute_dp_sgd_example_privacy
+
+    from common.privacy import local_epsilon
+
+    expected = _compute_dp_sgd_example_privacy(num_epochs=steps * rounds, noise_multiplier=z, example_delta=1e-5,
+                                               used_microbatching=False, poisson_subsampling_probability=None)
+    assert local_epsilon(z, steps, rounds, 1e-5) == pytest.approx(expected, rel=1e-9)
+
+
+def test_local_report_distribution_over_clients():
+    from common.privacy import local_epsilon, local_report
+
+    counts = np.array([0, 1, 1, 2, 5])
+    rep = local_report(counts, 1.5, 2, 1e-5, clip_norm=1.0)
+    eps = [local_epsilon(1.5, 2, int(c), 1e-5) for c in counts]
+    assert rep["epsilon"]["max"] == pytest.approx(max(eps)) and rep["epsilon"]["min"] == 0.0
+    assert rep["epsilon"]["median"] == pytest.approx(np.median(eps))
+    assert eps == sorted(eps)  # more rounds, more privacy loss
+    assert rep["unit"] == "example" and rep["clients"] == 5 and "theta_u is trained without noise" in rep["statement"]
+
+
+def test_distinct_candidates_are_distinct_and_keep_the_positive():
+    from common.federated import distinct_candidates
+
+    rng = np.random.default_rng(0)
+    pos = rng.integers(0, 20, 500)
+    cand = distinct_candidates(rng, pos, n_items=20, k=12)  # many collisions to resolve
+    np.testing.assert_array_equal(cand[:, 0], pos)
+    assert all(len(set(row)) == 13 for row in cand.tolist())
+    assert cand.min() >= 0 and cand.max() < 20
