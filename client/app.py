@@ -9,6 +9,7 @@ users' shared-parameter updates and scalar metrics.
 
 from __future__ import annotations
 
+import os
 import time
 
 from flwr.app import Context, Message, MetricRecord, RecordDict
@@ -16,7 +17,18 @@ from flwr.clientapp import ClientApp
 
 from client.node import Node, node_for
 
-__all__ = ["app", "train_reply", "evaluate_reply"]
+__all__ = ["app", "train_reply", "evaluate_reply", "NODE_THREADS_ENV"]
+
+#: Threads of TensorFlow's pools in this process (set by the simulation: one per Ray actor's CPU).
+NODE_THREADS_ENV = "FEDCTX_NODE_THREADS"
+if os.environ.get(NODE_THREADS_ENV):
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(int(os.environ[NODE_THREADS_ENV]))
+        tf.config.threading.set_inter_op_parallelism_threads(int(os.environ[NODE_THREADS_ENV]))
+    except RuntimeError:  # TensorFlow already running in this process: keep its pools
+        pass
 
 app = ClientApp()
 

@@ -95,16 +95,15 @@ class Node:
     def evaluate(self, content: RecordDict) -> dict[str, float | int]:
         """Mean HR/NDCG@k of this node's training members on validation and test (full ranking and sampled)."""
         params = self._receive(content)
-        users = np.arange(self.store.n_users)
+        users = np.flatnonzero(self.members)
         self._warm_start(users, params)
         k = self.cfg.top_k
-        members = self.members
-        out: dict[str, float | int] = {"num-users": int(members.sum())}
+        out: dict[str, float | int] = {"num-users": int(len(users))}
         for split in ("val", "test"):
-            m = evaluate_users(params, self.theta, self.store, self.item_h, self.cfg, split)
+            m = evaluate_users(params, self.theta, self.store, self.item_h, self.cfg, split, users)
             for name, key in (("hr", f"hr@{k}"), ("ndcg", f"ndcg@{k}"), ("hr-sampled", f"hr@{k}-sampled"),
                               ("ndcg-sampled", f"ndcg@{k}-sampled")):
-                out[f"{split}-{key}"] = float(m[name][members].mean()) if members.any() else 0.0
+                out[f"{split}-{key}"] = float(m[name].mean()) if len(users) else 0.0
         return out
 
     # -- persistence ----------------------------------------------------------------------------

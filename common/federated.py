@@ -339,38 +339,41 @@ def distinct_candidates(rng: np.random.Generator, positives: np.ndarray, n_items
 
 
 def evaluate_users(params: Mapping[str, np.ndarray], theta: np.ndarray, store: UserStore, item_h: np.ndarray,
-                   cfg: Config, split: str) -> dict[str, np.ndarray]:
-    """Per-user metrics [U] of the model on the held-out engagement of `split` ("val" or "test")."""
+                   cfg: Config, split: str, users: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per-user metrics [len(users)] (default: every user of the store) on the held-out engagement of
+    `split` ("val" or "test"). theta [store.n_users, dim]."""
     dense = {k: np.asarray(params[k], np.float32) for k in DENSE_NAMES}
     emb, bias = params.get("items/embedding"), params.get("items/bias")
     ctx = store.val_ctx if split == "val" else store.test_ctx
-    return evaluate_scores(lambda users: score_items(dense, theta[users], ctx[users], item_h, emb, bias),
-                           store, item_h.shape[0], cfg, split)
+    return evaluate_scores(lambda u: score_items(dense, theta[u], ctx[u], item_h, emb, bias),
+                           store, item_h.shape[0], cfg, split, users=users)
 
 
 def evaluate_scores(score: Callable[[np.ndarray], np.ndarray], store: UserStore, n_items: int, cfg: Config,
-                    split: str, chunk: int = 512) -> dict[str, np.ndarray]:
-    """Per-user HR/NDCG@k [U] of any scorer, score(users [n]) -> [n, n_items], on `split`.
+                    split: str, chunk: int = 512, users: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per-user HR/NDCG@k [len(users)] of any scorer, score(users [n]) -> [n, n_items], on `split`.
 
     Full ranking: the held-out item against every item not in the user's history (for "test",
     the validation item is history too). Sampled: against `eval_negatives` items the user never
     engaged with, drawn from a per-user stream fixed by the seed (the same for every system).
     """
     target = store.val_item if split == "val" else store.test_item
-    out = {m: np.zeros(store.n_users) for m in ("hr", "ndcg", "hr-sampled", "ndcg-sampled")}
-    for start in range(0, store.n_users, chunk):
-        users = np.arange(start, min(start + chunk, store.n_users))
+    which = np.arange(store.n_users) if users is None else np.asarray(users, np.int64)
+    out = {m: np.zeros(len(which)) for m in ("hr", "ndcg", "hr-sampled", "ndcg-sampled")}
+    for start in range(0, len(which), chunk):
+        pos = np.arange(start, min(start + chunk, len(which)))
+        users = which[pos]
         scores = score(users)
         scores = np.where(np.isnan(scores), -np.inf, scores)  # a broken (NaN) score never ranks well
         history = [store.history(u) if split == "val" else np.append(store.history(u), store.val_item[u])
                    for u in users]
         rank = rank_of_target(scores, target[users], history)
-        out["hr"][users], out["ndcg"][users] = hit_and_ndcg(rank, cfg.top_k)
+        out["hr"][pos], out["ndcg"][pos] = hit_and_ndcg(rank, cfg.top_k)
         s_rank = np.zeros(len(users), np.int64)
         for i, u in enumerate(users):
             seen = np.concatenate([store.history(u), [store.val_item[u], store.test_item[u]]])
             rng = user_rng(cfg.seed, 0, store.user_keys[u], f"eval-{split}")
             negs = sample_eval_negatives(n_items, seen, cfg.eval_negatives, rng)
             s_rank[i] = int((scores[i, negs] >= scores[i, target[u]]).sum())
-        out["hr-sampled"][users], out["ndcg-sampled"][users] = hit_and_ndcg(s_rank, cfg.top_k)
+        out["hr-sampled"][pos], out["ndcg-sampled"][pos] = hit_and_ndcg(s_rank, cfg.top_k)
     return out

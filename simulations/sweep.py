@@ -172,6 +172,9 @@ def run_sweep(base: Config, plan: SweepPlan, out: Path, nodes: int = 2,
         t0 = time.perf_counter()
         run_dir.mkdir(parents=True)
         run_flower_simulation(cfg, nodes)
+        if not (run_dir / "federated.json").is_file():
+            raise RuntimeError(f"{label}, seed {seed}: the federated run wrote no results ({run_dir}); "
+                               f"rerun it with `fedctx simulate --verbose` and the same settings to see why")
         fed = json.loads((run_dir / "federated.json").read_text())
         auc, n_m, n_n = audit_run(cfg, run_dir, plan.audit_users)
         last = fed["last_round_metrics"]

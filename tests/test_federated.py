@@ -234,3 +234,16 @@ def test_local_dp_update_hides_which_items_a_user_touched(setup):
     plain = from_record(train_reply(node_for(_context(cfg, 0, ds.n_users)), _content(params, item_h, 1))
                         .array_records["update"])["items/embedding"]
     assert (np.abs(plain).sum(axis=1) > 0).sum() <= n * (1 + cfg.negatives)
+
+
+def test_evaluating_a_subset_of_users_equals_their_rows_of_the_full_evaluation(setup, small_synthetic):
+    from common.federated import evaluate_users
+
+    cfg, ds, item_h, _, params = setup
+    store = UserStore.from_prepared(ds, np.arange(ds.n_users))
+    theta = np.random.default_rng(0).normal(0, 0.3, (store.n_users, cfg.dim)).astype(np.float32)
+    full = evaluate_users(params, theta, store, item_h, cfg, "test")
+    some = np.array([3, 0, 17, 9])
+    part = evaluate_users(params, theta, store, item_h, cfg, "test", some)
+    for key in full:
+        np.testing.assert_array_equal(part[key], full[key][some])
