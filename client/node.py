@@ -77,14 +77,19 @@ class Node:
                                           self.cfg, round_)
         self.theta[sampled] = new_theta
         shapes = {k: v.shape for k, v in params.items()}
-        scale = None
+        scale, extra = None, {}
         if self.cfg.privacy in ("central", "local+central"):  # each user's whole update is clipped (DP-FedAvg)
-            scale = clip_factors(updates.norms(), self.cfg.clip_norm)
+            clip = float(conf.get("clip-norm", self.cfg.clip_norm))  # the server's C of this round
+            norms = updates.norms()
+            scale = clip_factors(norms, clip)
+            # for adaptive clipping: sum of 1[norm <= C] - 1/2 (sensitivity 1/2; the server adds the noise)
+            extra["clip-shifted-count"] = float((norms <= clip).sum() - 0.5 * len(norms))
         total = updates.total(shapes, scale)
         return to_record({k: total[k] for k in params}), {
             "num-users": int(len(sampled)),
             "num-examples": int(updates.n_examples.sum()),
             "train-loss-sum": float(updates.loss.sum()),
+            **extra,
         }
 
     @functools.cached_property

@@ -60,6 +60,9 @@ class Config:
     local_grad_clip: float = 1.0     # each local step clips a user's whole gradient to this L2 norm
     server_optimizer: str = "adam"   # "adam" (FedAdam, Reddi et al. 2021) | "sgd" (FedAvg)
     server_lr: float = 0.02
+    server_item_lr: float = 0.0      # > 0: the item-id table (items/*) takes plain SGD steps of this size at the
+                                     # server instead of Adam (Adam turns DP noise into full-size steps)
+    server_adam_eps: float = 1e-8    # Adam's eps at the server (the floor of its per-coordinate step denominator)
     privacy: str = "none"            # "none" | "central" (user-level DP-FedAvg: clip per user, noise at the server)
                                      # | "local" (example-level DP-SGD on the device) | "local+central" (both)
     target_epsilon: float = 0.0      # > 0: calibrate noise-multiplier so all planned rounds stay within it
@@ -68,6 +71,10 @@ class Config:
     clip_norm: float = 0.02          # C: L2 bound of each user's whole shared-parameter update
                                      # (the local update is at most local-lr * local-steps * local-grad-clip = 0.02)
     accountant: str = "rdp"          # "rdp" | "pld" (dp-accounting)
+    adaptive_clip: bool = False      # quantile-based adaptive clipping (Andrew et al. 2021); clip-norm starts it
+    clip_quantile: float = 0.5       # target share of users whose update is not clipped
+    clip_lr: float = 0.2             # geometric step of the clip norm per round
+    clip_count_stddev: float = 0.0   # noise std of the clipped-user count; 0 = expected users per round / 20
     local_clip_norm: float = 1.0     # local DP-SGD: L2 bound of each example's gradient
     local_noise_multiplier: float = 1.0  # local DP-SGD: noise std = local-noise-multiplier * local-clip-norm
     local_delta: float = 1e-5        # example-level delta of each client's local guarantee
@@ -113,12 +120,17 @@ class Config:
         need(self.server_optimizer in SERVER_OPTIMIZERS, "server_optimizer",
              f"must be one of {SERVER_OPTIMIZERS}")
         need(self.server_lr > 0, "server_lr", "must be > 0")
+        need(self.server_adam_eps > 0, "server_adam_eps", "must be > 0")
+        need(self.server_item_lr >= 0, "server_item_lr", "must be >= 0 (0 = same optimiser as the rest)")
         need(self.privacy in PRIVACY_MODES, "privacy", f"must be one of {PRIVACY_MODES}")
         need(self.target_epsilon >= 0, "target_epsilon", "must be >= 0 (0 = use noise-multiplier as given)")
         need(0 <= self.delta < 1, "delta", "must be in [0, 1) (0 = 0.1 / number of users)")
         need(self.noise_multiplier >= 0, "noise_multiplier", "must be >= 0")
         need(self.clip_norm > 0, "clip_norm", "must be > 0")
         need(self.accountant in ("rdp", "pld"), "accountant", "must be 'rdp' or 'pld'")
+        need(0.0 < self.clip_quantile < 1.0, "clip_quantile", "must be in (0, 1)")
+        need(self.clip_lr > 0, "clip_lr", "must be > 0")
+        need(self.clip_count_stddev >= 0, "clip_count_stddev", "must be >= 0 (0 = expected users per round / 20)")
         need(self.local_clip_norm > 0, "local_clip_norm", "must be > 0")
         need(self.local_noise_multiplier >= 0, "local_noise_multiplier", "must be >= 0")
         need(0 < self.local_delta < 1, "local_delta", "must be in (0, 1)")

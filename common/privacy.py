@@ -39,6 +39,8 @@ __all__ = [
     "local_dp_event",
     "local_epsilon",
     "local_report",
+    "adaptive_sum_noise",
+    "next_clip_norm",
 ]
 
 ACCOUNTANTS = ("rdp", "pld")
@@ -501,3 +503,34 @@ def local_report(participations: np.ndarray, z: float, steps_per_round: int, del
                                "max": int(counts.max()) if len(counts) else 0,
                                "mean": float(counts.mean()) if len(counts) else 0.0},
             "clients": int(len(counts)), "dp_theta": bool(dp_theta), "statement": statement}
+
+
+# ----------------------------------------------------------------------------------------------
+# Adaptive clipping (Andrew, Thakkar, McMahan, Ramaswamy 2021, "Differentially Private Learning
+# with Adaptive Clipping"), as TensorFlow Privacy's QuantileAdaptiveClipSumQuery does it
+
+def adaptive_sum_noise(z: float, count_stddev: float) -> float:
+    """Noise multiplier z_sum of the update sum when the round also releases the clipped-count
+    statistic with noise std sigma_b (sensitivity 1/2): z^-2 = z_sum^-2 + (2 sigma_b)^-2, so the pair
+    is accounted as one Gaussian mechanism with multiplier z. Requires 2 sigma_b > z."""
+    z = _check_z(z)
+    if not (isinstance(count_stddev, (int, float, np.integer, np.floating)) and count_stddev > 0):
+        raise ValueError(f"Clipped-count stddev must be positive. Found {count_stddev}.")
+    if z == 0.0:
+        return 0.0
+    if 2.0 * count_stddev <= z:
+        raise ValueError(f"Clipped-count stddev must exceed noise multiplier / 2 ({z / 2:.4g}) for adaptive "
+                         f"clipping. Found {count_stddev}. Fix: raise clip-count-stddev or lower the noise.")
+    return float((z ** -2 - (2.0 * count_stddev) ** -2) ** -0.5)
+
+
+def next_clip_norm(clip_norm: float, shifted_count: float, count_noise: float, expected_users: float,
+                   quantile: float, lr: float) -> tuple[float, float]:
+    """Geometric quantile update of the clip norm.
+
+    shifted_count: sum over sampled users of (1[norm <= C] - 1/2); count_noise: its Gaussian noise.
+    Returns (new C = C exp(-lr (b - quantile)), b) with b = clamp((shifted + noise) / expected + 1/2, 0, 1)
+    the noisy fraction of users whose update was not clipped.
+    """
+    below = min(1.0, max(0.0, (shifted_count + count_noise) / float(expected_users) + 0.5))
+    return float(clip_norm * math.exp(-lr * (below - quantile))), below

@@ -14,11 +14,11 @@ from common.aggregation import ServerOptimizer
 from common.config import Config, config_from_mapping
 from common.datasets import load_cached, resolve_dataset
 from common.federated import poisson_sample, training_members
-from common.model import ModelShape, init_shared
+from common.model import ITEM_NAMES, ModelShape, init_shared
 from common.params import from_record, to_record
 from common.report import format_round, write_rounds_csv
 from server.content import content_vectors
-from server.strategy import CentralDP, UserFedAvg
+from server.strategy import AdaptiveClip, CentralDP, UserFedAvg
 from common.privacy import PrivacyLedger, calibrate_noise, local_report
 
 __all__ = ["app", "run_federated"]
@@ -45,13 +45,19 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
         delta = cfg.delta or 0.1 / n_members
         z = (calibrate_noise(cfg.target_epsilon, cfg.sample_rate, cfg.num_rounds, delta, cfg.accountant)
              if cfg.target_epsilon > 0 else cfg.noise_multiplier)
-        dp = CentralDP(clip_norm=cfg.clip_norm, noise_multiplier=z, denominator=cfg.sample_rate * n_members,
-                       ledger=PrivacyLedger(delta=delta, accountant=cfg.accountant))
-        print(f"privacy: user-level DP-FedAvg, clip norm {cfg.clip_norm}, noise multiplier {z:.4f}, "
-              f"Poisson sampling q = {cfg.sample_rate}, delta = {delta:.3g}", flush=True)
+        expected = cfg.sample_rate * n_members
+        adaptive = AdaptiveClip(cfg.clip_quantile, cfg.clip_lr, cfg.clip_count_stddev or expected / 20.0
+                                ) if cfg.adaptive_clip else None
+        dp = CentralDP(clip_norm=cfg.clip_norm, noise_multiplier=z, denominator=expected,
+                       ledger=PrivacyLedger(delta=delta, accountant=cfg.accountant), adaptive=adaptive)
+        _ = dp.sum_noise_multiplier  # fails early, with the fix, if the count noise is too small
+        print(f"privacy: user-level DP-FedAvg, clip norm {cfg.clip_norm}"
+              + (f" (adaptive, target quantile {cfg.clip_quantile})" if adaptive else "")
+              + f", noise multiplier {z:.4f}, Poisson sampling q = {cfg.sample_rate}, delta = {delta:.3g}", flush=True)
     strategy = UserFedAvg(
         content=to_record({"item-vectors": item_h}),
-        optimizer=ServerOptimizer(cfg.server_optimizer, cfg.server_lr),
+        optimizer=ServerOptimizer(cfg.server_optimizer, cfg.server_lr, eps=cfg.server_adam_eps, overrides={
+            k: ("sgd", cfg.server_item_lr) for k in ITEM_NAMES} if cfg.server_item_lr > 0 else {}),
         sample_rate=cfg.sample_rate, seed=cfg.seed, eval_every=cfg.eval_every, num_rounds=cfg.num_rounds,
         on_round=lambda row: print(format_round(row, cfg.num_rounds, cfg.top_k), flush=True),
         dp=dp, select_key=f"val-hr@{cfg.top_k}",
@@ -85,6 +91,13 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
             "rounds": len(dp.ledger.records), "statement": dp.ledger.statement("user"),
             "noise_source": "os.urandom" if dp.noise.secure else "seeded (tests only)",
         }
+        if dp.adaptive is not None:
+            privacy["clip_norm"] = cfg.clip_norm
+            privacy["adaptive_clipping"] = {
+                "initial_clip_norm": cfg.clip_norm, "final_clip_norm": dp.clip_norm,
+                "quantile": dp.adaptive.quantile, "lr": dp.adaptive.lr, "count_stddev": dp.adaptive.count_stddev,
+                "sum_noise_multiplier": dp.sum_noise_multiplier,
+                "note": "the ledger's noise multiplier z covers the noised sum and the noised clipped count together"}
         print(f"privacy: {privacy['statement']}", flush=True)
     if cfg.privacy in ("local", "local+central"):
         users = np.asarray(ds.user_ids).astype(str)

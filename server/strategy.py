@@ -21,21 +21,41 @@ from flwr.serverapp.strategy import FedAvg
 
 from common.aggregation import ServerOptimizer, sum_updates
 from common.params import from_record, to_record
-from common.privacy import PrivacyLedger, SecureGaussian, noisy_mean
+from common.privacy import PrivacyLedger, SecureGaussian, adaptive_sum_noise, next_clip_norm, noisy_mean
 
-__all__ = ["UserFedAvg", "RoundLog", "CentralDP"]
+__all__ = ["UserFedAvg", "RoundLog", "CentralDP", "AdaptiveClip"]
+
+
+@dataclass
+class AdaptiveClip:
+    """Quantile-based adaptive clipping (Andrew et al. 2021): each round the nodes also send the sum of
+    1[norm <= C] - 1/2 over their sampled users; the server adds N(0, count_stddev^2) and moves C
+    geometrically toward the `quantile` of the update norms."""
+
+    quantile: float
+    lr: float
+    count_stddev: float
 
 
 @dataclass
 class CentralDP:
     """User-level DP-FedAvg at the server (McMahan et al. 2018): nodes clip every user's update to
-    clip_norm; the server adds N(0, (z C)^2) to the sum and divides by the fixed denominator q N."""
+    clip_norm; the server adds N(0, (z C)^2) to the sum and divides by the fixed denominator q N.
+    With adaptive clipping the sum gets z_sum = adaptive_sum_noise(z, count_stddev) and the count the
+    rest, so the ledger's z still accounts for everything released; clip_norm changes every round."""
 
     clip_norm: float
     noise_multiplier: float
     denominator: float
     ledger: PrivacyLedger
     noise: SecureGaussian = field(default_factory=SecureGaussian)
+    adaptive: AdaptiveClip | None = None
+
+    @property
+    def sum_noise_multiplier(self) -> float:
+        if self.adaptive is None:
+            return self.noise_multiplier
+        return adaptive_sum_noise(self.noise_multiplier, self.adaptive.count_stddev)
 
 
 @dataclass
@@ -78,6 +98,8 @@ class UserFedAvg(FedAvg):
         self.current = from_record(arrays)
         config["sample-rate"] = float(self.sample_rate)
         config["sampling-seed"] = int(self.seed)
+        if self.dp is not None:
+            config["clip-norm"] = float(self.dp.clip_norm)  # this round's C (it moves with adaptive clipping)
         messages = list(super().configure_train(server_round, arrays, config, grid))
         if server_round == 1 and messages:
             messages[0].content["content"] = self.content  # one RecordDict is shared by all messages
@@ -89,7 +111,7 @@ class UserFedAvg(FedAvg):
         if errors:
             raise RuntimeError(f"round {server_round}: {len(errors)} node(s) failed: "
                                + "; ".join(m.error.reason for m in errors[:3]))
-        sums, users, examples, loss, node_s = [], 0, 0, 0.0, 0.0
+        sums, users, examples, loss, node_s, shifted = [], 0, 0, 0.0, 0.0, 0.0
         for msg in valid:
             metrics = msg.content.metric_records["metrics"]
             n = int(metrics["num-users"])
@@ -99,6 +121,7 @@ class UserFedAvg(FedAvg):
             examples += int(metrics["num-examples"])
             loss += float(metrics["train-loss-sum"])
             node_s = max(node_s, float(metrics.get("node-seconds", 0.0)))
+            shifted += float(metrics.get("clip-shifted-count", 0.0))
         self._row = {"round": server_round, "users": users, "examples": examples,
                      "train-loss": loss / max(users, 1),
                      "slowest-node-seconds": node_s}
@@ -106,11 +129,18 @@ class UserFedAvg(FedAvg):
             return None, MetricRecord({"num-users": 0})
         if self.dp is not None:  # a DP round counts (and is noised) even if nobody was sampled
             total = sum_updates(sums) if sums else {k: np.zeros_like(v, np.float64) for k, v in self.current.items()}
-            mean = noisy_mean(total, self.dp.clip_norm, self.dp.noise_multiplier, self.dp.denominator,
+            mean = noisy_mean(total, self.dp.clip_norm, self.dp.sum_noise_multiplier, self.dp.denominator,
                               self.dp.noise)
             record = self.dp.ledger.append(server_round, self.sample_rate, self.dp.noise_multiplier,
                                            self.dp.clip_norm, users)
             self._row["epsilon"] = record.epsilon
+            self._row["clip-norm"] = self.dp.clip_norm
+            if self.dp.adaptive is not None:
+                a = self.dp.adaptive
+                self.dp.clip_norm, below = next_clip_norm(
+                    self.dp.clip_norm, shifted, float(self.dp.noise.normal(a.count_stddev, (1,))[0]),
+                    self.dp.denominator, a.quantile, a.lr)
+                self._row["unclipped-share"] = below
         elif users == 0:
             return None, MetricRecord({"num-users": 0})
         else:

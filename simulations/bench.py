@@ -19,10 +19,14 @@ __all__ = ["bench"]
 
 
 def bench(cfg: Config, users: Sequence[int], items: int, rounds: int = 3, nodes: int = 2,
-          say: Callable[[str], None] = print) -> list[dict]:
+          say: Callable[[str], None] = print, privacy: Sequence[str] = ("none",)) -> list[dict]:
     """For each user count: seconds per centralized epoch (after a warm-up epoch) and per federated
     training round (Flower simulation, every user sampled, rounds after the first), their ratio and
-    user updates per second. Evaluation is excluded from both timings."""
+    user updates per second. Evaluation is excluded from both timings.
+
+    privacy: modes to time side by side (e.g. none, central, local); the first is the reference of
+    `ratio`, and each other mode m adds `federated_round_s_<m>` and `dp_cost_<m>` (its round time
+    over the first mode's)."""
     from common.central import train_central
     from common.federated import UserStore
     from server.content import content_vectors
@@ -38,11 +42,15 @@ def bench(cfg: Config, users: Sequence[int], items: int, rounds: int = 3, nodes:
         _, _, epoch_s, _ = train_central(store, item_h, c)
         central = float(epoch_s[-1])
         say(f"bench {n_users} users: centralized epoch {central:.2f}s ({len(ds.train)} engagements)")
-        with tempfile.TemporaryDirectory() as tmp:
-            run_dir = Path(tmp) / "run"
-            run_flower_simulation(c.replace(run_dir=str(run_dir)), nodes)
-            rows = json.loads((run_dir / "federated.json").read_text())["rounds"]
-        round_s = float(np.mean([r["train-seconds"] for r in rows[1:]]))
+        per_mode = {}
+        for mode in privacy:
+            with tempfile.TemporaryDirectory() as tmp:
+                run_dir = Path(tmp) / "run"
+                run_flower_simulation(c.replace(run_dir=str(run_dir), privacy=mode), nodes)
+                rows = json.loads((run_dir / "federated.json").read_text())["rounds"]
+            per_mode[mode] = float(np.mean([r["train-seconds"] for r in rows[1:]]))
+            say(f"bench {n_users} users: federated round ({mode}) {per_mode[mode]:.2f}s")
+        round_s = per_mode[privacy[0]]
         result = {
             "users": int(ds.n_users), "items": int(ds.n_items), "engagements": int(len(ds.train)),
             "nodes": nodes, "local_steps": c.local_steps, "centralized_batch": c.central_batch,
@@ -50,6 +58,9 @@ def bench(cfg: Config, users: Sequence[int], items: int, rounds: int = 3, nodes:
             "ratio": round(round_s / central, 3), "user_updates_per_s": round(ds.n_users / round_s, 1),
             "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.platform()}",
         }
+        for mode in privacy[1:]:
+            result[f"federated_round_s_{mode}"] = round(per_mode[mode], 4)
+            result[f"dp_cost_{mode}"] = round(per_mode[mode] / round_s, 3)
         say(f"bench {n_users} users: federated round {round_s:.2f}s, ratio {result['ratio']}, "
             f"{result['user_updates_per_s']} user updates/s")
         results.append(result)

@@ -148,6 +148,9 @@ def bench_cmd(
     rounds: int = typer.Option(3, help="Federated rounds per measurement (the first is warm-up)."),
     nodes: int = typer.Option(2, help="Simulated SuperNodes."),
     set_: List[str] = typer.Option([], "--set", help="Setting override key=value."),
+    privacy: List[str] = typer.Option(["none"], help="Privacy modes to time side by side (repeat: --privacy "
+                                                     "none --privacy central --privacy local); the first is "
+                                                     "the reference of each dp_cost_<mode>."),
 ) -> None:
     """Centralized epoch time vs federated round time on the same users; prints JSON last."""
     from common.config import ConfigError
@@ -155,7 +158,9 @@ def bench_cmd(
 
     try:
         cfg = _config(None, set_, None)
-        results = bench(cfg, users=users, items=items, rounds=rounds, nodes=nodes)
+        for mode in privacy:
+            cfg.replace(privacy=mode)  # validates the mode with this config
+        results = bench(cfg, users=users, items=items, rounds=rounds, nodes=nodes, privacy=privacy)
     except (ConfigError, FileExistsError) as err:
         _fail(err)
     typer.echo(json.dumps(results[-1] if len(results) == 1 else {**results[-1], "all": results}))

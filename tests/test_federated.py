@@ -181,6 +181,9 @@ def test_central_dp_clips_every_users_update(setup):
         reply = train_reply(node_for(ctx), _content(params, item_h, 1))
         arrays = from_record(reply.array_records["update"])
         norms[(privacy, clip)] = np.sqrt(sum(np.square(v.astype(np.float64)).sum() for v in arrays.values()))
+        if privacy == "central":  # the adaptive-clipping statistic: 1[norm <= C] - 1/2 for the one user
+            shifted = reply.metric_records["metrics"]["clip-shifted-count"]
+            assert shifted == (0.5 if clip > 1 else -0.5)
     assert norms[("none", 1.0)] > 0.005  # the clip below is active
     assert norms[("central", 0.005)] <= 0.005 * (1 + 1e-5)
     np.testing.assert_allclose(norms[("central", 1e6)], norms[("none", 1.0)], rtol=1e-5)

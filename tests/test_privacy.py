@@ -261,3 +261,46 @@ def test_statement_names_epsilon_delta_level_and_accountant():
     assert "PLD accountant" in s and "1 round" not in s and "q = 0.1 to 0.2" in s and "clip norm 0.5 to 1.0" in s
     ledger.append(4, 0.1, 0.0, 1.0, 10)
     assert ledger.epsilon() == math.inf and "No finite" in ledger.statement()
+
+
+# -- adaptive clipping ------------------------------------------------------------------------------
+
+@settings(max_examples=50, deadline=None)
+@given(st.floats(0.05, 5.0), st.floats(0.01, 100.0))
+def test_adaptive_split_accounts_as_one_gaussian(z, extra):
+    from common.privacy import adaptive_sum_noise
+
+    sigma_b = z / 2 * (1 + extra)  # any count noise above z / 2
+    z_sum = adaptive_sum_noise(z, sigma_b)
+    assert z_sum >= z
+    assert z_sum ** -2 + (2 * sigma_b) ** -2 == pytest.approx(z ** -2, rel=1e-9)
+
+
+def test_adaptive_split_rejects_too_little_count_noise():
+    from common.privacy import adaptive_sum_noise
+
+    with pytest.raises(ValueError, match="clip-count-stddev"):
+        adaptive_sum_noise(2.0, 0.9)
+
+
+def test_clip_update_equals_tensorflow_privacy_quantile_estimator():
+    """Same C after one round as TF Privacy's QuantileEstimatorQuery (noise 0, geometric update)."""
+    import tensorflow as tf
+    from tensorflow_privacy.privacy.dp_query.quantile_estimator_query import QuantileEstimatorQuery
+
+    from common.privacy import next_clip_norm
+
+    norms = np.array([0.1, 0.5, 0.7, 1.2, 3.0, 0.05, 0.9])
+    C, quantile, lr, expected = 0.8, 0.5, 0.2, 10.0
+    query = QuantileEstimatorQuery(initial_estimate=C, target_quantile=quantile, learning_rate=lr,
+                                   below_estimate_stddev=0.0, expected_num_records=expected, geometric_update=True)
+    state = query.initial_global_state()
+    params = query.derive_sample_params(state)
+    sample = query.initial_sample_state()
+    for n in norms:
+        sample = query.accumulate_record(params, sample, tf.constant(n, tf.float32))
+    expected_c, _, _ = query.get_noised_result(sample, state)
+    shifted = float((norms <= C).sum() - 0.5 * len(norms))
+    ours, below = next_clip_norm(C, shifted, 0.0, expected, quantile, lr)
+    assert ours == pytest.approx(float(expected_c), rel=1e-6)
+    assert below == pytest.approx((norms <= C).sum() / expected - 0.5 * len(norms) / expected + 0.5)

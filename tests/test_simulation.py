@@ -70,11 +70,18 @@ def test_central_dp_run_reports_its_guarantee(small_synthetic, tmp_path):
     out = tmp_path / "dp"
     res = _fedctx("simulate", "--data", str(small_synthetic), "--no-baselines", *SMALL, "--set", "num-rounds=3",
                   "--set", "privacy=central", "--set", "target-epsilon=4", "--set", "sample-rate=0.5",
-                  "--out", str(out))
+                  "--set", "adaptive-clip=true", "--set", "clip-norm=1.0", "--out", str(out))
     assert res.returncode == 0, res.stderr[-3000:]
     privacy = json.loads((out / "summary.json").read_text())["privacy"]
     assert privacy["unit"] == "user" and privacy["sampling"] == {"scheme": "poisson", "q": 0.5}
     assert privacy["rounds"] == 3 and 0 < privacy["epsilon"] <= 4.0
+    # adaptive clipping: every update norm is far below C = 1, so C shrinks toward the median norm;
+    # the sum's noise multiplier is larger than the accounted z (the count takes part of the budget)
+    adaptive = privacy["adaptive_clipping"]
+    assert adaptive["final_clip_norm"] < 1.0 and adaptive["sum_noise_multiplier"] > privacy["noise_multiplier"]
+    with open(out / "rounds.csv") as f:
+        clips = [float(r["clip-norm"]) for r in csv.DictReader(f)]
+    assert clips[0] == 1.0 and len(clips) == 3
     assert privacy["delta"] == pytest.approx(0.1 / 24) and privacy["noise_source"] == "os.urandom"
     with open(privacy["ledger"]) as f:
         ledger = list(csv.DictReader(f))
