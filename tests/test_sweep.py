@@ -15,14 +15,15 @@ from tests.test_simulation import SMALL, _fedctx
 
 def test_sweep_settings_precedence_defaults_file_then_set(tmp_path):
     cfg_file = tmp_path / "sweep.toml"
-    cfg_file.write_text('num-rounds = 7\nsample-rate = 0.3\n[sweep]\nepsilons = [1, 2, "inf"]\nseeds = [5, 6]\n')
+    cfg_file.write_text('num-rounds = 7\nsample-rate = 0.3\n[sweep]\nepsilons = [1, 2, "inf"]\nseeds = [5, 6]\nlocal-noise = [1.5]\n')
     base, plan = sweep_config(cfg_file, {"sample-rate": "0.2", "audit-users": "50"})
     assert base.num_rounds == 7 and base.sample_rate == 0.2
     assert base.synthetic_users == SWEEP_DEFAULTS["synthetic-users"]
     assert plan.epsilons == (1.0, 2.0, math.inf) and plan.seeds == (5, 6) and plan.audit_users == 50
     labels = [(label, c.privacy, c.target_epsilon) for label, c in plan.settings(base)]
     assert labels == [("central eps=1", "central", 1.0), ("central eps=2", "central", 2.0),
-                      ("non-private", "none", 0.0)]
+                      ("non-private", "none", 0.0), ("local z=1.5", "local", 0.0)]
+    assert plan.settings(base)[-1][1].local_noise_multiplier == 1.5
 
 
 def test_sweep_rejects_bad_plans(tmp_path):
@@ -57,12 +58,14 @@ def test_sweep_command_writes_csv_plot_and_table(small_synthetic, tmp_path):
     out = tmp_path / "sweep"
     res = _fedctx("sweep", "--data", str(small_synthetic), *SMALL, "--set", "num-rounds=2", "--set",
                   "epsilons=4,inf", "--set", "seeds=0", "--set", "sample-rate=0.5", "--set", "audit-fraction=0.3",
-                  "--out", str(out))
+                  "--set", "local-noise=2", "--out", str(out))
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip().splitlines()[-1] == f"run directory: {out}"
     with open(out / "tradeoff.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["setting"] for r in rows] == ["central eps=4", "non-private"]
+    assert [r["setting"] for r in rows] == ["central eps=4", "non-private", "local z=2"]
+    assert [r["unit"] for r in rows] == ["user", "user", "example (worst client)"]
+    assert 0 < float(rows[2]["epsilon"]) < math.inf and float(rows[2]["noise_multiplier"]) == 2.0
     for r in rows:
         assert 0.0 <= float(r["hr@10"]) <= 1.0 and 0.0 <= float(r["mia_auc"]) <= 1.0
         assert int(r["audit_members"]) >= 1 and r["seed"] == "0"
@@ -70,3 +73,4 @@ def test_sweep_command_writes_csv_plot_and_table(small_synthetic, tmp_path):
     assert math.isinf(float(rows[1]["epsilon"]))
     assert (out / "tradeoff.png").stat().st_size > 10_000
     assert "| central eps=4 |" in (out / "tradeoff.md").read_text()
+    assert "| local z=2 |" in (out / "tradeoff.md").read_text()
