@@ -141,3 +141,17 @@ def test_generate_and_validate(tmp_path):
     assert res.exit_code == 2 and "--overwrite" in res.output
     res = runner.invoke(cli, ["data", "validate", str(out)])
     assert json.loads(res.output[: res.output.rindex("}") + 1])["n_users"] == 30
+
+
+def test_bench_prints_the_ratio_and_the_cost_of_dp(tmp_path):
+    res = _fedctx("bench", "--users", "30", "--items", "100", "--rounds", "2", "--privacy", "none", "--privacy",
+                  "central", *SMALL, env_extra={"FEDCTX_CACHE": str(tmp_path / "cache")})
+    assert res.returncode == 0, res.stderr[-3000:]
+    result = json.loads(res.stdout.strip().splitlines()[-1])
+    for key in ("users", "centralized_epoch_s", "federated_round_s", "ratio", "user_updates_per_s",
+                "federated_round_s_central", "dp_cost_central"):
+        assert key in result
+    assert result["users"] == 30
+    assert result["ratio"] == pytest.approx(result["federated_round_s"] / result["centralized_epoch_s"], rel=0.05)
+    assert result["dp_cost_central"] == pytest.approx(
+        result["federated_round_s_central"] / result["federated_round_s"], rel=0.05)
