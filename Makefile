@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test bench ml-100k clean
+.PHONY: install demo test bench sweep clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (TensorFlow 2.15 / tensorflow-privacy); found " + sys.version.split()[0] + ". Set PYTHON=python3.11.")'
@@ -26,6 +26,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/fedctx bench $(ARGS)
+
+sweep: $(STAMP)
+	$(VENV)/bin/fedctx sweep $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

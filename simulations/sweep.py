@@ -290,6 +290,11 @@ def plot_tradeoff(table: Sequence[Mapping[str, Any]], path: Path) -> None:
         if col == "mia_auc":
             ax.axhline(0.5, color="gray", linestyle=":", label="chance")
         ax.set_xscale("log")
+        ticks = sorted({e["epsilon"] for e in private + local})
+        if ticks:  # label the swept epsilons themselves, not powers of ten
+            ax.set_xticks(ticks)
+            ax.set_xticklabels([f"{t:.3g}" for t in ticks])
+            ax.minorticks_off()
         ax.set_xlabel("epsilon")
         ax.set_title(title)
         ax.grid(alpha=0.3)
