@@ -18,10 +18,10 @@ from common.datasets import load_cached, resolve_dataset
 __all__ = ["bench"]
 
 
-def bench(cfg: Config, users: Sequence[int], items: int, rounds: int = 3, nodes: int = 2,
+def bench(cfg: Config, users: Sequence[int], items: int, rounds: int = 6, nodes: int = 2,
           say: Callable[[str], None] = print, privacy: Sequence[str] = ("none",)) -> list[dict]:
     """For each user count: seconds per centralized epoch (after a warm-up epoch) and per federated
-    training round (Flower simulation, every user sampled, rounds after the first), their ratio and
+    training round (Flower simulation, every user sampled, median of the rounds after the first), their ratio and
     user updates per second. Evaluation is excluded from both timings.
 
     privacy: modes to time side by side (e.g. none, central, local); the first is the reference of
@@ -48,7 +48,7 @@ def bench(cfg: Config, users: Sequence[int], items: int, rounds: int = 3, nodes:
                 run_dir = Path(tmp) / "run"
                 run_flower_simulation(c.replace(run_dir=str(run_dir), privacy=mode), nodes)
                 rows = json.loads((run_dir / "federated.json").read_text())["rounds"]
-            per_mode[mode] = float(np.mean([r["train-seconds"] for r in rows[1:]]))
+            per_mode[mode] = float(np.median([r["train-seconds"] for r in rows[1:]]))
             say(f"bench {n_users} users: federated round ({mode}) {per_mode[mode]:.2f}s")
         round_s = per_mode[privacy[0]]
         result = {

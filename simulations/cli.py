@@ -145,7 +145,8 @@ def sweep_cmd(
 def bench_cmd(
     users: List[int] = typer.Option([1000, 10000], help="User counts to measure (repeat the option)."),
     items: int = typer.Option(10000, help="Catalogue size."),
-    rounds: int = typer.Option(3, help="Federated rounds per measurement (the first is warm-up)."),
+    rounds: int = typer.Option(6, help="Federated rounds per measurement (the first is warm-up; the median of "
+                                       "the others is reported)."),
     nodes: int = typer.Option(2, help="Simulated SuperNodes."),
     set_: List[str] = typer.Option([], "--set", help="Setting override key=value."),
     privacy: List[str] = typer.Option(["none"], help="Privacy modes to time side by side (repeat: --privacy "

@@ -48,7 +48,7 @@ def run_flower_simulation(cfg: Config, num_nodes: int, verbose: bool = False) ->
     # Ray runs one actor per CPU; the ClientApp reads this and gives its TensorFlow one thread (see
     # client/app.py). Left at TF's default (a pool per core in every actor) the actors oversubscribe the
     # cores: rounds measured 3-4x slower on 2 cores. Ray's workers inherit the variable.
-    os.environ[NODE_THREADS_ENV] = "1"
+    os.environ.setdefault(NODE_THREADS_ENV, "1")
     backend = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {"num_cpus": cpus, "include_dashboard": False, "logging_level": "error",
