@@ -30,6 +30,19 @@ def build_store(data_dir: str, partition: int, partitions: int, use_context: boo
     return UserStore.from_prepared(ds, users, use_context=use_context)
 
 
+_MEMBERS: dict[tuple[int, float, int], tuple[UserStore, np.ndarray]] = {}
+
+
+def _members(store: UserStore, audit_fraction: float, seed: int) -> np.ndarray:
+    """training_members of a store, computed once per (store, fraction, seed): a Node is rebuilt every
+    round, its store comes from build_store's cache."""
+    key = (id(store), audit_fraction, seed)
+    hit = _MEMBERS.get(key)
+    if hit is None or hit[0] is not store:
+        hit = _MEMBERS[key] = (store, training_members(store.user_keys, audit_fraction, seed))
+    return hit[1]
+
+
 @dataclass
 class Node:
     """A node's users and their private state. theta [U, dim] and `ready` [U] never leave the node."""
@@ -92,10 +105,10 @@ class Node:
             **extra,
         }
 
-    @functools.cached_property
+    @property
     def members(self) -> np.ndarray:
         """[U] users that take part in training (all, unless audit-fraction holds some out)."""
-        return training_members(self.store.user_keys, self.cfg.audit_fraction, self.cfg.seed)
+        return _members(self.store, self.cfg.audit_fraction, self.cfg.seed)
 
     def evaluate(self, content: RecordDict) -> dict[str, float | int]:
         """Mean HR/NDCG@k of this node's training members on validation and test (full ranking and sampled)."""

@@ -46,7 +46,6 @@ class ServerOptimizer:
     beta1: float = 0.9
     beta2: float = 0.99
     eps: float = 1e-8
-    overrides: dict[str, tuple[str, float]] = field(default_factory=dict)  # {name: (kind, lr)} per parameter
     step: int = 0
     m: dict[str, np.ndarray] = field(default_factory=dict)
     v: dict[str, np.ndarray] = field(default_factory=dict)
@@ -56,9 +55,8 @@ class ServerOptimizer:
         out = {}
         for k, x in params.items():
             d = np.asarray(delta[k], np.float64)
-            kind, lr = self.overrides.get(k, (self.kind, self.lr))
-            if kind == "sgd":
-                out[k] = (x + lr * d).astype(np.float32)
+            if self.kind == "sgd":
+                out[k] = (x + self.lr * d).astype(np.float32)
                 continue
             m = self.m.get(k, np.zeros_like(d))
             v = self.v.get(k, np.zeros_like(d))
@@ -67,5 +65,5 @@ class ServerOptimizer:
             self.m[k], self.v[k] = m, v
             m_hat = m / (1 - self.beta1 ** self.step)
             v_hat = v / (1 - self.beta2 ** self.step)
-            out[k] = (x + lr * m_hat / (np.sqrt(v_hat) + self.eps)).astype(np.float32)
+            out[k] = (x + self.lr * m_hat / (np.sqrt(v_hat) + self.eps)).astype(np.float32)
         return out

@@ -60,8 +60,6 @@ class Config:
     local_grad_clip: float = 1.0     # each local step clips a user's whole gradient to this L2 norm
     server_optimizer: str = "adam"   # "adam" (FedAdam, Reddi et al. 2021) | "sgd" (FedAvg)
     server_lr: float = 0.02
-    server_item_lr: float = 0.0      # > 0: the item-id table (items/*) takes plain SGD steps of this size at the
-                                     # server instead of Adam (Adam turns DP noise into full-size steps)
     server_adam_eps: float = 1e-8    # Adam's eps at the server (the floor of its per-coordinate step denominator)
     privacy: str = "none"            # "none" | "central" (user-level DP-FedAvg: clip per user, noise at the server)
                                      # | "local" (example-level DP-SGD on the device) | "local+central" (both)
@@ -121,7 +119,6 @@ class Config:
              f"must be one of {SERVER_OPTIMIZERS}")
         need(self.server_lr > 0, "server_lr", "must be > 0")
         need(self.server_adam_eps > 0, "server_adam_eps", "must be > 0")
-        need(self.server_item_lr >= 0, "server_item_lr", "must be >= 0 (0 = same optimiser as the rest)")
         need(self.privacy in PRIVACY_MODES, "privacy", f"must be one of {PRIVACY_MODES}")
         need(self.target_epsilon >= 0, "target_epsilon", "must be >= 0 (0 = use noise-multiplier as given)")
         need(0 <= self.delta < 1, "delta", "must be in [0, 1) (0 = 0.1 / number of users)")

@@ -14,7 +14,7 @@ from common.aggregation import ServerOptimizer
 from common.config import Config, config_from_mapping
 from common.datasets import load_cached, resolve_dataset
 from common.federated import poisson_sample, training_members
-from common.model import ITEM_NAMES, ModelShape, init_shared
+from common.model import ModelShape, init_shared
 from common.params import from_record, to_record
 from common.report import format_round, write_rounds_csv
 from server.content import content_vectors
@@ -56,8 +56,7 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
               + f", noise multiplier {z:.4f}, Poisson sampling q = {cfg.sample_rate}, delta = {delta:.3g}", flush=True)
     strategy = UserFedAvg(
         content=to_record({"item-vectors": item_h}),
-        optimizer=ServerOptimizer(cfg.server_optimizer, cfg.server_lr, eps=cfg.server_adam_eps, overrides={
-            k: ("sgd", cfg.server_item_lr) for k in ITEM_NAMES} if cfg.server_item_lr > 0 else {}),
+        optimizer=ServerOptimizer(cfg.server_optimizer, cfg.server_lr, eps=cfg.server_adam_eps),
         sample_rate=cfg.sample_rate, seed=cfg.seed, eval_every=cfg.eval_every, num_rounds=cfg.num_rounds,
         on_round=lambda row: print(format_round(row, cfg.num_rounds, cfg.top_k), flush=True),
         dp=dp, select_key=f"val-hr@{cfg.top_k}",
@@ -116,6 +115,7 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
             dp.ledger.write_csv(run_dir / "privacy_ledger.csv")
             privacy["ledger"] = str(run_dir / "privacy_ledger.csv")
         write_rounds_csv(rows, run_dir / "rounds.csv")
+        np.save(run_dir / "item_vectors.npy", item_h)  # h(c) of the public catalogue, for scoring and the audit
         if out["final_arrays"] is not None:  # the selected global model (shared parameters only)
             np.savez(run_dir / "global_model.npz", **{k.replace("/", "."): v for k, v in out["final_arrays"].items()})
         (run_dir / "federated.json").write_text(json.dumps(

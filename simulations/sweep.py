@@ -136,12 +136,10 @@ def audit_run(cfg: Config, run_dir: Path, audit_users: int) -> tuple[float, int,
     from common.audit import membership_auc, user_losses
     from common.datasets import load_cached, resolve_dataset
     from common.federated import UserStore, training_members
-    from server.content import content_vectors
-
     ds = load_cached(str(resolve_dataset(cfg)))
     with np.load(run_dir / "global_model.npz") as f:
         params = {k.replace(".", "/"): f[k] for k in f.files}
-    item_h = content_vectors(cfg, ds.item_texts)
+    item_h = np.load(run_dir / "item_vectors.npy")  # the server's content encoding of this run
     members = training_members(np.asarray(ds.user_ids).astype(str), cfg.audit_fraction, cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     m_users = np.flatnonzero(members)

@@ -49,13 +49,18 @@ def test_simulate_writes_the_run_directory(small_synthetic, tmp_path):
     assert "round   2/2" in res.stdout
 
 
-def test_local_plus_central_dp_run_reports_both_guarantees(small_synthetic, tmp_path):
-    out = tmp_path / "ldp"
-    res = _fedctx("simulate", "--data", str(small_synthetic), "--no-baselines", *SMALL, "--set", "num-rounds=2",
-                  "--set", "privacy=local+central", "--set", "item-embedding=false", "--set", "target-epsilon=8",
-                  "--set", "sample-rate=0.5", "--set", "local-noise-multiplier=1.5", "--out", str(out))
+def _private_run(data: Path, out: Path, *settings: str) -> dict:
+    """`fedctx simulate` without baselines and with the given settings; returns summary.json's privacy block."""
+    sets = [x for s in settings for x in ("--set", s)]
+    res = _fedctx("simulate", "--data", str(data), "--no-baselines", *SMALL, *sets, "--out", str(out))
     assert res.returncode == 0, res.stderr[-3000:]
-    privacy = json.loads((out / "summary.json").read_text())["privacy"]
+    return json.loads((out / "summary.json").read_text())["privacy"]
+
+
+def test_local_plus_central_dp_run_reports_both_guarantees(small_synthetic, tmp_path):
+    privacy = _private_run(small_synthetic, tmp_path / "ldp", "num-rounds=2", "privacy=local+central",
+                           "item-embedding=false", "target-epsilon=8", "sample-rate=0.5",
+                           "local-noise-multiplier=1.5")
     assert privacy["unit"] == "user" and 0 < privacy["epsilon"] <= 8.0
     local = privacy["local"]
     assert local["unit"] == "example" and local["noise_multiplier"] == 1.5 and local["clients"] == 24
@@ -68,11 +73,8 @@ def test_local_plus_central_dp_run_reports_both_guarantees(small_synthetic, tmp_
 
 def test_central_dp_run_reports_its_guarantee(small_synthetic, tmp_path):
     out = tmp_path / "dp"
-    res = _fedctx("simulate", "--data", str(small_synthetic), "--no-baselines", *SMALL, "--set", "num-rounds=3",
-                  "--set", "privacy=central", "--set", "target-epsilon=4", "--set", "sample-rate=0.5",
-                  "--set", "adaptive-clip=true", "--set", "clip-norm=1.0", "--out", str(out))
-    assert res.returncode == 0, res.stderr[-3000:]
-    privacy = json.loads((out / "summary.json").read_text())["privacy"]
+    privacy = _private_run(small_synthetic, out, "num-rounds=3", "privacy=central", "target-epsilon=4",
+                           "sample-rate=0.5", "adaptive-clip=true", "clip-norm=1.0")
     assert privacy["unit"] == "user" and privacy["sampling"] == {"scheme": "poisson", "q": 0.5}
     assert privacy["rounds"] == 3 and 0 < privacy["epsilon"] <= 4.0
     # adaptive clipping: every update norm is far below C = 1, so C shrinks toward the median norm;
