@@ -10,6 +10,7 @@ the users' data outside the privacy accounting.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -87,6 +88,15 @@ def _floats(name: str, value: Any) -> tuple[float, ...]:
         raise ConfigError(f"{name}: must be a list of numbers (e.g. 0.5,1,inf). Found {value!r}.") from None
 
 
+#: [sweep] keys (also accepted by --set): SweepPlan field and parser.
+_PLAN_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "epsilons": ("epsilons", lambda v: _floats("epsilons", v)),
+    "seeds": ("seeds", lambda v: tuple(int(x) for x in _floats("seeds", v))),
+    "audit-users": ("audit_users", int),
+    "local-noise": ("local_noise", lambda v: () if v in ("", [], "none") else _floats("local-noise", v)),
+}
+
+
 def sweep_config(config_file: Path | None, sets: Mapping[str, str], data: str | None = None
                  ) -> tuple[Config, SweepPlan]:
     """Base config and plan: SWEEP_DEFAULTS < the file's settings < --set.
@@ -104,28 +114,16 @@ def sweep_config(config_file: Path | None, sets: Mapping[str, str], data: str | 
         plan_values = dict(doc.pop("sweep", {}))
         values.update(doc)
     values.update(sets)
-    for key in ("epsilons", "seeds", "audit-users", "local-noise"):
+    for key in _PLAN_KEYS:
         if key in values:
             plan_values[key] = values.pop(key)
     if data is not None:
         values["data"] = data
     base = config_from_mapping(values)
-    plan = SweepPlan()
-    if "epsilons" in plan_values:
-        plan = SweepPlan(_floats("epsilons", plan_values["epsilons"]), plan.seeds, plan.audit_users, plan.local_noise)
-    if "seeds" in plan_values:
-        plan = SweepPlan(plan.epsilons, tuple(int(s) for s in _floats("seeds", plan_values["seeds"])),
-                         plan.audit_users, plan.local_noise)
-    if "audit-users" in plan_values:
-        plan = SweepPlan(plan.epsilons, plan.seeds, int(plan_values["audit-users"]), plan.local_noise)
-    if "local-noise" in plan_values:
-        value = plan_values["local-noise"]
-        noise = () if value in ("", [], "none") else _floats("local-noise", value)
-        plan = SweepPlan(plan.epsilons, plan.seeds, plan.audit_users, noise)
-    unknown = set(plan_values) - {"epsilons", "seeds", "audit-users", "local-noise"}
+    unknown = set(plan_values) - set(_PLAN_KEYS)
     if unknown:
-        raise ConfigError(f"[sweep]: unknown keys {sorted(unknown)}. Known: epsilons, seeds, audit-users, "
-                          f"local-noise.")
+        raise ConfigError(f"[sweep]: unknown keys {sorted(unknown)}. Known: {', '.join(_PLAN_KEYS)}.")
+    plan = dataclasses.replace(SweepPlan(), **{_PLAN_KEYS[k][0]: _PLAN_KEYS[k][1](v) for k, v in plan_values.items()})
     if base.audit_fraction <= 0:
         raise ConfigError("audit-fraction: the sweep needs held-out users for the membership audit (> 0).")
     return base, plan
