@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import numpy as np
+from scipy import sparse
 
 from common.config import Config
 from common.metrics import hit_and_ndcg, rank_of_target, sample_eval_negatives
@@ -113,45 +114,66 @@ class UserStore:
 class UserUpdates:
     """Per-user change of the shared parameters after local training.
 
-    dense {name: [U, ...]}; rows [U, R] global item index of each item row the user touched
-    (-1 = padding); rows_emb [U, R, dim] and rows_bias [U, R] their change (hybrid model only).
-    loss [U] final local training loss; n_examples [U].
+    dense {name: [U, ...]}. The item rows the users touched, as one flat list of M (user, item) pairs:
+    row_user [M] (0..U-1), rows [M] (global item index), rows_emb [M, dim] and rows_bias [M] their
+    change (hybrid model only; None otherwise). loss [U] local training loss (after the last step; under
+    local DP, of the last step's forward pass); n_examples [U].
+
+    Local DP (hybrid model): each user's item rows still carry Gaussian noise that is drawn (from
+    `noise`) only when an update is materialised by `user_update` or `total`: i.i.d. N(0, s^2) per
+    coordinate with s = untouched_std[u] on every row user u did not touch, and s = touched_std[u]
+    (the last DP-SGD step's noise, which nothing computed on the device afterwards depends on) on the
+    rows it touched.
     """
 
     dense: dict[str, np.ndarray]
+    row_user: np.ndarray
     rows: np.ndarray
     rows_emb: np.ndarray | None
     rows_bias: np.ndarray | None
     loss: np.ndarray
     n_examples: np.ndarray
-    free_noise_std: np.ndarray | None = None   # [U] local DP: noise std of each item row the user did not touch
+    untouched_std: np.ndarray | None = None   # [U] local DP: pending noise std of the rows a user did not touch
+    touched_std: np.ndarray | None = None     # [U] local DP: pending noise std of the rows a user touched
     noise: SecureGaussian | None = None
 
     @property
     def n_users(self) -> int:
-        return len(self.rows)
+        return len(self.loss)
 
-    def _free_noise(self, std_sq_rows: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def pending_noise(self) -> bool:
+        return self.rows_emb is not None and self.untouched_std is not None
+
+    def _row_noise(self, var_rows: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
         """Gaussian noise for the item table [n_items, dim] and biases [n_items], given each row's variance."""
-        std = np.sqrt(np.maximum(std_sq_rows, 0.0))
-        emb = self.noise.normal(1.0, (len(std), dim)) * std[:, None]
-        bias = self.noise.normal(1.0, (len(std),)) * std
-        return emb.astype(np.float32), bias.astype(np.float32)
+        std = np.sqrt(np.maximum(var_rows, 0.0)).astype(np.float32)
+        return self.noise.normal(1.0, (len(std), dim)) * std[:, None], self.noise.normal(1.0, (len(std),)) * std
+
+    def _item_tables(self, shapes: Mapping[str, tuple[int, ...]], w: np.ndarray,
+                     sel: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray]:
+        """sum_u w[u] * (user u's item-table update, pending noise included); sel: the row entries of
+        the users with w[u] != 0."""
+        n_items, dim = shapes["items/embedding"]
+        rows, wr = self.rows[sel], w[self.row_user[sel]]
+        if self.pending_noise:  # independent Gaussians: their weighted sum is one Gaussian with the summed variance
+            var = np.full(n_items, np.sum((w.astype(np.float64) * self.untouched_std) ** 2))
+            change = (self.untouched_std ** 2 - self.touched_std ** 2)[self.row_user[sel]] * wr.astype(np.float64) ** 2
+            var -= np.bincount(rows, weights=change, minlength=n_items)
+            emb, bias = self._row_noise(var, dim)
+        else:
+            emb, bias = np.zeros((n_items, dim), np.float32), np.zeros(n_items, np.float32)
+        to_items = sparse.csr_matrix((wr, (rows, np.arange(len(rows)))), shape=(n_items, len(rows)))  # [n_items, M]
+        return emb + to_items @ self.rows_emb[sel], bias + to_items @ self.rows_bias[sel]
 
     def user_update(self, u: int, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
         """The whole shared-parameter update of user u, as dense arrays of the full shapes."""
         out = {k: self.dense[k][u].copy() for k in DENSE_NAMES}
         if self.rows_emb is not None:
-            real = self.rows[u] >= 0
-            emb = np.zeros(shapes["items/embedding"], np.float32)
-            bias = np.zeros(shapes["items/bias"], np.float32)
-            if self.free_noise_std is not None:  # local DP: the rows the user did not touch are noised too
-                var = np.full(len(bias), self.free_noise_std[u] ** 2)
-                var[self.rows[u][real]] = 0.0
-                emb, bias = self._free_noise(var, emb.shape[1])
-            emb[self.rows[u][real]] = self.rows_emb[u][real]
-            bias[self.rows[u][real]] = self.rows_bias[u][real]
-            out["items/embedding"], out["items/bias"] = emb, bias
+            w = np.zeros(self.n_users, np.float32)
+            w[u] = 1.0
+            sel = np.flatnonzero(self.row_user == u)
+            out["items/embedding"], out["items/bias"] = self._item_tables(shapes, w, sel)
         return out
 
     def total(self, shapes: Mapping[str, tuple[int, ...]], scale: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -159,28 +181,18 @@ class UserUpdates:
         w = np.ones(self.n_users, np.float32) if scale is None else np.asarray(scale, np.float32)
         out = {k: np.tensordot(w, self.dense[k], axes=1) for k in DENSE_NAMES}
         if self.rows_emb is not None:
-            real = self.rows >= 0
-            emb = np.zeros(shapes["items/embedding"], np.float32)
-            bias = np.zeros(shapes["items/bias"], np.float32)
-            if self.free_noise_std is not None:
-                # local DP: every user's untouched rows carry N(0, std_u^2) noise; their sum over users is
-                # one Gaussian per row with the summed variance (exact in distribution)
-                var_u = (w * self.free_noise_std) ** 2
-                var = np.full(len(bias), var_u.sum())
-                users = np.broadcast_to(np.arange(self.n_users)[:, None], self.rows.shape)[real]
-                np.subtract.at(var, self.rows[real], var_u[users])
-                emb, bias = self._free_noise(var, emb.shape[1])
-            np.add.at(emb, self.rows[real], (self.rows_emb * w[:, None, None])[real])
-            np.add.at(bias, self.rows[real], (self.rows_bias * w[:, None])[real])
-            out["items/embedding"], out["items/bias"] = emb, bias
+            out["items/embedding"], out["items/bias"] = self._item_tables(shapes, w, slice(None))
         return out
 
     def norms(self) -> np.ndarray:
-        """L2 norm [U] of each user's whole shared-parameter update."""
+        """L2 norm [U] of each user's whole shared-parameter update (without pending noise: none allowed)."""
+        if self.pending_noise:
+            raise ValueError("norms: a local-DP update of the item table still has pending noise; "
+                             "per-user clipping needs item-embedding=false (see Config).")
         sq = sum(np.square(v.reshape(len(v), -1)).sum(axis=1) for v in self.dense.values())
         if self.rows_emb is not None:
-            real = (self.rows >= 0).astype(np.float32)
-            sq = sq + (np.square(self.rows_emb).sum(-1) * real).sum(1) + (np.square(self.rows_bias) * real).sum(1)
+            per_row = np.square(self.rows_emb).sum(-1) + np.square(self.rows_bias)
+            sq = sq + np.bincount(self.row_user, weights=per_row, minlength=self.n_users)
         return np.sqrt(sq)
 
 
@@ -241,7 +253,7 @@ def user_updates(params: Mapping[str, np.ndarray], theta: np.ndarray, store: Use
     new_theta = np.array(theta, np.float32, copy=True)
     U = len(users)
     dense_out = {k: np.zeros((U,) + np.shape(params[k]), np.float32) for k in DENSE_NAMES}
-    row_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]] = []
+    row_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]] = []  # flat (user, row)
     loss = np.zeros(U, np.float32)
     K = cfg.negatives
     for group in _chunks(sizes, max_cells):
@@ -284,18 +296,16 @@ def user_updates(params: Mapping[str, np.ndarray], theta: np.ndarray, store: Use
         if local_dp:
             steps = cfg.local_steps
             shapes = {k: (steps, G) + np.shape(params[k]) for k in trainable_dense(cfg.loss)}
-            if hybrid:
-                shapes["items/embedding"], shapes["items/bias"] = (steps, G, R, dim), (steps, G, R)
+            if hybrid:  # the last step's row noise stays pending (UserUpdates draws it, summed over users)
+                shapes["items/embedding"], shapes["items/bias"] = (steps - 1, G, R, dim), (steps - 1, G, R)
             if cfg.local_dp_theta:
                 shapes["theta"] = (steps, G, dim)
-            d1, th1, emb1, bias1 = dp_local_train(
+            d1, th1, emb1, bias1, loss[group] = dp_local_train(
                 dense0, new_theta[group], emb0, bias0, rows_h, ctx, cand, ex_mask,
-                {k: noise.normal(1.0, v).astype(np.float32) for k, v in shapes.items()}, steps=steps,
+                {k: noise.normal(1.0, v) for k, v in shapes.items()}, steps=steps,
                 lr=cfg.local_lr, theta_lr=cfg.theta_lr, l2=cfg.l2, clip=cfg.local_clip_norm,
                 noise_std=cfg.local_noise_multiplier * cfg.local_clip_norm, dp_theta=cfg.local_dp_theta,
                 loss=cfg.loss)
-            *_, loss[group] = local_train(d1, th1, emb1, bias1, rows_h, row_mask, ctx, cand, ex_mask, steps=0,
-                                          lr=0.0, theta_lr=0.0, l2=cfg.l2, loss=cfg.loss)
         else:
             d1, th1, emb1, bias1, loss[group] = local_train(
                 dense0, new_theta[group], emb0, bias0, rows_h, row_mask, ctx, cand, ex_mask,
@@ -304,25 +314,24 @@ def user_updates(params: Mapping[str, np.ndarray], theta: np.ndarray, store: Use
         for k in DENSE_NAMES:
             dense_out[k][group] = d1[k] - dense0[k]
         new_theta[group] = th1
-        if hybrid:
-            row_parts.append((group, rows, (emb1 - emb0) * row_mask[..., None], (bias1 - bias0) * row_mask))
-        else:
-            row_parts.append((group, rows, None, None))
-    R_all = max((p[1].shape[1] for p in row_parts), default=0)
-    rows_all = np.full((U, R_all), -1, np.int64)
-    emb_all = np.zeros((U, R_all, dim), np.float32) if hybrid else None
-    bias_all = np.zeros((U, R_all), np.float32) if hybrid else None
-    for group, rows, emb, bias in row_parts:
-        rows_all[group, : rows.shape[1]] = rows
-        if hybrid:
-            emb_all[group, : rows.shape[1]] = emb
-            bias_all[group, : rows.shape[1]] = bias
-    free_std = None
-    if local_dp and hybrid:  # the SGD update of an untouched row is -lr * sum_t noise_t / n
-        free_std = (np.sqrt(cfg.local_steps) * cfg.local_lr * cfg.local_noise_multiplier * cfg.local_clip_norm
+        real = rows >= 0
+        row_parts.append((np.broadcast_to(group[:, None], rows.shape)[real], rows[real],
+                          (emb1 - emb0)[real] if hybrid else None, (bias1 - bias0)[real] if hybrid else None))
+
+    def cat(i: int, empty: np.ndarray) -> np.ndarray:
+        return np.concatenate([p[i] for p in row_parts]) if row_parts else empty
+
+    row_user, rows_flat = cat(0, np.zeros(0, np.int64)), cat(1, np.zeros(0, np.int64))
+    emb_flat = cat(2, np.zeros((0, dim), np.float32)) if hybrid else None
+    bias_flat = cat(3, np.zeros(0, np.float32)) if hybrid else None
+    untouched = touched = None
+    if local_dp and hybrid:  # one DP-SGD step moves a row by -lr * noise / n; untouched rows by every step's
+        per_step = (cfg.local_lr * cfg.local_noise_multiplier * cfg.local_clip_norm
                     / np.maximum(sizes, 1)).astype(np.float64)
-    updates = UserUpdates(dense=dense_out, rows=rows_all, rows_emb=emb_all, rows_bias=bias_all,
-                          loss=loss, n_examples=sizes.astype(np.int64), free_noise_std=free_std, noise=noise)
+        untouched, touched = np.sqrt(cfg.local_steps) * per_step, per_step
+    updates = UserUpdates(dense=dense_out, row_user=row_user, rows=rows_flat, rows_emb=emb_flat, rows_bias=bias_flat,
+                          loss=loss, n_examples=sizes.astype(np.int64), untouched_std=untouched,
+                          touched_std=touched, noise=noise)
     return updates, new_theta
 
 

@@ -304,6 +304,7 @@ def _dp_local_train_tf(dense, theta, rows_emb, rows_bias, rows_h, ctx, cand, ex_
             if hybrid:  # the candidate rows' L2 penalty belongs to the example (clipped with it)
                 per_ex += l2 * (tf.reduce_sum(tf.square(emb_ex), [1, 2]) + tf.reduce_sum(tf.square(bias_ex), 1))
             total = tf.reduce_sum(per_ex * flat_mask)
+        step_loss = tf.reduce_sum(tf.reshape(per_ex * flat_mask, [G, L]), axis=1) / n  # [G] mean example loss
         grads = tape.gradient(total, watched)
         clipped = grads if dp_theta else [g for i, g in enumerate(grads) if i != len(train_names)]
         sq = tf.add_n([tf.reduce_sum(tf.reshape(tf.square(g), [G * L, -1]), 1) for g in clipped])
@@ -314,9 +315,9 @@ def _dp_local_train_tf(dense, theta, rows_emb, rows_bias, rows_h, ctx, cand, ex_
             g = g * tf.reshape(w, tf.concat([[-1], tf.ones([tf.rank(g) - 1], tf.int32)], 0))
             return tf.reduce_sum(tf.reshape(g, tf.concat([[G, L], tf.shape(g)[1:]], 0)), axis=1)
 
-        def step(v, g_sum, z, size):
-            g_mean = (g_sum + noise_std * z) / tf.reshape(n, tf.concat([[-1], tf.ones([tf.rank(v) - 1], tf.int32)], 0))
-            return v - size * g_mean
+        def step(v, g_sum, z, size):  # z None: this step's noise is left to the caller
+            g_sum = g_sum if z is None else g_sum + noise_std * z
+            return v - size * g_sum / tf.reshape(n, tf.concat([[-1], tf.ones([tf.rank(v) - 1], tf.int32)], 0))
 
         new_dense = dict(dense)
         for i, k in enumerate(train_names):
@@ -331,10 +332,13 @@ def _dp_local_train_tf(dense, theta, rows_emb, rows_bias, rows_h, ctx, cand, ex_
             w = tf.reshape(factor, [G * L, 1])
             e_sum = tf.math.unsorted_segment_sum(tf.reshape(g_emb * w[..., None], [G * L * C, -1]), seg, G * R)
             b_sum = tf.math.unsorted_segment_sum(tf.reshape(g_bias * w, [-1]), seg, G * R)
-            rows_emb = step(rows_emb, tf.reshape(e_sum, tf.shape(rows_emb)), noise["items/embedding"][t], lr)
-            rows_bias = step(rows_bias, tf.reshape(b_sum, tf.shape(rows_bias)), noise["items/bias"][t], lr)
+            noisy = t < noise["items/embedding"].shape[0]
+            rows_emb = step(rows_emb, tf.reshape(e_sum, tf.shape(rows_emb)),
+                            noise["items/embedding"][t] if noisy else None, lr)
+            rows_bias = step(rows_bias, tf.reshape(b_sum, tf.shape(rows_bias)), noise["items/bias"][t] if noisy else None,
+                             lr)
         dense = new_dense
-    return dense, theta, rows_emb, rows_bias
+    return dense, theta, rows_emb, rows_bias, step_loss
 
 
 def dp_local_train(dense: Mapping[str, np.ndarray], theta: np.ndarray, rows_emb: np.ndarray | None,
@@ -346,14 +350,19 @@ def dp_local_train(dense: Mapping[str, np.ndarray], theta: np.ndarray, rows_emb:
 
     Every example's candidates must be distinct item rows (so a clipped example moves each row once).
     noise: standard normals per step, {name: [steps, G, ...]} for each trained dense parameter,
-    "items/embedding" [steps, G, R, dim] and "items/bias" [steps, G, R] (hybrid), "theta" (dp_theta).
-    Returns (dense, theta, rows_emb | None, rows_bias | None).
+    "items/embedding" [S, G, R, dim] and "items/bias" [S, G, R] (hybrid), "theta" (dp_theta). The item
+    rows get noise in the first S steps only: S = steps - 1 leaves the last step's row noise to the caller
+    (exact: nothing computed here depends on it; `common.federated` draws it summed over users).
+    Returns (dense, theta, rows_emb | None, rows_bias | None, loss [G]); loss is the mean example loss
+    of the last step's forward pass (before its update; steps=0 is not allowed).
     """
+    if steps < 1:
+        raise ValueError(f"steps: must be >= 1. Found {steps}.")
     hybrid = rows_emb is not None
     G, R = rows_h.shape[:2]
     emb = rows_emb if hybrid else np.zeros((G, R, theta.shape[1]), np.float32)
     bias = rows_bias if hybrid else np.zeros((G, R), np.float32)
-    d, th, e, b = _dp_local_train_tf(
+    d, th, e, b, loss_g = _dp_local_train_tf(
         {k: tf.constant(v, tf.float32) for k, v in dense.items()}, tf.constant(theta, tf.float32),
         tf.constant(emb, tf.float32), tf.constant(bias, tf.float32), tf.constant(rows_h, tf.float32),
         tf.constant(ctx, tf.float32), tf.constant(cand, tf.int32), tf.constant(ex_mask, tf.float32),
@@ -361,7 +370,7 @@ def dp_local_train(dense: Mapping[str, np.ndarray], theta: np.ndarray, rows_emb:
         tf.constant(theta_lr, tf.float32), tf.constant(l2, tf.float32), tf.constant(clip, tf.float32),
         tf.constant(noise_std, tf.float32), hybrid, bool(dp_theta), loss)
     return ({k: v.numpy() for k, v in d.items()}, th.numpy(),
-            e.numpy() if hybrid else None, b.numpy() if hybrid else None)
+            e.numpy() if hybrid else None, b.numpy() if hybrid else None, loss_g.numpy())
 
 
 def warm_start_theta(phi_history: np.ndarray, age_days: np.ndarray, half_life_days: float) -> np.ndarray:

@@ -100,7 +100,7 @@ def test_total_is_sum_of_user_updates(setup):
     np.testing.assert_allclose(upd.norms(), norms, rtol=1e-4)
     # an item row changes only for items the user's examples touched
     for u in range(3):
-        touched = set(upd.rows[u][upd.rows[u] >= 0].tolist())
+        touched = set(upd.rows[upd.row_user == u].tolist())
         changed = set(np.flatnonzero(np.abs(by_user[u]["items/embedding"]).sum(1) > 0).tolist())
         assert changed <= touched and set(store.history(u).tolist()) <= touched
     assert not np.allclose(new_theta, theta)
@@ -237,6 +237,32 @@ def test_local_dp_update_hides_which_items_a_user_touched(setup):
     plain = from_record(train_reply(node_for(_context(cfg, 0, ds.n_users)), _content(params, item_h, 1))
                         .array_records["update"])["items/embedding"]
     assert (np.abs(plain).sum(axis=1) > 0).sum() <= n * (1 + cfg.negatives)
+
+
+def test_pending_local_dp_row_noise_has_the_variance_of_each_users_steps():
+    """Untouched rows carry every DP-SGD step's noise, touched rows the last step's; summed over
+    (weighted) users, each row's noise variance is sum_u w_u^2 s_u(row)^2."""
+    from common.federated import UserUpdates
+    from common.privacy import SecureGaussian
+
+    n_items, dim = 2000, 60
+    rows = [np.arange(0, 500), np.arange(250, 750)]  # user 0 and user 1 touched these rows
+    upd = UserUpdates(dense={k: np.zeros((2, 1), np.float32) for k in DENSE_NAMES},
+                      row_user=np.concatenate([np.full(500, 0), np.full(500, 1)]), rows=np.concatenate(rows),
+                      rows_emb=np.zeros((1000, dim), np.float32), rows_bias=np.zeros(1000, np.float32),
+                      loss=np.zeros(2, np.float32), n_examples=np.array([3, 5]),
+                      untouched_std=np.array([0.3, 0.5]), touched_std=np.array([0.1, 0.2]), noise=SecureGaussian(3))
+    shapes = {"items/embedding": (n_items, dim), "items/bias": (n_items,)}
+    w = np.array([1.0, 0.5])
+    emb = upd.total(shapes, w)["items/embedding"]
+    expected = {(0, 250): 0.1 ** 2 + (0.5 * 0.5) ** 2, (250, 500): 0.1 ** 2 + (0.5 * 0.2) ** 2,
+                (500, 750): 0.3 ** 2 + (0.5 * 0.2) ** 2, (750, n_items): 0.3 ** 2 + (0.5 * 0.5) ** 2}
+    for (a, b), var in expected.items():  # >= 15,000 coordinates each: std within 2.5 %
+        assert abs(emb[a:b].std() / np.sqrt(var) - 1) < 0.025, (a, b)
+    one = upd.user_update(1, shapes)["items/embedding"]
+    assert abs(one[250:750].std() / 0.2 - 1) < 0.03 and abs(one[750:].std() / 0.5 - 1) < 0.03
+    with pytest.raises(ValueError, match="pending noise"):
+        upd.norms()
 
 
 def test_evaluating_a_subset_of_users_equals_their_rows_of_the_full_evaluation(setup, small_synthetic):

@@ -55,6 +55,8 @@ def test_one_step_equals_tensorflow_privacy_dp_sgd():
 
     opt = DPKerasSGDOptimizer(l2_norm_clip=clip, noise_multiplier=0.0, num_microbatches=L, learning_rate=lr)
     var_list = [variables[k] for k in names] + [emb, bias]
+    # the reported loss is the mean example loss of the (last) step's forward pass
+    np.testing.assert_allclose(ours[4], [per_example_loss().numpy().mean()], rtol=1e-5)
     opt.minimize(per_example_loss, var_list=var_list)
     for k in names:
         np.testing.assert_allclose(ours[0][k], variables[k].numpy(), rtol=1e-4, atol=1e-6)
