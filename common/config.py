@@ -89,6 +89,10 @@ class Config:
     eval_negatives: int = 99         # sampled protocol: 1 held-out item vs this many sampled negatives
     eval_every: int = 1              # evaluate every n rounds (the last round is always evaluated)
 
+    # checkpoints
+    checkpoint_every: int = 10       # write run-dir/checkpoint.npz every n rounds and after the last (0 = never)
+    resume: bool = False             # go on from run-dir/checkpoint.npz (same settings; num-rounds may grow)
+
     def __post_init__(self) -> None:
         def need(ok: bool, name: str, rule: str) -> None:
             if not ok:
@@ -144,6 +148,9 @@ class Config:
         need(self.top_k >= 1, "top_k", "must be >= 1")
         need(self.eval_negatives >= 1, "eval_negatives", "must be >= 1")
         need(self.eval_every >= 1, "eval_every", "must be >= 1")
+        need(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0 (0 = no checkpoints)")
+        need(not (self.resume and not self.run_dir), "resume",
+             "needs run-dir: the directory of the run to go on with (its checkpoint.npz)")
 
     def to_flwr(self) -> dict[str, Any]:
         """Flat kebab-case mapping, as in `[tool.flwr.app.config]`."""

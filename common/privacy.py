@@ -434,11 +434,13 @@ class PrivacyLedger:
         return [asdict(r) for r in self.records]
 
     def write_csv(self, path) -> None:
-        """Write to_rows() as CSV (header always written)."""
-        with open(path, "w", newline="") as f:
+        """Write to_rows() as CSV (header always written), atomically: beside path, then renamed."""
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(RoundRecord)])
             w.writeheader()
             w.writerows(self.to_rows())
+        os.replace(tmp, path)
 
     def statement(self, unit: str = "user") -> str:
         """One readable sentence stating the guarantee of the recorded rounds (epsilon rounded up)."""

@@ -11,15 +11,16 @@ from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.aggregation import ServerOptimizer
-from common.config import Config, config_from_mapping
+from common.config import Config, ConfigError, config_from_mapping
 from common.datasets import load_cached, resolve_dataset
 from common.federated import poisson_sample, training_members
 from common.model import ModelShape, init_shared
 from common.params import from_record, to_record
 from common.report import format_round, write_rounds_csv
+from common.privacy import PrivacyLedger, RoundRecord, SecureGaussian, calibrate_noise, local_report
+from server.checkpoint import CHECKPOINT_FILE, ServerState, check_resumable, load_checkpoint, save_checkpoint
 from server.content import content_vectors
 from server.strategy import AdaptiveClip, CentralDP, UserFedAvg
-from common.privacy import PrivacyLedger, calibrate_noise, local_report
 
 __all__ = ["app", "run_federated"]
 
@@ -27,15 +28,25 @@ app = ServerApp()
 
 
 def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
-    """Run cfg.num_rounds rounds; write rounds.csv and federated.json into run_dir; return the result."""
+    """Run cfg.num_rounds rounds (with cfg.resume: the rounds after run_dir's checkpoint); write rounds.csv,
+    federated.json and the checkpoint into run_dir; return the result."""
     t_start = time.perf_counter()
+    checkpoint = run_dir / CHECKPOINT_FILE if run_dir is not None else None
+    state = None
+    if cfg.resume:
+        if checkpoint is None:
+            raise ConfigError("resume: needs run-dir, the directory of the run to go on with.")
+        state = load_checkpoint(checkpoint)
+        check_resumable(state, cfg, checkpoint)
+        print(f"resume: {checkpoint} at round {state.round}; rounds {state.round + 1}-{cfg.num_rounds} to go",
+              flush=True)
     ds = load_cached(str(resolve_dataset(cfg)))  # the server uses the public catalogue and context schema only
     t0 = time.perf_counter()
     item_h = content_vectors(cfg, ds.item_texts)
     content_seconds = time.perf_counter() - t0
     shape = ModelShape(n_items=ds.n_items, text_dim=cfg.text_dim, dim=cfg.dim,
                        context_dim=ds.context_dim if cfg.use_context else 0, item_embedding=cfg.item_embedding)
-    params = init_shared(shape, cfg.seed)
+    params = state.params if state else init_shared(shape, cfg.seed)
     n_members = int(training_members(np.asarray(ds.user_ids).astype(str), cfg.audit_fraction, cfg.seed).sum())
     held_out = f" ({ds.n_users - n_members} held out for the membership audit)" if n_members < ds.n_users else ""
     print(f"federated: {len(list(grid.get_node_ids()))} nodes, {n_members} training users{held_out}, "
@@ -45,23 +56,42 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
         delta = cfg.delta or 0.1 / n_members
         z = (calibrate_noise(cfg.target_epsilon, cfg.sample_rate, cfg.num_rounds, delta, cfg.accountant)
              if cfg.target_epsilon > 0 else cfg.noise_multiplier)
+        if state is not None:  # the rounds so far stay in the ledger; z was fixed when the run began
+            z = state.noise_multiplier
         expected = cfg.sample_rate * n_members
         adaptive = AdaptiveClip(cfg.clip_quantile, cfg.clip_lr, cfg.clip_count_stddev or expected / 20.0
                                 ) if cfg.adaptive_clip else None
-        dp = CentralDP(clip_norm=cfg.clip_norm, noise_multiplier=z, denominator=expected,
-                       ledger=PrivacyLedger(delta=delta, accountant=cfg.accountant), adaptive=adaptive)
+        ledger = PrivacyLedger(delta=delta, accountant=cfg.accountant,
+                               records=[RoundRecord(**r) for r in state.ledger] if state else [])
+        dp = CentralDP(clip_norm=state.clip_norm if state else cfg.clip_norm, noise_multiplier=z,
+                       denominator=expected, ledger=ledger, adaptive=adaptive)
         _ = dp.sum_noise_multiplier  # fails early, with the fix, if the count noise is too small
         print(f"privacy: user-level DP-FedAvg, clip norm {cfg.clip_norm}"
               + (f" (adaptive, target quantile {cfg.clip_quantile})" if adaptive else "")
               + f", noise multiplier {z:.4f}, Poisson sampling q = {cfg.sample_rate}, delta = {delta:.3g}", flush=True)
+
+    def write_checkpoint(round_: int) -> None:
+        save_checkpoint(checkpoint, ServerState(
+            round=round_, params=strategy.latest, optimizer=strategy.optimizer, config=cfg.to_flwr(),
+            rows=strategy.log.rows, ledger=dp.ledger.to_rows() if dp else [], clip_norm=dp.clip_norm if dp else None,
+            noise_multiplier=dp.noise_multiplier if dp else None, best=strategy.best))
+        if dp is not None:
+            dp.ledger.write_csv(run_dir / "privacy_ledger.csv")
+
     strategy = UserFedAvg(
         content=to_record({"item-vectors": item_h}),
-        optimizer=ServerOptimizer(cfg.server_optimizer, cfg.server_lr, eps=cfg.server_adam_eps),
+        optimizer=state.optimizer if state else ServerOptimizer(cfg.server_optimizer, cfg.server_lr,
+                                                                eps=cfg.server_adam_eps),
         sample_rate=cfg.sample_rate, seed=cfg.seed, eval_every=cfg.eval_every, num_rounds=cfg.num_rounds,
         on_round=lambda row: print(format_round(row, cfg.num_rounds, cfg.top_k), flush=True),
-        dp=dp, select_key=f"val-hr@{cfg.top_k}",
+        dp=dp, select_key=f"val-hr@{cfg.top_k}", round_offset=state.round if state else 0,
+        checkpoint_every=cfg.checkpoint_every if checkpoint is not None else 0, on_checkpoint=write_checkpoint,
     )
-    result = strategy.start(grid=grid, initial_arrays=to_record(params), num_rounds=cfg.num_rounds,
+    if state is not None:
+        strategy.log.rows = list(state.rows)
+        strategy.best = state.best
+    result = strategy.start(grid=grid, initial_arrays=to_record(params),
+                            num_rounds=cfg.num_rounds - (state.round if state else 0),
                             train_config=ConfigRecord({}), evaluate_config=ConfigRecord({}))
     rows = strategy.log.rows
     k = cfg.top_k
@@ -88,7 +118,7 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
             "accountant": f"{dp.ledger.accountant} (dp-accounting)", "noise_multiplier": dp.noise_multiplier,
             "clip_norm": dp.clip_norm, "sampling": {"scheme": "poisson", "q": cfg.sample_rate},
             "rounds": len(dp.ledger.records), "statement": dp.ledger.statement("user"),
-            "noise_source": "os.urandom" if dp.noise.secure else "seeded (tests only)",
+            "noise_source": repr(dp.noise),
         }
         if dp.adaptive is not None:
             privacy["clip_norm"] = cfg.clip_norm
@@ -105,7 +135,7 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
                      for r in range(1, cfg.num_rounds + 1))
         local = local_report(counts[members], cfg.local_noise_multiplier, cfg.local_steps, cfg.local_delta,
                              cfg.local_clip_norm, cfg.accountant, cfg.local_dp_theta)
-        local["noise_source"] = "os.urandom"
+        local["noise_source"] = repr(SecureGaussian())
         print(f"privacy: {local['statement']}", flush=True)
         privacy = {**privacy, "local": local} if privacy else local
     out["privacy"] = privacy
@@ -114,6 +144,8 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
         if dp is not None:
             dp.ledger.write_csv(run_dir / "privacy_ledger.csv")
             privacy["ledger"] = str(run_dir / "privacy_ledger.csv")
+        if checkpoint is not None and checkpoint.is_file():
+            out["checkpoint"] = str(checkpoint)
         write_rounds_csv(rows, run_dir / "rounds.csv")
         np.save(run_dir / "item_vectors.npy", item_h)  # h(c) of the public catalogue, for scoring and the audit
         if out["final_arrays"] is not None:  # the selected global model (shared parameters only)

@@ -68,13 +68,17 @@ class RoundLog:
 class UserFedAvg(FedAvg):
     """FedAvg over users, not nodes; see the module docstring.
 
-    content: public item vectors h(c), sent with the first training round.
+    content: public item vectors h(c), sent with the first training round (of this process).
     on_round(row): called after each round's evaluation with the round's scalars.
+    num_rounds: rounds of the whole run; round_offset: rounds already done (a resumed run), so Flower's
+    round r is the run's round r + round_offset (the nodes' sampling and the ledger use the latter).
+    on_checkpoint(round): called after every checkpoint_every-th round and the last one (0 = never).
     """
 
     def __init__(self, *, content: ArrayRecord, optimizer: ServerOptimizer, sample_rate: float, seed: int,
                  eval_every: int, num_rounds: int, on_round: Callable[[dict], None] | None = None,
-                 dp: CentralDP | None = None, select_key: str = "val-hr@10") -> None:
+                 dp: CentralDP | None = None, select_key: str = "val-hr@10", round_offset: int = 0,
+                 checkpoint_every: int = 0, on_checkpoint: Callable[[int], None] | None = None) -> None:
         super().__init__(fraction_train=1.0, fraction_evaluate=1.0, weighted_by_key="num-users")
         self.content = content
         self.optimizer = optimizer
@@ -88,6 +92,10 @@ class UserFedAvg(FedAvg):
         self.log = RoundLog()
         self.select_key = select_key  # the evaluated round with the best value is kept (early stopping)
         self.best: tuple[float, int, dict[str, np.ndarray] | None] = (-np.inf, 0, None)
+        self.round_offset = round_offset
+        self.checkpoint_every = checkpoint_every
+        self.on_checkpoint = on_checkpoint
+        self.latest: dict[str, np.ndarray] | None = None  # the global parameters after the last round
         self._eval_arrays: ArrayRecord | None = None
         self._row: dict[str, float | int] = {}
         self._t0 = time.perf_counter()
@@ -95,18 +103,21 @@ class UserFedAvg(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._t0 = time.perf_counter()
-        self.current = from_record(arrays)
+        first = server_round == 1  # the first round of this process: the nodes need the content
+        server_round += self.round_offset
+        self.current = self.latest = from_record(arrays)
         config["sample-rate"] = float(self.sample_rate)
         config["sampling-seed"] = int(self.seed)
         if self.dp is not None:
             config["clip-norm"] = float(self.dp.clip_norm)  # this round's C (it moves with adaptive clipping)
         messages = list(super().configure_train(server_round, arrays, config, grid))
-        if server_round == 1 and messages:
+        if first and messages:
             messages[0].content["content"] = self.content  # one RecordDict is shared by all messages
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.round_offset
         valid, errors = self._check_and_log_replies(replies, is_train=True, validate=False)
         if errors:
             raise RuntimeError(f"round {server_round}: {len(errors)} node(s) failed: "
@@ -147,11 +158,13 @@ class UserFedAvg(FedAvg):
             total = sum_updates(sums)
             mean = {k: v / users for k, v in total.items()}
         new = self.optimizer.apply(self.current, mean)
+        self.latest = new
         self._row["train-seconds"] = time.perf_counter() - self._t0
         return to_record(new), MetricRecord({"num-users": users, "train-loss": self._row["train-loss"]})
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
+        server_round += self.round_offset
         if server_round % self.eval_every and server_round != self.num_rounds:
             self._finish_round({})
             return []
@@ -176,4 +189,8 @@ class UserFedAvg(FedAvg):
             self.best = (float(score), int(row["round"]), from_record(self._eval_arrays))
         if self.on_round is not None:
             self.on_round(row)
+        r = int(row["round"])
+        if self.on_checkpoint is not None and self.checkpoint_every and (r % self.checkpoint_every == 0
+                                                                         or r == self.num_rounds):
+            self.on_checkpoint(r)
         log(INFO, "round %s done", row.get("round"))

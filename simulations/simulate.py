@@ -110,9 +110,14 @@ def simulate(cfg: Config, num_nodes: int = 2, verbose: bool = False, baselines: 
     t_start = time.perf_counter()
     run_dir = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     run_dir = run_dir.resolve()
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise FileExistsError(f"run directory {run_dir} exists and is not empty. Fix: choose another --out.")
     cfg = cfg.replace(run_dir=str(run_dir))
+    if cfg.resume:  # fail before the simulation starts if the checkpoint is missing or from another run
+        from server.checkpoint import CHECKPOINT_FILE, check_resumable, load_checkpoint
+
+        check_resumable(load_checkpoint(run_dir / CHECKPOINT_FILE), cfg, run_dir / CHECKPOINT_FILE)
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(f"run directory {run_dir} exists and is not empty. Fix: choose another --out, "
+                              f"or --set resume=true to go on from its checkpoint.")
     t0 = time.perf_counter()
     data_path = resolve_dataset(cfg)
     ds = load_cached(str(data_path))

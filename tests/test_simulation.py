@@ -84,12 +84,43 @@ def test_central_dp_run_reports_its_guarantee(small_synthetic, tmp_path):
     with open(out / "rounds.csv") as f:
         clips = [float(r["clip-norm"]) for r in csv.DictReader(f)]
     assert clips[0] == 1.0 and len(clips) == 3
-    assert privacy["delta"] == pytest.approx(0.1 / 24) and privacy["noise_source"] == "os.urandom"
+    assert privacy["delta"] == pytest.approx(0.1 / 24) and privacy["noise_source"] == "SecureGaussian(AES-256-CTR keyed by os.urandom)"
     with open(privacy["ledger"]) as f:
         ledger = list(csv.DictReader(f))
     eps = [float(r["epsilon"]) for r in ledger]
     assert len(ledger) == 3 and eps == sorted(eps) and eps[-1] == pytest.approx(privacy["epsilon"])
     assert "user-level" in privacy["statement"]
+
+
+def test_an_interrupted_central_dp_run_resumes_from_its_checkpoint(small_synthetic, tmp_path):
+    """Stopped after 2 of 4 rounds and resumed, a run continues the rounds, the users' sampling and the
+    privacy ledger exactly where an uninterrupted run is; other settings cannot resume it."""
+    settings = ("privacy=central", "noise-multiplier=1.3", "sample-rate=0.5", "checkpoint-every=1")
+    whole = _private_run(small_synthetic, tmp_path / "whole", "num-rounds=4", *settings)
+    _private_run(small_synthetic, tmp_path / "part", "num-rounds=2", *settings)
+    half = tmp_path / "part" / "checkpoint.npz"
+    from server.checkpoint import load_checkpoint
+
+    assert load_checkpoint(half).round == 2
+    resumed = _private_run(small_synthetic, tmp_path / "part", "num-rounds=4", "resume=true", *settings)
+
+    def ledger(privacy):
+        with open(privacy["ledger"]) as f:
+            return [(int(r["round"]), int(r["users_sampled"]), float(r["epsilon"])) for r in csv.DictReader(f)]
+
+    assert [r[:2] for r in ledger(resumed)] == [r[:2] for r in ledger(whole)]  # same rounds, same users sampled
+    assert [r[0] for r in ledger(resumed)] == [1, 2, 3, 4]
+    np.testing.assert_allclose([r[2] for r in ledger(resumed)], [r[2] for r in ledger(whole)], rtol=1e-9)
+    assert resumed["epsilon"] == pytest.approx(whole["epsilon"]) and resumed["rounds"] == 4
+    state = load_checkpoint(tmp_path / "part" / "checkpoint.npz")
+    assert state.round == 4 and state.optimizer.step == 4 and len(state.rows) == 4
+    with open(tmp_path / "part" / "rounds.csv") as f:
+        assert [int(r["round"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
+    bad = _fedctx("simulate", "--data", str(small_synthetic), "--no-baselines", *SMALL, "--out", str(tmp_path / "part"),
+                  *[x for v in (*settings, "num-rounds=6", "resume=true", "clip-norm=0.5") for x in ("--set", v)])
+    assert bad.returncode != 0 and "clip-norm=0.02 there, 0.5 here" in bad.stdout + bad.stderr
+    again = _fedctx("simulate", "--data", str(small_synthetic), "--no-baselines", *SMALL, "--out", str(tmp_path / "part"))
+    assert again.returncode != 0 and "resume=true" in again.stdout + again.stderr
 
 
 def test_one_user_per_node_equals_sharded_through_flower(small_synthetic, tmp_path):

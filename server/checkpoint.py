@@ -1,0 +1,129 @@
+"""The server's checkpoint: everything a run needs to go on after an interruption, in one file.
+
+RUN_DIR/checkpoint.npz holds the global shared parameters, the server optimiser's state, the
+round reached, the early-stopping choice, the round log and, for central DP, the privacy ledger
+and the clip norm. It is replaced atomically (written beside it, then renamed), so a crash never
+leaves half a checkpoint. The ledger is also written as privacy_ledger.csv next to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.aggregation import ServerOptimizer
+from common.config import Config, ConfigError
+
+__all__ = ["ServerState", "save_checkpoint", "load_checkpoint", "check_resumable", "CHECKPOINT_FILE"]
+
+CHECKPOINT_FILE = "checkpoint.npz"
+#: settings a resumed run may change (everything else must equal the checkpoint's)
+RESUMABLE_CHANGES = ("num_rounds", "resume", "checkpoint_every")
+
+
+@dataclass
+class ServerState:
+    """What the server knows after `round` rounds.
+
+    params {name: array} global shared parameters; optimizer (its step and Adam moments);
+    ledger [dict] the privacy ledger's rows (central DP); clip_norm and noise_multiplier of central DP
+    (None without it); rows the round log; best (score, round, params | None) the evaluated round
+    kept by early stopping; config the run's settings (kebab-case).
+    """
+
+    round: int
+    params: dict[str, np.ndarray]
+    optimizer: ServerOptimizer
+    config: dict[str, Any]
+    rows: list[dict] = field(default_factory=list)
+    ledger: list[dict] = field(default_factory=list)
+    clip_norm: float | None = None
+    noise_multiplier: float | None = None
+    best: tuple[float, int, dict[str, np.ndarray] | None] = (-np.inf, 0, None)
+
+
+def save_checkpoint(path: Path, state: ServerState) -> None:
+    """Write state to path atomically (a temporary file in the same directory, then os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    opt = state.optimizer
+    arrays = {f"params/{k}": v for k, v in state.params.items()}
+    arrays.update({f"adam-m/{k}": v for k, v in opt.m.items()})
+    arrays.update({f"adam-v/{k}": v for k, v in opt.v.items()})
+    if state.best[2] is not None:
+        arrays.update({f"best/{k}": v for k, v in state.best[2].items()})
+    meta = {
+        "round": state.round, "config": state.config, "rows": state.rows, "ledger": state.ledger,
+        "clip_norm": state.clip_norm, "noise_multiplier": state.noise_multiplier,
+        "best_score": None if not np.isfinite(state.best[0]) else state.best[0], "best_round": state.best[1],
+        "optimizer": {"kind": opt.kind, "lr": opt.lr, "beta1": opt.beta1, "beta2": opt.beta2, "eps": opt.eps,
+                      "step": opt.step},
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".checkpoint-", suffix=".npz")
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, meta=np.array(json.dumps(meta, default=_plain)), **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars in the round log as Python numbers."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot store {type(value).__name__} in a checkpoint")
+
+
+def load_checkpoint(path: Path) -> ServerState:
+    """Read a checkpoint written by save_checkpoint; a missing or unreadable file is a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"resume: no checkpoint at {path}. A run writes one every checkpoint-every rounds "
+                                f"into its run-dir; set run-dir to that directory, or drop resume=true.")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            meta = json.loads(str(f["meta"]))
+            groups: dict[str, dict[str, np.ndarray]] = {"params": {}, "adam-m": {}, "adam-v": {}, "best": {}}
+            for key in f.files:
+                if key != "meta":
+                    group, name = key.split("/", 1)
+                    groups[group][name] = f[key]
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(f"resume: {path} is not a readable checkpoint ({e}).") from None
+    o = meta["optimizer"]
+    optimizer = ServerOptimizer(o["kind"], o["lr"], beta1=o["beta1"], beta2=o["beta2"], eps=o["eps"], step=o["step"],
+                                m=groups["adam-m"], v=groups["adam-v"])
+    best_score = -np.inf if meta["best_score"] is None else float(meta["best_score"])
+    return ServerState(round=int(meta["round"]), params=groups["params"], optimizer=optimizer, config=meta["config"],
+                       rows=meta["rows"], ledger=meta["ledger"], clip_norm=meta["clip_norm"],
+                       noise_multiplier=meta["noise_multiplier"],
+                       best=(best_score, int(meta["best_round"]), groups["best"] or None))
+
+
+def check_resumable(state: ServerState, cfg: Config, path: Path) -> None:
+    """The run being resumed must be the checkpoint's run: same settings except RESUMABLE_CHANGES, more rounds
+    to go, and with target-epsilon the rounds it was calibrated for (more would exceed the budget)."""
+    now = cfg.to_flwr()
+    skip = {k.replace("_", "-") for k in RESUMABLE_CHANGES}
+    changed = sorted(k for k in now if k not in skip and state.config.get(k) != now[k])
+    if changed:
+        diffs = ", ".join(f"{k}={state.config.get(k)!r} there, {now[k]!r} here" for k in changed)
+        raise ConfigError(f"resume: {path} belongs to a run with other settings ({diffs}). Resume with the "
+                         f"checkpoint's settings, or start a new run-dir.")
+    if state.round >= cfg.num_rounds:
+        raise ConfigError(f"resume: {path} is at round {state.round}, and num-rounds is {cfg.num_rounds}: nothing "
+                         f"to do. Raise num-rounds to train on.")
+    planned = int(state.config["num-rounds"])
+    if cfg.target_epsilon > 0 and cfg.privacy in ("central", "local+central") and cfg.num_rounds > planned:
+        raise ConfigError(f"resume: the noise was calibrated so that {planned} rounds stay within target-epsilon="
+                         f"{cfg.target_epsilon}; num-rounds={cfg.num_rounds} would exceed it. Keep num-rounds="
+                         f"{planned}, or set noise-multiplier instead of target-epsilon in a new run.")
