@@ -35,3 +35,11 @@ def test_sampled_negatives_avoid_seen_items():
     assert not set(negs.tolist()) & {1, 2, 3}
     # fewer candidates than asked: all of them
     assert sorted(sample_eval_negatives(5, np.array([0, 1]), 10, rng).tolist()) == [2, 3, 4]
+
+
+def test_sampled_negatives_are_a_uniform_draw_from_the_unseen_items_in_order():
+    """The same draw as rng.choice over np.setdiff1d(all items, seen): published sampled metrics stay comparable."""
+    seen = np.array([7, 3, 3, 40, 99])
+    got = sample_eval_negatives(100, seen, 10, np.random.default_rng(5))
+    expected = np.random.default_rng(5).choice(np.setdiff1d(np.arange(100), seen), size=10, replace=False)
+    np.testing.assert_array_equal(got, expected)
