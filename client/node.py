@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from common.federated import (UserStore, evaluate_users, init_theta, item_repres
                               training_members, user_updates)
 from common.model import DENSE_NAMES, ITEM_NAMES
 from common.params import from_record, to_record
-from common.privacy import clip_factors
+from common.privacy import clip_factors, local_epsilon, local_report
 
 __all__ = ["Node", "node_for", "build_store"]
 
@@ -45,7 +46,8 @@ def _members(store: UserStore, audit_fraction: float, seed: int) -> np.ndarray:
 
 @dataclass
 class Node:
-    """A node's users and their private state. theta [U, dim] and `ready` [U] never leave the node."""
+    """A node's users and their private state. theta [U, dim], `ready` [U] and `taken` [U] (rounds each
+    user took part in) never leave the node."""
 
     cfg: Config
     store: UserStore
@@ -53,6 +55,11 @@ class Node:
     ready: np.ndarray
     item_h: np.ndarray | None
     state_dir: Path | None = None
+    taken: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.taken is None:
+            self.taken = np.zeros(self.store.n_users, np.int64)
 
     # -- inputs from the server ---------------------------------------------------------------
     def _receive(self, content: RecordDict) -> dict[str, np.ndarray]:
@@ -86,6 +93,7 @@ class Node:
             zero = {k: np.zeros_like(v) for k, v in params.items()}
             return to_record(zero), {"num-users": 0, "num-examples": 0, "train-loss-sum": 0.0}
         self._warm_start(sampled, params)
+        self.taken[sampled] += 1
         updates, new_theta = user_updates(params, self.theta[sampled], self.store, sampled, self.item_h,
                                           self.cfg, round_)
         self.theta[sampled] = new_theta
@@ -127,16 +135,34 @@ class Node:
     # -- persistence ----------------------------------------------------------------------------
     def save(self, context: Context) -> None:
         """Persist theta_u: in the Flower Context (simulation) and, on a device, in state-dir."""
-        context.state["theta"] = to_record({"theta": self.theta, "ready": self.ready.astype(np.float32)})
+        context.state["theta"] = to_record({"theta": self.theta, "ready": self.ready.astype(np.float32),
+                                            "taken": self.taken.astype(np.float32)})
         if self.item_h is not None:
             context.state["content"] = to_record({"item-vectors": self.item_h})
         if self.state_dir is not None:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.state_dir, suffix=".npz")
             os.close(fd)
-            np.savez(tmp, theta=self.theta, ready=self.ready, user_keys=self.store.user_keys,
+            np.savez(tmp, theta=self.theta, ready=self.ready, taken=self.taken, user_keys=self.store.user_keys,
                      **({"item_h": self.item_h} if self.item_h is not None else {}))
             os.replace(tmp, self.state_dir / "node-state.npz")
+            if self.cfg.privacy in ("local", "local+central"):
+                self._write_local_privacy()
+
+    def _write_local_privacy(self) -> None:
+        """state-dir/local_privacy.json: each of this device's users' example-level epsilon, from the rounds
+        it took part in (it stays on the device, like theta_u)."""
+        c = self.cfg
+        members = np.flatnonzero(self.members)
+        report = local_report(self.taken[members], c.local_noise_multiplier, c.local_steps, c.local_delta,
+                              c.local_clip_norm, c.accountant, c.local_dp_theta)
+        report["users"] = [{"user": str(self.store.user_keys[u]), "rounds": int(self.taken[u]),
+                            "epsilon": local_epsilon(float(c.local_noise_multiplier), int(c.local_steps),
+                                                     int(self.taken[u]), float(c.local_delta), c.accountant)}
+                           for u in members]
+        tmp = self.state_dir / f".local_privacy.json.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(report, indent=1))
+        os.replace(tmp, self.state_dir / "local_privacy.json")
 
 
 def node_for(context: Context) -> Node:
@@ -152,15 +178,18 @@ def node_for(context: Context) -> Node:
         state_dir = None
     theta = np.zeros((store.n_users, cfg.dim), np.float32)
     ready = np.zeros(store.n_users, bool)
+    taken = np.zeros(store.n_users, np.int64)
     item_h = None
     if "theta" in context.state.array_records:
         saved = from_record(context.state.array_records["theta"])
         theta, ready = saved["theta"].copy(), saved["ready"].astype(bool)
+        taken = saved["taken"].astype(np.int64) if "taken" in saved else taken
     elif state_dir is not None and (state_dir / "node-state.npz").is_file():
         with np.load(state_dir / "node-state.npz") as f:
             if list(f["user_keys"]) == list(store.user_keys):
                 theta, ready = f["theta"].copy(), f["ready"].astype(bool)
+                taken = f["taken"].astype(np.int64) if "taken" in f else taken
                 item_h = f["item_h"] if "item_h" in f else None
     if "content" in context.state.array_records:
         item_h = from_record(context.state.array_records["content"])["item-vectors"]
-    return Node(cfg=cfg, store=store, theta=theta, ready=ready, item_h=item_h, state_dir=state_dir)
+    return Node(cfg=cfg, store=store, theta=theta, ready=ready, item_h=item_h, state_dir=state_dir, taken=taken)

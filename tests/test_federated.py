@@ -149,7 +149,7 @@ def test_theta_persists_in_node_state(setup):
     again = node_for(ctx)
     np.testing.assert_array_equal(again.theta, node.theta)
     assert again.ready.all() and again.item_h is not None
-    assert set(from_record(ctx.state.array_records["theta"])) == {"theta", "ready"}
+    assert set(from_record(ctx.state.array_records["theta"])) == {"theta", "ready", "taken"}
     assert DENSE_NAMES[0] not in ctx.state.array_records
 
 
@@ -169,6 +169,41 @@ def test_device_node_keeps_theta_on_disk(setup, small_synthetic, tmp_path):
     np.testing.assert_array_equal(again.theta, node.theta)
     np.testing.assert_array_equal(again.item_h, item_h)
     assert again.ready.all()
+
+
+def test_device_reports_each_users_local_epsilon_from_the_rounds_it_took_part_in(setup, small_synthetic, tmp_path):
+    """privacy=local on a device: state-dir/local_privacy.json gives every user's example-level epsilon for the
+    rounds it took part in (counted across restarts), equal to an independent dp-accounting computation."""
+    import json
+
+    import dp_accounting
+
+    cfg, ds, item_h, _, params = setup
+    c = cfg.replace(privacy="local", local_noise_multiplier=1.3, local_steps=2)
+    node_config = {"data-dir": str(small_synthetic), "state-dir": str(tmp_path / "state")}
+
+    def round_on_a_fresh_process(round_, q):
+        ctx = Context(run_id=1, node_id=1, state=RecordDict(), run_config=c.to_flwr(), node_config=node_config)
+        node = node_for(ctx)
+        train_reply(node, _content(params, item_h, round_, q=q))
+        node.save(ctx)
+        return node
+
+    for r in (1, 2, 3):
+        node = round_on_a_fresh_process(r, 0.5)
+    keys = node.store.user_keys
+    taken = sum(poisson_sample(keys, 0.5, 7, r) for r in (1, 2, 3))  # the node's own sampling, replayed
+    assert taken.min() < taken.max()  # users differ in how often they took part
+    report = json.loads((tmp_path / "state" / "local_privacy.json").read_text())
+    assert [u["user"] for u in report["users"]] == list(keys) and [u["rounds"] for u in report["users"]] == list(taken)
+
+    def independent(k):
+        event = dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(1.3), 2 * k)
+        return dp_accounting.rdp.RdpAccountant().compose(event).get_epsilon(c.local_delta) if k else 0.0
+
+    for u in report["users"]:
+        assert u["epsilon"] == pytest.approx(independent(u["rounds"]), rel=1e-9)
+    assert report["epsilon"]["max"] == pytest.approx(independent(int(taken.max())), rel=1e-9)
 
 
 def test_central_dp_clips_every_users_update(setup):
