@@ -21,7 +21,7 @@ from common.model import (DENSE_NAMES, dp_local_train, item_side, local_train, s
                           warm_start_theta)
 from common.privacy import SecureGaussian
 
-__all__ = ["UserStore", "UserUpdates", "user_rng", "poisson_sample", "training_members", "user_updates", "evaluate_users",
+__all__ = ["UserStore", "UserUpdates", "user_rng", "user_uniforms", "poisson_sample", "training_members", "user_updates", "evaluate_users",
            "item_representations", "init_theta", "distinct_candidates",
            "evaluate_scores"]
 
@@ -34,6 +34,14 @@ def user_rng(seed: int, round_: int, user_key: str, purpose: str) -> np.random.G
     return np.random.default_rng(int.from_bytes(digest, "little"))
 
 
+def user_uniforms(seed: int, round_: int, user_keys: np.ndarray, purpose: str) -> np.ndarray:
+    """[U] uniforms on [0, 1) with 53 bits, one per user, from BLAKE2b of (seed, round, purpose, user):
+    independent of which node holds the user, and about 25x cheaper than a Generator per user."""
+    prefix = f"{seed}|{round_}|{purpose}|"
+    raw = b"".join(hashlib.blake2b((prefix + str(k)).encode(), digest_size=8).digest() for k in user_keys)
+    return (np.frombuffer(raw, "<u8") >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+
+
 def poisson_sample(user_keys: np.ndarray, q: float, seed: int, round_: int) -> np.ndarray:
     """Boolean mask [U]: each user takes part independently with probability q (Poisson sampling).
 
@@ -42,8 +50,7 @@ def poisson_sample(user_keys: np.ndarray, q: float, seed: int, round_: int) -> n
     """
     if q >= 1.0:
         return np.ones(len(user_keys), bool)
-    u = np.array([user_rng(seed, round_, str(k), "sample").random() for k in user_keys])
-    return u < q
+    return user_uniforms(seed, round_, user_keys, "sample") < q
 
 
 def training_members(user_keys: np.ndarray, audit_fraction: float, seed: int) -> np.ndarray:
@@ -51,8 +58,7 @@ def training_members(user_keys: np.ndarray, audit_fraction: float, seed: int) ->
     user) never take part; they are the non-members of the membership-inference audit."""
     if audit_fraction <= 0.0:
         return np.ones(len(user_keys), bool)
-    u = np.array([user_rng(seed, 0, str(k), "audit-holdout").random() for k in user_keys])
-    return u >= audit_fraction
+    return user_uniforms(seed, 0, user_keys, "audit-holdout") >= audit_fraction
 
 
 @dataclass(frozen=True)

@@ -74,8 +74,10 @@ def test_poisson_sampling_is_per_user_and_has_rate_q():
     assert abs(mask.mean() - 0.25) < 4 * np.sqrt(0.25 * 0.75 / 4000)
     # a user's decision does not depend on who else is on the node
     np.testing.assert_array_equal(poisson_sample(keys[::7], 0.25, 1, 3), mask[::7])
-    # and changes with the round
-    assert (poisson_sample(keys, 0.25, 1, 4) != mask).any()
+    # and changes with the round, independently: P(sampled in both rounds) = q^2
+    other = poisson_sample(keys, 0.25, 1, 4)
+    assert (other != mask).any()
+    assert abs((mask & other).mean() - 0.0625) < 4 * np.sqrt(0.0625 * 0.9375 / 4000)
 
 
 def test_sampling_matches_rate_in_training(setup):
