@@ -10,7 +10,7 @@ The privacy loss of T rounds is the composition of T Poisson-subsampled Gaussian
 accounted with Google's dp-accounting library (Renyi DP, Mironov 2017 / Mironov, Talwar, Zhang
 2019; or privacy loss distributions, Koskela et al. 2020, Doroshenko et al. 2022).
 
-Pure numpy + dp-accounting: no Flower, no TensorFlow.
+Pure numpy + dp-accounting (+ cryptography for the noise keystream): no Flower, no TensorFlow.
 """
 
 from __future__ import annotations
