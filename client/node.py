@@ -53,13 +53,9 @@ class Node:
     store: UserStore
     theta: np.ndarray
     ready: np.ndarray
+    taken: np.ndarray
     item_h: np.ndarray | None
     state_dir: Path | None = None
-    taken: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        if self.taken is None:
-            self.taken = np.zeros(self.store.n_users, np.int64)
 
     # -- inputs from the server ---------------------------------------------------------------
     def _receive(self, content: RecordDict) -> dict[str, np.ndarray]:
@@ -192,4 +188,4 @@ def node_for(context: Context) -> Node:
                 item_h = f["item_h"] if "item_h" in f else None
     if "content" in context.state.array_records:
         item_h = from_record(context.state.array_records["content"])["item-vectors"]
-    return Node(cfg=cfg, store=store, theta=theta, ready=ready, item_h=item_h, state_dir=state_dir, taken=taken)
+    return Node(cfg=cfg, store=store, theta=theta, ready=ready, taken=taken, item_h=item_h, state_dir=state_dir)

@@ -266,7 +266,7 @@ def local_train(dense: Mapping[str, np.ndarray], theta: np.ndarray, rows_emb: np
 
 @tf.function(reduce_retracing=True, autograph=False)
 def _dp_local_train_tf(dense, theta, rows_emb, rows_bias, rows_h, ctx, cand, ex_mask, noise,
-                       steps, lr, theta_lr, l2, clip, noise_std, hybrid, dp_theta, loss_kind):
+                       steps, row_noise_steps, lr, theta_lr, l2, clip, noise_std, hybrid, dp_theta, loss_kind):
     """DP-SGD (Abadi et al. 2016) on each group's examples, full batch: every example's gradient of the
     shared parameters (and of theta_u if dp_theta) is clipped to L2 norm <= clip, the clipped gradients
     are summed, N(0, noise_std^2) is added to every coordinate (noise: standard normals per step),
@@ -332,7 +332,7 @@ def _dp_local_train_tf(dense, theta, rows_emb, rows_bias, rows_h, ctx, cand, ex_
             w = tf.reshape(factor, [G * L, 1])
             e_sum = tf.math.unsorted_segment_sum(tf.reshape(g_emb * w[..., None], [G * L * C, -1]), seg, G * R)
             b_sum = tf.math.unsorted_segment_sum(tf.reshape(g_bias * w, [-1]), seg, G * R)
-            noisy = t < noise["items/embedding"].shape[0]
+            noisy = t < row_noise_steps  # a Python int: static (a relaxed traced shape could be None)
             rows_emb = step(rows_emb, tf.reshape(e_sum, tf.shape(rows_emb)),
                             noise["items/embedding"][t] if noisy else None, lr)
             rows_bias = step(rows_bias, tf.reshape(b_sum, tf.shape(rows_bias)), noise["items/bias"][t] if noisy else None,
@@ -366,7 +366,8 @@ def dp_local_train(dense: Mapping[str, np.ndarray], theta: np.ndarray, rows_emb:
         {k: tf.constant(v, tf.float32) for k, v in dense.items()}, tf.constant(theta, tf.float32),
         tf.constant(emb, tf.float32), tf.constant(bias, tf.float32), tf.constant(rows_h, tf.float32),
         tf.constant(ctx, tf.float32), tf.constant(cand, tf.int32), tf.constant(ex_mask, tf.float32),
-        {k: tf.constant(v, tf.float32) for k, v in noise.items()}, int(steps), tf.constant(lr, tf.float32),
+        {k: tf.constant(v, tf.float32) for k, v in noise.items()}, int(steps),
+        int(np.shape(noise["items/embedding"])[0]) if hybrid else 0, tf.constant(lr, tf.float32),
         tf.constant(theta_lr, tf.float32), tf.constant(l2, tf.float32), tf.constant(clip, tf.float32),
         tf.constant(noise_std, tf.float32), hybrid, bool(dp_theta), loss)
     return ({k: v.numpy() for k, v in d.items()}, th.numpy(),

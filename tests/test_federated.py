@@ -302,6 +302,26 @@ def test_pending_local_dp_row_noise_has_the_variance_of_each_users_steps():
         upd.norms()
 
 
+def test_local_dp_last_step_noise_reaches_the_touched_rows(setup):
+    """One DP-SGD step (local-steps=1): all of a touched row's noise is the pending last-step noise, so two
+    draws of the same user's update differ on its touched rows by N(0, 2 (lr z C / n)^2) per coordinate."""
+    from common.privacy import SecureGaussian
+
+    cfg, ds, item_h, shape, params = setup
+    c = cfg.replace(privacy="local", local_steps=1, local_noise_multiplier=2.0, local_clip_norm=0.5, local_lr=0.1)
+    store = UserStore.from_prepared(ds, np.arange(ds.n_users))
+    u = int(np.argmax(np.diff(store.offsets)))  # the user with the most rows
+    theta = np.zeros((1, c.dim), np.float32)
+    draws = [user_updates(params, theta, store, np.array([u]), item_h, c, round_=1, noise=SecureGaussian(seed))[0]
+             for seed in (1, 2)]
+    touched = draws[0].rows
+    diff = (draws[0].user_update(0, shape.shapes())["items/embedding"]
+            - draws[1].user_update(0, shape.shapes())["items/embedding"])[touched]
+    n = store.offsets[u + 1] - store.offsets[u]
+    s = c.local_lr * 2.0 * 0.5 / n
+    assert diff.size >= 100 and abs(diff.std() / (np.sqrt(2) * s) - 1) < 0.2  # without the pending draw: 0
+
+
 def test_evaluating_a_subset_of_users_equals_their_rows_of_the_full_evaluation(setup, small_synthetic):
     from common.federated import evaluate_users
 

@@ -102,6 +102,7 @@ def test_an_interrupted_central_dp_run_resumes_from_its_checkpoint(small_synthet
     from server.checkpoint import load_checkpoint
 
     assert load_checkpoint(half).round == 2
+    before = (tmp_path / "part" / "rounds.csv").read_text().splitlines()
     resumed = _private_run(small_synthetic, tmp_path / "part", "num-rounds=4", "resume=true", *settings)
 
     def ledger(privacy):
@@ -116,6 +117,9 @@ def test_an_interrupted_central_dp_run_resumes_from_its_checkpoint(small_synthet
     assert state.round == 4 and state.optimizer.step == 4 and len(state.rows) == 4
     with open(tmp_path / "part" / "rounds.csv") as f:
         assert [int(r["round"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
+    # rounds 1-2 were not trained again: their log rows (timings, noisy losses) come from the checkpoint
+    after = (tmp_path / "part" / "rounds.csv").read_text().splitlines()
+    assert [line.split(",")[:9] for line in after[1:3]] == [line.split(",")[:9] for line in before[1:3]]
     bad = _fedctx("simulate", "--data", str(small_synthetic), "--no-baselines", *SMALL, "--out", str(tmp_path / "part"),
                   *[x for v in (*settings, "num-rounds=6", "resume=true", "clip-norm=0.5") for x in ("--set", v)])
     assert bad.returncode != 0 and "clip-norm=0.02 there, 0.5 here" in bad.stdout + bad.stderr
