@@ -10,7 +10,6 @@ users' shared-parameter updates and scalar metrics.
 from __future__ import annotations
 
 import os
-import time
 
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -34,10 +33,11 @@ app = ClientApp()
 
 
 def train_reply(node: Node, content: RecordDict) -> RecordDict:
-    """What a node sends back after a training round: {"update": ArrayRecord, "metrics": MetricRecord}."""
-    t0 = time.perf_counter()
+    """What a node sends back after a training round: {"update": ArrayRecord, "metrics": MetricRecord}.
+
+    Nothing else: no timing (a node's compute time grows with its users' numbers of engagements), so a reply is
+    a function of the shared parameters, the node's data and its randomness only."""
     update, metrics = node.train_round(content)
-    metrics["node-seconds"] = time.perf_counter() - t0
     return RecordDict({"update": update, "metrics": MetricRecord(metrics)})
 
 

@@ -14,11 +14,11 @@ from flwr.app import ArrayRecord, Context, RecordDict
 
 from common.config import Config, config_from_mapping
 from common.datasets import load_cached, resolve_dataset
-from common.federated import (UserStore, evaluate_users, init_theta, item_representations, poisson_sample,
-                              training_members, user_updates)
+from common.federated import (UserStore, dp_init_theta, evaluate_users, init_theta, item_representations,
+                              poisson_sample, training_members, user_updates)
 from common.model import DENSE_NAMES, ITEM_NAMES
 from common.params import from_record, to_record
-from common.privacy import clip_factors, local_epsilon, local_report
+from common.privacy import SecureGaussian, clip_factors, local_epsilon, local_report
 
 __all__ = ["Node", "node_for", "build_store"]
 
@@ -74,7 +74,12 @@ class Node:
         cold = users[~self.ready[users]]
         if len(cold):
             phi = item_representations(params, self.item_h)
-            self.theta[cold] = init_theta(self.store, cold, phi, self.cfg.half_life_days)
+            c = self.cfg
+            if c.local_dp and c.local_dp_theta:  # exact local DP: theta_u shapes every update, so it is DP too
+                self.theta[cold] = dp_init_theta(self.store, cold, phi, c.local_clip_norm,
+                                                 c.local_noise_multiplier * c.local_clip_norm, SecureGaussian())
+            else:
+                self.theta[cold] = init_theta(self.store, cold, phi, c.half_life_days)
             self.ready[cold] = True
 
     # -- work ---------------------------------------------------------------------------------
@@ -87,7 +92,7 @@ class Node:
                                                 int(conf["sampling-seed"]), round_) & self.members)
         if len(sampled) == 0:
             zero = {k: np.zeros_like(v) for k, v in params.items()}
-            return to_record(zero), {"num-users": 0, "num-examples": 0, "train-loss-sum": 0.0}
+            return to_record(zero), self._train_metrics(0, 0, 0.0)
         self._warm_start(sampled, params)
         self.taken[sampled] += 1
         updates, new_theta = user_updates(params, self.theta[sampled], self.store, sampled, self.item_h,
@@ -103,11 +108,14 @@ class Node:
             extra["clip-shifted-count"] = float((norms <= clip).sum() - 0.5 * len(norms))
         total = updates.total(shapes, scale)
         return to_record({k: total[k] for k in params}), {
-            "num-users": int(len(sampled)),
-            "num-examples": int(updates.n_examples.sum()),
-            "train-loss-sum": float(updates.loss.sum()),
-            **extra,
-        }
+            **self._train_metrics(len(sampled), int(updates.n_examples.sum()), float(updates.loss.sum())), **extra}
+
+    def _train_metrics(self, users: int, examples: int, loss_sum: float) -> dict[str, float | int]:
+        """The scalars a training reply carries. Under local DP only the user count: the example count and the
+        loss are exact functions of the users' engagements, which the example-level guarantee must cover."""
+        if self.cfg.local_dp:
+            return {"num-users": int(users)}
+        return {"num-users": int(users), "num-examples": int(examples), "train-loss-sum": float(loss_sum)}
 
     @property
     def members(self) -> np.ndarray:
@@ -150,12 +158,14 @@ class Node:
         it took part in (it stays on the device, like theta_u)."""
         c = self.cfg
         members = np.flatnonzero(self.members)
+        warm = (self.ready[members] if c.local_dp_theta else np.zeros(len(members), bool)).astype(np.int64)
         report = local_report(self.taken[members], c.local_noise_multiplier, c.local_steps, c.local_delta,
-                              c.local_clip_norm, c.accountant, c.local_dp_theta)
+                              c.local_clip_norm, c.accountant, c.local_dp_theta, c.local_denominator, warm)
         report["users"] = [{"user": str(self.store.user_keys[u]), "rounds": int(self.taken[u]),
                             "epsilon": local_epsilon(float(c.local_noise_multiplier), int(c.local_steps),
-                                                     int(self.taken[u]), float(c.local_delta), c.accountant)}
-                           for u in members]
+                                                     int(self.taken[u]), float(c.local_delta), c.accountant,
+                                                     int(w))}
+                           for u, w in zip(members, warm)]
         tmp = self.state_dir / f".local_privacy.json.tmp-{os.getpid()}"
         tmp.write_text(json.dumps(report, indent=1))
         os.replace(tmp, self.state_dir / "local_privacy.json")

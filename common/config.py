@@ -76,7 +76,10 @@ class Config:
     local_clip_norm: float = 1.0     # local DP-SGD: L2 bound of each example's gradient
     local_noise_multiplier: float = 1.0  # local DP-SGD: noise std = local-noise-multiplier * local-clip-norm
     local_delta: float = 1e-5        # example-level delta of each client's local guarantee
-    local_dp_theta: bool = False     # also train the private theta_u with DP-SGD (default: plain SGD)
+    local_denominator: int = 16      # local DP-SGD divides each step's noisy gradient sum by this PUBLIC count
+                                     # (never by the user's own number of examples, which the update would reveal)
+    local_dp_theta: bool = True      # train the private theta_u with DP-SGD too, and warm it up by a DP release:
+                                     # the example-level guarantee is exact; false = faster, NO formal guarantee
     audit_fraction: float = 0.0      # share of users held out of training: the membership audit's non-members
 
     # centralized baselines
@@ -135,6 +138,7 @@ class Config:
         need(self.local_clip_norm > 0, "local_clip_norm", "must be > 0")
         need(self.local_noise_multiplier >= 0, "local_noise_multiplier", "must be >= 0")
         need(0 < self.local_delta < 1, "local_delta", "must be in (0, 1)")
+        need(self.local_denominator >= 1, "local_denominator", "must be >= 1 (a public count of examples)")
         if self.privacy in ("local", "local+central"):
             need(self.local_optimizer == "sgd", "local_optimizer", "must be 'sgd' with local DP (DP-SGD)")
         if self.privacy == "local+central":
@@ -151,6 +155,22 @@ class Config:
         need(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0 (0 = no checkpoints)")
         need(not (self.resume and not self.run_dir), "resume",
              "needs run-dir: the directory of the run to go on with (its checkpoint.npz)")
+
+    # -- the privacy mode, asked as questions -----------------------------------------------------
+    @property
+    def central_dp(self) -> bool:
+        """User-level DP-FedAvg: per-user clipping on the node, noise and accounting on the server."""
+        return self.privacy in ("central", "local+central")
+
+    @property
+    def local_dp(self) -> bool:
+        """Example-level DP-SGD on every device."""
+        return self.privacy in ("local", "local+central")
+
+    @property
+    def private(self) -> bool:
+        """Any DP mode: the run releases only the last round's model and keeps data-dependent values apart."""
+        return self.privacy != "none"
 
     def to_flwr(self) -> dict[str, Any]:
         """Flat kebab-case mapping, as in `[tool.flwr.app.config]`."""

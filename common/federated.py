@@ -17,12 +17,12 @@ from scipy import sparse
 
 from common.config import Config
 from common.metrics import hit_and_ndcg, rank_of_target, sample_eval_negatives
-from common.model import (DENSE_NAMES, dp_local_train, item_side, local_train, score_items, trainable_dense,
-                          warm_start_theta)
+from common.model import (DENSE_NAMES, dp_local_train, dp_warm_start_theta, item_side, local_train, score_items,
+                          trainable_dense, warm_start_theta)
 from common.privacy import SecureGaussian
 
 __all__ = ["UserStore", "UserUpdates", "user_rng", "user_uniforms", "poisson_sample", "training_members", "user_updates", "evaluate_users",
-           "item_representations", "init_theta", "distinct_candidates",
+           "item_representations", "init_theta", "dp_init_theta", "distinct_candidates",
            "evaluate_scores"]
 
 SECONDS_PER_DAY = 86400.0
@@ -221,6 +221,14 @@ def init_theta(store: UserStore, users: np.ndarray, phi: np.ndarray, half_life_d
     ]) if len(users) else np.zeros((0, phi.shape[1]), np.float32)
 
 
+def dp_init_theta(store: UserStore, users: np.ndarray, phi: np.ndarray, clip: float, noise_std: float,
+                  noise: SecureGaussian) -> np.ndarray:
+    """Warm start theta_u [len(users), dim] by one Gaussian release per user (`dp_warm_start_theta`)."""
+    z = noise.normal(1.0, (len(users), phi.shape[1] + 1))
+    return np.stack([dp_warm_start_theta(phi[store.history(u)], clip, noise_std, z[i]) for i, u in enumerate(users)]
+                    ) if len(users) else np.zeros((0, phi.shape[1]), np.float32)
+
+
 def _chunks(sizes: np.ndarray, max_cells: int) -> list[np.ndarray]:
     """Split positions of users sorted by size into groups whose padded size G*L stays below max_cells."""
     order = np.argsort(sizes, kind="stable")
@@ -310,8 +318,8 @@ def user_updates(params: Mapping[str, np.ndarray], theta: np.ndarray, store: Use
                 dense0, new_theta[group], emb0, bias0, rows_h, ctx, cand, ex_mask,
                 {k: noise.normal(1.0, v) for k, v in shapes.items()}, steps=steps,
                 lr=cfg.local_lr, theta_lr=cfg.theta_lr, l2=cfg.l2, clip=cfg.local_clip_norm,
-                noise_std=cfg.local_noise_multiplier * cfg.local_clip_norm, dp_theta=cfg.local_dp_theta,
-                loss=cfg.loss)
+                noise_std=cfg.local_noise_multiplier * cfg.local_clip_norm, denominator=cfg.local_denominator,
+                dp_theta=cfg.local_dp_theta, loss=cfg.loss)
         else:
             d1, th1, emb1, bias1, loss[group] = local_train(
                 dense0, new_theta[group], emb0, bias0, rows_h, row_mask, ctx, cand, ex_mask,
@@ -331,9 +339,9 @@ def user_updates(params: Mapping[str, np.ndarray], theta: np.ndarray, store: Use
     emb_flat = cat(2, np.zeros((0, dim), np.float32)) if hybrid else None
     bias_flat = cat(3, np.zeros(0, np.float32)) if hybrid else None
     untouched = touched = None
-    if local_dp and hybrid:  # one DP-SGD step moves a row by -lr * noise / n; untouched rows by every step's
-        per_step = (cfg.local_lr * cfg.local_noise_multiplier * cfg.local_clip_norm
-                    / np.maximum(sizes, 1)).astype(np.float64)
+    if local_dp and hybrid:  # one DP-SGD step moves a row by -lr * noise / B (B public); untouched rows by every step's
+        per_step = np.full(U, cfg.local_lr * cfg.local_noise_multiplier * cfg.local_clip_norm / cfg.local_denominator,
+                           np.float64)
         untouched, touched = np.sqrt(cfg.local_steps) * per_step, per_step
     updates = UserUpdates(dense=dense_out, row_user=row_user, rows=rows_flat, rows_emb=emb_flat, rows_bias=bias_flat,
                           loss=loss, n_examples=sizes.astype(np.int64), untouched_std=untouched,

@@ -40,6 +40,7 @@ __all__ = [
     "local_train",
     "dp_local_train",
     "warm_start_theta",
+    "dp_warm_start_theta",
 ]
 
 #: Shared parameters every user's copy carries (small; trained densely).
@@ -266,11 +267,13 @@ def local_train(dense: Mapping[str, np.ndarray], theta: np.ndarray, rows_emb: np
 
 @tf.function(reduce_retracing=True, autograph=False)
 def _dp_local_train_tf(dense, theta, rows_emb, rows_bias, rows_h, ctx, cand, ex_mask, noise,
-                       steps, row_noise_steps, lr, theta_lr, l2, clip, noise_std, hybrid, dp_theta, loss_kind):
+                       steps, row_noise_steps, lr, theta_lr, l2, clip, noise_std, denominator, hybrid, dp_theta,
+                       loss_kind):
     """DP-SGD (Abadi et al. 2016) on each group's examples, full batch: every example's gradient of the
     shared parameters (and of theta_u if dp_theta) is clipped to L2 norm <= clip, the clipped gradients
     are summed, N(0, noise_std^2) is added to every coordinate (noise: standard normals per step),
-    and the sum is divided by the group's number of examples.
+    and the sum is divided by the PUBLIC constant `denominator` (dividing by the group's own number of
+    examples would reveal it through the noise's scale).
 
     Per-example gradients come from the same formula (`group_logits`) with one parameter copy per
     example: example (g, l) becomes its own group whose item rows are its own candidates.
@@ -317,7 +320,7 @@ def _dp_local_train_tf(dense, theta, rows_emb, rows_bias, rows_h, ctx, cand, ex_
 
         def step(v, g_sum, z, size):  # z None: this step's noise is left to the caller
             g_sum = g_sum if z is None else g_sum + noise_std * z
-            return v - size * g_sum / tf.reshape(n, tf.concat([[-1], tf.ones([tf.rank(v) - 1], tf.int32)], 0))
+            return v - size * g_sum / denominator
 
         new_dense = dict(dense)
         for i, k in enumerate(train_names):
@@ -344,8 +347,8 @@ def _dp_local_train_tf(dense, theta, rows_emb, rows_bias, rows_h, ctx, cand, ex_
 def dp_local_train(dense: Mapping[str, np.ndarray], theta: np.ndarray, rows_emb: np.ndarray | None,
                    rows_bias: np.ndarray | None, rows_h: np.ndarray, ctx: np.ndarray, cand: np.ndarray,
                    ex_mask: np.ndarray, noise: Mapping[str, np.ndarray], *, steps: int, lr: float,
-                   theta_lr: float, l2: float, clip: float, noise_std: float, dp_theta: bool = False,
-                   loss: str = "softmax"):
+                   theta_lr: float, l2: float, clip: float, noise_std: float, denominator: float,
+                   dp_theta: bool = False, loss: str = "softmax"):
     """Local DP-SGD of G users' copies (see `_dp_local_train_tf`); shapes as in `local_train`.
 
     Every example's candidates must be distinct item rows (so a clipped example moves each row once).
@@ -353,11 +356,14 @@ def dp_local_train(dense: Mapping[str, np.ndarray], theta: np.ndarray, rows_emb:
     "items/embedding" [S, G, R, dim] and "items/bias" [S, G, R] (hybrid), "theta" (dp_theta). The item
     rows get noise in the first S steps only: S = steps - 1 leaves the last step's row noise to the caller
     (exact: nothing computed here depends on it; `common.federated` draws it summed over users).
+    denominator: the public constant each step's noisy sum is divided by.
     Returns (dense, theta, rows_emb | None, rows_bias | None, loss [G]); loss is the mean example loss
     of the last step's forward pass (before its update; steps=0 is not allowed).
     """
     if steps < 1:
         raise ValueError(f"steps: must be >= 1. Found {steps}.")
+    if not denominator > 0:
+        raise ValueError(f"denominator: must be > 0. Found {denominator}.")
     hybrid = rows_emb is not None
     G, R = rows_h.shape[:2]
     emb = rows_emb if hybrid else np.zeros((G, R, theta.shape[1]), np.float32)
@@ -369,7 +375,7 @@ def dp_local_train(dense: Mapping[str, np.ndarray], theta: np.ndarray, rows_emb:
         {k: tf.constant(v, tf.float32) for k, v in noise.items()}, int(steps),
         int(np.shape(noise["items/embedding"])[0]) if hybrid else 0, tf.constant(lr, tf.float32),
         tf.constant(theta_lr, tf.float32), tf.constant(l2, tf.float32), tf.constant(clip, tf.float32),
-        tf.constant(noise_std, tf.float32), hybrid, bool(dp_theta), loss)
+        tf.constant(noise_std, tf.float32), tf.constant(denominator, tf.float32), hybrid, bool(dp_theta), loss)
     return ({k: v.numpy() for k, v in d.items()}, th.numpy(),
             e.numpy() if hybrid else None, b.numpy() if hybrid else None, loss_g.numpy())
 
@@ -384,3 +390,20 @@ def warm_start_theta(phi_history: np.ndarray, age_days: np.ndarray, half_life_da
         return np.zeros(phi_history.shape[1], np.float32)
     w = np.exp2(-np.asarray(age_days, np.float64) / half_life_days)
     return (w @ phi_history / w.sum()).astype(np.float32)
+
+
+def dp_warm_start_theta(phi_history: np.ndarray, clip: float, noise_std: float, noise: np.ndarray) -> np.ndarray:
+    """Warm start of theta_u as one Gaussian mechanism (exact local DP): r = S_phi / max(S_n / a, 1).
+
+    Each engagement contributes v_i = [phi_i min(1, a / |phi_i|), a] with a = clip / sqrt(2), so |v_i| <= clip;
+    S = sum_i v_i + noise_std * noise releases the clipped sum S_phi [dim] and the count term S_n together.
+    Adding or removing one engagement moves S by at most `clip`: Gaussian(noise_std / clip). Every engagement
+    weighs the same (the time decay of `warm_start_theta` is relative to the user's newest engagement, which
+    one engagement changes). phi_history [n, dim]; noise [dim + 1] standard normals. Returns [dim].
+    """
+    phi = np.asarray(phi_history, np.float64).reshape(-1, np.shape(noise)[0] - 1)
+    a = clip / np.sqrt(2.0)
+    norms = np.linalg.norm(phi, axis=1, keepdims=True)
+    clipped = phi * np.minimum(1.0, a / np.maximum(norms, 1e-12))
+    total = np.append(clipped.sum(axis=0), a * len(phi)) + noise_std * np.asarray(noise, np.float64)
+    return (total[:-1] / max(total[-1] / a, 1.0)).astype(np.float32)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import math
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -29,6 +30,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 __all__ = [
     "clip_factors",
     "SecureGaussian",
+    "SamplingKey",
+    "SAMPLING_KEY_ENV",
     "RoundRecord",
     "PrivacyLedger",
     "dp_event",
@@ -37,9 +40,13 @@ __all__ = [
     "max_rounds",
     "noisy_mean",
     "ACCOUNTANTS",
+    "central_statement",
     "local_dp_event",
     "local_epsilon",
+    "local_epsilon_bound",
+    "local_statement",
     "local_report",
+    "local_guarantee",
     "adaptive_sum_noise",
     "next_clip_norm",
 ]
@@ -169,6 +176,53 @@ class SecureGaussian:
         np.multiply(radius, np.cos(angle), out=z[:m])
         np.multiply(radius, np.sin(angle), out=z[m:])
         return np.float32(std) * z[:n].reshape(shape)
+
+
+#: Test-only: a hex key in this environment variable fixes the sampling key (the sampling is then NOT secret,
+#: and the run's privacy statement says so). Used by tests that compare a resumed run with an uninterrupted one.
+SAMPLING_KEY_ENV = "FEDCTX_TEST_ONLY_SAMPLING_KEY"
+
+
+@dataclass(frozen=True)
+class SamplingKey:
+    """The server's secret for Poisson sampling (amplification by subsampling needs the sample to be secret).
+
+    key: 32 bytes from os.urandom, drawn when a run starts; it never appears in an output (only in the
+    server-secret checkpoint, for resume). Round r's sampling seed is BLAKE2b keyed by it (a PRF), sent only to
+    the nodes of round r; a node samples its users with `common.federated.poisson_sample(..., seed, r)`.
+    secret: False when the key came from SAMPLING_KEY_ENV (tests only).
+    """
+
+    key: bytes
+    secret: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key, bytes) or len(self.key) != 32:
+            raise ValueError(f"Sampling key must be 32 bytes. Found {len(self.key) if isinstance(self.key, bytes) else type(self.key).__name__}.")
+
+    @classmethod
+    def fresh(cls) -> "SamplingKey":
+        """A new secret key (or the test-only key of SAMPLING_KEY_ENV, marked not secret)."""
+        fixed = os.environ.get(SAMPLING_KEY_ENV)
+        if fixed:
+            return cls(hashlib.blake2b(fixed.encode(), digest_size=32).digest(), secret=False)
+        return cls(os.urandom(32))
+
+    @classmethod
+    def from_hex(cls, text: str, secret: bool = True) -> "SamplingKey":
+        return cls(bytes.fromhex(text), secret)
+
+    def hex(self) -> str:
+        return self.key.hex()
+
+    def round_seed(self, round_: int) -> int:
+        """Sampling seed of round `round_` (63 bits: fits Flower's int64 config values)."""
+        digest = hashlib.blake2b(int(round_).to_bytes(8, "little", signed=False), key=self.key, digest_size=8,
+                                 person=b"fedctx-sampling").digest()
+        return int.from_bytes(digest, "little") >> 1
+
+    def __repr__(self) -> str:  # never print the key
+        return "SamplingKey(secret)" if self.secret else "SamplingKey(TEST ONLY, not secret)"
 
 
 def noisy_mean(total: Mapping[str, np.ndarray], clip_norm: float, noise_multiplier: float,
@@ -345,13 +399,15 @@ def max_rounds(target_epsilon: float, q: float, z: float, delta: float, accounta
 
 @dataclass(frozen=True)
 class RoundRecord:
-    """One immutable ledger entry: the DP parameters of one round and the cumulative epsilon."""
+    """One immutable ledger entry: the DP parameters of one round and the cumulative epsilon.
+
+    Only public or DP-released values (q, z, C, epsilon): the ledger is released, so it never holds a count of
+    the users sampled (an unnoised, data-dependent value)."""
 
     round: int
     sample_rate: float        # q
     noise_multiplier: float   # z
     clip_norm: float          # C
-    users_sampled: int
     epsilon: float            # cumulative epsilon after this round (at the ledger's delta)
 
 
@@ -412,16 +468,15 @@ class PrivacyLedger:
         rounds_more = _check_rounds(rounds_more)
         return self._epsilon(self._pairs() + [(q, z)] * rounds_more)
 
-    def append(self, round: int, q: float, z: float, C: float, users_sampled: int) -> RoundRecord:
+    def append(self, round: int, q: float, z: float, C: float) -> RoundRecord:
         """Record one round (round numbers strictly increasing) and return its entry."""
         round = _check_rounds(round, "Round")
         if self.records and round <= self.records[-1].round:
             raise ValueError(f"Round must be greater than the last recorded round {self.records[-1].round}. "
                              f"Found {round}.")
         q, z, C = _check_q(q), _check_z(z), _check_clip(C)
-        users_sampled = _check_rounds(users_sampled, "Users sampled")
         rec = RoundRecord(round=round, sample_rate=q, noise_multiplier=z, clip_norm=C,
-                          users_sampled=users_sampled, epsilon=self.epsilon_after(q, z, 1))
+                          epsilon=self.epsilon_after(q, z, 1))
         self.records.append(rec)
         return rec
 
@@ -468,54 +523,120 @@ class PrivacyLedger:
                 f"for all shared-parameter updates {how}")
 
 
+def central_statement(ledger: PrivacyLedger, sampling_secret: bool, item_table: bool) -> str:
+    """The user-level guarantee of a run as stated to its readers: the ledger's sentence, the adversary it holds
+    against, and what it does not cover. Amplification by Poisson subsampling needs a secret sample: with a
+    test-only (public) sampling key the sentence says the epsilon does not hold."""
+    base = ledger.statement("user")
+    if not sampling_secret:
+        return ("NO valid guarantee: the sampling key was fixed by the test-only FEDCTX_TEST_ONLY_SAMPLING_KEY, so who "
+                "took part in each round is not secret and amplification by subsampling does not apply. Without it: "
+                + base)
+    seen = (" (with the hybrid item table, the rows its users' training touched, i.e. which items they engaged with)"
+            if item_table else "")
+    return (base + " It holds against anyone who sees the released outputs (global_model.npz, privacy_ledger.csv, "
+            "privacy.json) and everything computed from them; the Poisson sample of each round is drawn from a "
+            "server secret that appears in no output. Not covered: what the server itself receives before it adds "
+            f"the noise, i.e. each node's clipped sum{seen} and the counts and losses nodes report; the evaluation "
+            "metrics; the diagnostics/ folder of a simulation.")
+
+
 # ----------------------------------------------------------------------------------------------
 # Local DP-SGD on the device (example-level)
 
-def local_dp_event(z: float, steps_per_round: int, participations: int) -> dp_accounting.DpEvent:
+def local_dp_event(z: float, steps_per_round: int, participations: int, warm_starts: int = 0
+                   ) -> dp_accounting.DpEvent:
     """DpEvent of one client's local DP-SGD: full-batch steps (no sampling, q = 1), each a Gaussian
-    mechanism with noise multiplier z, `steps_per_round` per round over `participations` rounds."""
+    mechanism with noise multiplier z, `steps_per_round` per round over `participations` rounds, plus
+    `warm_starts` DP warm starts of theta_u (`common.model.dp_warm_start_theta`, one Gaussian mechanism each).
+
+    Neighbouring datasets: add or remove one engagement. Each release is a sum of per-example terms of
+    L2 norm <= C plus N(0, (z C)^2 I), divided by a public constant, so each is Gaussian(z)."""
     z = _check_z(z)
     steps = _check_rounds(steps_per_round, "Steps per round") * _check_rounds(participations, "Participations")
-    return dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z), steps)
+    return dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z),
+                                             steps + _check_rounds(warm_starts, "Warm starts"))
 
 
 @functools.lru_cache(maxsize=4096)
 def local_epsilon(z: float, steps_per_round: int, participations: int, delta: float,
-                  accountant: str = "rdp") -> float:
-    """Example-level epsilon of a client that took part in `participations` rounds (0 if none)."""
-    if participations == 0:
+                  accountant: str = "rdp", warm_starts: int = 0) -> float:
+    """Example-level epsilon of a client that took part in `participations` rounds (0 if nothing released)."""
+    if participations == 0 and warm_starts == 0:
         return 0.0
     if z == 0:
         return math.inf
-    return _epsilon_of(local_dp_event(z, steps_per_round, participations), _check_delta(delta), accountant)
+    return _epsilon_of(local_dp_event(z, steps_per_round, participations, warm_starts), _check_delta(delta),
+                       accountant)
+
+
+def local_epsilon_bound(z: float, steps_per_round: int, rounds: int, delta: float, accountant: str = "rdp",
+                        dp_theta: bool = True) -> float:
+    """Example-level epsilon of a client that takes part in every one of `rounds` rounds (with the DP warm
+    start of theta_u when dp_theta): a bound for every client that depends on no one's data or sampling."""
+    return local_epsilon(float(z), int(steps_per_round), int(rounds), float(delta), accountant, int(bool(dp_theta)))
+
+
+def local_statement(epsilon: float, z: float, steps_per_round: int, delta: float, clip_norm: float,
+                    denominator: int, accountant: str, dp_theta: bool) -> str:
+    """The guarantee of local DP-SGD as one sentence: what it covers, against whom, and what it does not."""
+    acc = {"rdp": "RDP", "pld": "PLD"}[accountant]
+    how = (f"local DP-SGD on the device: full batch, {steps_per_round} step(s) per round, each example's gradient "
+           f"clipped to {_fmt(clip_norm)}, noise multiplier {_fmt(z)}, noisy sum divided by the public constant "
+           f"{denominator} (never by the user's own count), {acc} accountant (dp-accounting)")
+    eps = f"{math.ceil(epsilon * 100 - 1e-9) / 100:.2f}" if math.isfinite(epsilon) else "inf"
+    if not dp_theta:
+        return (f"NO formal example-level guarantee: theta_u is trained on the device without noise "
+                f"(local-dp-theta=false) and shapes every update the device sends. The DP-SGD noise on the shared "
+                f"parameters alone would give (ε ≤ {eps}, δ = {_fmt(delta)}) if theta_u were public; {how}. "
+                f"Set local-dp-theta=true for the guarantee.")
+    return (f"(ε ≤ {eps}, δ = {_fmt(delta)}) example-level differential privacy (add or remove one engagement) "
+            f"for every client, against anyone who sees what its device sends in training (the server included) "
+            f"and everything computed from it (the released model); {how}; theta_u is trained with DP-SGD too and "
+            f"warmed up by one Gaussian release (noise multiplier {_fmt(z)}). Not covered: the evaluation metrics "
+            f"that nodes report (simulation diagnostics) and the fact that a device took part in a round.")
 
 
 def local_report(participations: np.ndarray, z: float, steps_per_round: int, delta: float, clip_norm: float,
-                 accountant: str = "rdp", dp_theta: bool = False) -> dict:
-    """Distribution over clients of the example-level (epsilon, delta) of local DP-SGD.
+                 accountant: str = "rdp", dp_theta: bool = True, denominator: int = 32,
+                 warm_starts: np.ndarray | None = None) -> dict:
+    """Distribution over clients of the example-level (epsilon, delta) of local DP-SGD (a device's own report).
 
-    participations [N]: rounds each client took part in.
+    participations [N]: rounds each client took part in; warm_starts [N]: its DP warm starts of theta_u
+    (default: none).
     """
     counts = np.asarray(participations, np.int64)
-    eps = np.array([local_epsilon(float(z), int(steps_per_round), int(c), float(delta), accountant)
-                    for c in counts])
+    warm = np.zeros_like(counts) if warm_starts is None else np.asarray(warm_starts, np.int64)
+    eps = np.array([local_epsilon(float(z), int(steps_per_round), int(c), float(delta), accountant, int(w))
+                    for c, w in zip(counts, warm)])
     stats = {name: float(f(eps)) for name, f in (("min", np.min), ("median", np.median), ("mean", np.mean),
                                                   ("p90", lambda e: np.percentile(e, 90)), ("max", np.max))
              } if len(eps) else {}
-    acc = {"rdp": "RDP", "pld": "PLD"}[accountant]
-    worst = stats.get("max", 0.0)
-    statement = (f"(ε ≤ {math.ceil(worst * 100 - 1e-9) / 100:.2f}, δ = {_fmt(delta)}) example-level differential "
-                 f"privacy on every client for what its device sends (local DP-SGD, full batch, {steps_per_round} "
-                 f"step(s) per round, noise multiplier {_fmt(z)}, clip norm {_fmt(clip_norm)}, {acc} accountant, "
-                 f"dp-accounting; median client ε = {stats.get('median', 0.0):.2f})"
-                 + ("." if dp_theta else "; theta_u is trained without noise on the device, see README."))
+    statement = local_statement(stats.get("max", 0.0), z, steps_per_round, delta, clip_norm, denominator,
+                                accountant, dp_theta)
     return {"unit": "example", "epsilon": stats, "delta": float(delta), "accountant": f"{accountant} (dp-accounting)",
             "noise_multiplier": float(z), "clip_norm": float(clip_norm), "steps_per_round": int(steps_per_round),
+            "denominator": int(denominator), "neighbouring": "add or remove one engagement",
             "sampling": {"scheme": "full batch (every example, every local step)", "q": 1.0},
             "participations": {"min": int(counts.min()) if len(counts) else 0,
                                "max": int(counts.max()) if len(counts) else 0,
                                "mean": float(counts.mean()) if len(counts) else 0.0},
-            "clients": int(len(counts)), "dp_theta": bool(dp_theta), "statement": statement}
+            "clients": int(len(counts)), "dp_theta": bool(dp_theta), "exact": bool(dp_theta),
+            "statement": statement}
+
+
+def local_guarantee(z: float, steps_per_round: int, rounds: int, delta: float, clip_norm: float,
+                    accountant: str, dp_theta: bool, denominator: int) -> dict:
+    """What the server may state about local DP without knowing who took part: the bound of a client in every
+    round (`local_epsilon_bound`)."""
+    eps = local_epsilon_bound(z, steps_per_round, rounds, delta, accountant, dp_theta)
+    return {"unit": "example", "epsilon": eps, "epsilon_is": "bound for a client that takes part in every round",
+            "delta": float(delta), "accountant": f"{accountant} (dp-accounting)", "noise_multiplier": float(z),
+            "clip_norm": float(clip_norm), "steps_per_round": int(steps_per_round), "denominator": int(denominator),
+            "neighbouring": "add or remove one engagement", "rounds": int(rounds), "dp_theta": bool(dp_theta),
+            "exact": bool(dp_theta),
+            "statement": local_statement(eps, z, steps_per_round, delta, clip_norm, denominator, accountant,
+                                         dp_theta)}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,10 +6,22 @@ import csv
 from pathlib import Path
 from typing import Mapping, Sequence
 
-__all__ = ["format_round", "write_rounds_csv", "results_table", "plot_rounds", "SYSTEMS"]
+__all__ = ["format_round", "write_rounds_csv", "results_table", "plot_rounds", "SYSTEMS", "RELEASED_FILES",
+           "DIAGNOSTICS", "diagnostics_dir"]
 
 #: Order of systems in tables and plots.
 SYSTEMS = ("federated", "centralized", "context-free", "popularity")
+
+#: What a private run releases (top level of its run directory): the model, the public content vectors and the
+#: privacy statement and ledger. Everything computed from the users' data without noise goes to DIAGNOSTICS.
+RELEASED_FILES = ("global_model.npz", "item_vectors.npy", "privacy.json", "privacy_ledger.csv")
+DIAGNOSTICS = "diagnostics"
+
+
+def diagnostics_dir(run_dir: Path, private: bool) -> Path:
+    """Where a run's data-dependent outputs (summary.json, rounds.csv, rounds.png, federated.json) go: the run
+    directory itself without DP; its `diagnostics/` folder under DP, apart from what is released."""
+    return Path(run_dir) / DIAGNOSTICS if private else Path(run_dir)
 
 
 def format_round(row: Mapping[str, float | int], num_rounds: int, k: int) -> str:

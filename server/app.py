@@ -13,11 +13,12 @@ from flwr.serverapp import Grid, ServerApp
 from common.aggregation import ServerOptimizer
 from common.config import Config, ConfigError, config_from_mapping
 from common.datasets import load_cached, resolve_dataset
-from common.federated import poisson_sample, training_members
+from common.federated import training_members
 from common.model import ModelShape, init_shared
 from common.params import from_record, to_record
-from common.report import format_round, write_rounds_csv
-from common.privacy import PrivacyLedger, RoundRecord, SecureGaussian, calibrate_noise, local_report
+from common.report import RELEASED_FILES, diagnostics_dir, format_round, write_rounds_csv
+from common.privacy import (PrivacyLedger, RoundRecord, SamplingKey, SecureGaussian, calibrate_noise,
+                            central_statement, local_guarantee)
 from server.checkpoint import CHECKPOINT_FILE, ServerState, check_resumable, load_checkpoint, save_checkpoint
 from server.content import content_vectors
 from server.strategy import AdaptiveClip, CentralDP, UserFedAvg
@@ -52,7 +53,12 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
     print(f"federated: {len(list(grid.get_node_ids()))} nodes, {n_members} training users{held_out}, "
           f"{ds.n_items} items, {cfg.num_rounds} rounds, sample rate {cfg.sample_rate}", flush=True)
     dp, privacy = None, None
-    if cfg.privacy in ("central", "local+central"):
+    sampling_key = (state.sampling_key if state is not None and state.sampling_key is not None
+                    else SamplingKey.fresh())
+    if not sampling_key.secret:
+        print("WARNING: the sampling key comes from FEDCTX_TEST_ONLY_SAMPLING_KEY: the sampling is NOT secret and "
+              "no privacy guarantee of this run holds (tests only).", flush=True)
+    if cfg.central_dp:
         delta = cfg.delta or 0.1 / n_members
         z = (calibrate_noise(cfg.target_epsilon, cfg.sample_rate, cfg.num_rounds, delta, cfg.accountant)
              if cfg.target_epsilon > 0 else cfg.noise_multiplier)
@@ -74,7 +80,7 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
         save_checkpoint(checkpoint, ServerState(
             round=round_, params=strategy.latest, optimizer=strategy.optimizer, config=cfg.to_flwr(),
             rows=strategy.log.rows, ledger=dp.ledger.to_rows() if dp else [], clip_norm=dp.clip_norm if dp else None,
-            noise_multiplier=dp.noise_multiplier if dp else None, best=strategy.best))
+            noise_multiplier=dp.noise_multiplier if dp else None, best=strategy.best, sampling_key=sampling_key))
         if dp is not None:
             dp.ledger.write_csv(run_dir / "privacy_ledger.csv")
 
@@ -82,9 +88,9 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
         content=to_record({"item-vectors": item_h}),
         optimizer=state.optimizer if state else ServerOptimizer(cfg.server_optimizer, cfg.server_lr,
                                                                 eps=cfg.server_adam_eps),
-        sample_rate=cfg.sample_rate, seed=cfg.seed, eval_every=cfg.eval_every, num_rounds=cfg.num_rounds,
+        sample_rate=cfg.sample_rate, sampling_key=sampling_key, eval_every=cfg.eval_every, num_rounds=cfg.num_rounds,
         on_round=lambda row: print(format_round(row, cfg.num_rounds, cfg.top_k), flush=True),
-        dp=dp, select_key=f"val-hr@{cfg.top_k}", round_offset=state.round if state else 0,
+        dp=dp, select_key=None if cfg.private else f"val-hr@{cfg.top_k}", round_offset=state.round if state else 0,
         checkpoint_every=cfg.checkpoint_every if checkpoint is not None else 0, on_checkpoint=write_checkpoint,
     )
     if state is not None:
@@ -96,28 +102,32 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
     rows = strategy.log.rows
     k = cfg.top_k
     last = next((r for r in reversed(rows) if f"test-hr@{k}" in r), {})
-    selected = next((r for r in rows if r["round"] == strategy.best[1]), last)  # early stopping on validation
+    # early stopping on validation only without DP: under DP the released model is the last round's
+    selected = next((r for r in rows if r["round"] == strategy.best[1]), last)
 
     def test_metrics(row: dict) -> dict:
         return {f"hr@{k}": row.get(f"test-hr@{k}"), f"ndcg@{k}": row.get(f"test-ndcg@{k}"),
                 f"hr@{k}-sampled": row.get(f"test-hr@{k}-sampled"),
                 f"ndcg@{k}-sampled": row.get(f"test-ndcg@{k}-sampled")}
 
+    released = strategy.latest if cfg.private else (strategy.best[2] if strategy.best[2] is not None else (
+        from_record(result.arrays) if result.arrays is not None else None))
     out = {
         "metrics": {**test_metrics(selected), "selected_round": selected.get("round")},
         "last_round_metrics": {**test_metrics(last), "round": last.get("round")},
         "rounds": rows,
         "timings": {"content_encoder_s": content_seconds, "federated_total_s": time.perf_counter() - t_start,
                     "mean_round_s": sum(r["seconds"] for r in rows) / max(len(rows), 1)},
-        "final_arrays": strategy.best[2] if strategy.best[2] is not None else (
-            from_record(result.arrays) if result.arrays is not None else None),
+        "final_arrays": released,
     }
     if dp is not None:
         privacy = {
             "unit": "user", "epsilon": dp.ledger.epsilon(), "delta": dp.ledger.delta,
             "accountant": f"{dp.ledger.accountant} (dp-accounting)", "noise_multiplier": dp.noise_multiplier,
-            "clip_norm": dp.clip_norm, "sampling": {"scheme": "poisson", "q": cfg.sample_rate},
-            "rounds": len(dp.ledger.records), "statement": dp.ledger.statement("user"),
+            "clip_norm": dp.clip_norm, "neighbouring": "add or remove one user (all of the user's engagements)",
+            "sampling": {"scheme": "poisson", "q": cfg.sample_rate, "secret": sampling_key.secret},
+            "rounds": len(dp.ledger.records),
+            "statement": central_statement(dp.ledger, sampling_key.secret, cfg.item_embedding),
             "noise_source": repr(dp.noise),
         }
         if dp.adaptive is not None:
@@ -128,31 +138,49 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
                 "sum_noise_multiplier": dp.sum_noise_multiplier,
                 "note": "the ledger's noise multiplier z covers the noised sum and the noised clipped count together"}
         print(f"privacy: {privacy['statement']}", flush=True)
-    if cfg.privacy in ("local", "local+central"):
-        users = np.asarray(ds.user_ids).astype(str)
-        members = training_members(users, cfg.audit_fraction, cfg.seed)
-        counts = sum(poisson_sample(users, cfg.sample_rate, cfg.seed, r) & members
-                     for r in range(1, cfg.num_rounds + 1))
-        local = local_report(counts[members], cfg.local_noise_multiplier, cfg.local_steps, cfg.local_delta,
-                             cfg.local_clip_norm, cfg.accountant, cfg.local_dp_theta)
+    if cfg.local_dp:  # a bound that needs nobody's sampling: each device reports its own users' epsilon
+        local = local_guarantee(cfg.local_noise_multiplier, cfg.local_steps, cfg.num_rounds, cfg.local_delta,
+                                cfg.local_clip_norm, cfg.accountant, cfg.local_dp_theta, cfg.local_denominator)
         local["noise_source"] = repr(SecureGaussian())
         print(f"privacy: {local['statement']}", flush=True)
         privacy = {**privacy, "local": local} if privacy else local
+    if privacy is not None:
+        privacy["released"] = "the last round's global model; nothing chosen by unnoised metrics"
     out["privacy"] = privacy
     if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if dp is not None:
-            dp.ledger.write_csv(run_dir / "privacy_ledger.csv")
-            privacy["ledger"] = str(run_dir / "privacy_ledger.csv")
-        if checkpoint is not None and checkpoint.is_file():
-            out["checkpoint"] = str(checkpoint)
-        write_rounds_csv(rows, run_dir / "rounds.csv")
-        np.save(run_dir / "item_vectors.npy", item_h)  # h(c) of the public catalogue, for scoring and the audit
-        if out["final_arrays"] is not None:  # the selected global model (shared parameters only)
-            np.savez(run_dir / "global_model.npz", **{k.replace("/", "."): v for k, v in out["final_arrays"].items()})
-        (run_dir / "federated.json").write_text(json.dumps(
-            {k: v for k, v in out.items() if k != "final_arrays"}, indent=2))
+        write_outputs(run_dir, cfg, out, item_h, dp.ledger if dp is not None else None,
+                      checkpoint if checkpoint is not None and checkpoint.is_file() else None)
     return out
+
+
+def write_outputs(run_dir: Path, cfg: Config, out: dict, item_h: np.ndarray, ledger: PrivacyLedger | None,
+                  checkpoint: Path | None) -> None:
+    """The run's files. Without DP everything sits in run_dir. Under DP run_dir holds only what is released
+    (RELEASED_FILES: the last round's model, the public content vectors, privacy.json and the ledger) and the
+    server-secret checkpoint; the per-round counts, losses and metrics go to run_dir/diagnostics."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    diag = diagnostics_dir(run_dir, cfg.private)
+    diag.mkdir(parents=True, exist_ok=True)
+    privacy = out["privacy"]
+    if ledger is not None:
+        ledger.write_csv(run_dir / "privacy_ledger.csv")
+        privacy["ledger"] = str(run_dir / "privacy_ledger.csv")
+    if checkpoint is not None:
+        out["checkpoint"] = str(checkpoint)
+    write_rounds_csv(out["rounds"], diag / "rounds.csv")
+    np.save(run_dir / "item_vectors.npy", item_h)  # h(c) of the public catalogue, for scoring and the audit
+    if out["final_arrays"] is not None:  # the released global model (shared parameters only)
+        np.savez(run_dir / "global_model.npz", **{k.replace("/", "."): v for k, v in out["final_arrays"].items()})
+    if privacy is not None:
+        released = [f for f in RELEASED_FILES if (run_dir / f).is_file() or f == "privacy.json"]
+        doc = {**privacy, "files": {
+            "released": released,
+            "server_secret": ["checkpoint.npz"] if checkpoint is not None else [],
+            "diagnostics": f"{diag.name}/ (computed from the users' data without noise, for the experimenter; "
+                           f"not covered by the guarantee and not produced by a deployment's server)"}}
+        (run_dir / "privacy.json").write_text(json.dumps(doc, indent=2))
+    (diag / "federated.json").write_text(json.dumps(
+        {k: v for k, v in out.items() if k != "final_arrays"}, indent=2))
 
 
 @app.main()

@@ -1,8 +1,9 @@
 """The server's checkpoint: everything a run needs to go on after an interruption, in one file.
 
 RUN_DIR/checkpoint.npz holds the global shared parameters, the server optimiser's state, the
-round reached, the early-stopping choice, the round log and, for central DP, the privacy ledger
-and the clip norm. It is replaced atomically (written beside it, then renamed), so a crash never
+round reached, the early-stopping choice, the round log, the SECRET sampling key and, for central DP,
+the privacy ledger and the clip norm. The checkpoint is server-secret: it is never released (the round
+log holds unnoised counts, and the key would reveal who took part in every round). It is replaced atomically (written beside it, then renamed), so a crash never
 leaves half a checkpoint. The ledger is also written as privacy_ledger.csv next to it.
 """
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from common.aggregation import ServerOptimizer
 from common.config import Config, ConfigError
+from common.privacy import SamplingKey
 
 __all__ = ["ServerState", "save_checkpoint", "load_checkpoint", "check_resumable", "CHECKPOINT_FILE"]
 
@@ -46,6 +48,7 @@ class ServerState:
     clip_norm: float | None = None
     noise_multiplier: float | None = None
     best: tuple[float, int, dict[str, np.ndarray] | None] = (-np.inf, 0, None)
+    sampling_key: SamplingKey | None = None
 
 
 def save_checkpoint(path: Path, state: ServerState) -> None:
@@ -62,6 +65,8 @@ def save_checkpoint(path: Path, state: ServerState) -> None:
         "round": state.round, "config": state.config, "rows": state.rows, "ledger": state.ledger,
         "clip_norm": state.clip_norm, "noise_multiplier": state.noise_multiplier,
         "best_score": None if not np.isfinite(state.best[0]) else state.best[0], "best_round": state.best[1],
+        "sampling_key": state.sampling_key.hex() if state.sampling_key else None,
+        "sampling_key_secret": bool(state.sampling_key.secret) if state.sampling_key else True,
         "optimizer": {"kind": opt.kind, "lr": opt.lr, "beta1": opt.beta1, "beta2": opt.beta2, "eps": opt.eps,
                       "step": opt.step},
     }
@@ -106,7 +111,9 @@ def load_checkpoint(path: Path) -> ServerState:
     return ServerState(round=int(meta["round"]), params=groups["params"], optimizer=optimizer, config=meta["config"],
                        rows=meta["rows"], ledger=meta["ledger"], clip_norm=meta["clip_norm"],
                        noise_multiplier=meta["noise_multiplier"],
-                       best=(best_score, int(meta["best_round"]), groups["best"] or None))
+                       best=(best_score, int(meta["best_round"]), groups["best"] or None),
+                       sampling_key=SamplingKey.from_hex(meta["sampling_key"], bool(meta.get("sampling_key_secret", True)))
+                       if meta.get("sampling_key") else None)
 
 
 def check_resumable(state: ServerState, cfg: Config, path: Path) -> None:

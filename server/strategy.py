@@ -1,7 +1,8 @@
 """User-level federated averaging on top of Flower's FedAvg.
 
 Every node is contacted each round; the server owns user sampling (rate q and a per-round seed
-in the train config), and each node applies it to its own users with `common.federated.poisson_sample`.
+in the train config, derived from the run's secret `SamplingKey` and sent only in that round),
+and each node applies it to its own users with `common.federated.poisson_sample`.
 Nodes reply with the SUM of their sampled users' updates and the user count; the server divides
 the total by the number of users (each user weighs the same) and applies a server optimiser.
 """
@@ -21,7 +22,8 @@ from flwr.serverapp.strategy import FedAvg
 
 from common.aggregation import ServerOptimizer, sum_updates
 from common.params import from_record, to_record
-from common.privacy import PrivacyLedger, SecureGaussian, adaptive_sum_noise, next_clip_norm, noisy_mean
+from common.privacy import (PrivacyLedger, SamplingKey, SecureGaussian, adaptive_sum_noise, next_clip_norm,
+                            noisy_mean)
 
 __all__ = ["UserFedAvg", "RoundLog", "CentralDP", "AdaptiveClip"]
 
@@ -73,17 +75,21 @@ class UserFedAvg(FedAvg):
     num_rounds: rounds of the whole run; round_offset: rounds already done (a resumed run), so Flower's
     round r is the run's round r + round_offset (the nodes' sampling and the ledger use the latter).
     on_checkpoint(round): called after every checkpoint_every-th round and the last one (0 = never).
+    sampling_key: the run's secret; round r's sampling seed is sampling_key.round_seed(r).
+    select_key: the evaluated round with the best value of this metric is kept (early stopping); None keeps
+    nothing (a private run releases its last round: a choice made on unnoised metrics is not accounted).
     """
 
-    def __init__(self, *, content: ArrayRecord, optimizer: ServerOptimizer, sample_rate: float, seed: int,
-                 eval_every: int, num_rounds: int, on_round: Callable[[dict], None] | None = None,
-                 dp: CentralDP | None = None, select_key: str = "val-hr@10", round_offset: int = 0,
+    def __init__(self, *, content: ArrayRecord, optimizer: ServerOptimizer, sample_rate: float,
+                 sampling_key: SamplingKey, eval_every: int, num_rounds: int,
+                 on_round: Callable[[dict], None] | None = None,
+                 dp: CentralDP | None = None, select_key: str | None = "val-hr@10", round_offset: int = 0,
                  checkpoint_every: int = 0, on_checkpoint: Callable[[int], None] | None = None) -> None:
         super().__init__(fraction_train=1.0, fraction_evaluate=1.0, weighted_by_key="num-users")
         self.content = content
         self.optimizer = optimizer
         self.sample_rate = sample_rate
-        self.seed = seed
+        self.sampling_key = sampling_key
         self.eval_every = eval_every
         self.num_rounds = num_rounds
         self.on_round = on_round
@@ -107,7 +113,7 @@ class UserFedAvg(FedAvg):
         server_round += self.round_offset
         self.current = self.latest = from_record(arrays)
         config["sample-rate"] = float(self.sample_rate)
-        config["sampling-seed"] = int(self.seed)
+        config["sampling-seed"] = self.sampling_key.round_seed(server_round)  # secret; this round only
         if self.dp is not None:
             config["clip-norm"] = float(self.dp.clip_norm)  # this round's C (it moves with adaptive clipping)
         messages = list(super().configure_train(server_round, arrays, config, grid))
@@ -122,20 +128,21 @@ class UserFedAvg(FedAvg):
         if errors:
             raise RuntimeError(f"round {server_round}: {len(errors)} node(s) failed: "
                                + "; ".join(m.error.reason for m in errors[:3]))
-        sums, users, examples, loss, node_s, shifted = [], 0, 0, 0.0, 0.0, 0.0
+        sums, users, examples, loss, shifted = [], 0, 0, 0.0, 0.0
+        has_loss = True  # under local DP nodes send no example count and no loss (see client.node)
         for msg in valid:
             metrics = msg.content.metric_records["metrics"]
             n = int(metrics["num-users"])
             if n > 0:
                 sums.append(from_record(msg.content.array_records["update"]))
             users += n
-            examples += int(metrics["num-examples"])
-            loss += float(metrics["train-loss-sum"])
-            node_s = max(node_s, float(metrics.get("node-seconds", 0.0)))
+            has_loss = has_loss and "train-loss-sum" in metrics
+            examples += int(metrics.get("num-examples", 0))
+            loss += float(metrics.get("train-loss-sum", 0.0))
             shifted += float(metrics.get("clip-shifted-count", 0.0))
-        self._row = {"round": server_round, "users": users, "examples": examples,
-                     "train-loss": loss / max(users, 1),
-                     "slowest-node-seconds": node_s}
+        self._row = {"round": server_round, "users": users}
+        if has_loss:
+            self._row.update({"examples": examples, "train-loss": loss / max(users, 1)})
         if self.current is None:
             return None, MetricRecord({"num-users": 0})
         if self.dp is not None:  # a DP round counts (and is noised) even if nobody was sampled
@@ -143,7 +150,7 @@ class UserFedAvg(FedAvg):
             mean = noisy_mean(total, self.dp.clip_norm, self.dp.sum_noise_multiplier, self.dp.denominator,
                               self.dp.noise)
             record = self.dp.ledger.append(server_round, self.sample_rate, self.dp.noise_multiplier,
-                                           self.dp.clip_norm, users)
+                                           self.dp.clip_norm)
             self._row["epsilon"] = record.epsilon
             self._row["clip-norm"] = self.dp.clip_norm
             if self.dp.adaptive is not None:
@@ -160,7 +167,7 @@ class UserFedAvg(FedAvg):
         new = self.optimizer.apply(self.current, mean)
         self.latest = new
         self._row["train-seconds"] = time.perf_counter() - self._t0
-        return to_record(new), MetricRecord({"num-users": users, "train-loss": self._row["train-loss"]})
+        return to_record(new), MetricRecord({"num-users": users})
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -184,7 +191,7 @@ class UserFedAvg(FedAvg):
         row.update({k: float(v) for k, v in metrics.items() if k != "num-users"})
         row["seconds"] = time.perf_counter() - self._t0
         self.log.rows.append(row)
-        score = row.get(self.select_key)
+        score = row.get(self.select_key) if self.select_key else None
         if score is not None and score > self.best[0] and self._eval_arrays is not None:
             self.best = (float(score), int(row["round"]), from_record(self._eval_arrays))
         if self.on_round is not None:

@@ -14,6 +14,7 @@ import numpy as np
 
 from common.config import Config
 from common.datasets import load_cached, resolve_dataset
+from common.report import diagnostics_dir
 
 __all__ = ["bench"]
 
@@ -46,8 +47,9 @@ def bench(cfg: Config, users: Sequence[int], items: int, rounds: int = 6, nodes:
         for mode in privacy:
             with tempfile.TemporaryDirectory() as tmp:
                 run_dir = Path(tmp) / "run"
-                run_flower_simulation(c.replace(run_dir=str(run_dir), privacy=mode), nodes)
-                rows = json.loads((run_dir / "federated.json").read_text())["rounds"]
+                cm = c.replace(run_dir=str(run_dir), privacy=mode)
+                run_flower_simulation(cm, nodes)
+                rows = json.loads((diagnostics_dir(run_dir, cm.private) / "federated.json").read_text())["rounds"]
             per_mode[mode] = float(np.median([r["train-seconds"] for r in rows[1:]]))
             say(f"bench {n_users} users: federated round ({mode}) {per_mode[mode]:.2f}s")
         round_s = per_mode[privacy[0]]

@@ -15,7 +15,7 @@ import numpy as np
 from common.config import Config
 from common.datasets import load_cached, resolve_dataset
 from common.federated import UserStore, evaluate_scores, evaluate_users, training_members
-from common.report import SYSTEMS, plot_rounds, results_table
+from common.report import SYSTEMS, diagnostics_dir, plot_rounds, results_table
 
 __all__ = ["PROJECT_ROOT", "run_flower_simulation", "run_baselines", "simulate"]
 
@@ -129,7 +129,8 @@ def simulate(cfg: Config, num_nodes: int = 2, verbose: bool = False, baselines: 
     t0 = time.perf_counter()
     run_flower_simulation(cfg, num_nodes, verbose)
     federated_s = time.perf_counter() - t0
-    fed_file = run_dir / "federated.json"
+    diag = diagnostics_dir(run_dir, cfg.private)
+    fed_file = diag / "federated.json"
     if not fed_file.is_file():
         raise RuntimeError(f"the federated run wrote no results ({fed_file}); rerun with --verbose to see why")
     fed = json.loads(fed_file.read_text())
@@ -151,10 +152,14 @@ def simulate(cfg: Config, num_nodes: int = 2, verbose: bool = False, baselines: 
         "timings": timings,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot_rounds(fed["rounds"], systems, cfg.top_k, run_dir / "rounds.png")
+    (diag / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot_rounds(fed["rounds"], systems, cfg.top_k, diag / "rounds.png")
     say("")
     say(results_table(summary["systems"], cfg.top_k))
     say(f"(test split: each user's last engagement; full ranking over items not in the user's history; "
         f"sampled: 1 vs {cfg.eval_negatives} negatives)")
+    if cfg.private:
+        say(f"released (covered by the guarantee in privacy.json): "
+            f"{', '.join(p.name for p in sorted(run_dir.iterdir()) if p.is_file() and p.name != 'checkpoint.npz')}; "
+            f"diagnostics (computed without noise, not covered): {diag}")
     return run_dir

@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from common.config import Config, ConfigError, config_from_mapping
+from common.report import diagnostics_dir
 
 __all__ = ["SweepPlan", "SWEEP_DEFAULTS", "sweep_config", "run_sweep", "summarise", "markdown_table",
            "plot_tradeoff", "COLUMNS"]
@@ -54,7 +55,8 @@ class SweepPlan:
     epsilons: tuple[float, ...] = (1.0, 4.0, 8.0, math.inf)
     seeds: tuple[int, ...] = (0, 1, 2)
     audit_users: int = 1000
-    local_noise: tuple[float, ...] = ()
+    local_noise: tuple[float, ...] = (1.0,)
+    local_inexact: bool = False
 
     def __post_init__(self) -> None:
         if not self.epsilons or any(not (e > 0) for e in self.epsilons):
@@ -75,8 +77,10 @@ class SweepPlan:
             else:
                 out.append((f"central eps={eps:g}", base.replace(privacy="central", target_epsilon=float(eps))))
         for z in self.local_noise:
-            out.append((f"local z={z:g}", base.replace(privacy="local", local_noise_multiplier=float(z),
-                                                       target_epsilon=0.0)))
+            local = base.replace(privacy="local", local_noise_multiplier=float(z), target_epsilon=0.0)
+            out.append((f"local z={z:g}", local.replace(local_dp_theta=True)))
+            if self.local_inexact:
+                out.append((f"local z={z:g} inexact", local.replace(local_dp_theta=False)))
         return out
 
 
@@ -94,6 +98,7 @@ _PLAN_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "seeds": ("seeds", lambda v: tuple(int(x) for x in _floats("seeds", v))),
     "audit-users": ("audit_users", int),
     "local-noise": ("local_noise", lambda v: () if v in ("", [], "none") else _floats("local-noise", v)),
+    "local-inexact": ("local_inexact", lambda v: str(v).strip().lower() in ("true", "1", "yes", "on")),
 }
 
 
@@ -182,18 +187,20 @@ def run_sweep(base: Config, plan: SweepPlan, out: Path, nodes: int = 2,
         t0 = time.perf_counter()
         run_dir.mkdir(parents=True)
         run_flower_simulation(cfg, nodes)
-        if not (run_dir / "federated.json").is_file():
+        fed_file = diagnostics_dir(run_dir, cfg.private) / "federated.json"
+        if not fed_file.is_file():
             raise RuntimeError(f"{label}, seed {seed}: the federated run wrote no results ({run_dir}); "
                                f"rerun it with `fedctx simulate --verbose` and the same settings to see why")
-        fed = json.loads((run_dir / "federated.json").read_text())
+        fed = json.loads(fed_file.read_text())
         auc, n_m, n_n = audit_run(cfg, run_dir, plan.audit_users)
         last = fed["last_round_metrics"]
         priv = fed.get("privacy") or {}
         local = cfg.privacy == "local"
         row = {
-            "setting": label, "unit": "example (worst client)" if local else "user",
+            "setting": label, "unit": ("example (every client)" if cfg.local_dp_theta else "example (NOT exact)")
+            if local else "user",
             "target_epsilon": cfg.target_epsilon if cfg.privacy == "central" else math.inf,
-            "epsilon": priv["epsilon"]["max"] if local else priv.get("epsilon", math.inf),
+            "epsilon": priv["epsilon"] if local else priv.get("epsilon", math.inf),
             "delta": priv.get("delta", 0.0), "noise_multiplier": priv.get("noise_multiplier", 0.0),
             "clip_norm": (cfg.local_clip_norm if local else cfg.clip_norm) if cfg.privacy != "none" else "",
             "sample_rate": cfg.sample_rate,
@@ -255,7 +262,9 @@ def markdown_table(table: Sequence[Mapping[str, Any]], base: Config) -> str:
                  f"{base.clip_norm}, {base.audit_fraction:.0%} of users held out as audit non-members"
                  + (f", delta = {delta:.3g}" if delta else "") + ". Metrics of the last round (full ranking, "
                  "test split); MIA: loss-threshold attack on the released global model (ROC AUC, 0.5 = chance)."
-                 + (" Local rows: example-level DP-SGD on every device, epsilon of the client with the most rounds."
+                 + (" Local rows: example-level DP-SGD on every device (add/remove one engagement), epsilon bound "
+                    "of a client that takes part in every round; 'NOT exact': theta_u trained without noise, no "
+                    "formal guarantee."
                     if any(e["setting"].startswith("local") for e in table) else ""))
     return "\n".join(lines) + "\n"
 

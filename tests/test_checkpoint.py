@@ -7,7 +7,7 @@ import pytest
 
 from common.aggregation import ServerOptimizer
 from common.config import Config, ConfigError
-from common.privacy import PrivacyLedger, RoundRecord
+from common.privacy import PrivacyLedger, RoundRecord, SamplingKey
 from server.checkpoint import ServerState, check_resumable, load_checkpoint, save_checkpoint
 
 
@@ -19,11 +19,11 @@ def _state(cfg: Config, round_: int = 3) -> ServerState:
         params = opt.apply(params, {k: rng.normal(size=v.shape) for k, v in params.items()})
     ledger = PrivacyLedger(delta=1e-5)
     for r in range(1, round_ + 1):
-        ledger.append(r, 0.1, 1.2, 0.02, 40 + r)
+        ledger.append(r, 0.1, 1.2, 0.02)
     rows = [{"round": r, "users": np.int64(40 + r), "train-loss": np.float32(2.0 / r)} for r in range(1, round_ + 1)]
     return ServerState(round=round_, params=params, optimizer=opt, config=cfg.to_flwr(), rows=rows,
                        ledger=ledger.to_rows(), clip_norm=0.017, noise_multiplier=1.2,
-                       best=(0.25, 2, {k: v + 1 for k, v in params.items()}))
+                       best=(0.25, 2, {k: v + 1 for k, v in params.items()}), sampling_key=SamplingKey.fresh())
 
 
 def test_checkpoint_round_trip_is_exact_and_atomic(tmp_path):
@@ -52,8 +52,8 @@ def test_checkpoint_round_trip_is_exact_and_atomic(tmp_path):
     restored = PrivacyLedger(delta=1e-5, records=[RoundRecord(**r) for r in back.ledger])
     fresh = PrivacyLedger(delta=1e-5)
     for r in range(1, 5):
-        fresh.append(r, 0.1, 1.2, 0.02, 1)
-    assert restored.append(4, 0.1, 1.2, 0.02, 44).epsilon == pytest.approx(fresh.epsilon(), rel=1e-12)
+        fresh.append(r, 0.1, 1.2, 0.02)
+    assert restored.append(4, 0.1, 1.2, 0.02).epsilon == pytest.approx(fresh.epsilon(), rel=1e-12)
 
 
 def test_resume_only_the_same_run(tmp_path):

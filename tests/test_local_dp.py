@@ -37,7 +37,8 @@ def test_one_step_equals_tensorflow_privacy_dp_sgd():
     zeros.update({"items/embedding": np.zeros((1, 1) + u["emb"].shape[1:], np.float32),
                   "items/bias": np.zeros((1, 1) + u["bias"].shape[1:], np.float32)})
     ours = dp_local_train(u["dense"], u["theta"], u["emb"], u["bias"], u["rows_h"], u["ctx"], u["cand"],
-                          u["ex_mask"], zeros, steps=1, lr=lr, theta_lr=0.1, l2=l2, clip=clip, noise_std=0.0)
+                          u["ex_mask"], zeros, steps=1, lr=lr, theta_lr=0.1, l2=l2, clip=clip, noise_std=0.0,
+                          denominator=L)  # TF Privacy divides by its fixed number of microbatches
 
     variables = {k: tf.Variable(u["dense"][k]) for k in names}
     emb, bias = tf.Variable(u["emb"]), tf.Variable(u["bias"])
@@ -64,24 +65,27 @@ def test_one_step_equals_tensorflow_privacy_dp_sgd():
     np.testing.assert_allclose(ours[3], bias.numpy(), rtol=1e-4, atol=1e-6)
     # the clip was active: without it the step differs
     loose = dp_local_train(u["dense"], u["theta"], u["emb"], u["bias"], u["rows_h"], u["ctx"], u["cand"],
-                           u["ex_mask"], zeros, steps=1, lr=lr, theta_lr=0.1, l2=l2, clip=1e6, noise_std=0.0)
+                           u["ex_mask"], zeros, steps=1, lr=lr, theta_lr=0.1, l2=l2, clip=1e6, noise_std=0.0,
+                           denominator=L)
     assert not np.allclose(loose[0]["tower/kernel"], ours[0]["tower/kernel"], rtol=1e-3)
 
 
-def test_noise_has_std_noise_std_times_lr_over_examples():
-    """With a clip so small the signal vanishes, one step moves each coordinate by lr * z C / n * N(0, 1)."""
+def test_noise_has_std_noise_std_times_lr_over_the_public_denominator():
+    """With a clip so small the signal vanishes, one step moves each coordinate by lr * z C / B * N(0, 1), with B
+    the public denominator, whatever the user's number of examples n (dividing by n would reveal it)."""
     u = _one_user(seed=1, L=4)
     rng = np.random.default_rng(5)
     names = list(trainable_dense("softmax"))
     noise = {k: rng.standard_normal((1, 1) + u["dense"][k].shape[1:]).astype(np.float32) for k in names}
     noise["items/embedding"] = rng.standard_normal((1, 1) + u["emb"].shape[1:]).astype(np.float32)
     noise["items/bias"] = rng.standard_normal((1, 1) + u["bias"].shape[1:]).astype(np.float32)
-    lr, std, n = 0.2, 3.0, 4
+    lr, std, B = 0.2, 3.0, 7.0  # the user has n = 4 examples
     out = dp_local_train(u["dense"], u["theta"], u["emb"], u["bias"], u["rows_h"], u["ctx"], u["cand"],
-                         u["ex_mask"], noise, steps=1, lr=lr, theta_lr=0.1, l2=0.0, clip=1e-9, noise_std=std)
+                         u["ex_mask"], noise, steps=1, lr=lr, theta_lr=0.1, l2=0.0, clip=1e-9, noise_std=std,
+                         denominator=B)
     for k in names:
-        np.testing.assert_allclose(out[0][k] - u["dense"][k], -lr * std / n * noise[k][0], atol=1e-5)
-    np.testing.assert_allclose(out[2] - u["emb"], -lr * std / n * noise["items/embedding"][0], atol=1e-5)
+        np.testing.assert_allclose(out[0][k] - u["dense"][k], -lr * std / B * noise[k][0], atol=1e-5)
+    np.testing.assert_allclose(out[2] - u["emb"], -lr * std / B * noise["items/embedding"][0], atol=1e-5)
     # theta is trained by plain SGD by default: no noise in it, and it moved
     assert not np.allclose(out[1], u["theta"])
 
@@ -102,12 +106,19 @@ def test_local_report_distribution_over_clients():
     from common.privacy import local_epsilon, local_report
 
     counts = np.array([0, 1, 1, 2, 5])
-    rep = local_report(counts, 1.5, 2, 1e-5, clip_norm=1.0)
+    rep = local_report(counts, 1.5, 2, 1e-5, clip_norm=1.0, dp_theta=False)
     eps = [local_epsilon(1.5, 2, int(c), 1e-5) for c in counts]
     assert rep["epsilon"]["max"] == pytest.approx(max(eps)) and rep["epsilon"]["min"] == 0.0
     assert rep["epsilon"]["median"] == pytest.approx(np.median(eps))
     assert eps == sorted(eps)  # more rounds, more privacy loss
-    assert rep["unit"] == "example" and rep["clients"] == 5 and "theta_u is trained without noise" in rep["statement"]
+    assert rep["unit"] == "example" and rep["clients"] == 5
+    # the variant without DP on theta_u states that it has no formal guarantee; the exact one states its epsilon
+    assert rep["statement"].startswith("NO formal example-level guarantee") and not rep["exact"]
+    exact = local_report(counts, 1.5, 2, 1e-5, clip_norm=1.0, dp_theta=True, warm_starts=counts > 0)
+    worst = local_epsilon(1.5, 2, 5, 1e-5, warm_starts=1)
+    assert exact["exact"] and exact["epsilon"]["max"] == pytest.approx(worst) and worst > max(eps)
+    assert exact["statement"].startswith(f"(ε ≤ {np.ceil(worst * 100) / 100:.2f}, δ = 1e-05) example-level")
+    assert "add or remove one engagement" in exact["statement"] and "Not covered" in exact["statement"]
 
 
 def test_distinct_candidates_are_distinct_and_keep_the_positive():

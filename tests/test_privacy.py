@@ -216,7 +216,7 @@ def test_ledger_appends_equal_one_composed_event(accountant, n):
     assert ledger.epsilon() == 0.0
     before = ledger.epsilon_after(q, z, n)
     for r in range(1, n + 1):
-        rec = ledger.append(r, q, z, 1.0, users_sampled=50)
+        rec = ledger.append(r, q, z, 1.0)
         assert isinstance(rec, RoundRecord) and rec.round == r
     assert ledger.epsilon() == pytest.approx(epsilon_for(q, z, n, DELTA, accountant), rel=1e-9)
     assert ledger.epsilon() == pytest.approx(before, rel=1e-9)
@@ -229,23 +229,24 @@ def test_ledger_appends_equal_one_composed_event(accountant, n):
 
 def test_ledger_mixed_rounds_and_csv(tmp_path):
     ledger = PrivacyLedger(delta=DELTA)
-    ledger.append(1, 0.1, 2.0, 1.0, 9)
-    ledger.append(2, 0.1, 2.0, 1.0, 11)
-    ledger.append(3, 0.2, 3.0, 0.5, 19)
+    ledger.append(1, 0.1, 2.0, 1.0)
+    ledger.append(2, 0.1, 2.0, 1.0)
+    ledger.append(3, 0.2, 3.0, 0.5)
     expected = dp_accounting.rdp.RdpAccountant().compose(dp_accounting.ComposedDpEvent([
         dp_event(0.1, 2.0, 2), dp_event(0.2, 3.0, 1)])).get_epsilon(DELTA)
     assert ledger.epsilon() == pytest.approx(expected, rel=1e-12)
     assert ledger.epsilon_after(0.1, 2.0, 0) == ledger.epsilon()
     assert ledger.epsilon_after(0.1, 2.0, 5) > ledger.epsilon()
     with pytest.raises(ValueError, match="Round must be greater"):
-        ledger.append(3, 0.1, 2.0, 1.0, 9)
+        ledger.append(3, 0.1, 2.0, 1.0)
     rows = ledger.to_rows()
     assert [r["round"] for r in rows] == [1, 2, 3] and rows[2]["clip_norm"] == 0.5
     path = tmp_path / "ledger.csv"
     ledger.write_csv(path)
     with open(path, newline="") as f:
         read = list(csv.DictReader(f))
-    assert [int(r["users_sampled"]) for r in read] == [9, 11, 19]
+    # the ledger is released: only public or DP-released values, never a count of sampled users
+    assert list(read[0]) == ["round", "sample_rate", "noise_multiplier", "clip_norm", "epsilon"]
     assert float(read[-1]["epsilon"]) == pytest.approx(ledger.epsilon())
 
 
@@ -253,7 +254,7 @@ def test_statement_names_epsilon_delta_level_and_accountant():
     ledger = PrivacyLedger(delta=DELTA)
     assert "no DP-FedAvg rounds recorded" in ledger.statement()
     for r in range(1, 4):
-        ledger.append(r, 0.1, 1.1, 1.0, 100)
+        ledger.append(r, 0.1, 1.1, 1.0)
     s = ledger.statement()
     eps = ledger.epsilon()
     assert f"(ε = {math.ceil(eps * 100) / 100:.2f}, δ = 1e-05) user-level differential privacy" in s  # rounded up
@@ -261,11 +262,11 @@ def test_statement_names_epsilon_delta_level_and_accountant():
     assert "noise multiplier 1.1, clip norm 1.0, RDP accountant (dp-accounting)." in s
     assert "example-level" in ledger.statement(unit="example")
     pld = PrivacyLedger(delta=DELTA, accountant="pld")
-    pld.append(1, 0.1, 3.0, 1.0, 10)
-    pld.append(2, 0.2, 3.0, 0.5, 21)
+    pld.append(1, 0.1, 3.0, 1.0)
+    pld.append(2, 0.2, 3.0, 0.5)
     s = pld.statement()
     assert "PLD accountant" in s and "1 round" not in s and "q = 0.1 to 0.2" in s and "clip norm 0.5 to 1.0" in s
-    ledger.append(4, 0.1, 0.0, 1.0, 10)
+    ledger.append(4, 0.1, 0.0, 1.0)
     assert ledger.epsilon() == math.inf and "No finite" in ledger.statement()
 
 
