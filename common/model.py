@@ -40,6 +40,7 @@ __all__ = [
     "local_train",
     "dp_local_train",
     "warm_start_theta",
+    "dp_warm_start_sum",
     "dp_warm_start_theta",
 ]
 
@@ -392,18 +393,23 @@ def warm_start_theta(phi_history: np.ndarray, age_days: np.ndarray, half_life_da
     return (w @ phi_history / w.sum()).astype(np.float32)
 
 
-def dp_warm_start_theta(phi_history: np.ndarray, clip: float, noise_std: float, noise: np.ndarray) -> np.ndarray:
-    """Warm start of theta_u as one Gaussian mechanism (exact local DP): r = S_phi / max(S_n / a, 1).
-
-    Each engagement contributes v_i = [phi_i min(1, a / |phi_i|), a] with a = clip / sqrt(2), so |v_i| <= clip;
-    S = sum_i v_i + noise_std * noise releases the clipped sum S_phi [dim] and the count term S_n together.
-    Adding or removing one engagement moves S by at most `clip`: Gaussian(noise_std / clip). Every engagement
-    weighs the same (the time decay of `warm_start_theta` is relative to the user's newest engagement, which
-    one engagement changes). phi_history [n, dim]; noise [dim + 1] standard normals. Returns [dim].
-    """
-    phi = np.asarray(phi_history, np.float64).reshape(-1, np.shape(noise)[0] - 1)
+def dp_warm_start_sum(phi_history: np.ndarray, clip: float) -> np.ndarray:
+    """The vector the DP warm start releases (before noise), [dim + 1]: sum_i v_i with
+    v_i = [phi_i min(1, a / |phi_i|), a] and a = clip / sqrt(2), so |v_i| <= clip: adding or removing one
+    engagement moves it by at most `clip`. phi_history [n, dim]."""
+    phi = np.asarray(phi_history, np.float64)
     a = clip / np.sqrt(2.0)
     norms = np.linalg.norm(phi, axis=1, keepdims=True)
     clipped = phi * np.minimum(1.0, a / np.maximum(norms, 1e-12))
-    total = np.append(clipped.sum(axis=0), a * len(phi)) + noise_std * np.asarray(noise, np.float64)
-    return (total[:-1] / max(total[-1] / a, 1.0)).astype(np.float32)
+    return np.append(clipped.sum(axis=0), a * len(phi))
+
+
+def dp_warm_start_theta(phi_history: np.ndarray, clip: float, noise_std: float, noise: np.ndarray) -> np.ndarray:
+    """Warm start of theta_u as one Gaussian mechanism (exact local DP): with S = dp_warm_start_sum + noise_std *
+    noise (noise [dim + 1] standard normals), theta_u = S[:dim] / max(S[dim] / a, 1), the noisy mean of the
+    clipped phi(c_i). Gaussian(noise_std / clip) under add/remove of one engagement. Every engagement weighs the
+    same: the time decay of `warm_start_theta` is relative to the user's newest engagement, which one engagement
+    changes. Returns [dim]."""
+    dim = np.shape(noise)[0] - 1
+    total = dp_warm_start_sum(np.reshape(phi_history, (-1, dim)), clip) + noise_std * np.asarray(noise, np.float64)
+    return (total[:-1] / max(total[-1] / (clip / np.sqrt(2.0)), 1.0)).astype(np.float32)

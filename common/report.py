@@ -26,8 +26,8 @@ def diagnostics_dir(run_dir: Path, private: bool) -> Path:
 
 def format_round(row: Mapping[str, float | int], num_rounds: int, k: int) -> str:
     """One progress line per round."""
-    text = (f"round {int(row['round']):>3}/{num_rounds}  users {int(row.get('users', 0)):>6}  "
-            f"loss {row.get('train-loss', float('nan')):.4f}")
+    loss = f"{row['train-loss']:.4f}" if "train-loss" in row else "-"  # under local DP nodes send no loss
+    text = f"round {int(row['round']):>3}/{num_rounds}  users {int(row.get('users', 0)):>6}  loss {loss:>6}"
     if f"val-hr@{k}" in row:
         text += (f"  val HR@{k} {row[f'val-hr@{k}']:.4f}  NDCG@{k} {row[f'val-ndcg@{k}']:.4f}"
                  f"  sampled HR@{k} {row[f'val-hr@{k}-sampled']:.4f}")

@@ -332,3 +332,84 @@ def test_evaluating_a_subset_of_users_equals_their_rows_of_the_full_evaluation(s
     part = evaluate_users(params, theta, store, item_h, cfg, "test", some)
     for key in full:
         np.testing.assert_array_equal(part[key], full[key][some])
+
+
+# -- what a reply may depend on (privacy claims) -------------------------------------------------------
+
+def _one_user_node(cfg, store, item_h):
+    from client.node import Node
+
+    return Node(cfg=cfg, store=store, theta=np.zeros((store.n_users, cfg.dim), np.float32),
+                ready=np.zeros(store.n_users, bool), taken=np.zeros(store.n_users, np.int64), item_h=item_h)
+
+
+def _other_history(store, n_items, seed):
+    """The same user with other private values: twice the engagements, other items, contexts and times."""
+    import dataclasses
+
+    rng = np.random.default_rng(seed)
+    n = 2 * (store.offsets[1] - store.offsets[0])
+    return dataclasses.replace(
+        store, offsets=np.array([0, n]), items=rng.integers(0, n_items, n), age_days=rng.uniform(0, 90, n).astype(
+            np.float32), ctx=rng.permutation(np.resize(store.ctx, (n, store.ctx.shape[1]))),
+        val_item=rng.integers(0, n_items, 1), test_item=rng.integers(0, n_items, 1))
+
+
+@pytest.mark.parametrize("privacy", ["none", "central", "local"])
+def test_replies_of_users_with_other_private_values_have_the_same_form(setup, privacy):
+    """A reply's names, shapes, dtypes and metric keys never depend on a user's private values; under local DP
+    not even the metric values do (no example count, no loss, no timing: each would leak beyond the guarantee)."""
+    cfg, ds, item_h, _, params = setup
+    c = cfg.replace(privacy=privacy)
+    store = UserStore.from_prepared(ds, np.array([0]))
+    replies = [train_reply(_one_user_node(c, s, item_h), _content(params, item_h, 1))
+               for s in (store, _other_history(store, ds.n_items, 1))]
+    forms = [({k: (v.shape, v.dtype) for k, v in from_record(r.array_records["update"]).items()},
+              sorted(r.metric_records["metrics"].keys()), sorted(r.keys())) for r in replies]
+    assert forms[0] == forms[1]
+    metrics = [dict(r.metric_records["metrics"]) for r in replies]
+    if privacy == "local":
+        assert metrics[0] == metrics[1] == {"num-users": 1}
+    else:
+        assert metrics[0]["num-examples"] != metrics[1]["num-examples"]  # the two users do differ
+
+
+@pytest.mark.parametrize("privacy", ["none", "central", "local"])
+def test_a_reply_is_a_function_of_the_shared_parameters_the_node_data_and_its_randomness(setup, monkeypatch,
+                                                                                        privacy):
+    """Two fresh nodes with the same data, the same message and the same (test-seeded) noise reply with exactly
+    the same bytes: nothing else (a clock, a counter, another run's state) reaches what is sent."""
+    import client.node
+    import common.federated
+    from common.privacy import SecureGaussian
+
+    cfg, ds, item_h, _, params = setup
+    c = cfg.replace(privacy=privacy, sample_rate=0.5)
+    replies = []
+    for _ in range(2):
+        monkeypatch.setattr(common.federated, "SecureGaussian", lambda: SecureGaussian(seed=11))
+        monkeypatch.setattr(client.node, "SecureGaussian", lambda: SecureGaussian(seed=12))
+        replies.append(train_reply(node_for(_context(c, 0, 2)), _content(params, item_h, 3, q=0.5)))
+    a, b = (from_record(r.array_records["update"]) for r in replies)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert dict(replies[0].metric_records["metrics"]) == dict(replies[1].metric_records["metrics"])
+    assert int(replies[0].metric_records["metrics"]["num-users"]) > 0
+
+
+def test_local_dp_noise_does_not_reveal_a_users_number_of_examples(setup):
+    """privacy=local: the noise on the item rows has std sqrt(steps) lr z C / B for every user, B public; under
+    the old normalisation by the user's own n it was sqrt(steps) lr z C / n, which one reply revealed."""
+    cfg, ds, item_h, _, params = setup
+    c = cfg.replace(privacy="local", local_noise_multiplier=2.0, local_clip_norm=0.5, local_lr=0.1)
+    store = UserStore.from_prepared(ds, np.arange(ds.n_users))
+    sizes = np.diff(store.offsets)
+    expected = np.sqrt(c.local_steps) * c.local_lr * 2.0 * 0.5 / c.local_denominator
+    stds = []
+    for u in (int(np.argmin(sizes)), int(np.argmax(sizes))):
+        node = node_for(_context(c, u, ds.n_users))  # partition u of n_users: exactly user u
+        emb = from_record(train_reply(node, _content(params, item_h, 1)).array_records["update"])["items/embedding"]
+        rows = np.abs(emb).sum(axis=1) > 0
+        stds.append(np.median(np.abs(emb[rows])) / 0.6745)  # robust: the user's own rows carry signal too
+    assert sizes.max() >= 2 * sizes.min()
+    for s in stds:
+        assert 0.9 * expected < s < 1.1 * expected

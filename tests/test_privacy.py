@@ -311,3 +311,74 @@ def test_clip_update_equals_tensorflow_privacy_quantile_estimator():
     ours, below = next_clip_norm(C, shifted, 0.0, expected, quantile, lr)
     assert ours == pytest.approx(float(expected_c), rel=1e-6)
     assert below == pytest.approx((norms <= C).sum() / expected - 0.5 * len(norms) / expected + 0.5)
+
+
+# -- secret sampling ------------------------------------------------------------------------------------
+
+def test_sampling_key_is_fresh_secret_and_never_printed(monkeypatch):
+    from common.privacy import SAMPLING_KEY_ENV, SamplingKey
+
+    monkeypatch.delenv(SAMPLING_KEY_ENV, raising=False)
+    a, b = SamplingKey.fresh(), SamplingKey.fresh()
+    assert a.secret and b.secret and a.key != b.key
+    seeds = [a.round_seed(r) for r in range(1, 50)]
+    assert len(set(seeds)) == 49 and all(0 <= s < 2 ** 63 for s in seeds)  # Flower's int64 config values
+    assert a.round_seed(3) != b.round_seed(3) and a.round_seed(3) == SamplingKey.from_hex(a.hex()).round_seed(3)
+    assert a.hex() not in repr(a) and "secret" in repr(a)
+    monkeypatch.setenv(SAMPLING_KEY_ENV, "tests")
+    fixed = SamplingKey.fresh()
+    assert not fixed.secret and fixed.key == SamplingKey.fresh().key and "TEST ONLY" in repr(fixed)
+
+
+def test_the_server_sends_each_round_its_own_secret_sampling_seed():
+    """Round r's config carries key.round_seed(r), never the run's public seed; two runs with the same settings
+    (other keys) sample with other seeds."""
+    from flwr.app import ArrayRecord, ConfigRecord
+
+    from common.aggregation import ServerOptimizer
+    from common.params import to_record
+    from common.privacy import SamplingKey
+    from server.strategy import UserFedAvg
+
+    class Grid:
+        def get_node_ids(self):
+            return [1, 2, 3]
+
+    def seeds(key):
+        strategy = UserFedAvg(content=ArrayRecord(), optimizer=ServerOptimizer("adam", 0.1), sample_rate=0.5,
+                              sampling_key=key, eval_every=1, num_rounds=3)
+        out = []
+        for r in (1, 2, 3):
+            msgs = list(strategy.configure_train(r, to_record({"w": np.zeros(2, np.float32)}), ConfigRecord({}), Grid()))
+            assert len(msgs) == 3
+            assert {int(m.content.config_records["config"]["sampling-seed"]) for m in msgs} == {key.round_seed(r)}
+            out.append(key.round_seed(r))
+        return out
+
+    a, b = SamplingKey.fresh(), SamplingKey.fresh()
+    assert seeds(a) != seeds(b) and len(set(seeds(a))) == 3 and 0 not in seeds(a)
+
+
+# -- DP warm start of theta_u (exact local DP) ---------------------------------------------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 12), st.integers(1, 6), st.floats(0.05, 5.0), st.integers(0, 10_000))
+def test_dp_warm_start_moves_at_most_the_clip_norm_per_engagement(n, dim, clip, seed):
+    """Adding one engagement (any phi, however large) moves the released vector by <= clip: Gaussian(z) holds."""
+    from common.model import dp_warm_start_sum
+
+    rng = np.random.default_rng(seed)
+    phi = rng.normal(0, rng.uniform(0.01, 100), (n + 1, dim))
+    change = dp_warm_start_sum(phi, clip) - dp_warm_start_sum(phi[:-1], clip)
+    assert np.linalg.norm(change) <= clip * (1 + 1e-9)
+
+
+def test_dp_warm_start_without_noise_is_the_mean_of_the_clipped_vectors():
+    from common.model import dp_warm_start_theta
+
+    phi = np.array([[3.0, 4.0], [0.1, 0.0], [0.0, -0.2]])
+    a = 1.0 / np.sqrt(2)  # clip 1: each vector is clipped to norm 1/sqrt(2)
+    expected = (np.array([3.0, 4.0]) / 5.0 * a + np.array([0.1, 0.0]) + np.array([0.0, -0.2])) / 3
+    np.testing.assert_allclose(dp_warm_start_theta(phi, 1.0, 0.0, np.zeros(3)), expected, rtol=1e-6)
+    noisy = dp_warm_start_theta(phi, 1.0, 1.0, np.random.default_rng(0).standard_normal(3))
+    assert not np.allclose(noisy, expected)

@@ -49,12 +49,13 @@ def test_simulate_writes_the_run_directory(small_synthetic, tmp_path):
     assert "round   2/2" in res.stdout
 
 
-def _private_run(data: Path, out: Path, *settings: str) -> dict:
-    """`fedctx simulate` without baselines and with the given settings; returns summary.json's privacy block."""
+def _private_run(data: Path, out: Path, *settings: str, env_extra: dict | None = None) -> dict:
+    """`fedctx simulate` without baselines and with the given settings; returns the released privacy.json."""
     sets = [x for s in settings for x in ("--set", s)]
-    res = _fedctx("simulate", "--data", str(data), "--no-baselines", *SMALL, *sets, "--out", str(out))
+    res = _fedctx("simulate", "--data", str(data), "--no-baselines", *SMALL, *sets, "--out", str(out),
+                  env_extra=env_extra)
     assert res.returncode == 0, res.stderr[-3000:]
-    return json.loads((out / "summary.json").read_text())["privacy"]
+    return json.loads((out / "privacy.json").read_text())
 
 
 def test_local_plus_central_dp_run_reports_both_guarantees(small_synthetic, tmp_path):
@@ -63,9 +64,12 @@ def test_local_plus_central_dp_run_reports_both_guarantees(small_synthetic, tmp_
                            "local-noise-multiplier=1.5")
     assert privacy["unit"] == "user" and 0 < privacy["epsilon"] <= 8.0
     local = privacy["local"]
-    assert local["unit"] == "example" and local["noise_multiplier"] == 1.5 and local["clients"] == 24
-    assert 0 <= local["epsilon"]["min"] <= local["epsilon"]["median"] <= local["epsilon"]["max"] < float("inf")
-    assert local["participations"]["max"] <= 2
+    assert local["unit"] == "example" and local["noise_multiplier"] == 1.5 and local["exact"]
+    # the server states a bound that needs nobody's sampling: a client in both rounds, plus the DP warm start
+    from common.privacy import local_epsilon
+
+    assert local["epsilon"] == pytest.approx(local_epsilon(1.5, 2, 2, 1e-5, warm_starts=1))
+    assert "Not covered" in local["statement"] and "add or remove one engagement" in local["statement"]
     # the hybrid item table cannot be combined with local+central (see Config)
     bad = _fedctx("simulate", "--data", str(small_synthetic), "--set", "privacy=local+central")
     assert bad.returncode == 2 and "item-embedding" in bad.stderr
@@ -75,13 +79,13 @@ def test_central_dp_run_reports_its_guarantee(small_synthetic, tmp_path):
     out = tmp_path / "dp"
     privacy = _private_run(small_synthetic, out, "num-rounds=3", "privacy=central", "target-epsilon=4",
                            "sample-rate=0.5", "adaptive-clip=true", "clip-norm=1.0")
-    assert privacy["unit"] == "user" and privacy["sampling"] == {"scheme": "poisson", "q": 0.5}
+    assert privacy["unit"] == "user" and privacy["sampling"] == {"scheme": "poisson", "q": 0.5, "secret": True}
     assert privacy["rounds"] == 3 and 0 < privacy["epsilon"] <= 4.0
     # adaptive clipping: every update norm is far below C = 1, so C shrinks toward the median norm;
     # the sum's noise multiplier is larger than the accounted z (the count takes part of the budget)
     adaptive = privacy["adaptive_clipping"]
     assert adaptive["final_clip_norm"] < 1.0 and adaptive["sum_noise_multiplier"] > privacy["noise_multiplier"]
-    with open(out / "rounds.csv") as f:
+    with open(out / "diagnostics" / "rounds.csv") as f:
         clips = [float(r["clip-norm"]) for r in csv.DictReader(f)]
     assert clips[0] == 1.0 and len(clips) == 3
     assert privacy["delta"] == pytest.approx(0.1 / 24) and privacy["noise_source"] == "SecureGaussian(AES-256-CTR keyed by os.urandom)"
@@ -89,36 +93,95 @@ def test_central_dp_run_reports_its_guarantee(small_synthetic, tmp_path):
         ledger = list(csv.DictReader(f))
     eps = [float(r["epsilon"]) for r in ledger]
     assert len(ledger) == 3 and eps == sorted(eps) and eps[-1] == pytest.approx(privacy["epsilon"])
-    assert "user-level" in privacy["statement"]
+    assert "user-level" in privacy["statement"] and "Not covered" in privacy["statement"]
+
+
+def _numbers(text: str) -> set[float]:
+    import re
+
+    return {float(x) for x in re.findall(r"-?\d+\.?\d*(?:[eE][-+]?\d+)?", text)}
+
+
+def test_a_central_dp_run_releases_only_accounted_values_and_secret_sampling(small_synthetic, tmp_path):
+    """Central DP: the released files are the last round's model, the public content vectors, privacy.json and
+    a ledger of public or DP-released values; every unnoised count, loss and metric sits in diagnostics/; and
+    two runs with the same settings sample other users (the sample comes from a fresh server secret)."""
+    from server.checkpoint import load_checkpoint
+
+    settings = ("num-rounds=4", "privacy=central", "noise-multiplier=0.8", "sample-rate=0.5", "eval-every=1",
+                "adaptive-clip=true", "clip-count-stddev=3")
+    users = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        _private_run(small_synthetic, out, *settings)
+        assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz", "diagnostics", "global_model.npz",
+                                                        "item_vectors.npy", "privacy.json", "privacy_ledger.csv"]
+        with open(out / "diagnostics" / "rounds.csv") as f:
+            rows = list(csv.DictReader(f))
+        users.append([int(r["users"]) for r in rows])
+        # every data-dependent value of the run (sampled users, examples, losses, validation and test metrics)
+        secret = {float(v) for r in rows for k, v in r.items()
+                  if k not in ("round", "epsilon", "clip-norm", "seconds", "train-seconds", "unclipped-share") and v}
+        summary = json.loads((out / "diagnostics" / "summary.json").read_text())
+        secret |= {float(v) for v in summary["systems"]["federated"].values() if v is not None}
+        secret -= {0.0, 1.0, 2.0, 3.0, 4.0}  # round numbers and small constants appear legitimately
+        released = (out / "privacy.json").read_text() + (out / "privacy_ledger.csv").read_text()
+        leaked = secret & _numbers(released)
+        assert not leaked, f"unnoised data-dependent values in released files: {sorted(leaked)[:5]}"
+        assert "users_sampled" not in released and "sampling-seed" not in released
+        # the released model is the last round's (no choice made on unnoised validation metrics)
+        last = load_checkpoint(out / "checkpoint.npz")
+        assert last.round == 4 and summary["systems"]["federated"]["selected_round"] == 4
+        with np.load(out / "global_model.npz") as f:
+            for k, v in last.params.items():
+                np.testing.assert_array_equal(f[k.replace("/", ".")], v)
+        # the published config holds the experiment seed; replaying the sampling with it does not give the sample
+        from common.datasets import load_cached
+        from common.federated import poisson_sample
+
+        keys = np.asarray(load_cached(str(small_synthetic)).user_ids).astype(str)
+        replay = [int(poisson_sample(keys, 0.5, summary["config"]["seed"], r).sum()) for r in range(1, 5)]
+        assert replay != users[-1]
+    assert users[0] != users[1]  # P(equal by chance) < 0.001 with 24 users at q = 0.5 over 4 rounds
 
 
 def test_an_interrupted_central_dp_run_resumes_from_its_checkpoint(small_synthetic, tmp_path):
     """Stopped after 2 of 4 rounds and resumed, a run continues the rounds, the users' sampling and the
     privacy ledger exactly where an uninterrupted run is; other settings cannot resume it."""
+    from common.privacy import SAMPLING_KEY_ENV
+
     settings = ("privacy=central", "noise-multiplier=1.3", "sample-rate=0.5", "checkpoint-every=1")
-    whole = _private_run(small_synthetic, tmp_path / "whole", "num-rounds=4", *settings)
-    _private_run(small_synthetic, tmp_path / "part", "num-rounds=2", *settings)
+    test_key = {SAMPLING_KEY_ENV: "resume-test"}  # the same (not secret) sampling key for both runs
+    whole = _private_run(small_synthetic, tmp_path / "whole", "num-rounds=4", *settings, env_extra=test_key)
+    assert whole["statement"].startswith("NO valid guarantee") and whole["sampling"]["secret"] is False
+    _private_run(small_synthetic, tmp_path / "part", "num-rounds=2", *settings, env_extra=test_key)
     half = tmp_path / "part" / "checkpoint.npz"
     from server.checkpoint import load_checkpoint
 
     assert load_checkpoint(half).round == 2
-    before = (tmp_path / "part" / "rounds.csv").read_text().splitlines()
+    before = (tmp_path / "part" / "diagnostics" / "rounds.csv").read_text().splitlines()
+    # the key comes from the checkpoint (the environment variable is not needed to go on)
     resumed = _private_run(small_synthetic, tmp_path / "part", "num-rounds=4", "resume=true", *settings)
+    assert resumed["sampling"]["secret"] is False  # a run begun with a test key stays marked as such
+
+    def sampled(run):
+        with open(tmp_path / run / "diagnostics" / "rounds.csv") as f:
+            return [(int(r["round"]), int(r["users"])) for r in csv.DictReader(f)]
 
     def ledger(privacy):
         with open(privacy["ledger"]) as f:
-            return [(int(r["round"]), int(r["users_sampled"]), float(r["epsilon"])) for r in csv.DictReader(f)]
+            return [(int(r["round"]), float(r["epsilon"])) for r in csv.DictReader(f)]
 
-    assert [r[:2] for r in ledger(resumed)] == [r[:2] for r in ledger(whole)]  # same rounds, same users sampled
+    assert sampled("part") == sampled("whole")  # same rounds, same users sampled
     assert [r[0] for r in ledger(resumed)] == [1, 2, 3, 4]
-    np.testing.assert_allclose([r[2] for r in ledger(resumed)], [r[2] for r in ledger(whole)], rtol=1e-9)
+    np.testing.assert_allclose([r[1] for r in ledger(resumed)], [r[1] for r in ledger(whole)], rtol=1e-9)
     assert resumed["epsilon"] == pytest.approx(whole["epsilon"]) and resumed["rounds"] == 4
     state = load_checkpoint(tmp_path / "part" / "checkpoint.npz")
     assert state.round == 4 and state.optimizer.step == 4 and len(state.rows) == 4
-    with open(tmp_path / "part" / "rounds.csv") as f:
+    with open(tmp_path / "part" / "diagnostics" / "rounds.csv") as f:
         assert [int(r["round"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
     # rounds 1-2 were not trained again: their log rows (timings, noisy losses) come from the checkpoint
-    after = (tmp_path / "part" / "rounds.csv").read_text().splitlines()
+    after = (tmp_path / "part" / "diagnostics" / "rounds.csv").read_text().splitlines()
     assert [line.split(",")[:9] for line in after[1:3]] == [line.split(",")[:9] for line in before[1:3]]
     bad = _fedctx("simulate", "--data", str(small_synthetic), "--no-baselines", *SMALL, "--out", str(tmp_path / "part"),
                   *[x for v in (*settings, "num-rounds=6", "resume=true", "clip-norm=0.5") for x in ("--set", v)])
@@ -127,10 +190,12 @@ def test_an_interrupted_central_dp_run_resumes_from_its_checkpoint(small_synthet
     assert again.returncode != 0 and "resume=true" in again.stdout + again.stderr
 
 
-def test_one_user_per_node_equals_sharded_through_flower(small_synthetic, tmp_path):
-    """Same seed: every user on its own SuperNode gives the same global model as 3 shards."""
+def test_one_user_per_node_equals_sharded_through_flower(small_synthetic, tmp_path, monkeypatch):
+    """Same seed and sampling key: every user on its own SuperNode gives the same global model as 3 shards."""
+    from common.privacy import SAMPLING_KEY_ENV
     from simulations.simulate import run_flower_simulation
 
+    monkeypatch.setenv(SAMPLING_KEY_ENV, "sharding-test")  # both runs sample with one (test-only) key
     cfg = Config(data=str(small_synthetic), dim=4, text_dim=8, text_epochs=2, local_steps=2, num_rounds=2,
                  sample_rate=0.6, eval_every=100)
     models = {}
