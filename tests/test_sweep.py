@@ -23,7 +23,9 @@ def test_sweep_settings_precedence_defaults_file_then_set(tmp_path):
     labels = [(label, c.privacy, c.target_epsilon) for label, c in plan.settings(base)]
     assert labels == [("central eps=1", "central", 1.0), ("central eps=2", "central", 2.0),
                       ("non-private", "none", 0.0), ("local z=1.5", "local", 0.0)]
-    assert plan.settings(base)[-1][1].local_noise_multiplier == 1.5
+    assert plan.settings(base)[-1][1].local_noise_multiplier == 1.5 and plan.settings(base)[-1][1].local_dp_theta
+    # the default plan includes the default (exact) local-DP setting
+    assert [label for label, _ in SweepPlan().settings(base)][-1] == "local z=1"
 
 
 def test_sweep_rejects_bad_plans(tmp_path):
@@ -58,14 +60,16 @@ def test_sweep_command_writes_csv_plot_and_table(small_synthetic, tmp_path):
     out = tmp_path / "sweep"
     res = _fedctx("sweep", "--data", str(small_synthetic), *SMALL, "--set", "num-rounds=2", "--set",
                   "epsilons=4,inf", "--set", "seeds=0", "--set", "sample-rate=0.5", "--set", "audit-fraction=0.3",
-                  "--set", "local-noise=2", "--out", str(out))
+                  "--set", "local-noise=2", "--set", "local-inexact=true", "--out", str(out))
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip().splitlines()[-1] == f"run directory: {out}"
     with open(out / "tradeoff.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["setting"] for r in rows] == ["central eps=4", "non-private", "local z=2"]
-    assert [r["unit"] for r in rows] == ["user", "user", "example (worst client)"]
+    assert [r["setting"] for r in rows] == ["central eps=4", "non-private", "local z=2", "local z=2 inexact"]
+    assert [r["unit"] for r in rows] == ["user", "user", "example (every client)", "example (NOT exact)"]
     assert 0 < float(rows[2]["epsilon"]) < math.inf and float(rows[2]["noise_multiplier"]) == 2.0
+    # the exact variant also accounts the DP warm start of theta_u
+    assert float(rows[2]["epsilon"]) > float(rows[3]["epsilon"]) > 0
     for r in rows:
         assert 0.0 <= float(r["hr@10"]) <= 1.0 and 0.0 <= float(r["mia_auc"]) <= 1.0
         assert int(r["audit_members"]) >= 1 and r["seed"] == "0"
