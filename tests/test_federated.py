@@ -413,3 +413,26 @@ def test_local_dp_noise_does_not_reveal_a_users_number_of_examples(setup):
     assert sizes.max() >= 2 * sizes.min()
     for s in stds:
         assert 0.9 * expected < s < 1.1 * expected
+
+
+def test_exact_local_dp_warms_theta_up_by_a_gaussian_release(setup, monkeypatch):
+    """privacy=local (exact by default): a node warms theta_u up with `dp_init_theta` (clipped, noised), not with
+    the non-private time-decayed mean; local-dp-theta=false keeps the non-private warm start."""
+    import client.node
+    from common.federated import dp_init_theta, init_theta, item_representations
+    from common.privacy import SecureGaussian
+
+    cfg, ds, item_h, _, params = setup
+    c = cfg.replace(privacy="local", local_noise_multiplier=1.5, local_clip_norm=0.4)
+    monkeypatch.setattr(client.node, "SecureGaussian", lambda: SecureGaussian(seed=3))
+    thetas = {}
+    for exact in (True, False):
+        node = node_for(_context(c.replace(local_dp_theta=exact), 0, 2))
+        evaluate_reply(node, _content(params, item_h, 1))  # evaluation warms every member up
+        thetas[exact] = node.theta.copy()
+    users = np.arange(node.store.n_users)
+    phi = item_representations(params, item_h)
+    np.testing.assert_allclose(thetas[False], init_theta(node.store, users, phi, c.half_life_days), rtol=1e-6)
+    np.testing.assert_allclose(thetas[True], dp_init_theta(node.store, users, phi, 0.4, 1.5 * 0.4, SecureGaussian(seed=3)),
+                               rtol=1e-6)
+    assert not np.allclose(thetas[True], thetas[False], atol=1e-3)
