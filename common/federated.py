@@ -244,18 +244,23 @@ def _chunks(sizes: np.ndarray, max_cells: int) -> list[np.ndarray]:
 
 def user_updates(params: Mapping[str, np.ndarray], theta: np.ndarray, store: UserStore, users: np.ndarray,
                  item_h: np.ndarray, cfg: Config, round_: int,
-                 max_cells: int = 16384, noise: SecureGaussian | None = None) -> tuple[UserUpdates, np.ndarray]:
+                 max_cells: int = 16384, noise: SecureGaussian | None = None,
+                 negatives: SecureGaussian | None = None) -> tuple[UserUpdates, np.ndarray]:
     """Local training of the given users (indices into the store), each from the same global params.
 
     params: global shared parameters; theta [len(users), dim] their current private vectors.
     Returns (per-user updates of the shared parameters, new theta [len(users), dim]).
     With cfg.privacy "local" or "local+central" every user trains by DP-SGD (`common.model.dp_local_train`)
     with Gaussian noise from `noise` (default: a secure source), and the item rows a user did not touch
-    get the same noise, so the update does not reveal which items the user engaged with.
+    get the same noise, so the update does not reveal which items the user engaged with. Its negatives come
+    from `negatives` (default: the noise source), never from the public seed: a seeded stream is known to the
+    server, and it assigns other negatives to every later example when one example is added or removed, so the
+    per-example sensitivity bound would not hold against the server.
     """
     local_dp = cfg.privacy in ("local", "local+central")
     if local_dp:
         noise = noise or SecureGaussian()
+        negatives = negatives or noise
         max_cells = min(max_cells, 4096)  # one parameter copy per example
         if cfg.negatives > item_h.shape[0] - 1:
             raise ValueError(f"negatives: must be < the number of items ({item_h.shape[0]}) with local DP "
@@ -277,10 +282,10 @@ def user_updates(params: Mapping[str, np.ndarray], theta: np.ndarray, store: Use
         for pos in group:
             u = users[pos]
             hist = store.history(u)
-            rng = user_rng(cfg.seed, round_, store.user_keys[u], "negatives")
             if local_dp:
-                cand = distinct_candidates(rng, hist, n_items, K)
+                cand = distinct_candidates(negatives, hist, n_items, K)
             else:
+                rng = user_rng(cfg.seed, round_, store.user_keys[u], "negatives")
                 negs = rng.integers(0, n_items, size=(len(hist), K))
                 cand = np.concatenate([hist[:, None], negs], axis=1)
             rows, inverse = np.unique(cand, return_inverse=True)
@@ -349,7 +354,8 @@ def user_updates(params: Mapping[str, np.ndarray], theta: np.ndarray, store: Use
     return updates, new_theta
 
 
-def distinct_candidates(rng: np.random.Generator, positives: np.ndarray, n_items: int, k: int) -> np.ndarray:
+def distinct_candidates(rng: np.random.Generator | SecureGaussian, positives: np.ndarray, n_items: int,
+                        k: int) -> np.ndarray:
     """[n, 1 + k] candidates per example: the engaged item, then k uniform negatives, all distinct
     within the row (so a clipped example's gradient moves each item row once). Requires k < n_items."""
     cand = np.concatenate([positives[:, None], rng.integers(0, n_items, size=(len(positives), k))], axis=1)

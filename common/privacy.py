@@ -157,6 +157,20 @@ class SecureGaussian:
         enc.update_into(bytes(n), buf)
         return np.frombuffer(buf, np.uint8)[:n]
 
+    def integers(self, low: int, high: int, size: tuple[int, ...]) -> np.ndarray:
+        """[size] int64 uniform on [low, high), like numpy's Generator.integers: from the keystream, 64 bits per
+        value reduced modulo (high - low) (bias < (high - low) / 2^64). Used for the negatives of local DP-SGD,
+        which must be secret: a public stream would shift with the number of examples."""
+        span = int(high) - int(low)
+        if span < 1:
+            raise ValueError(f"High must be greater than low. Found low={low}, high={high}.")
+        size = (int(size),) if isinstance(size, (int, np.integer)) else tuple(int(s) for s in size)
+        if self._rng is not None:
+            return self._rng.integers(low, high, size=size)
+        n = math.prod(size)
+        raw = self._secure_bytes(8 * n).view(np.uint64)
+        return (raw % np.uint64(span)).astype(np.int64).reshape(size) + int(low)
+
     def normal(self, std: float, shape: tuple[int, ...]) -> np.ndarray:
         """[shape] float32 samples of N(0, std^2)."""
         if not (isinstance(std, (int, float, np.integer, np.floating)) and 0.0 <= float(std) < math.inf):

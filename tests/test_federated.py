@@ -253,9 +253,13 @@ def test_held_out_users_never_train_and_are_not_evaluated(setup):
     assert int(ev["num-users"]) == members.sum()
 
 
-def test_local_dp_update_hides_which_items_a_user_touched(setup):
+def test_local_dp_update_hides_which_items_a_user_touched(setup, monkeypatch):
     """privacy=local: a one-user node's reply moves EVERY item row (noise on the untouched ones, of the
     size DP-SGD gives them), not only the rows of the user's candidates."""
+    import common.federated
+    from common.privacy import SecureGaussian
+
+    monkeypatch.setattr(common.federated, "SecureGaussian", lambda: SecureGaussian(seed=21))  # to redraw them
     cfg, ds, item_h, _, params = setup
     c = cfg.replace(privacy="local", local_noise_multiplier=2.0, local_clip_norm=0.5, local_lr=0.1)
     node = node_for(_context(c, 0, ds.n_users))  # exactly one user
@@ -265,7 +269,7 @@ def test_local_dp_update_hides_which_items_a_user_touched(setup):
     assert moved.all()
     hist = node.store.history(0)
     n = len(hist)
-    rng = user_rng(c.seed, 1, node.store.user_keys[0], "negatives")  # the node's own candidate stream
+    rng = SecureGaussian(seed=21)  # the node's own (secret) randomness: the negatives are its first draws
     touched = np.zeros(len(emb), bool)
     touched[np.unique(distinct_candidates(rng, hist, ds.n_items, c.negatives))] = True
     assert 0 < touched.sum() < len(emb) // 2
@@ -312,8 +316,8 @@ def test_local_dp_last_step_noise_reaches_the_touched_rows(setup):
     store = UserStore.from_prepared(ds, np.arange(ds.n_users))
     u = int(np.argmax(np.diff(store.offsets)))  # the user with the most rows
     theta = np.zeros((1, c.dim), np.float32)
-    draws = [user_updates(params, theta, store, np.array([u]), item_h, c, round_=1, noise=SecureGaussian(seed))[0]
-             for seed in (1, 2)]
+    draws = [user_updates(params, theta, store, np.array([u]), item_h, c, round_=1, noise=SecureGaussian(seed),
+                          negatives=SecureGaussian(7))[0] for seed in (1, 2)]  # same negatives, other noise
     touched = draws[0].rows
     diff = (draws[0].user_update(0, shape.shapes())["items/embedding"]
             - draws[1].user_update(0, shape.shapes())["items/embedding"])[touched]
@@ -436,3 +440,23 @@ def test_exact_local_dp_warms_theta_up_by_a_gaussian_release(setup, monkeypatch)
     np.testing.assert_allclose(thetas[True], dp_init_theta(node.store, users, phi, 0.4, 1.5 * 0.4, SecureGaussian(seed=3)),
                                rtol=1e-6)
     assert not np.allclose(thetas[True], thetas[False], atol=1e-3)
+
+
+def test_local_dp_negatives_are_secret_and_not_shifted_by_other_examples(setup):
+    """privacy=local: the negatives come from the node's secret randomness, not from the public seed (a seeded
+    stream would give every later example other negatives when one example is added or removed, known to the
+    server). Without local DP they stay seeded (reproducible simulations)."""
+    from common.privacy import SecureGaussian
+
+    cfg, ds, item_h, _, params = setup
+    store = UserStore.from_prepared(ds, np.array([0]))
+    theta = np.zeros((1, cfg.dim), np.float32)
+    local = cfg.replace(privacy="local")
+    rows = [user_updates(params, theta, store, np.array([0]), item_h, local, 1, noise=SecureGaussian(s))[0].rows
+            for s in (1, 2)]
+    assert set(rows[0]) != set(rows[1])  # other randomness, other negatives, same user and round
+    plain = [user_updates(params, theta, store, np.array([0]), item_h, cfg, 1)[0].rows for _ in range(2)]
+    np.testing.assert_array_equal(plain[0], plain[1])
+    # the secure source draws uniform integers in [low, high)
+    draws = SecureGaussian().integers(3, 13, (20000,))
+    assert draws.min() == 3 and draws.max() == 12 and abs(np.bincount(draws - 3).std() / 2000 - 0) < 0.1
