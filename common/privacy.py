@@ -585,14 +585,16 @@ def local_epsilon(z: float, steps_per_round: int, participations: int, delta: fl
 
 
 def local_epsilon_bound(z: float, steps_per_round: int, rounds: int, delta: float, accountant: str = "rdp",
-                        dp_theta: bool = True) -> float:
-    """Example-level epsilon of a client that takes part in every one of `rounds` rounds (with the DP warm
-    start of theta_u when dp_theta): a bound for every client that depends on no one's data or sampling."""
-    return local_epsilon(float(z), int(steps_per_round), int(rounds), float(delta), accountant, int(bool(dp_theta)))
+                        dp_theta: bool = True, warm_starts: int = 1) -> float:
+    """Example-level epsilon of a client that takes part in every one of `rounds` rounds, with `warm_starts` DP
+    warm starts of theta_u when dp_theta (one per start of the run: a simulated node that restarts, as in a
+    resumed run, warms its users up again): a bound for every client that depends on no one's data or sampling."""
+    return local_epsilon(float(z), int(steps_per_round), int(rounds), float(delta), accountant,
+                         int(warm_starts) if dp_theta else 0)
 
 
 def local_statement(epsilon: float, z: float, steps_per_round: int, delta: float, clip_norm: float,
-                    denominator: int, accountant: str, dp_theta: bool) -> str:
+                    denominator: int, accountant: str, dp_theta: bool, warm_starts: int = 1) -> str:
     """The guarantee of local DP-SGD as one sentence: what it covers, against whom, and what it does not."""
     acc = {"rdp": "RDP", "pld": "PLD"}[accountant]
     how = (f"local DP-SGD on the device: full batch, {steps_per_round} step(s) per round, each example's gradient "
@@ -607,7 +609,8 @@ def local_statement(epsilon: float, z: float, steps_per_round: int, delta: float
     return (f"(ε ≤ {eps}, δ = {_fmt(delta)}) example-level differential privacy (add or remove one engagement) "
             f"for every client, against anyone who sees what its device sends in training (the server included) "
             f"and everything computed from it (the released model); {how}; theta_u is trained with DP-SGD too and "
-            f"warmed up by one Gaussian release (noise multiplier {_fmt(z)}). Not covered: the evaluation metrics "
+            f"warmed up by {'one Gaussian release' if warm_starts == 1 else f'at most {warm_starts} Gaussian releases'} "
+            f"(noise multiplier {_fmt(z)}). Not covered: the evaluation metrics "
             f"that nodes report (simulation diagnostics) and the fact that a device took part in a round.")
 
 
@@ -640,17 +643,17 @@ def local_report(participations: np.ndarray, z: float, steps_per_round: int, del
 
 
 def local_guarantee(z: float, steps_per_round: int, rounds: int, delta: float, clip_norm: float,
-                    accountant: str, dp_theta: bool, denominator: int) -> dict:
+                    accountant: str, dp_theta: bool, denominator: int, warm_starts: int = 1) -> dict:
     """What the server may state about local DP without knowing who took part: the bound of a client in every
-    round (`local_epsilon_bound`)."""
-    eps = local_epsilon_bound(z, steps_per_round, rounds, delta, accountant, dp_theta)
+    round (`local_epsilon_bound`), with `warm_starts` starts of the run (1 + resumes)."""
+    eps = local_epsilon_bound(z, steps_per_round, rounds, delta, accountant, dp_theta, warm_starts)
     return {"unit": "example", "epsilon": eps, "epsilon_is": "bound for a client that takes part in every round",
             "delta": float(delta), "accountant": f"{accountant} (dp-accounting)", "noise_multiplier": float(z),
             "clip_norm": float(clip_norm), "steps_per_round": int(steps_per_round), "denominator": int(denominator),
             "neighbouring": "add or remove one engagement", "rounds": int(rounds), "dp_theta": bool(dp_theta),
-            "exact": bool(dp_theta),
+            "exact": bool(dp_theta), "warm_starts": int(warm_starts) if dp_theta else 0,
             "statement": local_statement(eps, z, steps_per_round, delta, clip_norm, denominator, accountant,
-                                         dp_theta)}
+                                         dp_theta, warm_starts)}
 
 
 # ----------------------------------------------------------------------------------------------

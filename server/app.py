@@ -55,6 +55,7 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
     dp, privacy = None, None
     sampling_key = (state.sampling_key if state is not None and state.sampling_key is not None
                     else SamplingKey.fresh())
+    starts = state.starts + 1 if state is not None else 1  # a resumed simulation's nodes warm theta_u up again
     if not sampling_key.secret:
         print("WARNING: the sampling key comes from FEDCTX_TEST_ONLY_SAMPLING_KEY: the sampling is NOT secret and "
               "no privacy guarantee of this run holds (tests only).", flush=True)
@@ -80,7 +81,8 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
         save_checkpoint(checkpoint, ServerState(
             round=round_, params=strategy.latest, optimizer=strategy.optimizer, config=cfg.to_flwr(),
             rows=strategy.log.rows, ledger=dp.ledger.to_rows() if dp else [], clip_norm=dp.clip_norm if dp else None,
-            noise_multiplier=dp.noise_multiplier if dp else None, best=strategy.best, sampling_key=sampling_key))
+            noise_multiplier=dp.noise_multiplier if dp else None, best=strategy.best, sampling_key=sampling_key,
+            starts=starts))
         if dp is not None:
             dp.ledger.write_csv(run_dir / "privacy_ledger.csv")
 
@@ -140,7 +142,8 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
         print(f"privacy: {privacy['statement']}", flush=True)
     if cfg.local_dp:  # a bound that needs nobody's sampling: each device reports its own users' epsilon
         local = local_guarantee(cfg.local_noise_multiplier, cfg.local_steps, cfg.num_rounds, cfg.local_delta,
-                                cfg.local_clip_norm, cfg.accountant, cfg.local_dp_theta, cfg.local_denominator)
+                                cfg.local_clip_norm, cfg.accountant, cfg.local_dp_theta, cfg.local_denominator,
+                                warm_starts=starts)
         local["noise_source"] = repr(SecureGaussian())
         print(f"privacy: {local['statement']}", flush=True)
         privacy = {**privacy, "local": local} if privacy else local

@@ -49,6 +49,7 @@ class ServerState:
     noise_multiplier: float | None = None
     best: tuple[float, int, dict[str, np.ndarray] | None] = (-np.inf, 0, None)
     sampling_key: SamplingKey | None = None
+    starts: int = 1  # how many times the run has started (1 + resumes): each start may warm theta_u up again
 
 
 def save_checkpoint(path: Path, state: ServerState) -> None:
@@ -65,7 +66,7 @@ def save_checkpoint(path: Path, state: ServerState) -> None:
         "round": state.round, "config": state.config, "rows": state.rows, "ledger": state.ledger,
         "clip_norm": state.clip_norm, "noise_multiplier": state.noise_multiplier,
         "best_score": None if not np.isfinite(state.best[0]) else state.best[0], "best_round": state.best[1],
-        "sampling_key": state.sampling_key.hex() if state.sampling_key else None,
+        "sampling_key": state.sampling_key.hex() if state.sampling_key else None, "starts": int(state.starts),
         "sampling_key_secret": bool(state.sampling_key.secret) if state.sampling_key else True,
         "optimizer": {"kind": opt.kind, "lr": opt.lr, "beta1": opt.beta1, "beta2": opt.beta2, "eps": opt.eps,
                       "step": opt.step},
@@ -113,7 +114,7 @@ def load_checkpoint(path: Path) -> ServerState:
                        noise_multiplier=meta["noise_multiplier"],
                        best=(best_score, int(meta["best_round"]), groups["best"] or None),
                        sampling_key=SamplingKey.from_hex(meta["sampling_key"], bool(meta.get("sampling_key_secret", True)))
-                       if meta.get("sampling_key") else None)
+                       if meta.get("sampling_key") else None, starts=int(meta.get("starts", 1)))
 
 
 def check_resumable(state: ServerState, cfg: Config, path: Path) -> None:

@@ -23,7 +23,7 @@ def _state(cfg: Config, round_: int = 3) -> ServerState:
     rows = [{"round": r, "users": np.int64(40 + r), "train-loss": np.float32(2.0 / r)} for r in range(1, round_ + 1)]
     return ServerState(round=round_, params=params, optimizer=opt, config=cfg.to_flwr(), rows=rows,
                        ledger=ledger.to_rows(), clip_norm=0.017, noise_multiplier=1.2,
-                       best=(0.25, 2, {k: v + 1 for k, v in params.items()}), sampling_key=SamplingKey.fresh())
+                       best=(0.25, 2, {k: v + 1 for k, v in params.items()}), sampling_key=SamplingKey.fresh(), starts=2)
 
 
 def test_checkpoint_round_trip_is_exact_and_atomic(tmp_path):

@@ -130,3 +130,23 @@ def test_distinct_candidates_are_distinct_and_keep_the_positive():
     np.testing.assert_array_equal(cand[:, 0], pos)
     assert all(len(set(row)) == 13 for row in cand.tolist())
     assert cand.min() >= 0 and cand.max() < 20
+
+
+def test_the_servers_local_bound_counts_every_round_and_every_warm_start():
+    """The server states local DP without knowing who took part: a client in all T rounds, plus one DP warm start
+    per start of the run (a resumed simulation warms its users up again); without DP on theta_u, no warm start
+    is accounted and the statement says there is no formal guarantee."""
+    import dp_accounting
+
+    from common.privacy import local_guarantee
+
+    def direct(events):
+        event = dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(1.2), events)
+        return dp_accounting.rdp.RdpAccountant().compose(event).get_epsilon(1e-5)
+
+    once = local_guarantee(1.2, 2, 10, 1e-5, 1.0, "rdp", dp_theta=True, denominator=16)
+    resumed = local_guarantee(1.2, 2, 10, 1e-5, 1.0, "rdp", dp_theta=True, denominator=16, warm_starts=2)
+    inexact = local_guarantee(1.2, 2, 10, 1e-5, 1.0, "rdp", dp_theta=False, denominator=16, warm_starts=2)
+    assert once["epsilon"] == pytest.approx(direct(21), rel=1e-9)
+    assert resumed["epsilon"] == pytest.approx(direct(22), rel=1e-9) and "at most 2 Gaussian releases" in resumed["statement"]
+    assert inexact["epsilon"] == pytest.approx(direct(20), rel=1e-9) and inexact["statement"].startswith("NO formal")
