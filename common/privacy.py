@@ -552,7 +552,8 @@ def central_statement(ledger: PrivacyLedger, sampling_secret: bool, item_table: 
             "privacy.json) and everything computed from them; the Poisson sample of each round is drawn from a "
             "server secret that appears in no output. Not covered: what the server itself receives before it adds "
             f"the noise, i.e. each node's clipped sum{seen} and the counts and losses nodes report; the evaluation "
-            "metrics; the diagnostics/ folder of a simulation.")
+            "metrics; the diagnostics/ folder of a simulation. The number of users N (in the denominator q N and the "
+            "default delta) is treated as public.")
 
 
 # ----------------------------------------------------------------------------------------------
