@@ -100,12 +100,12 @@ class Node:
         self.theta[sampled] = new_theta
         shapes = {k: v.shape for k, v in params.items()}
         scale, extra = None, {}
-        if self.cfg.privacy in ("central", "local+central"):  # each user's whole update is clipped (DP-FedAvg)
+        if self.cfg.central_dp:  # each user's whole update is clipped (DP-FedAvg)
             clip = float(conf.get("clip-norm", self.cfg.clip_norm))  # the server's C of this round
             norms = updates.norms()
             scale = clip_factors(norms, clip)
-            # for adaptive clipping: sum of 1[norm <= C] - 1/2 (sensitivity 1/2; the server adds the noise)
-            extra["clip-shifted-count"] = float((norms <= clip).sum() - 0.5 * len(norms))
+            if self.cfg.adaptive_clip:  # sum of 1[norm <= C] - 1/2 (sensitivity 1/2; the server adds the noise)
+                extra["clip-shifted-count"] = float((norms <= clip).sum() - 0.5 * len(norms))
         total = updates.total(shapes, scale)
         return to_record({k: total[k] for k in params}), {
             **self._train_metrics(len(sampled), int(updates.n_examples.sum()), float(updates.loss.sum())), **extra}

@@ -550,7 +550,8 @@ def central_statement(ledger: PrivacyLedger, sampling_secret: bool, item_table: 
             if item_table else "")
     return (base + " It holds against anyone who sees the released outputs (global_model.npz, privacy_ledger.csv, "
             "privacy.json) and everything computed from them; the Poisson sample of each round is drawn from a "
-            "server secret that appears in no output. Not covered: what the server itself receives before it adds "
+            "server secret that appears in no output (each round's seed goes to the federation's nodes: a node that "
+            "knew another device's user ids could tell whether those users took part). Not covered: what the server itself receives before it adds "
             f"the noise, i.e. each node's clipped sum{seen} and the counts and losses nodes report; the evaluation "
             "metrics; the diagnostics/ folder of a simulation. The number of users N (in the denominator q N and the "
             "default delta) is treated as public.")

@@ -15,7 +15,7 @@ import numpy as np
 from common.config import Config
 from common.datasets import load_cached, resolve_dataset
 from common.federated import UserStore, evaluate_scores, evaluate_users, training_members
-from common.report import SYSTEMS, diagnostics_dir, plot_rounds, results_table
+from common.report import RELEASED_FILES, SYSTEMS, diagnostics_dir, plot_rounds, results_table
 
 __all__ = ["PROJECT_ROOT", "run_flower_simulation", "run_baselines", "simulate"]
 
@@ -160,6 +160,6 @@ def simulate(cfg: Config, num_nodes: int = 2, verbose: bool = False, baselines: 
         f"sampled: 1 vs {cfg.eval_negatives} negatives)")
     if cfg.private:
         say(f"released (covered by the guarantee in privacy.json): "
-            f"{', '.join(p.name for p in sorted(run_dir.iterdir()) if p.is_file() and p.name != 'checkpoint.npz')}; "
+            f"{', '.join(p.name for p in sorted(run_dir.iterdir()) if p.name in RELEASED_FILES)}; "
             f"diagnostics (computed without noise, not covered): {diag}")
     return run_dir

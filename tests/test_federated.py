@@ -213,7 +213,7 @@ def test_central_dp_clips_every_users_update(setup):
     cfg, ds, item_h, _, params = setup
     norms = {}
     for privacy, clip in (("none", 1.0), ("central", 0.005), ("central", 1e6)):
-        c = cfg.replace(privacy=privacy, clip_norm=clip)
+        c = cfg.replace(privacy=privacy, clip_norm=clip, adaptive_clip=privacy == "central")
         ctx = _context(c, 0, ds.n_users)  # partition 0 of n_users: exactly one user
         reply = train_reply(node_for(ctx), _content(params, item_h, 1))
         arrays = from_record(reply.array_records["update"])
@@ -221,6 +221,10 @@ def test_central_dp_clips_every_users_update(setup):
         if privacy == "central":  # the adaptive-clipping statistic: 1[norm <= C] - 1/2 for the one user
             shifted = reply.metric_records["metrics"]["clip-shifted-count"]
             assert shifted == (0.5 if clip > 1 else -0.5)
+            # without adaptive clipping the (unnoised) count is not sent at all
+            plain = train_reply(node_for(_context(c.replace(adaptive_clip=False), 0, ds.n_users)),
+                                _content(params, item_h, 1))
+            assert "clip-shifted-count" not in plain.metric_records["metrics"]
     assert norms[("none", 1.0)] > 0.005  # the clip below is active
     assert norms[("central", 0.005)] <= 0.005 * (1 + 1e-5)
     np.testing.assert_allclose(norms[("central", 1e6)], norms[("none", 1.0)], rtol=1e-5)
@@ -407,16 +411,23 @@ def test_local_dp_noise_does_not_reveal_a_users_number_of_examples(setup):
     c = cfg.replace(privacy="local", local_noise_multiplier=2.0, local_clip_norm=0.5, local_lr=0.1)
     store = UserStore.from_prepared(ds, np.arange(ds.n_users))
     sizes = np.diff(store.offsets)
+    few, many = int(np.argmin(sizes)), int(np.argmax(sizes))
+    assert sizes[many] >= 2 * sizes[few]
     expected = np.sqrt(c.local_steps) * c.local_lr * 2.0 * 0.5 / c.local_denominator
+    # the pending noise of each user's rows, exactly
+    theta = np.zeros((2, c.dim), np.float32)
+    upd, _ = user_updates(params, theta, store, np.array([few, many]), item_h, c, round_=1)
+    np.testing.assert_allclose(upd.untouched_std, [expected, expected], rtol=1e-12)
+    np.testing.assert_allclose(upd.touched_std, [expected / np.sqrt(c.local_steps)] * 2, rtol=1e-12)
+    # and in a real reply: with z large the signal is negligible, and both users' rows move by the same std
+    big = c.replace(local_noise_multiplier=400.0)
     stds = []
-    for u in (int(np.argmin(sizes)), int(np.argmax(sizes))):
-        node = node_for(_context(c, u, ds.n_users))  # partition u of n_users: exactly user u
-        emb = from_record(train_reply(node, _content(params, item_h, 1)).array_records["update"])["items/embedding"]
-        rows = np.abs(emb).sum(axis=1) > 0
-        stds.append(np.median(np.abs(emb[rows])) / 0.6745)  # robust: the user's own rows carry signal too
-    assert sizes.max() >= 2 * sizes.min()
-    for s in stds:
-        assert 0.9 * expected < s < 1.1 * expected
+    for u in (few, many):
+        node = node_for(_context(big, u, ds.n_users))  # partition u of n_users: exactly user u
+        update = from_record(train_reply(node, _content(params, item_h, 1)).array_records["update"])
+        stds.append(np.concatenate([update["items/embedding"].ravel(), update["items/bias"]]).std())
+    for s in stds:  # 600 coordinates: the std's standard error is about 3 %
+        assert 0.85 < s / (expected * 200.0) < 1.15
 
 
 def test_exact_local_dp_warms_theta_up_by_a_gaussian_release(setup, monkeypatch):
