@@ -160,7 +160,7 @@ class Node:
         members = np.flatnonzero(self.members)
         warm = (self.ready[members] if c.local_dp_theta else np.zeros(len(members), bool)).astype(np.int64)
         report = local_report(self.taken[members], c.local_noise_multiplier, c.local_steps, c.local_delta,
-                              c.local_clip_norm, c.accountant, c.local_dp_theta, c.local_denominator, warm)
+                              c.local_clip_norm, c.local_denominator, c.accountant, c.local_dp_theta, warm)
         report["users"] = [{"user": str(self.store.user_keys[u]), "rounds": int(self.taken[u]),
                             "epsilon": local_epsilon(float(c.local_noise_multiplier), int(c.local_steps),
                                                      int(self.taken[u]), float(c.local_delta), c.accountant,

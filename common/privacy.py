@@ -212,7 +212,8 @@ class SamplingKey:
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, bytes) or len(self.key) != 32:
-            raise ValueError(f"Sampling key must be 32 bytes. Found {len(self.key) if isinstance(self.key, bytes) else type(self.key).__name__}.")
+            found = len(self.key) if isinstance(self.key, bytes) else type(self.key).__name__
+            raise ValueError(f"Sampling key must be 32 bytes. Found {found}.")
 
     @classmethod
     def fresh(cls) -> "SamplingKey":
@@ -551,8 +552,9 @@ def central_statement(ledger: PrivacyLedger, sampling_secret: bool, item_table: 
     return (base + " It holds against anyone who sees the released outputs (global_model.npz, privacy_ledger.csv, "
             "privacy.json) and everything computed from them; the Poisson sample of each round is drawn from a "
             "server secret that appears in no output (each round's seed goes to the federation's nodes: a node that "
-            "knew another device's user ids could tell whether those users took part). Not covered: what the server itself receives before it adds "
-            f"the noise, i.e. each node's clipped sum{seen} and the counts and losses nodes report; the evaluation "
+            "knew another device's user ids could tell whether those users took part). Not covered: what the server "
+            f"itself receives before it adds the noise, i.e. each node's clipped sum{seen} and the counts and losses "
+            "nodes report; the evaluation "
             "metrics; the diagnostics/ folder of a simulation. The number of users N (in the denominator q N and the "
             "default delta) is treated as public.")
 
@@ -603,6 +605,7 @@ def local_statement(epsilon: float, z: float, steps_per_round: int, delta: float
            f"clipped to {_fmt(clip_norm)}, noise multiplier {_fmt(z)}, noisy sum divided by the public constant "
            f"{denominator} (never by the user's own count), {acc} accountant (dp-accounting)")
     eps = f"{math.ceil(epsilon * 100 - 1e-9) / 100:.2f}" if math.isfinite(epsilon) else "inf"
+    releases = "one Gaussian release" if warm_starts == 1 else f"at most {warm_starts} Gaussian releases"
     if not dp_theta:
         return (f"NO formal example-level guarantee: theta_u is trained on the device without noise "
                 f"(local-dp-theta=false) and shapes every update the device sends. The DP-SGD noise on the shared "
@@ -611,13 +614,13 @@ def local_statement(epsilon: float, z: float, steps_per_round: int, delta: float
     return (f"(ε ≤ {eps}, δ = {_fmt(delta)}) example-level differential privacy (add or remove one engagement) "
             f"for every client, against anyone who sees what its device sends in training (the server included) "
             f"and everything computed from it (the released model); {how}; theta_u is trained with DP-SGD too and "
-            f"warmed up by {'one Gaussian release' if warm_starts == 1 else f'at most {warm_starts} Gaussian releases'} "
+            f"warmed up by {releases} "
             f"(noise multiplier {_fmt(z)}). Not covered: the evaluation metrics "
             f"that nodes report (simulation diagnostics) and the fact that a device took part in a round.")
 
 
 def local_report(participations: np.ndarray, z: float, steps_per_round: int, delta: float, clip_norm: float,
-                 accountant: str = "rdp", dp_theta: bool = True, denominator: int = 32,
+                 denominator: int, accountant: str = "rdp", dp_theta: bool = True,
                  warm_starts: np.ndarray | None = None) -> dict:
     """Distribution over clients of the example-level (epsilon, delta) of local DP-SGD (a device's own report).
 

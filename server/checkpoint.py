@@ -113,8 +113,14 @@ def load_checkpoint(path: Path) -> ServerState:
                        rows=meta["rows"], ledger=meta["ledger"], clip_norm=meta["clip_norm"],
                        noise_multiplier=meta["noise_multiplier"],
                        best=(best_score, int(meta["best_round"]), groups["best"] or None),
-                       sampling_key=SamplingKey.from_hex(meta["sampling_key"], bool(meta.get("sampling_key_secret", True)))
-                       if meta.get("sampling_key") else None, starts=int(meta.get("starts", 1)))
+                       sampling_key=_sampling_key(meta), starts=int(meta.get("starts", 1)))
+
+
+def _sampling_key(meta: dict) -> SamplingKey | None:
+    """The checkpoint's (server-secret) sampling key; None in a checkpoint written before keys existed."""
+    if not meta.get("sampling_key"):
+        return None
+    return SamplingKey.from_hex(meta["sampling_key"], bool(meta.get("sampling_key_secret", True)))
 
 
 def check_resumable(state: ServerState, cfg: Config, path: Path) -> None:

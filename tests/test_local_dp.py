@@ -106,7 +106,7 @@ def test_local_report_distribution_over_clients():
     from common.privacy import local_epsilon, local_report
 
     counts = np.array([0, 1, 1, 2, 5])
-    rep = local_report(counts, 1.5, 2, 1e-5, clip_norm=1.0, dp_theta=False)
+    rep = local_report(counts, 1.5, 2, 1e-5, clip_norm=1.0, denominator=16, dp_theta=False)
     eps = [local_epsilon(1.5, 2, int(c), 1e-5) for c in counts]
     assert rep["epsilon"]["max"] == pytest.approx(max(eps)) and rep["epsilon"]["min"] == 0.0
     assert rep["epsilon"]["median"] == pytest.approx(np.median(eps))
@@ -114,7 +114,8 @@ def test_local_report_distribution_over_clients():
     assert rep["unit"] == "example" and rep["clients"] == 5
     # the variant without DP on theta_u states that it has no formal guarantee; the exact one states its epsilon
     assert rep["statement"].startswith("NO formal example-level guarantee") and not rep["exact"]
-    exact = local_report(counts, 1.5, 2, 1e-5, clip_norm=1.0, dp_theta=True, warm_starts=counts > 0)
+    exact = local_report(counts, 1.5, 2, 1e-5, clip_norm=1.0, denominator=16, dp_theta=True,
+                         warm_starts=counts > 0)
     worst = local_epsilon(1.5, 2, 5, 1e-5, warm_starts=1)
     assert exact["exact"] and exact["epsilon"]["max"] == pytest.approx(worst) and worst > max(eps)
     assert exact["statement"].startswith(f"(ε ≤ {np.ceil(worst * 100) / 100:.2f}, δ = 1e-05) example-level")
