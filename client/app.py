@@ -10,11 +10,14 @@ users' shared-parameter updates and scalar metrics.
 from __future__ import annotations
 
 import os
+import sys
+import time
 
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.node import Node, node_for
+from common.protocol import METRICS, UPDATE
 
 __all__ = ["app", "train_reply", "evaluate_reply", "NODE_THREADS_ENV"]
 
@@ -38,24 +41,44 @@ def train_reply(node: Node, content: RecordDict) -> RecordDict:
     Nothing else: no timing (a node's compute time grows with its users' numbers of engagements), so a reply is
     a function of the shared parameters, the node's data and its randomness only."""
     update, metrics = node.train_round(content)
-    return RecordDict({"update": update, "metrics": MetricRecord(metrics)})
+    return RecordDict({UPDATE: update, METRICS: MetricRecord(metrics)})
 
 
 def evaluate_reply(node: Node, content: RecordDict) -> RecordDict:
     """What a node sends back after evaluation: {"metrics": MetricRecord} of per-user means."""
-    return RecordDict({"metrics": MetricRecord(node.evaluate(content))})
+    return RecordDict({METRICS: MetricRecord(node.evaluate(content))})
 
 
-def _reply(msg: Message, context: Context, handler) -> Message:
-    node = node_for(context)
+def _process_age() -> float:
+    """Seconds since this process started (the fresh flwr-clientapp process of a deployed message)."""
+    try:  # Linux: start time in clock ticks after boot (field 22 of /proc/self/stat), boot time in /proc/stat
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+        return time.time() - (boot + ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, StopIteration):  # not Linux: the figure is left out
+        return float("nan")
+
+
+def _reply(msg: Message, context: Context, handler, training: bool = False) -> Message:
+    t0, started = time.perf_counter(), _process_age()
+    node = node_for(context, msg.content, training)
+    t1 = time.perf_counter()
     reply = handler(node, msg.content)
+    t2 = time.perf_counter()
     node.save(context)  # theta_u stays on the node, in its Context (and state-dir on a device)
+    t3 = time.perf_counter()
+    # the node's own log, never the reply (a node's compute time depends on its users' data)
+    print(f"fedctx node: {'train' if training else 'evaluate'} round {node.round}: process start to handler "
+          f"{started:.2f}s, state load {t1 - t0:.2f}s, compute {t2 - t1:.2f}s, save {t3 - t2:.2f}s",
+          file=sys.stderr, flush=True)
     return Message(content=reply, reply_to=msg)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    return _reply(msg, context, train_reply)
+    return _reply(msg, context, train_reply, training=True)
 
 
 @app.evaluate()

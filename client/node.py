@@ -2,33 +2,99 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
+import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ArrayRecord, Context, RecordDict
+import pandas as pd
+from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
 from common.config import Config, config_from_mapping
-from common.datasets import load_cached, resolve_dataset
+from common.data import load_dataset
+from common.datasets import resolve_dataset
 from common.federated import (UserStore, dp_init_theta, evaluate_users, init_theta, item_representations,
                               poisson_sample, training_members, user_updates)
 from common.model import DENSE_NAMES, ITEM_NAMES
 from common.params import from_record, to_record
 from common.privacy import SecureGaussian, clip_factors, local_epsilon, local_report
+from common.protocol import ARRAYS, CONFIG, CONTENT, ITEM_VECTORS, SCHEMA, SCHEMA_HASH, SCHEMA_JSON
+from common.schema import SCHEMA_FILE, PublicSchema, SchemaMismatch, content_digest
 
-__all__ = ["Node", "node_for", "build_store"]
+__all__ = ["Node", "node_for", "build_store", "NODE_STATE_FILE", "CONTENT_FILE", "GLOBAL_MODEL_FILE", "STORE_FILE",
+           "DEVICES_DIR", "DEVICE_FILE"]
+
+#: A node's state directory (a device's state-dir; a simulated node's RUN_DIR/devices/node-<partition>):
+NODE_STATE_FILE = "node-state.npz"      # theta_u [U, dim], ready, taken (rounds per user), user keys, round reached
+CONTENT_FILE = "content.npz"            # h(c) [n_items, text_dim] of the schema in schema.json
+GLOBAL_MODEL_FILE = "global_model.npz"  # the latest global shared parameters received
+STORE_FILE = "store.npz"                # the device's data encoded with the schema (rebuilt when either changes)
+DEVICE_FILE = "device.json"             # the run's settings and the device's data-dir (for `fedctx device ...`)
+DEVICES_DIR = "devices"                 # simulated devices' state under a run directory
 
 
-@functools.lru_cache(maxsize=16)
-def build_store(data_dir: str, partition: int, partitions: int, use_context: bool) -> UserStore:
-    """The users of one node: shard `partition` of `partitions` contiguous blocks of the dataset's users."""
-    ds = load_cached(data_dir)
+@functools.lru_cache(maxsize=4)
+def _prepared(data_dir: str, schema_json: str):
+    """The dataset at data_dir encoded with the schema, once per process (simulated nodes share it). What does
+    not fit the schema is dropped or zeroed and counted in the node's own log (never sent: counts of a user's
+    rows are data)."""
+    ds = load_dataset(data_dir, schema=PublicSchema.from_json(schema_json))
+    unfit = {k: ds.cleaning.get(k, 0) for k in ("unknown_items", "unknown_context_values")}
+    if any(unfit.values()):
+        print(f"fedctx node: {data_dir}: {unfit['unknown_items']} rows with items outside the schema's catalogue "
+              f"dropped, {unfit['unknown_context_values']} context values outside its vocabularies encoded as "
+              f"missing", file=sys.stderr, flush=True)
+    return ds
+
+
+def build_store(data_dir: str, partition: int, partitions: int, use_context: bool, schema: PublicSchema,
+                cache: Path | None = None) -> UserStore:
+    """The users of one node, encoded with the public schema: shard `partition` of `partitions` contiguous
+    blocks of the dataset's users. With `cache` (a device's state-dir) the encoded store is kept in one file
+    and reused while the data files and the schema are unchanged (no re-parsing per message)."""
+    key = None
+    if cache is not None:
+        files = sorted(p for p in Path(data_dir).iterdir() if p.is_file() and not p.name.startswith("."))
+        key = json.dumps({"v": 1, "schema": schema.hash, "use-context": use_context, "part": [partition, partitions],
+                          "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]})
+        hit = _load_store(cache / STORE_FILE, key)
+        if hit is not None:
+            return hit
+    ds = _prepared(str(data_dir), schema.to_json())
     users = np.array_split(np.arange(ds.n_users), partitions)[partition]
-    return UserStore.from_prepared(ds, users, use_context=use_context)
+    store = UserStore.from_prepared(ds, users, use_context=use_context)
+    if cache is not None:
+        _atomic_savez(cache / STORE_FILE, key=np.array(key), cleaning=np.array(json.dumps(ds.cleaning)),
+                      **{f.name: getattr(store, f.name) for f in dataclasses.fields(store)})
+    return store
+
+
+def _load_store(path: Path, key: str) -> UserStore | None:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if str(f["key"]) != key:
+                return None
+            return UserStore(**{fl.name: f[fl.name] for fl in dataclasses.fields(UserStore)})
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 _MEMBERS: dict[tuple[int, float, int], tuple[UserStore, np.ndarray]] = {}
@@ -54,20 +120,21 @@ class Node:
     theta: np.ndarray
     ready: np.ndarray
     taken: np.ndarray
-    item_h: np.ndarray | None
+    item_h: np.ndarray
+    schema: PublicSchema
     state_dir: Path | None = None
+    data_dir: Path | None = None  # a device's own dataset directory
+    round: int = 0  # the last server round this node worked on
+    params: dict[str, np.ndarray] | None = None  # the latest global model received
 
     # -- inputs from the server ---------------------------------------------------------------
     def _receive(self, content: RecordDict) -> dict[str, np.ndarray]:
-        if "content" in content.array_records:
-            self.item_h = from_record(content.array_records["content"])["item-vectors"]
-        if self.item_h is None:
-            raise RuntimeError("this node has no item vectors h(c) yet: the server sends them with the "
-                               "first training round; start the node before the run begins.")
-        params = from_record(content.array_records["arrays"])
+        params = from_record(content.array_records[ARRAYS])
         expected = set(DENSE_NAMES) | (set(ITEM_NAMES) if self.cfg.item_embedding else set())
         if set(params) != expected:
             raise ValueError(f"server sent parameters {sorted(params)}, this node expects {sorted(expected)}")
+        self.round = int(content.config_records[CONFIG]["server-round"])
+        self.params = params  # the latest global model (a device keeps it to recommend between rounds)
         return params
 
     def _warm_start(self, users: np.ndarray, params: dict[str, np.ndarray]) -> None:
@@ -86,7 +153,7 @@ class Node:
     def train_round(self, content: RecordDict) -> tuple[ArrayRecord, dict[str, float | int]]:
         """Train this round's sampled users; return the SUM of their shared-parameter updates."""
         params = self._receive(content)
-        conf = content.config_records["config"]
+        conf = content.config_records[CONFIG]
         round_ = int(conf["server-round"])
         sampled = np.flatnonzero(poisson_sample(self.store.user_keys, float(conf["sample-rate"]),
                                                 int(conf["sampling-seed"]), round_) & self.members)
@@ -138,20 +205,40 @@ class Node:
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, context: Context) -> None:
-        """Persist theta_u: in the Flower Context (simulation) and, on a device, in state-dir."""
+        """Persist theta_u: in the Flower Context and, with a state-dir (a device, or a simulated node of a run
+        with a run-dir), on disk: node-state.npz (theta_u by user key, round counts, the round reached),
+        content.npz (h(c) and the schema) and global_model.npz (the latest global model)."""
         context.state["theta"] = to_record({"theta": self.theta, "ready": self.ready.astype(np.float32),
-                                            "taken": self.taken.astype(np.float32)})
-        if self.item_h is not None:
-            context.state["content"] = to_record({"item-vectors": self.item_h})
-        if self.state_dir is not None:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.state_dir, suffix=".npz")
-            os.close(fd)
-            np.savez(tmp, theta=self.theta, ready=self.ready, taken=self.taken, user_keys=self.store.user_keys,
-                     **({"item_h": self.item_h} if self.item_h is not None else {}))
-            os.replace(tmp, self.state_dir / "node-state.npz")
-            if self.cfg.privacy in ("local", "local+central"):
-                self._write_local_privacy()
+                                            "taken": self.taken.astype(np.float32),
+                                            "round": np.array([self.round], np.float32)})
+        context.state[CONTENT] = to_record({ITEM_VECTORS: self.item_h})
+        context.state[SCHEMA] = ConfigRecord({SCHEMA_JSON: self.schema.to_json()})
+        if self.state_dir is None:
+            return
+        d = self.state_dir
+        _atomic_savez(d / NODE_STATE_FILE, theta=self.theta, ready=self.ready, taken=self.taken,
+                      user_keys=self.store.user_keys, round=np.array(self.round), schema_hash=np.array(self.schema.hash))
+        if not (d / SCHEMA_FILE).is_file() or PublicSchema.read(d / SCHEMA_FILE).hash != self.schema.hash:
+            _atomic_savez(d / CONTENT_FILE, item_h=self.item_h)
+            self.schema.write(d / SCHEMA_FILE)
+        if self.params is not None:
+            _atomic_savez(d / GLOBAL_MODEL_FILE, **{k.replace("/", "."): v for k, v in self.params.items()})
+        device = json.dumps({"settings": self.cfg.to_flwr(), "data-dir": str(self.data_dir) if self.data_dir else None},
+                            indent=1)
+        if not (d / DEVICE_FILE).is_file() or (d / DEVICE_FILE).read_text() != device:
+            tmp = d / f".{DEVICE_FILE}.tmp-{os.getpid()}"
+            tmp.write_text(device)
+            os.replace(tmp, d / DEVICE_FILE)
+        if self.cfg.local_dp:
+            self._write_local_privacy()
+
+    def snapshot(self, round_: int) -> None:
+        """Keep the state at the end of `round_` (a server checkpoint round) so a resumed run starts from it."""
+        if self.state_dir is not None and (self.state_dir / NODE_STATE_FILE).is_file():
+            shutil.copyfile(self.state_dir / NODE_STATE_FILE, self.state_dir / f"checkpoint-{round_}.npz")
+            for old in self.state_dir.glob("checkpoint-*.npz"):
+                if old.stem != f"checkpoint-{round_}":
+                    old.unlink(missing_ok=True)
 
     def _write_local_privacy(self) -> None:
         """state-dir/local_privacy.json: each of this device's users' example-level epsilon, from the rounds
@@ -166,36 +253,105 @@ class Node:
                                                      int(self.taken[u]), float(c.local_delta), c.accountant,
                                                      int(w))}
                            for u, w in zip(members, warm)]
+        report["schema"] = self.schema.hash
         tmp = self.state_dir / f".local_privacy.json.tmp-{os.getpid()}"
         tmp.write_text(json.dumps(report, indent=1))
         os.replace(tmp, self.state_dir / "local_privacy.json")
 
 
-def node_for(context: Context) -> Node:
-    """Build the node from Flower's run config (settings) and node config (where its data lives)."""
+def _message_schema(content: RecordDict | None) -> tuple[PublicSchema | None, np.ndarray | None, str | None]:
+    """(schema, h(c)) the message carries, if any, and the schema hash of the round."""
+    if content is None:
+        return None, None, None
+    want = content.config_records[CONFIG].get(SCHEMA_HASH) if CONFIG in content.config_records else None
+    if SCHEMA in content.config_records and CONTENT in content.array_records:
+        schema = PublicSchema.from_json(str(content.config_records[SCHEMA][SCHEMA_JSON]))
+        item_h = from_record(content.array_records[CONTENT])[ITEM_VECTORS]
+        if content_digest(item_h) != schema.content_digest:
+            raise SchemaMismatch("the item vectors h(c) received do not match the schema's digest")
+        return schema, item_h, want
+    return None, None, want
+
+
+def _stored_schema(context: Context, state_dir: Path | None) -> tuple[PublicSchema | None, np.ndarray | None]:
+    if SCHEMA in context.state.config_records and CONTENT in context.state.array_records:
+        return (PublicSchema.from_json(str(context.state.config_records[SCHEMA][SCHEMA_JSON])),
+                from_record(context.state.array_records[CONTENT])[ITEM_VECTORS])
+    if state_dir is not None and (state_dir / SCHEMA_FILE).is_file() and (state_dir / CONTENT_FILE).is_file():
+        try:
+            with np.load(state_dir / CONTENT_FILE, allow_pickle=False) as f:
+                return PublicSchema.read(state_dir / SCHEMA_FILE), f["item_h"]
+        except (OSError, KeyError, ValueError, SchemaMismatch):
+            return None, None
+    return None, None
+
+
+def _state_dir(cfg: Config, nc) -> Path | None:
+    if "data-dir" in nc:  # a device: its own state directory
+        return Path(str(nc.get("state-dir", Path(str(nc["data-dir"])) / ".fedctx-state")))
+    if cfg.run_dir:  # a simulated device keeps its state under the run directory, as a real one does
+        return Path(cfg.run_dir) / DEVICES_DIR / f"node-{int(nc.get('partition-id', 0))}"
+    return None
+
+
+def _saved_state(context: Context, state_dir: Path | None, user_keys: np.ndarray, dim: int, round_: int | None):
+    """(theta [U, dim], ready [U], taken [U], round) of the node's users. With a state-dir (a device, or a
+    simulated node of a run with a run-dir) the state-dir is the truth, matched by user key (users new to the
+    data start cold, the others keep theirs; `fedctx device record` may have refreshed some); a state ahead of
+    the training round `round_` (a resumed run) is replaced by the snapshot of the round before. Without one,
+    the Flower Context."""
+    n = len(user_keys)
+    theta, ready, taken = np.zeros((n, dim), np.float32), np.zeros(n, bool), np.zeros(n, np.int64)
+    if state_dir is None:
+        if "theta" in context.state.array_records:
+            saved = from_record(context.state.array_records["theta"])
+            return (saved["theta"].copy(), saved["ready"].astype(bool), saved["taken"].astype(np.int64),
+                    int(saved["round"][0]) if "round" in saved else 0)
+        return theta, ready, taken, 0
+    for candidate in (state_dir / NODE_STATE_FILE, state_dir / f"checkpoint-{(round_ or 1) - 1}.npz"):
+        if not candidate.is_file():
+            continue
+        with np.load(candidate, allow_pickle=False) as f:
+            at = int(f["round"]) if "round" in f.files else 0
+            if round_ is not None and at >= round_:
+                continue  # ahead of this round: a resumed run; try the snapshot
+            if f["theta"].shape[1] != dim:
+                break
+            pos = pd.Index(f["user_keys"].astype(str)).get_indexer(user_keys)
+            hit = pos >= 0
+            theta[hit], ready[hit], taken[hit] = f["theta"][pos[hit]], f["ready"][pos[hit]], f["taken"][pos[hit]]
+            return theta, ready, taken, at
+    return theta, ready, taken, 0
+
+
+def node_for(context: Context, content: RecordDict | None = None, training: bool = False) -> Node:
+    """Build the node from Flower's run config (settings), node config (where its data and state live), its
+    saved state and the message `content` (which brings h(c) and the schema to a node that lacks them).
+
+    Raises SchemaMismatch when the node holds no content for the round's schema: the server then sends it
+    with the node's next message."""
     cfg = config_from_mapping(context.run_config)
     nc = context.node_config
+    state_dir = _state_dir(cfg, nc)
+    schema, item_h, want = _message_schema(content)
+    if schema is None:
+        schema, item_h = _stored_schema(context, state_dir)
+    if schema is None:
+        raise SchemaMismatch("this node holds no item vectors h(c) and no schema yet (it joined late or restarted "
+                             "without its state); the server sends them with its next message")
+    if want is not None and schema.hash != want:
+        raise SchemaMismatch(f"this node holds schema {schema.hash[:12]}, the server's round uses {str(want)[:12]}; "
+                             f"the server sends its schema with the next message")
     if "data-dir" in nc:  # a device (or any node with its own local store)
-        store = build_store(str(nc["data-dir"]), 0, 1, cfg.use_context)
-        state_dir = Path(str(nc.get("state-dir", Path(str(nc["data-dir"])) / ".fedctx-state")))
+        store = build_store(str(nc["data-dir"]), 0, 1, cfg.use_context, schema, cache=state_dir)
     else:  # simulation: a shard of the run's dataset
         store = build_store(str(resolve_dataset(cfg)), int(nc.get("partition-id", 0)),
-                            int(nc.get("num-partitions", 1)), cfg.use_context)
-        state_dir = None
-    theta = np.zeros((store.n_users, cfg.dim), np.float32)
-    ready = np.zeros(store.n_users, bool)
-    taken = np.zeros(store.n_users, np.int64)
-    item_h = None
-    if "theta" in context.state.array_records:
-        saved = from_record(context.state.array_records["theta"])
-        theta, ready = saved["theta"].copy(), saved["ready"].astype(bool)
-        taken = saved["taken"].astype(np.int64) if "taken" in saved else taken
-    elif state_dir is not None and (state_dir / "node-state.npz").is_file():
-        with np.load(state_dir / "node-state.npz") as f:
-            if list(f["user_keys"]) == list(store.user_keys):
-                theta, ready = f["theta"].copy(), f["ready"].astype(bool)
-                taken = f["taken"].astype(np.int64) if "taken" in f else taken
-                item_h = f["item_h"] if "item_h" in f else None
-    if "content" in context.state.array_records:
-        item_h = from_record(context.state.array_records["content"])["item-vectors"]
-    return Node(cfg=cfg, store=store, theta=theta, ready=ready, taken=taken, item_h=item_h, state_dir=state_dir)
+                            int(nc.get("num-partitions", 1)), cfg.use_context, schema)
+    round_ = int(content.config_records[CONFIG]["server-round"]) if training and content is not None else None
+    theta, ready, taken, at = _saved_state(context, state_dir, store.user_keys, cfg.dim, round_)
+    node = Node(cfg=cfg, store=store, theta=theta, ready=ready, taken=taken, item_h=item_h, schema=schema,
+                state_dir=state_dir, data_dir=Path(str(nc["data-dir"])) if "data-dir" in nc else None, round=at)
+    if round_ is not None and round_ > 1 and cfg.checkpoint_every and (round_ - 1) % cfg.checkpoint_every == 0 \
+            and at == round_ - 1:
+        node.snapshot(round_ - 1)
+    return node

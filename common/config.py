@@ -34,6 +34,9 @@ class Config:
     synthetic_items: int = 10000
     seed: int = 0
     run_dir: str = ""                # where a run writes its outputs ("" = runs/<date-time>)
+    context_declaration: str = ""    # server: JSON context declaration (`fedctx data declare`); "" = dataset.toml's
+    population: int = 0              # N, the users in the federation (DP's q N and delta); a deployment must set
+                                     # it under central DP; a simulation counts its dataset's users (0 = that)
 
     # content encoder (server side, public catalogue)
     text_dim: int = 64               # Word2Vec vector size, h(c) in R^text_dim
@@ -52,6 +55,8 @@ class Config:
 
     # federation
     num_rounds: int = 40
+    min_nodes: int = 1               # a round goes on when at least this many nodes replied (failed ones dropped)
+    round_timeout: float = 600.0     # seconds the server waits for a round's replies; late nodes are dropped
     sample_rate: float = 1.0         # q: each user takes part in a round independently with prob. q
     local_steps: int = 2             # full-batch local steps (SGD by default) per sampled user and round
     local_optimizer: str = "sgd"     # "sgd" | "adam" (Adam state restarts every round)
@@ -116,6 +121,9 @@ class Config:
         need(self.l2 >= 0, "l2", "must be >= 0")
         need(self.half_life_days > 0, "half_life_days", "must be > 0")
         need(self.num_rounds >= 1, "num_rounds", "must be >= 1")
+        need(self.population >= 0, "population", "must be >= 0 (0 = count the dataset's users, simulation only)")
+        need(self.min_nodes >= 1, "min_nodes", "must be >= 1")
+        need(self.round_timeout > 0, "round_timeout", "must be > 0 seconds")
         need(0.0 < self.sample_rate <= 1.0, "sample_rate", "must be in (0, 1]")
         need(self.local_steps >= 1, "local_steps", "must be >= 1")
         need(self.local_optimizer in ("sgd", "adam"), "local_optimizer", "must be 'sgd' or 'adam'")

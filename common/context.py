@@ -158,8 +158,11 @@ class ContextEncoder:
                 raise ValueError(f"context column {column.name!r} is not in the frame")
             values = frame[column.name]
             if column.kind == "categorical":
-                strings = _category_strings(values)
-                vocabulary = tuple(sorted(set(strings[strings != None].tolist())))  # noqa: E711
+                if column.values is not None:  # declared: the public vocabulary, in declaration order
+                    vocabulary = tuple(column.values)
+                else:
+                    strings = _category_strings(values)
+                    vocabulary = tuple(sorted(set(strings[strings != None].tolist())))  # noqa: E711
                 fitted.append(_Fitted(column.name, "categorical", vocabulary=vocabulary))
             elif column.kind == "numeric":
                 numbers = _floats(values)
@@ -168,6 +171,8 @@ class ContextEncoder:
                 std = float(numbers.std()) if numbers.size else 1.0
                 if not math.isfinite(std) or std == 0.0:
                     std = 1.0
+                mean = column.mean if column.mean is not None else mean
+                std = column.std if column.std is not None else std
                 fitted.append(_Fitted(column.name, "numeric", mean=mean, std=std))
             else:
                 period = column.period
@@ -179,6 +184,36 @@ class ContextEncoder:
         if from_time:
             _time_seconds(time, _n_rows(frame, time))
         return cls(fitted, from_time)
+
+    @classmethod
+    def declared(cls, columns: Sequence[ContextColumn], from_time: Sequence[str]) -> "ContextEncoder":
+        """The encoder a public declaration fixes, without any data: every categorical column needs its
+        `values`, every numeric column its `mean` and `std`. Raises ValueError naming what is missing."""
+        missing = [f"{c.name}: values" for c in columns if c.kind == "categorical" and c.values is None]
+        missing += [f"{c.name}: mean, std" for c in columns
+                    if c.kind == "numeric" and (c.mean is None or c.std is None)]
+        if missing:
+            raise ValueError("the context declaration is incomplete (" + "; ".join(missing) + ")")
+        return cls.fit(pd.DataFrame({c.name: [] for c in columns}), columns, from_time,
+                       np.zeros(0, np.int64) if from_time else None)
+
+    def column_declarations(self) -> list[ContextColumn]:
+        """This encoder as a complete declaration (values, mean/std, period fixed)."""
+        return [ContextColumn(c.name, c.kind, c.period,
+                              tuple(c.vocabulary) if c.kind == "categorical" else None,
+                              c.mean if c.kind == "numeric" else None, c.std if c.kind == "numeric" else None)
+                for c in self._fitted]
+
+    def unknown_values(self, frame: pd.DataFrame) -> int:
+        """Number of non-missing categorical cells of `frame` outside the vocabulary (encoded as zeros)."""
+        n = 0
+        for column in self._fitted:
+            if column.kind == "categorical" and column.name in frame.columns:
+                strings = _category_strings(frame[column.name])
+                present = strings != None  # noqa: E711
+                codes = pd.Index(column.vocabulary, dtype=object).get_indexer(strings[present])
+                n += int((codes < 0).sum())
+        return n
 
     # ------------------------------------------------------------------ transforming
 
@@ -230,7 +265,7 @@ class ContextEncoder:
     @property
     def columns(self) -> tuple[ContextColumn, ...]:
         """The context columns this encoder reads, in feature order."""
-        return tuple(ContextColumn(c.name, c.kind, c.period) for c in self._fitted)
+        return tuple(ContextColumn(c.name, c.kind, c.period) for c in self._fitted)  # kinds only
 
     @property
     def from_time(self) -> tuple[str, ...]:

@@ -24,6 +24,7 @@ All per-row work is vectorised (pyarrow / pandas / numpy).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ import pyarrow.parquet as pq
 
 if TYPE_CHECKING:  # pragma: no cover - import cycle guard (context imports data)
     from common.context import ContextEncoder
+    from common.schema import PublicSchema
 
 __all__ = [
     "DataError",
@@ -48,6 +50,7 @@ __all__ = [
     "PreparedDataset",
     "read_spec",
     "load_dataset",
+    "load_catalogue",
     "validate_dataset",
     "CONTEXT_KINDS",
     "FROM_TIME_FEATURES",
@@ -152,12 +155,17 @@ class ContextColumn:
     """A declared context column of the interactions file.
 
     ``kind`` is ``"categorical"``, ``"numeric"`` or ``"cyclic"``; ``period`` (same unit
-    as the column values, > 0) is set only for cyclic columns.
+    as the column values, > 0) is set only for cyclic columns. A public declaration may also
+    fix ``values`` (categorical vocabulary) or ``mean``/``std`` (numeric scale); the server's
+    schema needs them (see common.schema), a simulation derives missing ones from the data.
     """
 
     name: str
     kind: str
     period: float | None = None
+    values: tuple[str, ...] | None = None
+    mean: float | None = None
+    std: float | None = None
 
 
 @dataclass(frozen=True)
@@ -179,7 +187,7 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def read_spec(root: str | Path) -> DatasetSpec:
+def read_spec(root: str | Path, *, catalogue_only: bool = False) -> DatasetSpec:
     """Read and validate ``<root>/dataset.toml`` (``root`` may also be the TOML file itself).
 
     Raises :class:`DataError` (file = dataset.toml) for a missing/unparsable file,
@@ -237,7 +245,9 @@ def read_spec(root: str | Path) -> DatasetSpec:
                       f'e.g. {key} = "{key}.parquet"')
         return root / value
 
-    interactions_file = data_file("interactions")
+    # a server's catalogue directory may name no interactions file: the server never opens one
+    interactions_file = (root / "(none)" if catalogue_only and dataset.get("interactions") is None
+                         else data_file("interactions"))
     items_file = data_file("items")
 
     def column_key(key: str) -> str | None:
@@ -305,13 +315,16 @@ def read_spec(root: str | Path) -> DatasetSpec:
             raise err(f"{where} clashes with the from-time feature of the same name", col_name,
                       "rename the column, or remove the feature from from-time")
         period: object = None
+        extra: dict[str, Any] = {}
         if isinstance(decl, dict):
             for key in decl:
-                if key not in ("kind", "period"):
+                if key not in ("kind", "period", "values", "mean", "std"):
                     raise err(f"unknown key {key!r} in {where}", key,
-                              'allowed keys are kind and period')
+                              'allowed keys are kind, period (cyclic), values (categorical), mean and std '
+                              '(numeric)')
             kind = decl.get("kind")
             period = decl.get("period")
+            extra = {k: decl[k] for k in ("values", "mean", "std") if k in decl}
         else:
             kind = decl
         if kind not in CONTEXT_KINDS:
@@ -325,12 +338,30 @@ def read_spec(root: str | Path) -> DatasetSpec:
             if not _is_number(period) or not math.isfinite(period) or period <= 0:
                 raise err(f"{where}: period must be a positive number", period,
                           "e.g. period = 24.0")
-            columns.append(ContextColumn(col_name, "cyclic", float(period)))
-        else:
-            if period is not None:
-                raise err(f"{where}: period is only allowed for cyclic columns", period,
-                          "remove period, or use kind = \"cyclic\"")
-            columns.append(ContextColumn(col_name, kind))
+        elif period is not None:
+            raise err(f"{where}: period is only allowed for cyclic columns", period,
+                      "remove period, or use kind = \"cyclic\"")
+        values = extra.get("values")
+        if values is not None:
+            if kind != "categorical":
+                raise err(f"{where}: values is only allowed for categorical columns", values, "remove values")
+            if (not isinstance(values, list) or not values
+                    or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in values)):
+                raise err(f"{where}: values must be a non-empty list of strings", values,
+                          f'e.g. values = ["phone", "tablet"]')
+            values = tuple(str(v) for v in values)
+            if len(set(values)) != len(values):
+                raise err(f"{where}: values must not repeat", list(values), "list each value once")
+        for key in ("mean", "std"):
+            if key in extra:
+                if kind != "numeric":
+                    raise err(f"{where}: {key} is only allowed for numeric columns", extra[key], f"remove {key}")
+                if not _is_number(extra[key]) or not math.isfinite(extra[key]) or (key == "std" and extra[key] <= 0):
+                    raise err(f"{where}: {key} must be a finite number" + (" > 0" if key == "std" else ""),
+                              extra[key], f"e.g. {key} = {'1.0' if key == 'std' else '0.0'}")
+        columns.append(ContextColumn(col_name, kind, float(period) if kind == "cyclic" else None, values,
+                                     float(extra["mean"]) if "mean" in extra else None,
+                                     float(extra["std"]) if "std" in extra else None))
 
     return DatasetSpec(
         root=root,
@@ -706,11 +737,27 @@ def _read_interactions(spec: DatasetSpec) -> _RawInteractions:
 # --------------------------------------------------------------------------- loading
 
 
-def load_dataset(root: str | Path, *, min_user_interactions: int = 3) -> PreparedDataset:
+def load_catalogue(root: str | Path) -> tuple[DatasetSpec, np.ndarray, tuple[str, ...]]:
+    """What a server may read of a dataset directory: dataset.toml and the items file (never the
+    interactions). Returns (spec, item_ids [n_items] str, texts)."""
+    spec = read_spec(root, catalogue_only=True)
+    item_ids, item_texts, _, _ = _read_items(spec)
+    if len(item_ids) == 0:
+        raise DataError(spec.items_file, "the item catalogue must hold at least one item", value=0,
+                        fix="add item rows (item_id, text) below the header")
+    return spec, item_ids, item_texts
+
+
+def load_dataset(root: str | Path, *, min_user_interactions: int = 3, schema: "PublicSchema | None" = None
+                 ) -> PreparedDataset:
     """Read, validate, clean, split and context-encode the dataset at ``root``.
 
     ``min_user_interactions`` (>= 2): users with fewer engagements after cleaning
     are removed. Raises :class:`DataError` on structural problems (see module doc).
+    With ``schema`` (a node's load): the item index is the schema's catalogue (the local items
+    file is not read), the context columns are the schema's and are encoded with its encoder
+    (nothing is fitted); rows with items outside the catalogue are dropped (``unknown_items``)
+    and categorical values outside the vocabulary count in ``unknown_context_values``.
     """
     from common.context import ContextEncoder  # local import: context imports this module
 
@@ -719,7 +766,16 @@ def load_dataset(root: str | Path, *, min_user_interactions: int = 3) -> Prepare
         raise ValueError("min_user_interactions must be an int >= 2 (each user needs a val and "
                          f"a test engagement); got {min_user_interactions!r}")
     spec = read_spec(root)
-    item_ids, item_texts, non_utf8, missing_texts = _read_items(spec)
+    if schema is not None:
+        if schema.context.from_time and spec.time_column is None:
+            raise DataError(spec.root / "dataset.toml", "the server's schema derives context from the time "
+                            "column, so this dataset must declare time-column", value=list(schema.context.from_time),
+                            fix="add time-column = \"<column of Unix seconds>\" to [dataset]")
+        spec = dataclasses.replace(spec, context_columns=schema.context.columns,
+                                   from_time=schema.context.from_time)
+        item_ids, item_texts, non_utf8, missing_texts = np.asarray(schema.item_ids, dtype=str), (), 0, 0
+    else:
+        item_ids, item_texts, non_utf8, missing_texts = _read_items(spec)
     raw = _read_interactions(spec)
     path = spec.interactions_file
     n = len(raw.user)
@@ -795,10 +851,14 @@ def load_dataset(root: str | Path, *, min_user_interactions: int = 3) -> Prepare
 
     context_frame = raw.context.iloc[rows].reset_index(drop=True)
     time_sorted = time[rows]
-    encoder = ContextEncoder.fit(
-        context_frame.loc[is_train].reset_index(drop=True), spec.context_columns,
-        spec.from_time, time_sorted[is_train] if spec.time_column else None,
-    )
+    if schema is not None:
+        encoder = schema.context
+        cleaning["unknown_context_values"] = encoder.unknown_values(context_frame)
+    else:
+        encoder = ContextEncoder.fit(
+            context_frame.loc[is_train].reset_index(drop=True), spec.context_columns,
+            spec.from_time, time_sorted[is_train] if spec.time_column else None,
+        )
     encoded = encoder.transform(context_frame, time_sorted if spec.time_column else None)
 
     everything = Interactions(

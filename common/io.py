@@ -184,7 +184,7 @@ def _toml_value(value: object) -> str:
 def dataset_toml(
     *,
     name: str,
-    interactions: str,
+    interactions: str | None,
     items: str,
     time_column: str | None = None,
     label_column: str | None = None,
@@ -194,6 +194,7 @@ def dataset_toml(
 ) -> str:
     """The text of a ``dataset.toml`` (see ``docs/dataset-format.md``).
 
+    ``interactions`` None: a server's catalogue directory (no interactions file).
     ``context_columns`` maps column name to its kind (``"categorical"``,
     ``"numeric"`` or ``{"kind": "cyclic", "period": float}``). The ``[context]``
     table is written only when ``context_columns`` or ``from_time`` is non-empty.
@@ -201,7 +202,7 @@ def dataset_toml(
     lines = [
         "[dataset]",
         f"name = {_toml_string(name)}",
-        f"interactions = {_toml_string(interactions)}",
+        *([f"interactions = {_toml_string(interactions)}"] if interactions is not None else []),
         f"items = {_toml_string(items)}",
     ]
     if time_column is not None:

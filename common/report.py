@@ -14,7 +14,7 @@ SYSTEMS = ("federated", "centralized", "context-free", "popularity")
 
 #: What a private run releases (top level of its run directory): the model, the public content vectors and the
 #: privacy statement and ledger. Everything computed from the users' data without noise goes to DIAGNOSTICS.
-RELEASED_FILES = ("global_model.npz", "item_vectors.npy", "privacy.json", "privacy_ledger.csv")
+RELEASED_FILES = ("global_model.npz", "item_vectors.npy", "schema.json", "privacy.json", "privacy_ledger.csv")
 DIAGNOSTICS = "diagnostics"
 
 

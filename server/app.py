@@ -12,20 +12,31 @@ from flwr.serverapp import Grid, ServerApp
 
 from common.aggregation import ServerOptimizer
 from common.config import Config, ConfigError, config_from_mapping
-from common.datasets import load_cached, resolve_dataset
-from common.federated import training_members
+from common.data import load_catalogue
+from common.datasets import resolve_dataset
 from common.model import ModelShape, init_shared
 from common.params import from_record, to_record
+from common.protocol import ITEM_VECTORS
 from common.report import RELEASED_FILES, diagnostics_dir, format_round, write_rounds_csv
 from common.privacy import (PrivacyLedger, RoundRecord, SamplingKey, SecureGaussian, calibrate_noise,
                             central_statement, local_guarantee)
 from server.checkpoint import CHECKPOINT_FILE, ServerState, check_resumable, load_checkpoint, save_checkpoint
-from server.content import content_vectors
+from common.schema import SCHEMA_FILE, PublicSchema, build_schema, declared_context
+from server.content import content_descriptor, content_vectors
 from server.strategy import AdaptiveClip, CentralDP, UserFedAvg
 
-__all__ = ["app", "run_federated"]
+__all__ = ["app", "run_federated", "public_inputs"]
 
 app = ServerApp()
+
+
+def public_inputs(cfg: Config) -> tuple[PublicSchema, np.ndarray]:
+    """The public schema and h(c) [n_items, text_dim], from the catalogue (dataset.toml and the items file) and
+    the context declaration only: the server never opens an interactions file."""
+    spec, item_ids, item_texts = load_catalogue(resolve_dataset(cfg))
+    context = declared_context(spec, cfg.context_declaration)
+    item_h = content_vectors(cfg, item_texts)
+    return build_schema(item_ids, context, content_descriptor(cfg), item_h), item_h
 
 
 def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
@@ -41,17 +52,24 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
         check_resumable(state, cfg, checkpoint)
         print(f"resume: {checkpoint} at round {state.round}; rounds {state.round + 1}-{cfg.num_rounds} to go",
               flush=True)
-    ds = load_cached(str(resolve_dataset(cfg)))  # the server uses the public catalogue and context schema only
     t0 = time.perf_counter()
-    item_h = content_vectors(cfg, ds.item_texts)
+    schema, item_h = public_inputs(cfg)
     content_seconds = time.perf_counter() - t0
-    shape = ModelShape(n_items=ds.n_items, text_dim=cfg.text_dim, dim=cfg.dim,
-                       context_dim=ds.context_dim if cfg.use_context else 0, item_embedding=cfg.item_embedding)
+    if state is not None and state.schema_hash not in (None, schema.hash):
+        raise ConfigError(f"resume: {checkpoint} was trained under public schema {state.schema_hash[:12]}, this run's "
+                          f"is {schema.hash[:12]} (another catalogue, context declaration or content encoder). "
+                          f"Resume with the same inputs, or start a new run-dir.")
+    shape = ModelShape(n_items=schema.n_items, text_dim=item_h.shape[1], dim=cfg.dim,
+                       context_dim=schema.context_dim if cfg.use_context else 0, item_embedding=cfg.item_embedding)
     params = state.params if state else init_shared(shape, cfg.seed)
-    n_members = int(training_members(np.asarray(ds.user_ids).astype(str), cfg.audit_fraction, cfg.seed).sum())
-    held_out = f" ({ds.n_users - n_members} held out for the membership audit)" if n_members < ds.n_users else ""
-    print(f"federated: {len(list(grid.get_node_ids()))} nodes, {n_members} training users{held_out}, "
-          f"{ds.n_items} items, {cfg.num_rounds} rounds, sample rate {cfg.sample_rate}", flush=True)
+    n_members = cfg.population
+    if cfg.central_dp and n_members < 1:
+        raise ConfigError("population: central DP needs N, the number of users in the federation (its q N "
+                          "denominator and delta). Set --run-config population=<N> (a simulation sets it itself).")
+    print(f"federated: {len(list(grid.get_node_ids()))} nodes, "
+          + (f"{n_members} training users, " if n_members else "")
+          + f"{schema.n_items} items, {cfg.num_rounds} rounds, sample rate {cfg.sample_rate}, "
+            f"schema {schema.hash[:12]}", flush=True)
     dp, privacy = None, None
     sampling_key = (state.sampling_key if state is not None and state.sampling_key is not None
                     else SamplingKey.fresh())
@@ -82,12 +100,12 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
             round=round_, params=strategy.latest, optimizer=strategy.optimizer, config=cfg.to_flwr(),
             rows=strategy.log.rows, ledger=dp.ledger.to_rows() if dp else [], clip_norm=dp.clip_norm if dp else None,
             noise_multiplier=dp.noise_multiplier if dp else None, best=strategy.best, sampling_key=sampling_key,
-            starts=starts))
+            starts=starts, schema_hash=schema.hash))
         if dp is not None:
             dp.ledger.write_csv(run_dir / "privacy_ledger.csv")
 
     strategy = UserFedAvg(
-        content=to_record({"item-vectors": item_h}),
+        content=to_record({ITEM_VECTORS: item_h}), schema=schema, min_nodes=cfg.min_nodes,
         optimizer=state.optimizer if state else ServerOptimizer(cfg.server_optimizer, cfg.server_lr,
                                                                 eps=cfg.server_adam_eps),
         sample_rate=cfg.sample_rate, sampling_key=sampling_key, eval_every=cfg.eval_every, num_rounds=cfg.num_rounds,
@@ -98,7 +116,7 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
     if state is not None:
         strategy.log.rows = list(state.rows)
         strategy.best = state.best
-    result = strategy.start(grid=grid, initial_arrays=to_record(params),
+    result = strategy.start(grid=grid, initial_arrays=to_record(params), timeout=cfg.round_timeout,
                             num_rounds=cfg.num_rounds - (state.round if state else 0),
                             train_config=ConfigRecord({}), evaluate_config=ConfigRecord({}))
     rows = strategy.log.rows
@@ -151,13 +169,13 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
         privacy["released"] = "the last round's global model; nothing chosen by unnoised metrics"
     out["privacy"] = privacy
     if run_dir is not None:
-        write_outputs(run_dir, cfg, out, item_h, dp.ledger if dp is not None else None,
+        write_outputs(run_dir, cfg, out, item_h, schema, dp.ledger if dp is not None else None,
                       checkpoint if checkpoint is not None and checkpoint.is_file() else None)
     return out
 
 
-def write_outputs(run_dir: Path, cfg: Config, out: dict, item_h: np.ndarray, ledger: PrivacyLedger | None,
-                  checkpoint: Path | None) -> None:
+def write_outputs(run_dir: Path, cfg: Config, out: dict, item_h: np.ndarray, schema: PublicSchema,
+                  ledger: PrivacyLedger | None, checkpoint: Path | None) -> None:
     """The run's files. Without DP everything sits in run_dir. Under DP run_dir holds only what is released
     (RELEASED_FILES: the last round's model, the public content vectors, privacy.json and the ledger) and the
     server-secret checkpoint; the per-round counts, losses and metrics go to run_dir/diagnostics."""
@@ -172,6 +190,7 @@ def write_outputs(run_dir: Path, cfg: Config, out: dict, item_h: np.ndarray, led
         out["checkpoint"] = str(checkpoint)
     write_rounds_csv(out["rounds"], diag / "rounds.csv")
     np.save(run_dir / "item_vectors.npy", item_h)  # h(c) of the public catalogue, for scoring and the audit
+    schema.write(run_dir / SCHEMA_FILE)  # public: catalogue ids, context declaration, content encoder
     if out["final_arrays"] is not None:  # the released global model (shared parameters only)
         np.savez(run_dir / "global_model.npz", **{k.replace("/", "."): v for k, v in out["final_arrays"].items()})
     if privacy is not None:
@@ -180,7 +199,10 @@ def write_outputs(run_dir: Path, cfg: Config, out: dict, item_h: np.ndarray, led
             "released": released,
             "server_secret": ["checkpoint.npz"] if checkpoint is not None else [],
             "diagnostics": f"{diag.name}/ (computed from the users' data without noise, for the experimenter; "
-                           f"not covered by the guarantee and not produced by a deployment's server)"}}
+                           f"not covered by the guarantee and not produced by a deployment's server)",
+            **({"device_state": "devices/ (each simulated device's private state: theta_u, round counts, its "
+                                "encoded data; a device keeps it and never sends it; not released)"}
+               if (run_dir / "devices").is_dir() else {})}}
         (run_dir / "privacy.json").write_text(json.dumps(doc, indent=2))
     (diag / "federated.json").write_text(json.dumps(
         {k: v for k, v in out.items() if k != "final_arrays"}, indent=2))

@@ -50,6 +50,7 @@ class ServerState:
     best: tuple[float, int, dict[str, np.ndarray] | None] = (-np.inf, 0, None)
     sampling_key: SamplingKey | None = None
     starts: int = 1  # how many times the run has started (1 + resumes): each start may warm theta_u up again
+    schema_hash: str | None = None  # the public schema the run was trained under (common.schema)
 
 
 def save_checkpoint(path: Path, state: ServerState) -> None:
@@ -67,6 +68,7 @@ def save_checkpoint(path: Path, state: ServerState) -> None:
         "clip_norm": state.clip_norm, "noise_multiplier": state.noise_multiplier,
         "best_score": None if not np.isfinite(state.best[0]) else state.best[0], "best_round": state.best[1],
         "sampling_key": state.sampling_key.hex() if state.sampling_key else None, "starts": int(state.starts),
+        "schema_hash": state.schema_hash,
         "sampling_key_secret": bool(state.sampling_key.secret) if state.sampling_key else True,
         "optimizer": {"kind": opt.kind, "lr": opt.lr, "beta1": opt.beta1, "beta2": opt.beta2, "eps": opt.eps,
                       "step": opt.step},
@@ -113,7 +115,8 @@ def load_checkpoint(path: Path) -> ServerState:
                        rows=meta["rows"], ledger=meta["ledger"], clip_norm=meta["clip_norm"],
                        noise_multiplier=meta["noise_multiplier"],
                        best=(best_score, int(meta["best_round"]), groups["best"] or None),
-                       sampling_key=_sampling_key(meta), starts=int(meta.get("starts", 1)))
+                       sampling_key=_sampling_key(meta), starts=int(meta.get("starts", 1)),
+                       schema_hash=meta.get("schema_hash"))
 
 
 def _sampling_key(meta: dict) -> SamplingKey | None:

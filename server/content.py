@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 from gensim.models import Word2Vec
 
-__all__ = ["tokenize", "ContentEncoder", "content_vectors"]
+__all__ = ["tokenize", "ContentEncoder", "content_vectors", "content_descriptor"]
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
@@ -89,3 +89,9 @@ def content_vectors(cfg, texts: Sequence[str]) -> np.ndarray:
     """h(c) [n_items, cfg.text_dim] of a catalogue under a run's `common.config.Config`."""
     return ContentEncoder(cfg.text_dim, cfg.text_epochs, cfg.text_window, cfg.text_pooling,
                           cfg.seed).item_vectors(texts)
+
+
+def content_descriptor(cfg) -> dict:
+    """JSON-able description of the encoder that makes h(c) under `cfg` (part of the public schema)."""
+    return {"encoder": "word2vec", "text-dim": cfg.text_dim, "epochs": cfg.text_epochs, "window": cfg.text_window,
+            "pooling": cfg.text_pooling, "seed": cfg.seed}

@@ -9,13 +9,14 @@ the total by the number of users (each user weighs the same) and applies a serve
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
-from logging import INFO
+from logging import INFO, WARNING
 from typing import Callable, Iterable
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
@@ -24,8 +25,77 @@ from common.aggregation import ServerOptimizer, sum_updates
 from common.params import from_record, to_record
 from common.privacy import (PrivacyLedger, SamplingKey, SecureGaussian, adaptive_sum_noise, next_clip_norm,
                             noisy_mean)
+from common.protocol import CONTENT, SCHEMA, SCHEMA_HASH, SCHEMA_JSON, UPDATE, METRICS
+from common.schema import PublicSchema
 
-__all__ = ["UserFedAvg", "RoundLog", "CentralDP", "AdaptiveClip"]
+__all__ = ["UserFedAvg", "RoundLog", "CentralDP", "AdaptiveClip", "reply_problem", "wait_for_nodes"]
+
+#: how often the server says it is still waiting for nodes (seconds)
+WAIT_LOG_EVERY = 10.0
+
+
+def wait_for_nodes(grid: Grid, min_nodes: int, sleep: Callable[[float], None] = time.sleep) -> list[int]:
+    """All connected nodes, once at least `min_nodes` are connected; says so every WAIT_LOG_EVERY s meanwhile."""
+    waited = 0.0
+    while len(nodes := list(grid.get_node_ids())) < min_nodes:
+        if waited % WAIT_LOG_EVERY == 0:
+            log(WARNING, "waiting for nodes: %d connected, min-nodes is %d (%.0f s so far)", len(nodes), min_nodes,
+                waited)
+        sleep(1.0)
+        waited += 1.0
+    return nodes
+
+
+def _user_count_problem(content: RecordDict) -> str | None:
+    """Every reply carries METRICS with an integer num-users >= 0."""
+    if METRICS not in content.metric_records:
+        return "no metrics record"
+    n = content.metric_records[METRICS].get("num-users")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        return f"num-users must be an integer >= 0, got {n!r}"
+    return None
+
+
+def reply_problem(content: RecordDict, expected: dict[str, np.ndarray], clip: float | None,
+                  adaptive: bool) -> str | None:
+    """Why a training reply must not be aggregated, or None if it is well-formed.
+
+    expected: the round's global parameters (names, shapes); clip: the round's per-user clip norm under central
+    DP (a node's sum of n clipped updates has norm <= n * clip), None without it."""
+    problem = _user_count_problem(content)
+    if problem is not None:
+        return problem
+    metrics = content.metric_records[METRICS]
+    n = metrics["num-users"]
+    for key, value in metrics.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"metric {key} is not finite ({value})"
+    if adaptive and abs(float(metrics.get("clip-shifted-count", 0.0))) > n / 2 + 1e-9:
+        return f"clip-shifted-count {metrics.get('clip-shifted-count')} is outside [-n/2, n/2] for n = {n}"
+    if n == 0:
+        return None
+    if UPDATE not in content.array_records:
+        return "no update record"
+    try:
+        update = {k: v.numpy() for k, v in content.array_records[UPDATE].items()}  # as sent (dtype kept)
+    except Exception as exc:  # an undecodable array record
+        return f"update cannot be read ({exc})"
+    if set(update) != set(expected):
+        return f"update names {sorted(update)} are not the model's {sorted(expected)}"
+    sq = 0.0
+    for name, ref in expected.items():
+        value = update[name]
+        if value.shape != ref.shape:
+            return f"update {name} has shape {value.shape}, expected {ref.shape}"
+        if not np.issubdtype(value.dtype, np.floating):
+            return f"update {name} has dtype {value.dtype}, expected a float"
+        if not np.isfinite(value).all():
+            return f"update {name} is not finite"
+        sq += float(np.square(value, dtype=np.float64).sum())
+    if clip is not None and math.sqrt(sq) > n * clip * (1 + 1e-4) + 1e-6:
+        return f"update norm {math.sqrt(sq):.6g} exceeds num-users x clip-norm = {n * clip:.6g}"
+    return None
+
 
 
 @dataclass
@@ -67,10 +137,23 @@ class RoundLog:
     rows: list[dict[str, float | int]] = field(default_factory=list)
 
 
+def _metrics_problem(content: RecordDict) -> str | None:
+    """Why an evaluation reply must not be averaged, or None."""
+    problem = _user_count_problem(content)
+    if problem is not None:
+        return problem
+    metrics = content.metric_records[METRICS]
+    bad = [k for k, v in metrics.items() if isinstance(v, float) and not (math.isfinite(v) and 0.0 <= v <= 1.0)]
+    return f"metrics {bad} must be finite rates in [0, 1]" if bad else None
+
+
 class UserFedAvg(FedAvg):
     """FedAvg over users, not nodes; see the module docstring.
 
-    content: public item vectors h(c), sent with the first training round (of this process).
+    content: public item vectors h(c) and schema: the public schema; both go to every node that has not yet
+    replied well (first contact, a late joiner, a node that failed or restarted), and the schema hash to all.
+    min_nodes: a round goes on when at least this many nodes replied well; failed, late and malformed replies
+    are dropped, logged and counted in the round's row (nodes-asked / nodes-replied / nodes-failed).
     on_round(row): called after each round's evaluation with the round's scalars.
     num_rounds: rounds of the whole run; round_offset: rounds already done (a resumed run), so Flower's
     round r is the run's round r + round_offset (the nodes' sampling and the ledger use the latter).
@@ -80,13 +163,18 @@ class UserFedAvg(FedAvg):
     nothing (a private run releases its last round: a choice made on unnoised metrics is not accounted).
     """
 
-    def __init__(self, *, content: ArrayRecord, optimizer: ServerOptimizer, sample_rate: float,
-                 sampling_key: SamplingKey, eval_every: int, num_rounds: int,
+    def __init__(self, *, content: ArrayRecord, schema: PublicSchema, optimizer: ServerOptimizer,
+                 sample_rate: float, sampling_key: SamplingKey, eval_every: int, num_rounds: int, min_nodes: int = 1,
                  on_round: Callable[[dict], None] | None = None,
                  dp: CentralDP | None = None, select_key: str | None = "val-hr@10", round_offset: int = 0,
                  checkpoint_every: int = 0, on_checkpoint: Callable[[int], None] | None = None) -> None:
-        super().__init__(fraction_train=1.0, fraction_evaluate=1.0, weighted_by_key="num-users")
+        super().__init__(fraction_train=1.0, fraction_evaluate=1.0, weighted_by_key="num-users",
+                         min_train_nodes=min_nodes, min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes)
         self.content = content
+        self.schema = schema
+        self.min_nodes = min_nodes
+        self.has_content: set[int] = set()  # nodes that replied well under this schema (they hold h(c))
+        self.failures: list[dict] = []  # every dropped reply: round, node, phase, reason
         self.optimizer = optimizer
         self.sample_rate = sample_rate
         self.sampling_key = sampling_key
@@ -106,41 +194,85 @@ class UserFedAvg(FedAvg):
         self._row: dict[str, float | int] = {}
         self._t0 = time.perf_counter()
 
+    def _messages(self, node_ids: list[int], arrays: ArrayRecord, config: ConfigRecord,
+                  message_type: str) -> list[Message]:
+        """One message per node; the content and the schema go to the nodes not known to hold them."""
+        config[SCHEMA_HASH] = self.schema.hash
+        out = []
+        for node_id in node_ids:
+            record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+            if node_id not in self.has_content:
+                record[CONTENT] = self.content
+                record[SCHEMA] = ConfigRecord({SCHEMA_JSON: self.schema.to_json()})
+            out.append(Message(content=record, message_type=message_type, dst_node_id=node_id))
+        return out
+
+    def _drop(self, server_round: int, phase: str, node_id: int, reason: str) -> None:
+        self.has_content.discard(node_id)  # it gets h(c) and the schema again next time
+        self.failures.append({"round": server_round, "node": int(node_id), "phase": phase, "reason": reason})
+        log(WARNING, "round %s: %s reply of node %s dropped: %s", server_round, phase, node_id, reason)
+
+    def _sort(self, server_round: int, phase: str, replies: Iterable[Message], asked: list[int],
+              check: Callable[[RecordDict], str | None]) -> list[Message]:
+        """The well-formed replies; every other asked node is dropped with its reason."""
+        good, seen = [], set()
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            seen.add(node)
+            if msg.has_error():
+                self._drop(server_round, phase, node, msg.error.reason)
+                continue
+            problem = check(msg.content)
+            if problem is not None:
+                self._drop(server_round, phase, node, f"malformed: {problem}")
+                continue
+            good.append(msg)
+            self.has_content.add(node)
+        for node in set(asked) - seen:
+            self._drop(server_round, phase, node, "no reply within round-timeout (failed, left or too slow)")
+        return good
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._t0 = time.perf_counter()
-        first = server_round == 1  # the first round of this process: the nodes need the content
         server_round += self.round_offset
         self.current = self.latest = from_record(arrays)
+        config["server-round"] = server_round
         config["sample-rate"] = float(self.sample_rate)
         config["sampling-seed"] = self.sampling_key.round_seed(server_round)  # secret; this round only
         if self.dp is not None:
             config["clip-norm"] = float(self.dp.clip_norm)  # this round's C (it moves with adaptive clipping)
-        messages = list(super().configure_train(server_round, arrays, config, grid))
-        if first and messages:
-            messages[0].content["content"] = self.content  # one RecordDict is shared by all messages
-        return messages
+        self._asked = wait_for_nodes(grid, self.min_nodes)
+        return self._messages(self._asked, arrays, config, MessageType.TRAIN)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.round_offset
-        valid, errors = self._check_and_log_replies(replies, is_train=True, validate=False)
-        if errors:
-            raise RuntimeError(f"round {server_round}: {len(errors)} node(s) failed: "
-                               + "; ".join(m.error.reason for m in errors[:3]))
+        clip = self.dp.clip_norm if self.dp is not None else None
+        adaptive = self.dp is not None and self.dp.adaptive is not None
+        valid = self._sort(server_round, "train", replies, self._asked,
+                           lambda c: reply_problem(c, self.current or {}, clip, adaptive))
+        nodes = {"nodes-asked": len(self._asked), "nodes-replied": len(valid),
+                 "nodes-failed": len(self._asked) - len(valid)}
+        if len(valid) < self.min_nodes:
+            log(WARNING, "round %s: %d of %d nodes replied well, min-nodes is %d: the round is skipped (the model "
+                "is unchanged%s)", server_round, len(valid), len(self._asked), self.min_nodes,
+                "; nothing is released, so nothing is accounted" if self.dp is not None else "")
+            self._row = {"round": server_round, "users": 0, **nodes, "skipped": 1}
+            return None, None
         sums, users, examples, loss, shifted = [], 0, 0, 0.0, 0.0
         has_loss = True  # under local DP nodes send no example count and no loss (see client.node)
         for msg in valid:
-            metrics = msg.content.metric_records["metrics"]
+            metrics = msg.content.metric_records[METRICS]
             n = int(metrics["num-users"])
             if n > 0:
-                sums.append(from_record(msg.content.array_records["update"]))
+                sums.append(from_record(msg.content.array_records[UPDATE]))
             users += n
             has_loss = has_loss and "train-loss-sum" in metrics
             examples += int(metrics.get("num-examples", 0))
             loss += float(metrics.get("train-loss-sum", 0.0))
             shifted += float(metrics.get("clip-shifted-count", 0.0))
-        self._row = {"round": server_round, "users": users}
+        self._row = {"round": server_round, "users": users, **nodes}
         if has_loss:
             self._row.update({"examples": examples, "train-loss": loss / max(users, 1)})
         if self.current is None:
@@ -176,13 +308,18 @@ class UserFedAvg(FedAvg):
             self._finish_round({})
             return []
         self._eval_arrays = arrays
-        return super().configure_evaluate(server_round, arrays, config, grid)
+        config["server-round"] = server_round
+        self._asked = wait_for_nodes(grid, self.min_nodes)
+        self._evaluating = True
+        return self._messages(self._asked, arrays, config, MessageType.EVALUATE)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        replies = list(replies)
-        if not replies:  # evaluation skipped this round (see configure_evaluate)
+        if not getattr(self, "_evaluating", False):  # evaluation skipped this round (see configure_evaluate)
             return None
-        metrics = super().aggregate_evaluate(server_round, replies)
+        self._evaluating = False
+        server_round += self.round_offset
+        valid = self._sort(server_round, "evaluate", replies, self._asked, _metrics_problem)
+        metrics = self.evaluate_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key) if valid else None
         self._finish_round(dict(metrics) if metrics is not None else {})
         return metrics
 

@@ -18,8 +18,24 @@ cli = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Federated, privacy-preserving, context-aware recommender (Flower + TensorFlow).")
 data_cli = typer.Typer(no_args_is_help=True, help="Make, import and check datasets.")
 import_cli = typer.Typer(no_args_is_help=True, help="Import public datasets into the dataset format.")
+device_cli = typer.Typer(no_args_is_help=True, help="Work offline on a device's state directory: recommend, "
+                                                     "record feedback.")
+export_cli = typer.Typer(no_args_is_help=True, help="Export a device's model for on-device inference.")
 cli.add_typer(data_cli, name="data")
 data_cli.add_typer(import_cli, name="import")
+cli.add_typer(device_cli, name="device")
+cli.add_typer(export_cli, name="export")
+
+
+def _pairs(items: List[str]) -> dict:
+    """--context column=value options as a dict."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--context expects column=value. Found {item!r}. Example: --context device=mobile.")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
 
 
 def _fail(err: Exception) -> None:
@@ -86,6 +102,48 @@ def data_validate(path: Path = typer.Argument(..., help="Dataset directory.")) -
         _fail(err)
     typer.echo(json.dumps(report, indent=2, default=str))
     typer.echo(f"valid: {path}")
+
+
+@data_cli.command("declare")
+def data_declare(
+    path: Path = typer.Argument(..., help="Dataset directory."),
+    out: Path = typer.Option(..., help="JSON file to write (the server's context-declaration setting)."),
+) -> None:
+    """Write the context declaration (vocabularies, scales, width) fitted on a dataset's training rows: the
+    public schema's context part, for a server that must not read the interactions."""
+    from common.data import DataError, load_dataset
+
+    try:
+        ds = load_dataset(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(ds.context_encoder.to_dict(), indent=1))
+    except (DataError, FileNotFoundError, ValueError, OSError) as err:
+        _fail(err)
+    typer.echo(f"context declaration: {out} ({ds.context_encoder.dim} features: "
+               f"{', '.join(ds.context_encoder.feature_names)})")
+
+
+@data_cli.command("partition")
+def data_partition(
+    path: Path = typer.Argument(..., help="Dataset directory to split."),
+    out: Path = typer.Option(..., help="Output directory: server/ (catalogue and declaration only) and "
+                                       "device-<k>/ (each device's users)."),
+    devices: int = typer.Option(3, help="Number of devices."),
+    overwrite: bool = typer.Option(False, help="Replace an existing directory."),
+) -> None:
+    """Split a dataset into a federation to try on one machine (see docs/deployment.md)."""
+    from common.data import DataError
+    from common.partition import partition_dataset
+
+    try:
+        fed = partition_dataset(path, out, devices, overwrite=overwrite)
+    except (DataError, FileExistsError, FileNotFoundError, ValueError, OSError) as err:
+        _fail(err)
+    typer.echo(f"server catalogue: {out / 'server'} (no interactions)")
+    for d in fed["devices"]:
+        typer.echo(f"device: {out / d['dir']} ({d['users']} users)")
+    typer.echo(f"population: {fed['population']} (set --run-config \"population={fed['population']}\" under "
+               f"central DP)")
 
 
 @cli.command("simulate")
@@ -165,6 +223,96 @@ def bench_cmd(
     except (ConfigError, FileExistsError) as err:
         _fail(err)
     typer.echo(json.dumps(results[-1] if len(results) == 1 else {**results[-1], "all": results}))
+
+
+@device_cli.command("recommend")
+def device_recommend(
+    state: Path = typer.Option(..., help="The device's state directory (a SuperNode's state-dir)."),
+    user: str = typer.Option(..., help="User id (as in the device's data)."),
+    context: List[str] = typer.Option([], "--context", help="Context column=value (repeat); unset columns are "
+                                                             "missing values."),
+    time: Optional[int] = typer.Option(None, help="Unix seconds for time-derived context (default: now)."),
+    k: int = typer.Option(10, "-k", help="How many items."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Top-k items for a user in a context, from the latest global model the device received, with why."""
+    from client.device import format_recommendations, recommend
+    from client.device_state import DeviceError, DeviceState, catalogue_titles
+    from common.config import ConfigError
+
+    try:
+        dev = DeviceState.load(state)
+        theta, source = dev.theta_for(user)
+        items, _, _ = dev.history(user)
+        x = dev.context_vector(_pairs(context), time)
+        recs = recommend(dev.params, dev.item_h, theta, x, items, k=k)
+    except (DeviceError, ConfigError, ValueError, OSError) as err:
+        _fail(err)
+    titles = catalogue_titles(dev)
+    if as_json:
+        typer.echo(json.dumps({"user": user, "theta": source, "round": dev.round, "schema": dev.schema.hash,
+                               "recommendations": [{**r.to_dict(), "item_id": dev.schema.item_ids[r.item]}
+                                                   for r in recs]}, indent=1))
+        return
+    typer.echo(f"user {user}: theta_u {source}; global model of round {dev.round}; {len(items)} past engagements "
+               f"excluded")
+    typer.echo(format_recommendations(recs, titles or list(dev.schema.item_ids)))
+    typer.echo("score = user + context + shift + bias; no-ctx: the item's rank without the context; like: the "
+               "user's past items most similar in phi space (cosine)")
+
+
+@device_cli.command("record")
+def device_record(
+    state: Path = typer.Option(..., help="The device's state directory."),
+    user: str = typer.Option(..., help="User id (a new id adds a user)."),
+    item: str = typer.Option(..., help="Item id of the catalogue."),
+    context: List[str] = typer.Option([], "--context", help="Context column=value (repeat)."),
+    time: Optional[int] = typer.Option(None, help="Unix seconds of the engagement (default: now)."),
+    label: Optional[float] = typer.Option(None, help="Label value if the dataset declares a label column "
+                                                     "(default: min-label)."),
+    steps: int = typer.Option(20, help="Local steps that refresh theta_u against the stored global model."),
+) -> None:
+    """Record one engagement in the device's data (the next round trains on it) and refresh theta_u at once."""
+    from client.device import refresh_theta
+    from client.device_state import DeviceError, DeviceState
+    from common.config import ConfigError
+    from common.federated import SECONDS_PER_DAY
+
+    try:
+        dev = DeviceState.load(state)
+        pairs = _pairs(context)
+        row = dev.append_engagement(user, item, pairs, time, label)
+        theta, _ = dev.theta_for(user)
+        items, ctx, times = dev.history(user)
+        c = dev.cfg
+        new = refresh_theta(dev.params, dev.item_h, theta, items, ctx, (times.max() - times) / SECONDS_PER_DAY,
+                            steps=steps, lr=c.theta_lr, negatives=c.negatives, seed=len(items), l2=c.l2,
+                            half_life_days=c.half_life_days, loss=c.loss)
+        where = dev.store_theta(user, new)
+    except (DeviceError, ConfigError, ValueError, OSError) as err:
+        _fail(err)
+    typer.echo(f"recorded: {json.dumps(row)}")
+    typer.echo(f"theta_u of {user} refreshed on {len(items)} engagements ({steps} steps): {where}")
+
+
+@export_cli.command("tflite")
+def export_tflite(
+    state: Path = typer.Option(..., help="The device's state directory."),
+    out: Path = typer.Option(..., help="The .tflite file to write."),
+    k: int = typer.Option(10, "-k", help="Top-k computed inside the model."),
+) -> None:
+    """The on-device scorer as TFLite: theta_u [dim] and context x [context_dim] in; scores over the catalogue
+    and the top-k out (see docs/device.md)."""
+    from client.device_state import DeviceError, DeviceState
+    from client.tflite import export_scorer
+
+    try:
+        dev = DeviceState.load(state)
+        path = export_scorer(dev.params, dev.item_h, out, k=k)
+    except (DeviceError, ValueError, OSError) as err:
+        _fail(err)
+    typer.echo(f"tflite: {path} ({path.stat().st_size / 1e6:.2f} MB; {dev.schema.n_items} items, "
+               f"dim {dev.cfg.dim}, context {dev.context_dim})")
 
 
 def main() -> None:

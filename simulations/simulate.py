@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -13,20 +14,42 @@ from typing import Callable
 import numpy as np
 
 from common.config import Config
-from common.datasets import load_cached, resolve_dataset
+from common.datasets import cache_dir, load_cached, resolve_dataset
 from common.federated import UserStore, evaluate_scores, evaluate_users, training_members
 from common.report import RELEASED_FILES, SYSTEMS, diagnostics_dir, plot_rounds, results_table
 
-__all__ = ["PROJECT_ROOT", "run_flower_simulation", "run_baselines", "simulate"]
+__all__ = ["PROJECT_ROOT", "run_flower_simulation", "run_baselines", "simulate", "simulation_inputs"]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def simulation_inputs(cfg: Config) -> Config:
+    """What the experimenter gives the server of a simulation, as a deployment's operator would: the context
+    declaration (fitted on the training rows when dataset.toml does not fix it; content-addressed under the
+    cache dir) and N, the number of training users. The server itself reads only the catalogue."""
+    ds = load_cached(str(resolve_dataset(cfg)))
+    changes: dict = {}
+    if not cfg.context_declaration and ds.context_encoder is not None:
+        text = json.dumps(ds.context_encoder.to_dict(), sort_keys=True)
+        path = cache_dir() / "declarations" / f"{hashlib.sha256(text.encode()).hexdigest()[:20]}.json"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_text(text)
+            tmp.replace(path)
+        changes["context_declaration"] = str(path)
+    if not cfg.population:
+        changes["population"] = int(training_members(np.asarray(ds.user_ids).astype(str), cfg.audit_fraction,
+                                                     cfg.seed).sum())
+    return cfg.replace(**changes) if changes else cfg
 
 
 def run_flower_simulation(cfg: Config, num_nodes: int, verbose: bool = False) -> None:
     """Run the ServerApp and ClientApp of this project in Flower's simulation engine (Ray backend).
 
     Each of `num_nodes` SuperNodes holds a contiguous shard of the users; settings reach both
-    apps through Flower's run config ([tool.flwr.app.config] fused with `cfg`).
+    apps through Flower's run config ([tool.flwr.app.config] fused with `cfg`), after
+    `simulation_inputs` has filled in the context declaration and N.
     """
     from flwr.app import Context, RecordDict
     from flwr.common.config import get_fused_config_from_dir
@@ -39,7 +62,7 @@ def run_flower_simulation(cfg: Config, num_nodes: int, verbose: bool = False) ->
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    overrides = cfg.to_flwr()
+    overrides = simulation_inputs(cfg).to_flwr()
     run = Run.create_empty(int(time.time() * 1000) % (2**62))
     run.override_config = overrides
     context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(),
@@ -114,7 +137,7 @@ def simulate(cfg: Config, num_nodes: int = 2, verbose: bool = False, baselines: 
     if cfg.resume:  # fail before the simulation starts if the checkpoint is missing or from another run
         from server.checkpoint import CHECKPOINT_FILE, check_resumable, load_checkpoint
 
-        check_resumable(load_checkpoint(run_dir / CHECKPOINT_FILE), cfg, run_dir / CHECKPOINT_FILE)
+        check_resumable(load_checkpoint(run_dir / CHECKPOINT_FILE), simulation_inputs(cfg), run_dir / CHECKPOINT_FILE)
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise FileExistsError(f"run directory {run_dir} exists and is not empty. Fix: choose another --out, "
                               f"or --set resume=true to go on from its checkpoint.")

@@ -8,6 +8,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDic
 
 from client.app import evaluate_reply, train_reply
 from client.node import node_for
+from common.schema import build_schema
 from common.config import Config
 from common.data import load_dataset
 from common.federated import UserStore, distinct_candidates, poisson_sample, user_rng, user_updates
@@ -23,14 +24,31 @@ def setup(small_synthetic):
     item_h = ContentEncoder(cfg.text_dim, cfg.text_epochs, seed=0).item_vectors(ds.item_texts)
     shape = ModelShape(ds.n_items, cfg.text_dim, cfg.dim, ds.context_dim, True)
     params = init_shared(shape, seed=0)
+    _SCHEMA["schema"] = build_schema(ds.item_ids, ds.context_encoder, {"encoder": "test"}, item_h)
+    _SCHEMA["item_h"] = item_h
     return cfg, ds, item_h, shape, params
+
+
+_SCHEMA: dict = {}  # the public schema of the module's dataset (set by the setup fixture)
+
+
+def _boot() -> RecordDict:
+    """What the server sends a node that lacks it: h(c) and the public schema."""
+    return RecordDict({"content": to_record({"item-vectors": _SCHEMA["item_h"]}),
+                       "schema": ConfigRecord({"json": _SCHEMA["schema"].to_json()})})
+
+
+def _node(ctx, training=False):
+    return node_for(ctx, _boot(), training)
 
 
 def _content(params, item_h, round_, q=1.0, first=True):
     d = RecordDict({"arrays": to_record(params),
-                    "config": ConfigRecord({"server-round": round_, "sample-rate": q, "sampling-seed": 7})})
+                    "config": ConfigRecord({"server-round": round_, "sample-rate": q, "sampling-seed": 7,
+                                            "schema-hash": _SCHEMA["schema"].hash})})
     if first:
         d["content"] = to_record({"item-vectors": item_h})
+        d["schema"] = ConfigRecord({"json": _SCHEMA["schema"].to_json()})
     return d
 
 
@@ -46,7 +64,7 @@ def _aggregate(cfg, params, item_h, partitions, rounds=2, q=1.0):
     for r in range(1, rounds + 1):
         total, users = None, 0
         for ctx in contexts:
-            node = node_for(ctx)
+            node = _node(ctx)
             reply = train_reply(node, _content(params, item_h, r, q, first=(r == 1)))
             node.save(ctx)
             upd = from_record(reply.array_records["update"])
@@ -114,7 +132,7 @@ def test_client_sends_only_shared_updates_and_scalars(setup):
     """No theta_u, no item ids, no raw interactions leave a node."""
     cfg, ds, item_h, shape, params = setup
     ctx = _context(cfg, 0, 2)
-    node = node_for(ctx)
+    node = _node(ctx)
     reply = train_reply(node, _content(params, item_h, 1))
     node.save(ctx)
     theta = from_record(ctx.state.array_records["theta"])["theta"]
@@ -145,13 +163,13 @@ def test_client_sends_only_shared_updates_and_scalars(setup):
 def test_theta_persists_in_node_state(setup):
     cfg, _, item_h, _, params = setup
     ctx = _context(cfg, 1, 2)
-    node = node_for(ctx)
+    node = _node(ctx)
     train_reply(node, _content(params, item_h, 1))
     node.save(ctx)
-    again = node_for(ctx)
+    again = _node(ctx)
     np.testing.assert_array_equal(again.theta, node.theta)
     assert again.ready.all() and again.item_h is not None
-    assert set(from_record(ctx.state.array_records["theta"])) == {"theta", "ready", "taken"}
+    assert set(from_record(ctx.state.array_records["theta"])) == {"theta", "ready", "taken", "round"}
     assert DENSE_NAMES[0] not in ctx.state.array_records
 
 
@@ -160,14 +178,14 @@ def test_device_node_keeps_theta_on_disk(setup, small_synthetic, tmp_path):
     cfg, ds, item_h, _, params = setup
     node_config = {"data-dir": str(small_synthetic), "state-dir": str(tmp_path / "state")}
     ctx = Context(run_id=1, node_id=1, state=RecordDict(), run_config=cfg.to_flwr(), node_config=node_config)
-    node = node_for(ctx)
+    node = _node(ctx)
     assert node.store.n_users == ds.n_users
     train_reply(node, _content(params, item_h, 1))
     node.save(ctx)
     assert (tmp_path / "state" / "node-state.npz").is_file()
     # a restarted node (fresh Flower context) finds its users' theta_u and the item vectors on disk
     fresh = Context(run_id=2, node_id=1, state=RecordDict(), run_config=cfg.to_flwr(), node_config=node_config)
-    again = node_for(fresh)
+    again = node_for(fresh)  # no content in the message: h(c) and the schema come from state-dir
     np.testing.assert_array_equal(again.theta, node.theta)
     np.testing.assert_array_equal(again.item_h, item_h)
     assert again.ready.all()
@@ -186,7 +204,7 @@ def test_device_reports_each_users_local_epsilon_from_the_rounds_it_took_part_in
 
     def round_on_a_fresh_process(round_, q):
         ctx = Context(run_id=1, node_id=1, state=RecordDict(), run_config=c.to_flwr(), node_config=node_config)
-        node = node_for(ctx)
+        node = _node(ctx)
         train_reply(node, _content(params, item_h, round_, q=q))
         node.save(ctx)
         return node
@@ -215,14 +233,14 @@ def test_central_dp_clips_every_users_update(setup):
     for privacy, clip in (("none", 1.0), ("central", 0.005), ("central", 1e6)):
         c = cfg.replace(privacy=privacy, clip_norm=clip, adaptive_clip=privacy == "central")
         ctx = _context(c, 0, ds.n_users)  # partition 0 of n_users: exactly one user
-        reply = train_reply(node_for(ctx), _content(params, item_h, 1))
+        reply = train_reply(_node(ctx), _content(params, item_h, 1))
         arrays = from_record(reply.array_records["update"])
         norms[(privacy, clip)] = np.sqrt(sum(np.square(v.astype(np.float64)).sum() for v in arrays.values()))
         if privacy == "central":  # the adaptive-clipping statistic: 1[norm <= C] - 1/2 for the one user
             shifted = reply.metric_records["metrics"]["clip-shifted-count"]
             assert shifted == (0.5 if clip > 1 else -0.5)
             # without adaptive clipping the (unnoised) count is not sent at all
-            plain = train_reply(node_for(_context(c.replace(adaptive_clip=False), 0, ds.n_users)),
+            plain = train_reply(_node(_context(c.replace(adaptive_clip=False), 0, ds.n_users)),
                                 _content(params, item_h, 1))
             assert "clip-shifted-count" not in plain.metric_records["metrics"]
     assert norms[("none", 1.0)] > 0.005  # the clip below is active
@@ -246,12 +264,12 @@ def test_held_out_users_never_train_and_are_not_evaluated(setup):
     cfg, ds, item_h, _, params = setup
     c = cfg.replace(audit_fraction=0.4)
     ctx = _context(c, 0, 1)
-    node = node_for(ctx)
+    node = _node(ctx)
     members = node.members
     assert 0 < members.sum() < len(members)
     reply = train_reply(node, _content(params, item_h, 1))
     assert int(reply.metric_records["metrics"]["num-users"]) == members.sum()  # q = 1: every member, nobody else
-    full = train_reply(node_for(_context(cfg, 0, 1)), _content(params, item_h, 1))
+    full = train_reply(_node(_context(cfg, 0, 1)), _content(params, item_h, 1))
     assert int(full.metric_records["metrics"]["num-users"]) == len(members)
     ev = evaluate_reply(node, _content(params, item_h, 2, first=False)).metric_records["metrics"]
     assert int(ev["num-users"]) == members.sum()
@@ -266,7 +284,7 @@ def test_local_dp_update_hides_which_items_a_user_touched(setup, monkeypatch):
     monkeypatch.setattr(common.federated, "SecureGaussian", lambda: SecureGaussian(seed=21))  # to redraw them
     cfg, ds, item_h, _, params = setup
     c = cfg.replace(privacy="local", local_noise_multiplier=2.0, local_clip_norm=0.5, local_lr=0.1)
-    node = node_for(_context(c, 0, ds.n_users))  # exactly one user
+    node = _node(_context(c, 0, ds.n_users))  # exactly one user
     reply = train_reply(node, _content(params, item_h, 1))
     emb = from_record(reply.array_records["update"])["items/embedding"]
     moved = np.abs(emb).sum(axis=1) > 0
@@ -279,7 +297,7 @@ def test_local_dp_update_hides_which_items_a_user_touched(setup, monkeypatch):
     assert 0 < touched.sum() < len(emb) // 2
     std = np.sqrt(c.local_steps) * c.local_lr * 2.0 * 0.5 / c.local_denominator  # steps of lr z C / B N(0, 1)
     assert 0.85 * std < emb[~touched].std() < 1.15 * std
-    plain = from_record(train_reply(node_for(_context(cfg, 0, ds.n_users)), _content(params, item_h, 1))
+    plain = from_record(train_reply(_node(_context(cfg, 0, ds.n_users)), _content(params, item_h, 1))
                         .array_records["update"])["items/embedding"]
     assert (np.abs(plain).sum(axis=1) > 0).sum() <= n * (1 + cfg.negatives)
 
@@ -348,7 +366,8 @@ def _one_user_node(cfg, store, item_h):
     from client.node import Node
 
     return Node(cfg=cfg, store=store, theta=np.zeros((store.n_users, cfg.dim), np.float32),
-                ready=np.zeros(store.n_users, bool), taken=np.zeros(store.n_users, np.int64), item_h=item_h)
+                ready=np.zeros(store.n_users, bool), taken=np.zeros(store.n_users, np.int64), item_h=item_h,
+                schema=_SCHEMA["schema"])
 
 
 def _other_history(store, n_items, seed):
@@ -397,7 +416,7 @@ def test_a_reply_is_a_function_of_the_shared_parameters_the_node_data_and_its_ra
     for _ in range(2):
         monkeypatch.setattr(common.federated, "SecureGaussian", lambda: SecureGaussian(seed=11))
         monkeypatch.setattr(client.node, "SecureGaussian", lambda: SecureGaussian(seed=12))
-        replies.append(train_reply(node_for(_context(c, 0, 2)), _content(params, item_h, 3, q=0.5)))
+        replies.append(train_reply(_node(_context(c, 0, 2)), _content(params, item_h, 3, q=0.5)))
     a, b = (from_record(r.array_records["update"]) for r in replies)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     assert dict(replies[0].metric_records["metrics"]) == dict(replies[1].metric_records["metrics"])
@@ -423,7 +442,7 @@ def test_local_dp_noise_does_not_reveal_a_users_number_of_examples(setup):
     big = c.replace(local_noise_multiplier=400.0)
     stds = []
     for u in (few, many):
-        node = node_for(_context(big, u, ds.n_users))  # partition u of n_users: exactly user u
+        node = _node(_context(big, u, ds.n_users))  # partition u of n_users: exactly user u
         update = from_record(train_reply(node, _content(params, item_h, 1)).array_records["update"])
         stds.append(np.concatenate([update["items/embedding"].ravel(), update["items/bias"]]).std())
     for s in stds:  # 600 coordinates: the std's standard error is about 3 %
@@ -442,7 +461,7 @@ def test_exact_local_dp_warms_theta_up_by_a_gaussian_release(setup, monkeypatch)
     monkeypatch.setattr(client.node, "SecureGaussian", lambda: SecureGaussian(seed=3))
     thetas = {}
     for exact in (True, False):
-        node = node_for(_context(c.replace(local_dp_theta=exact), 0, 2))
+        node = _node(_context(c.replace(local_dp_theta=exact), 0, 2))
         evaluate_reply(node, _content(params, item_h, 1))  # evaluation warms every member up
         thetas[exact] = node.theta.copy()
     users = np.arange(node.store.n_users)

@@ -114,8 +114,9 @@ def test_a_central_dp_run_releases_only_accounted_values_and_secret_sampling(sma
     for name in ("a", "b"):
         out = tmp_path / name
         _private_run(small_synthetic, out, *settings)
-        assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz", "diagnostics", "global_model.npz",
-                                                        "item_vectors.npy", "privacy.json", "privacy_ledger.csv"]
+        assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz", "devices", "diagnostics", "global_model.npz",
+                                                        "item_vectors.npy", "privacy.json", "privacy_ledger.csv",
+                                                        "schema.json"]
         with open(out / "diagnostics" / "rounds.csv") as f:
             rows = list(csv.DictReader(f))
         users.append([int(r["users"]) for r in rows])
@@ -188,6 +189,29 @@ def test_an_interrupted_central_dp_run_resumes_from_its_checkpoint(small_synthet
     assert bad.returncode != 0 and "clip-norm=0.02 there, 0.5 here" in bad.stdout + bad.stderr
     again = _fedctx("simulate", "--data", str(small_synthetic), "--no-baselines", *SMALL, "--out", str(tmp_path / "part"))
     assert again.returncode != 0 and "resume=true" in again.stdout + again.stderr
+
+
+def test_a_resumed_simulation_equals_an_uninterrupted_one(small_synthetic, tmp_path):
+    """Simulated devices keep theta_u under the run directory: stopped after round 2 and resumed, the training
+    losses of rounds 3-4 equal those of an uninterrupted run (without the saved state they would not: every
+    theta_u would be warmed up again)."""
+    from common.privacy import SAMPLING_KEY_ENV
+
+    settings = ["--set", "checkpoint-every=1", "--set", "sample-rate=0.7", "--set", "eval-every=100"]
+    key = {SAMPLING_KEY_ENV: "resume-equal"}
+
+    def run(out, rounds, *extra):
+        res = _fedctx("simulate", "--data", str(small_synthetic), "--no-baselines", *SMALL, *settings,
+                      "--set", f"num-rounds={rounds}", *extra, "--out", str(out), env_extra=key)
+        assert res.returncode == 0, res.stderr[-3000:]
+        with open(out / "rounds.csv") as f:
+            return [float(r["train-loss"]) for r in csv.DictReader(f)]
+
+    whole = run(tmp_path / "whole", 4)
+    run(tmp_path / "part", 2)
+    assert sorted(p.name for p in (tmp_path / "part" / "devices").iterdir()) == ["node-0", "node-1"]
+    resumed = run(tmp_path / "part", 4, "--set", "resume=true")
+    np.testing.assert_allclose(resumed, whole, rtol=1e-5)
 
 
 def test_one_user_per_node_equals_sharded_through_flower(small_synthetic, tmp_path, monkeypatch):

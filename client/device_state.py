@@ -1,0 +1,232 @@
+"""A device's state directory as a product, offline: recommend from it, record feedback into it.
+
+The state directory is written by the node during rounds (client/node.py): schema.json and content.npz (the
+public schema and h(c)), global_model.npz (the latest global model received), node-state.npz (theta_u by user
+key), device.json (the run's settings and the device's data-dir). Recorded engagements are appended to the
+device's own interactions file, so the next round trains on them.
+
+theta_u after feedback: a few steps on the user's own history against the stored global model
+(`client.device.refresh_theta`). Without local DP the refreshed theta_u replaces the stored one (training goes on
+from it). Under local DP a non-private refresh must not shape what the device later sends, so it is kept apart
+in serving.npz and used for recommendations only, until the next round replaces the training theta_u.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time as _time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from client.node import CONTENT_FILE, DEVICE_FILE, GLOBAL_MODEL_FILE, NODE_STATE_FILE
+from common.config import Config, config_from_mapping
+from common.data import DataError, _read_interactions, load_catalogue, read_spec
+from common.federated import SECONDS_PER_DAY
+from common.model import warm_start_theta
+from common.schema import SCHEMA_FILE, PublicSchema
+
+__all__ = ["DeviceError", "DeviceState", "SERVING_FILE"]
+
+SERVING_FILE = "serving.npz"  # theta_u refreshed by feedback under local DP: for recommendations only
+
+
+class DeviceError(ValueError):
+    """A device command cannot run: the message says what is missing and how to fix it."""
+
+
+@dataclass
+class DeviceState:
+    """What a device holds (see the module docstring). theta [U, dim] rows follow user_keys [U]."""
+
+    state_dir: Path
+    cfg: Config
+    data_dir: Path | None
+    schema: PublicSchema
+    item_h: np.ndarray
+    params: dict[str, np.ndarray]
+    user_keys: np.ndarray
+    theta: np.ndarray
+    ready: np.ndarray
+    taken: np.ndarray
+    round: int
+
+    # -- loading ------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, state_dir: Path) -> "DeviceState":
+        d = Path(state_dir)
+        missing = [f for f in (SCHEMA_FILE, CONTENT_FILE, GLOBAL_MODEL_FILE, NODE_STATE_FILE, DEVICE_FILE)
+                   if not (d / f).is_file()]
+        if missing:
+            raise DeviceError(f"{d}: not a device state directory with a global model (missing {', '.join(missing)}). "
+                              f"Fix: pass the state-dir of a SuperNode (--node-config \"state-dir='...'\") that has "
+                              f"taken part in at least one round.")
+        info = json.loads((d / DEVICE_FILE).read_text())
+        schema = PublicSchema.read(d / SCHEMA_FILE)
+        with np.load(d / CONTENT_FILE) as f:
+            item_h = f["item_h"]
+        with np.load(d / GLOBAL_MODEL_FILE) as f:
+            params = {k.replace(".", "/"): f[k] for k in f.files}
+        with np.load(d / NODE_STATE_FILE) as f:
+            keys, theta = f["user_keys"].astype(str), f["theta"]
+            ready, taken = f["ready"].astype(bool), f["taken"].astype(np.int64)
+            round_ = int(f["round"]) if "round" in f.files else 0
+        return cls(d, config_from_mapping(info["settings"]), Path(info["data-dir"]) if info.get("data-dir") else None,
+                   schema, item_h, params, keys, theta, ready, taken, round_)
+
+    # -- what the user did, and the context now -------------------------------------------------
+    def history(self, user: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The user's engagements in the device's data: item indices [n], contexts [n, context_dim] encoded with
+        the schema, times [n] (Unix seconds; 0 without a time column). Unknown items are left out."""
+        if self.data_dir is None:
+            return np.zeros(0, np.int64), np.zeros((0, self.context_dim), np.float32), np.zeros(0, np.int64)
+        spec = dataclasses.replace(read_spec(self.data_dir), context_columns=self.schema.context.columns,
+                                   from_time=self.schema.context.from_time)
+        raw = _read_interactions(spec)
+        mask = (raw.user.astype(str) == str(user)).to_numpy()
+        if raw.label is not None and spec.min_label is not None:
+            mask &= raw.label >= spec.min_label
+        items = pd.Index(self.schema.item_ids).get_indexer(raw.item[mask].astype(str))
+        known = items >= 0
+        time = (np.nan_to_num(raw.time[mask]).astype(np.int64) if raw.time is not None
+                else np.zeros(int(mask.sum()), np.int64))
+        ctx = self.schema.context.transform(raw.context[mask].reset_index(drop=True),
+                                            time if spec.time_column else None)
+        return items[known].astype(np.int64), ctx[known][:, : self.context_dim], time[known]
+
+    @property
+    def context_dim(self) -> int:
+        return int(np.shape(self.params["context/shift"])[0])
+
+    def context_vector(self, pairs: dict[str, str], time: int | None = None) -> np.ndarray:
+        """x [context_dim] of a context given as column=value pairs (and a Unix time for time features)."""
+        columns = {c.name: c for c in self.schema.context.columns}
+        unknown = sorted(set(pairs) - set(columns))
+        if unknown:
+            raise DeviceError(f"context: {', '.join(unknown)} not in the schema's context columns "
+                              f"({', '.join(columns) or 'none'}). Fix: use --context column=value with those names.")
+        frame = pd.DataFrame({name: [pairs.get(name)] for name in columns})
+        for name, c in columns.items():
+            if c.kind != "categorical" and pairs.get(name) is not None:
+                try:
+                    frame[name] = [float(pairs[name])]
+                except ValueError:
+                    raise DeviceError(f"context: {name} is {c.kind}; {pairs[name]!r} is not a number.") from None
+        t = np.array([int(_time.time()) if time is None else int(time)], np.int64)
+        x = self.schema.context.transform(frame, t if self.schema.context.from_time else None)[0]
+        return x[: self.context_dim]
+
+    def theta_for(self, user: str) -> tuple[np.ndarray, str]:
+        """(theta_u [dim], where it came from): the refreshed serving copy, the trained one, or a warm start from
+        the user's history under the stored global model (a user new to this device)."""
+        serving = self._serving()
+        if user in serving:
+            return serving[user], "refreshed by recorded feedback"
+        pos = np.flatnonzero(self.user_keys == user)
+        if len(pos) and self.ready[pos[0]]:
+            return self.theta[pos[0]].copy(), f"trained (round {self.round})"
+        items, _, times = self.history(user)
+        if len(items) == 0:
+            return np.zeros(self.cfg.dim, np.float32), "new user without history (no personal term)"
+        from common.federated import item_representations
+
+        phi = item_representations(self.params, self.item_h)
+        age = ((times.max() - times) / SECONDS_PER_DAY).astype(np.float32)
+        return warm_start_theta(phi[items], age, self.cfg.half_life_days), "warm start from history"
+
+    # -- writing --------------------------------------------------------------------------------
+    def store_theta(self, user: str, theta_u: np.ndarray) -> str:
+        """Keep a refreshed theta_u: in node-state.npz without local DP, else in serving.npz (see the module)."""
+        if self.cfg.local_dp:
+            serving = {**self._serving(), user: theta_u}
+            _savez(self.state_dir / SERVING_FILE, round=np.array(self.round), users=np.array(list(serving), str),
+                   theta=np.stack(list(serving.values())).astype(np.float32))
+            return "serving copy (local DP: the trained theta_u is left as it is)"
+        pos = np.flatnonzero(self.user_keys == user)
+        if len(pos):
+            self.theta[pos[0]], self.ready[pos[0]] = theta_u, True
+        else:
+            self.user_keys = np.append(self.user_keys, user)
+            self.theta = np.vstack([self.theta, theta_u[None]]).astype(np.float32)
+            self.ready = np.append(self.ready, True)
+            self.taken = np.append(self.taken, 0)
+        with np.load(self.state_dir / NODE_STATE_FILE) as f:
+            extra = {k: f[k] for k in f.files if k not in ("user_keys", "theta", "ready", "taken")}
+        _savez(self.state_dir / NODE_STATE_FILE, user_keys=self.user_keys, theta=self.theta, ready=self.ready,
+               taken=self.taken, **extra)
+        return "node-state (training goes on from it)"
+
+    def _serving(self) -> dict[str, np.ndarray]:
+        path = self.state_dir / SERVING_FILE
+        if not path.is_file():
+            return {}
+        with np.load(path) as f:
+            if int(f["round"]) != self.round:  # a round trained theta_u since: the serving copy is stale
+                return {}
+            return {str(u): t for u, t in zip(f["users"], f["theta"])}
+
+    def append_engagement(self, user: str, item: str, pairs: dict[str, str], time: int | None,
+                          label: float | None) -> dict:
+        """Append one row to the device's interactions file atomically (a new file beside it, then renamed);
+        returns the row. Rows of other users are untouched."""
+        if self.data_dir is None:
+            raise DeviceError("this device has no data-dir in device.json; it cannot record engagements.")
+        if str(item) not in set(self.schema.item_ids):
+            raise DeviceError(f"item {item!r} is not in the catalogue of the schema ({self.schema.n_items} items). "
+                              f"Fix: use an item_id of the catalogue (new items reach devices with a new schema).")
+        self.context_vector(pairs, time)  # validates the names and numbers
+        spec = read_spec(self.data_dir)
+        row: dict = {"user_id": str(user), "item_id": str(item)}
+        if spec.time_column:
+            row[spec.time_column] = int(_time.time()) if time is None else int(time)
+        if spec.label_column:
+            row[spec.label_column] = float(label if label is not None else (spec.min_label or 1.0))
+        for c in self.schema.context.columns:
+            value = pairs.get(c.name)
+            row[c.name] = None if value is None else (value if c.kind == "categorical" else float(value))
+        path = spec.interactions_file
+        if path.suffix.lower() == ".parquet":
+            table = pq.read_table(path)
+            new = pa.Table.from_pylist([{k: row.get(k) for k in table.column_names}])
+            table = pa.concat_tables([table, new.cast(table.schema)])
+            _atomic_write(path, lambda p: pq.write_table(table, p))
+        else:
+            header = pd.read_csv(path, nrows=0).columns
+            line = pd.DataFrame([{k: row.get(k) for k in header}]).to_csv(index=False, header=False)
+            body = path.read_bytes()
+            sep = b"" if body.endswith(b"\n") or not body else b"\n"
+            _atomic_write(path, lambda p: Path(p).write_bytes(body + sep + line.encode()))
+        return row
+
+
+def _savez(path: Path, **arrays: np.ndarray) -> None:
+    _atomic_write(path, lambda p: np.savez(p, **arrays), suffix=".npz")
+
+
+def _atomic_write(path: Path, write, suffix: str = "") -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=suffix or path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def catalogue_titles(state: DeviceState) -> list[str] | None:
+    """Item texts from the device's copy of the catalogue, for display (None if it has none)."""
+    try:
+        _, ids, texts = load_catalogue(state.data_dir) if state.data_dir else (None, None, None)
+    except (DataError, OSError):
+        return None
+    if ids is None or list(ids) != list(state.schema.item_ids):
+        return None
+    return [t.split("|")[0].strip() or i for i, t in zip(ids, texts)]

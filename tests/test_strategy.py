@@ -1,0 +1,151 @@
+"""The server round in milliseconds, with hand-made Flower messages: failed, late and malformed replies are
+dropped and recorded, the round goes on with min-nodes, content reaches the nodes that lack it, DP rounds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from collections import OrderedDict
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common import Error
+
+from common.aggregation import ServerOptimizer
+from common.context import ContextEncoder
+from common.params import from_record, to_record
+from common.privacy import PrivacyLedger, SamplingKey
+from common.protocol import CONTENT, METRICS, SCHEMA, SCHEMA_HASH, UPDATE
+from common.schema import build_schema
+from server.strategy import CentralDP, UserFedAvg, reply_problem
+
+SHAPES = {"tower/kernel": (3, 2), "global-bias": (1,)}
+
+
+class FakeGrid:
+    def __init__(self, nodes):
+        self.nodes = list(nodes)
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+
+def _params(value=0.0):
+    return {k: np.full(s, value, np.float32) for k, s in SHAPES.items()}
+
+
+def _strategy(min_nodes=1, dp=None):
+    item_h = np.eye(4, 3, dtype=np.float32)
+    schema = build_schema(["a", "b", "c", "d"], ContextEncoder([], []), {"encoder": "test"}, item_h)
+    return UserFedAvg(content=to_record({"item-vectors": item_h}), schema=schema,
+                      optimizer=ServerOptimizer("sgd", 1.0), sample_rate=1.0,
+                      sampling_key=SamplingKey(b"k" * 32, secret=False), eval_every=1, num_rounds=5,
+                      min_nodes=min_nodes, dp=dp, select_key=None)
+
+
+def _reply(msg, update=None, users=1, **metrics):
+    content = RecordDict({METRICS: MetricRecord({"num-users": users, **metrics})})
+    if update is not None:
+        content[UPDATE] = to_record(update)
+    return Message(content=content, reply_to=msg)
+
+
+def _train(strategy, nodes, round_=1, value=0.0):
+    msgs = list(strategy.configure_train(round_, to_record(_params(value)), ConfigRecord({}), FakeGrid(nodes)))
+    return {m.metadata.dst_node_id: m for m in msgs}
+
+
+def test_failed_late_and_malformed_replies_are_dropped_and_the_round_goes_on():
+    s = _strategy()
+    msgs = _train(s, [1, 2, 3, 4, 5])
+    assert all(CONTENT in m.content and SCHEMA in m.content for m in msgs.values())  # first contact: all need it
+    assert len({m.content.config_records["config"][SCHEMA_HASH] for m in msgs.values()}) == 1
+    good = {k: np.full(sh, 2.0, np.float32) for k, sh in SHAPES.items()}
+    nan = {k: np.full(sh, np.nan, np.float32) for k, sh in SHAPES.items()}
+    replies = [_reply(msgs[1], good, users=2),
+               Message(error=Error(code=0, reason="Node Unavailable"), reply_to=msgs[2]),
+               _reply(msgs[3], nan, users=1),
+               _reply(msgs[4], {"tower/kernel": good["tower/kernel"]}, users=1)]  # node 5: no reply
+    arrays, _ = s.aggregate_train(1, replies)
+    new = from_record(arrays)
+    for k in SHAPES:  # sgd, lr 1: params + mean update of the good node's 2 users (2.0 * 2 / 2... summed = 2)
+        np.testing.assert_allclose(new[k], np.full(SHAPES[k], 1.0))
+    row = s._row
+    assert (row["nodes-asked"], row["nodes-replied"], row["nodes-failed"]) == (5, 1, 4)
+    reasons = {f["node"]: f["reason"] for f in s.failures}
+    assert set(reasons) == {2, 3, 4, 5}
+    assert "Node Unavailable" in reasons[2] and "not finite" in reasons[3]
+    assert "names" in reasons[4] and "no reply" in reasons[5]
+    # next round: the content goes again to every node that failed, not to the one that replied well
+    msgs = _train(s, [1, 2, 3, 4, 5], round_=2)
+    assert CONTENT not in msgs[1].content
+    assert all(CONTENT in msgs[n].content for n in (2, 3, 4, 5))
+    # a node that held the content and then fails (say, it restarted without its state) gets it again
+    s.aggregate_train(2, [Message(error=Error(code=0, reason="restarted"), reply_to=msgs[1]),
+                          _reply(msgs[2], good, users=2)])
+    msgs = _train(s, [1, 2], round_=3)
+    assert CONTENT in msgs[1].content and CONTENT not in msgs[2].content
+
+
+@pytest.mark.parametrize("bad, expected", [
+    ({"tower/kernel": np.zeros((2, 3), np.float32), "global-bias": np.zeros(1, np.float32)}, "shape"),
+    ({"tower/kernel": np.zeros((3, 2), np.int32), "global-bias": np.zeros(1, np.float32)}, "dtype"),
+    ({"tower/kernel": np.full((3, 2), np.inf, np.float32), "global-bias": np.zeros(1, np.float32)}, "not finite"),
+])
+def test_reply_problem_names_what_is_wrong(bad, expected):
+    record = ArrayRecord(OrderedDict((k, Array(v)) for k, v in bad.items()))  # as a node sent it, dtype kept
+    content = RecordDict({UPDATE: record, METRICS: MetricRecord({"num-users": 1})})
+    assert expected in reply_problem(content, _params(), None, False)
+
+
+def test_reply_problem_checks_metrics_and_the_clip_bound():
+    upd = {k: np.zeros(sh, np.float32) for k, sh in SHAPES.items()}
+    upd["global-bias"][0] = 0.3  # norm 0.3
+    ok = RecordDict({UPDATE: to_record(upd), METRICS: MetricRecord({"num-users": 2})})
+    assert reply_problem(ok, _params(), 0.2, False) is None  # 0.3 <= 2 users x C = 0.4
+    assert "exceeds" in reply_problem(ok, _params(), 0.1, False)  # 0.3 > 2 x 0.1
+    assert "num-users" in reply_problem(RecordDict({METRICS: MetricRecord({"num-users": -1})}), _params(), None,
+                                        False)
+    assert "metrics" in reply_problem(RecordDict({}), _params(), None, False)
+    shifted = RecordDict({UPDATE: to_record(upd), METRICS: MetricRecord({"num-users": 2,
+                                                                         "clip-shifted-count": 1.5})})
+    assert "clip-shifted-count" in reply_problem(shifted, _params(), 0.2, True)
+
+
+def test_a_round_with_fewer_than_min_nodes_replies_is_skipped_and_not_accounted():
+    ledger = PrivacyLedger(delta=1e-5, accountant="rdp")
+    dp = CentralDP(clip_norm=1.0, noise_multiplier=1.0, denominator=10.0, ledger=ledger)
+    s = _strategy(min_nodes=2, dp=dp)
+    msgs = _train(s, [1, 2])
+    arrays, _ = s.aggregate_train(1, [_reply(msgs[1], _params(0.1), users=1)])
+    assert arrays is None and s._row["skipped"] == 1 and s._row["nodes-replied"] == 1
+    assert ledger.records == []  # nothing released, nothing accounted
+
+
+def test_a_dp_round_with_no_sampled_user_is_noised_and_accounted():
+    ledger = PrivacyLedger(delta=1e-5, accountant="rdp")
+    dp = CentralDP(clip_norm=1.0, noise_multiplier=1.0, denominator=10.0, ledger=ledger)
+    s = _strategy(dp=dp)
+    msgs = _train(s, [1, 2])
+    arrays, _ = s.aggregate_train(1, [_reply(msgs[1], users=0), _reply(msgs[2], users=0)])
+    new = from_record(arrays)
+    assert len(ledger.records) == 1 and s._row["users"] == 0
+    # noise N(0, (zC)^2) / denominator moved the model although nobody trained
+    assert all(np.abs(v).sum() > 0 for v in new.values())
+
+
+def test_evaluation_drops_bad_replies_and_averages_the_rest():
+    s = _strategy()
+    _train(s, [1, 2, 3])
+    s.aggregate_train(1, [])  # nobody replied: skipped (min-nodes 1)
+    msgs = {m.metadata.dst_node_id: m for m in s.configure_evaluate(1, to_record(_params()), ConfigRecord({}),
+                                                                     FakeGrid([1, 2, 3]))}
+    replies = [Message(content=RecordDict({METRICS: MetricRecord({"num-users": 1, "val-hr@10": 0.2})}),
+                       reply_to=msgs[1]),
+               Message(content=RecordDict({METRICS: MetricRecord({"num-users": 3, "val-hr@10": 0.6})}),
+                       reply_to=msgs[2]),
+               Message(content=RecordDict({METRICS: MetricRecord({"num-users": 1, "val-hr@10": 7.0})}),
+                       reply_to=msgs[3])]
+    metrics = s.aggregate_evaluate(1, replies)
+    assert metrics["val-hr@10"] == pytest.approx((0.2 * 1 + 0.6 * 3) / 4)
+    assert any(f["node"] == 3 and f["phase"] == "evaluate" for f in s.failures)
+    assert s.log.rows[-1]["val-hr@10"] == pytest.approx(0.5)
