@@ -95,14 +95,17 @@ def _check_query(tables: ItemTables, params: Mapping[str, np.ndarray], theta_u: 
         raise ValueError(f"history: item indices must be in [0, {tables.n_items}). Found {bad[:5].tolist()}.")
 
 
-def _order(scores: np.ndarray, eligible: np.ndarray) -> np.ndarray:
-    """Eligible item indices by score, highest first; ties by item index (stable)."""
+def _top(scores: np.ndarray, eligible: np.ndarray, k: int) -> np.ndarray:
+    """The k best eligible item indices, highest score first; ties by the lower item index."""
     cand = np.flatnonzero(eligible)
-    return cand[np.argsort(-scores[cand], kind="stable")]
+    if len(cand) > k:  # every item scoring at least the k-th best value (all of a tie), then an exact sort
+        s = scores[cand]
+        cand = cand[s >= np.partition(s, len(s) - k)[len(s) - k]]
+    return cand[np.lexsort((cand, -scores[cand]))][:k]
 
 
 def _rank_among(scores: np.ndarray, eligible: np.ndarray, item: int) -> int:
-    """1-based position of `item` in `_order(scores, eligible)` (without sorting)."""
+    """1-based position of `item` among the eligible items by score, ties by the lower item index (as `_top`)."""
     s = scores[item]
     ahead = (scores > s) | ((scores == s) & (np.arange(len(scores)) < item))
     return int(np.count_nonzero(ahead & eligible)) + 1
@@ -149,7 +152,7 @@ def recommend(params: Mapping[str, np.ndarray], item_h: np.ndarray, theta_u: np.
         eligible[history] = False
     past = np.unique(history)
     out = []
-    for rank, c in enumerate(_order(scores, eligible)[:k], start=1):
+    for rank, c in enumerate(_top(scores, eligible, k), start=1):
         out.append(Recommendation(
             item=int(c), rank=rank, score=float(scores[c]), user=float(user[c]),
             context_interaction=float(interaction[c]), context_shift=shift, item_bias=float(bias[c]),

@@ -78,6 +78,14 @@ def test_top_k_excludes_history_and_follows_the_scores(query):
     assert sorted(r.item for r in few) == [N_ITEMS - 3, N_ITEMS - 2, N_ITEMS - 1]
 
 
+def test_ties_go_to_the_lower_item_index():
+    params = random_params(2, False)
+    item_h = np.tile(np.random.default_rng(3).normal(size=TEXT_DIM).astype(np.float32), (N_ITEMS, 1))  # all equal
+    recs = recommend(params, item_h, np.ones(DIM, np.float32), np.ones(2, np.float32), np.array([1, 3]), k=4)
+    assert [r.item for r in recs] == [0, 2, 4, 5]
+    assert [r.rank_without_context for r in recs] == [1, 2, 3, 4]
+
+
 def test_similar_items_come_from_history_by_cosine(query):
     item_h, theta, history = query
     params = random_params(3, False)
