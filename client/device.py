@@ -26,9 +26,9 @@ __all__ = ["ItemTables", "SimilarItem", "Recommendation", "item_tables", "recomm
 
 @dataclass(frozen=True)
 class ItemTables:
-    """The item side under fixed shared parameters: phi [n_items, dim] and b [n_items] (float32).
-
-    Computed once per global model (`item_tables`); a device can keep it between queries."""
+    """The item side under fixed shared parameters: phi [n_items, dim] and b [n_items], the model's float32 values
+    held as float64 (so the parts of a score add up without rounding). Computed once per global model
+    (`item_tables`); a device can keep it between queries."""
 
     phi: np.ndarray
     bias: np.ndarray
@@ -46,7 +46,7 @@ def item_tables(params: Mapping[str, np.ndarray], item_h: np.ndarray) -> ItemTab
     phi, b = item_side(dense, tf.convert_to_tensor(np.asarray(item_h, np.float32))[None],
                        None if emb is None else tf.convert_to_tensor(np.asarray(emb, np.float32))[None],
                        None if bias is None else tf.convert_to_tensor(np.asarray(bias, np.float32))[None])
-    return ItemTables(phi=phi[0].numpy(), bias=b[0].numpy())
+    return ItemTables(phi=phi[0].numpy().astype(np.float64), bias=b[0].numpy().astype(np.float64))
 
 
 @dataclass(frozen=True)
@@ -111,16 +111,15 @@ def _rank_among(scores: np.ndarray, eligible: np.ndarray, item: int) -> int:
     return int(np.count_nonzero(ahead & eligible)) + 1
 
 
-def _similar(phi: np.ndarray, item: int, past: np.ndarray, n: int) -> tuple[SimilarItem, ...]:
-    """The n items of `past` (distinct indices, `item` left out) with the highest cosine to phi[item]."""
-    past = past[past != item]
-    if len(past) == 0 or n <= 0:
+def _similar(phi: np.ndarray, item: int, past: np.ndarray, past_unit: np.ndarray, n: int) -> tuple[SimilarItem, ...]:
+    """The n items of `past` (distinct indices, `item` left out) with the highest cosine to phi[item];
+    past_unit [len(past), dim]: their phi scaled to unit norm."""
+    keep = past != item
+    if not keep.any() or n <= 0:
         return ()
-    a = phi[item].astype(np.float64)
-    b = phi[past].astype(np.float64)
-    cos = b @ a / np.maximum(np.linalg.norm(b, axis=1) * np.linalg.norm(a), 1e-12)
+    cos = past_unit[keep] @ (phi[item] / max(np.linalg.norm(phi[item]), 1e-12))
     top = np.argsort(-cos, kind="stable")[:n]
-    return tuple(SimilarItem(item=int(past[i]), similarity=float(cos[i])) for i in top)
+    return tuple(SimilarItem(item=int(past[keep][i]), similarity=float(cos[i])) for i in top)
 
 
 def recommend(params: Mapping[str, np.ndarray], item_h: np.ndarray, theta_u: np.ndarray, ctx: np.ndarray,
@@ -132,7 +131,7 @@ def recommend(params: Mapping[str, np.ndarray], item_h: np.ndarray, theta_u: np.
     context x); history [n] item indices the user engaged with (removed from the candidates when
     exclude_history; the source of similar_history either way). tables: `item_tables(params, item_h)` if the
     caller keeps it (else computed here). Fewer than k results when fewer items are left.
-    Parts are computed in float64 from the float32 tables; ties are broken by the lower item index.
+    Parts are computed in float64 from the model's float32 phi and b; ties are broken by the lower item index.
     """
     if k < 1:
         raise ValueError(f"k: must be >= 1. Found {k}.")
@@ -140,24 +139,24 @@ def recommend(params: Mapping[str, np.ndarray], item_h: np.ndarray, theta_u: np.
     theta_u, ctx = np.asarray(theta_u, np.float64), np.asarray(ctx, np.float64)
     history = np.asarray(history, np.int64).reshape(-1)
     _check_query(tables, params, theta_u, ctx, history)
-    phi = tables.phi.astype(np.float64)
-    user = phi @ theta_u                                                              # [n_items]
-    interaction = phi @ (np.asarray(params["context/interaction"], np.float64).T @ ctx)  # [n_items]
+    w_x = np.asarray(params["context/interaction"], np.float64).T @ ctx                  # W_int^T x [dim]
+    user, interaction = tables.phi @ theta_u, tables.phi @ w_x                           # [n_items] each
     shift = float(np.asarray(params["context/shift"], np.float64) @ ctx + np.float64(params["global-bias"][0]))
-    bias = tables.bias.astype(np.float64)
+    bias = tables.bias
     scores = user + interaction + shift + bias
     no_context = user + float(params["global-bias"][0]) + bias  # x = 0
     eligible = np.ones(tables.n_items, bool)
     if exclude_history:
         eligible[history] = False
     past = np.unique(history)
+    past_unit = tables.phi[past] / np.maximum(np.linalg.norm(tables.phi[past], axis=1, keepdims=True), 1e-12)
     out = []
     for rank, c in enumerate(_top(scores, eligible, k), start=1):
         out.append(Recommendation(
             item=int(c), rank=rank, score=float(scores[c]), user=float(user[c]),
             context_interaction=float(interaction[c]), context_shift=shift, item_bias=float(bias[c]),
             rank_without_context=_rank_among(no_context, eligible, int(c)),
-            similar_history=_similar(tables.phi, int(c), past, n_similar)))
+            similar_history=_similar(tables.phi, int(c), past, past_unit, n_similar)))
     return out
 
 
