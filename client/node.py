@@ -24,7 +24,7 @@ from common.federated import (UserStore, dp_init_theta, evaluate_users, init_the
 from common.model import DENSE_NAMES, ITEM_NAMES
 from common.params import from_record, to_record
 from common.privacy import SecureGaussian, clip_factors, local_epsilon, local_report
-from common.protocol import ARRAYS, CONFIG, CONTENT, ITEM_VECTORS, SCHEMA, SCHEMA_HASH, SCHEMA_JSON
+from common.protocol import ARRAYS, CONFIG, CONTENT, ITEM_VECTORS, RUN_TOKEN, SCHEMA, SCHEMA_HASH, SCHEMA_JSON
 from common.schema import SCHEMA_FILE, PublicSchema, SchemaMismatch, content_digest
 
 __all__ = ["Node", "node_for", "build_store", "NODE_STATE_FILE", "CONTENT_FILE", "GLOBAL_MODEL_FILE", "STORE_FILE",
@@ -126,6 +126,12 @@ class Node:
     data_dir: Path | None = None  # a device's own dataset directory
     round: int = 0  # the last server round this node worked on
     params: dict[str, np.ndarray] | None = None  # the latest global model received
+    warmed: np.ndarray | None = None  # [U] warm starts of theta_u in this run (each one a DP release under local DP)
+    run_token: str = ""  # the run these counts belong to (sent by the server; a new run starts them at 0)
+
+    def __post_init__(self) -> None:
+        if self.warmed is None:
+            self.warmed = np.zeros(self.store.n_users, np.int64)
 
     # -- inputs from the server ---------------------------------------------------------------
     def _receive(self, content: RecordDict) -> dict[str, np.ndarray]:
@@ -148,6 +154,7 @@ class Node:
             else:
                 self.theta[cold] = init_theta(self.store, cold, phi, c.half_life_days)
             self.ready[cold] = True
+            self.warmed[cold] += 1
 
     # -- work ---------------------------------------------------------------------------------
     def train_round(self, content: RecordDict) -> tuple[ArrayRecord, dict[str, float | int]]:
@@ -210,14 +217,17 @@ class Node:
         content.npz (h(c) and the schema) and global_model.npz (the latest global model)."""
         context.state["theta"] = to_record({"theta": self.theta, "ready": self.ready.astype(np.float32),
                                             "taken": self.taken.astype(np.float32),
+                                            "warmed": self.warmed.astype(np.float32),
                                             "round": np.array([self.round], np.float32)})
+        context.state["run"] = ConfigRecord({"token": self.run_token})
         context.state[CONTENT] = to_record({ITEM_VECTORS: self.item_h})
         context.state[SCHEMA] = ConfigRecord({SCHEMA_JSON: self.schema.to_json()})
         if self.state_dir is None:
             return
         d = self.state_dir
-        _atomic_savez(d / NODE_STATE_FILE, theta=self.theta, ready=self.ready, taken=self.taken,
-                      user_keys=self.store.user_keys, round=np.array(self.round), schema_hash=np.array(self.schema.hash))
+        _atomic_savez(d / NODE_STATE_FILE, theta=self.theta, ready=self.ready, taken=self.taken, warmed=self.warmed,
+                      user_keys=self.store.user_keys, round=np.array(self.round), schema_hash=np.array(self.schema.hash),
+                      run_token=np.array(self.run_token))
         if not (d / SCHEMA_FILE).is_file() or PublicSchema.read(d / SCHEMA_FILE).hash != self.schema.hash:
             _atomic_savez(d / CONTENT_FILE, item_h=self.item_h)
             self.schema.write(d / SCHEMA_FILE)
@@ -241,11 +251,12 @@ class Node:
                     old.unlink(missing_ok=True)
 
     def _write_local_privacy(self) -> None:
-        """state-dir/local_privacy.json: each of this device's users' example-level epsilon, from the rounds
-        it took part in (it stays on the device, like theta_u)."""
+        """state-dir/local_privacy.json: each of this device's users' example-level epsilon in this run, from the
+        rounds it took part in and its warm starts (it stays on the device, like theta_u). A new run starts the
+        counts at 0 and keeps the previous run's report as local_privacy-<run>.json."""
         c = self.cfg
         members = np.flatnonzero(self.members)
-        warm = (self.ready[members] if c.local_dp_theta else np.zeros(len(members), bool)).astype(np.int64)
+        warm = (self.warmed[members] if c.local_dp_theta else np.zeros(len(members))).astype(np.int64)
         report = local_report(self.taken[members], c.local_noise_multiplier, c.local_steps, c.local_delta,
                               c.local_clip_norm, c.local_denominator, c.accountant, c.local_dp_theta, warm)
         report["users"] = [{"user": str(self.store.user_keys[u]), "rounds": int(self.taken[u]),
@@ -253,7 +264,7 @@ class Node:
                                                      int(self.taken[u]), float(c.local_delta), c.accountant,
                                                      int(w))}
                            for u, w in zip(members, warm)]
-        report["schema"] = self.schema.hash
+        report.update({"run": self.run_token, "privacy": c.privacy, "schema": self.schema.hash})
         tmp = self.state_dir / f".local_privacy.json.tmp-{os.getpid()}"
         tmp.write_text(json.dumps(report, indent=1))
         os.replace(tmp, self.state_dir / "local_privacy.json")
@@ -294,34 +305,42 @@ def _state_dir(cfg: Config, nc) -> Path | None:
     return None
 
 
-def _saved_state(context: Context, state_dir: Path | None, user_keys: np.ndarray, dim: int, round_: int | None):
-    """(theta [U, dim], ready [U], taken [U], round) of the node's users. With a state-dir (a device, or a
-    simulated node of a run with a run-dir) the state-dir is the truth, matched by user key (users new to the
-    data start cold, the others keep theirs; `fedctx device record` may have refreshed some); a state ahead of
-    the training round `round_` (a resumed run) is replaced by the snapshot of the round before. Without one,
-    the Flower Context."""
+def _saved_state(context: Context, state_dir: Path | None, user_keys: np.ndarray, dim: int,
+                 round_: int | None, token: str = "") -> dict:
+    """theta [U, dim], ready [U], taken [U], warmed [U], round and run_token of the node's users. With a
+    state-dir (a device, or a simulated node of a run with a run-dir) the state-dir is the truth, matched by
+    user key (users new to the data start cold, the others keep theirs; `fedctx device record` may have
+    refreshed some); a state ahead of the training round `round_` (a resumed run) is replaced by the snapshot of
+    the round before (round numbers of another run, `token`, do not count). Without one, the Flower Context."""
     n = len(user_keys)
-    theta, ready, taken = np.zeros((n, dim), np.float32), np.zeros(n, bool), np.zeros(n, np.int64)
+    out = {"theta": np.zeros((n, dim), np.float32), "ready": np.zeros(n, bool), "taken": np.zeros(n, np.int64),
+           "warmed": np.zeros(n, np.int64), "round": 0, "run_token": ""}
     if state_dir is None:
         if "theta" in context.state.array_records:
             saved = from_record(context.state.array_records["theta"])
-            return (saved["theta"].copy(), saved["ready"].astype(bool), saved["taken"].astype(np.int64),
-                    int(saved["round"][0]) if "round" in saved else 0)
-        return theta, ready, taken, 0
+            out.update(theta=saved["theta"].copy(), ready=saved["ready"].astype(bool),
+                       taken=saved["taken"].astype(np.int64), warmed=saved["warmed"].astype(np.int64),
+                       round=int(saved["round"][0]), run_token=str(context.state.config_records["run"]["token"]))
+        return out
     for candidate in (state_dir / NODE_STATE_FILE, state_dir / f"checkpoint-{(round_ or 1) - 1}.npz"):
         if not candidate.is_file():
             continue
         with np.load(candidate, allow_pickle=False) as f:
             at = int(f["round"]) if "round" in f.files else 0
-            if round_ is not None and at >= round_:
-                continue  # ahead of this round: a resumed run; try the snapshot
+            same_run = not token or ("run_token" in f.files and str(f["run_token"]) in ("", token))
+            if round_ is not None and at >= round_ and same_run:
+                continue  # ahead of this round of the same run: a resumed run; try the snapshot
             if f["theta"].shape[1] != dim:
                 break
             pos = pd.Index(f["user_keys"].astype(str)).get_indexer(user_keys)
             hit = pos >= 0
-            theta[hit], ready[hit], taken[hit] = f["theta"][pos[hit]], f["ready"][pos[hit]], f["taken"][pos[hit]]
-            return theta, ready, taken, at
-    return theta, ready, taken, 0
+            for key in ("theta", "ready", "taken", "warmed"):
+                if key in f.files:
+                    out[key][hit] = f[key][pos[hit]]
+            out["round"] = at
+            out["run_token"] = str(f["run_token"]) if "run_token" in f.files else ""
+            return out
+    return out
 
 
 def node_for(context: Context, content: RecordDict | None = None, training: bool = False) -> Node:
@@ -348,9 +367,18 @@ def node_for(context: Context, content: RecordDict | None = None, training: bool
         store = build_store(str(resolve_dataset(cfg)), int(nc.get("partition-id", 0)),
                             int(nc.get("num-partitions", 1)), cfg.use_context, schema)
     round_ = int(content.config_records[CONFIG]["server-round"]) if training and content is not None else None
-    theta, ready, taken, at = _saved_state(context, state_dir, store.user_keys, cfg.dim, round_)
-    node = Node(cfg=cfg, store=store, theta=theta, ready=ready, taken=taken, item_h=item_h, schema=schema,
-                state_dir=state_dir, data_dir=Path(str(nc["data-dir"])) if "data-dir" in nc else None, round=at)
+    token = str(content.config_records[CONFIG].get(RUN_TOKEN, "")) if content is not None and \
+        CONFIG in content.config_records else ""
+    saved = _saved_state(context, state_dir, store.user_keys, cfg.dim, round_, token)
+    at = saved["round"]
+    if token and saved["run_token"] and token != saved["run_token"]:  # another run: its own privacy counts
+        saved["taken"][:], saved["warmed"][:] = 0, 0
+        if state_dir is not None and (state_dir / "local_privacy.json").is_file():
+            os.replace(state_dir / "local_privacy.json", state_dir / f"local_privacy-{saved['run_token']}.json")
+    node = Node(cfg=cfg, store=store, theta=saved["theta"], ready=saved["ready"], taken=saved["taken"],
+                item_h=item_h, schema=schema, state_dir=state_dir,
+                data_dir=Path(str(nc["data-dir"])) if "data-dir" in nc else None, round=at,
+                warmed=saved["warmed"], run_token=token or saved["run_token"])
     if round_ is not None and round_ > 1 and cfg.checkpoint_every and (round_ - 1) % cfg.checkpoint_every == 0 \
             and at == round_ - 1:
         node.snapshot(round_ - 1)

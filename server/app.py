@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from pathlib import Path
 
@@ -73,6 +74,7 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
     dp, privacy = None, None
     sampling_key = (state.sampling_key if state is not None and state.sampling_key is not None
                     else SamplingKey.fresh())
+    run_token = state.run_token if state is not None and state.run_token else secrets.token_hex(8)
     starts = state.starts + 1 if state is not None else 1  # a resumed simulation's nodes warm theta_u up again
     if not sampling_key.secret:
         print("WARNING: the sampling key comes from FEDCTX_TEST_ONLY_SAMPLING_KEY: the sampling is NOT secret and "
@@ -100,12 +102,12 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
             round=round_, params=strategy.latest, optimizer=strategy.optimizer, config=cfg.to_flwr(),
             rows=strategy.log.rows, ledger=dp.ledger.to_rows() if dp else [], clip_norm=dp.clip_norm if dp else None,
             noise_multiplier=dp.noise_multiplier if dp else None, best=strategy.best, sampling_key=sampling_key,
-            starts=starts, schema_hash=schema.hash))
+            starts=starts, schema_hash=schema.hash, run_token=run_token))
         if dp is not None:
             dp.ledger.write_csv(run_dir / "privacy_ledger.csv")
 
     strategy = UserFedAvg(
-        content=to_record({ITEM_VECTORS: item_h}), schema=schema, min_nodes=cfg.min_nodes,
+        content=to_record({ITEM_VECTORS: item_h}), schema=schema, min_nodes=cfg.min_nodes, run_token=run_token,
         optimizer=state.optimizer if state else ServerOptimizer(cfg.server_optimizer, cfg.server_lr,
                                                                 eps=cfg.server_adam_eps),
         sample_rate=cfg.sample_rate, sampling_key=sampling_key, eval_every=cfg.eval_every, num_rounds=cfg.num_rounds,

@@ -51,6 +51,7 @@ class ServerState:
     sampling_key: SamplingKey | None = None
     starts: int = 1  # how many times the run has started (1 + resumes): each start may warm theta_u up again
     schema_hash: str | None = None  # the public schema the run was trained under (common.schema)
+    run_token: str = ""  # the run's public id (devices count their local-DP rounds per run)
 
 
 def save_checkpoint(path: Path, state: ServerState) -> None:
@@ -68,7 +69,7 @@ def save_checkpoint(path: Path, state: ServerState) -> None:
         "clip_norm": state.clip_norm, "noise_multiplier": state.noise_multiplier,
         "best_score": None if not np.isfinite(state.best[0]) else state.best[0], "best_round": state.best[1],
         "sampling_key": state.sampling_key.hex() if state.sampling_key else None, "starts": int(state.starts),
-        "schema_hash": state.schema_hash,
+        "schema_hash": state.schema_hash, "run_token": state.run_token,
         "sampling_key_secret": bool(state.sampling_key.secret) if state.sampling_key else True,
         "optimizer": {"kind": opt.kind, "lr": opt.lr, "beta1": opt.beta1, "beta2": opt.beta2, "eps": opt.eps,
                       "step": opt.step},
@@ -116,7 +117,7 @@ def load_checkpoint(path: Path) -> ServerState:
                        noise_multiplier=meta["noise_multiplier"],
                        best=(best_score, int(meta["best_round"]), groups["best"] or None),
                        sampling_key=_sampling_key(meta), starts=int(meta.get("starts", 1)),
-                       schema_hash=meta.get("schema_hash"))
+                       schema_hash=meta.get("schema_hash"), run_token=meta.get("run_token", ""))
 
 
 def _sampling_key(meta: dict) -> SamplingKey | None:

@@ -25,7 +25,7 @@ from common.aggregation import ServerOptimizer, sum_updates
 from common.params import from_record, to_record
 from common.privacy import (PrivacyLedger, SamplingKey, SecureGaussian, adaptive_sum_noise, next_clip_norm,
                             noisy_mean)
-from common.protocol import CONTENT, SCHEMA, SCHEMA_HASH, SCHEMA_JSON, UPDATE, METRICS
+from common.protocol import CONTENT, METRICS, RUN_TOKEN, SCHEMA, SCHEMA_HASH, SCHEMA_JSON, UPDATE
 from common.schema import PublicSchema
 
 __all__ = ["UserFedAvg", "RoundLog", "CentralDP", "AdaptiveClip", "reply_problem", "wait_for_nodes"]
@@ -164,7 +164,7 @@ class UserFedAvg(FedAvg):
     """
 
     def __init__(self, *, content: ArrayRecord, schema: PublicSchema, optimizer: ServerOptimizer,
-                 sample_rate: float, sampling_key: SamplingKey, eval_every: int, num_rounds: int, min_nodes: int = 1,
+                 sample_rate: float, sampling_key: SamplingKey, eval_every: int, num_rounds: int, min_nodes: int = 1, run_token: str = "",
                  on_round: Callable[[dict], None] | None = None,
                  dp: CentralDP | None = None, select_key: str | None = "val-hr@10", round_offset: int = 0,
                  checkpoint_every: int = 0, on_checkpoint: Callable[[int], None] | None = None) -> None:
@@ -172,6 +172,7 @@ class UserFedAvg(FedAvg):
                          min_train_nodes=min_nodes, min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes)
         self.content = content
         self.schema = schema
+        self.run_token = run_token
         self.min_nodes = min_nodes
         self.has_content: set[int] = set()  # nodes that replied well under this schema (they hold h(c))
         self.failures: list[dict] = []  # every dropped reply: round, node, phase, reason
@@ -198,6 +199,7 @@ class UserFedAvg(FedAvg):
                   message_type: str) -> list[Message]:
         """One message per node; the content and the schema go to the nodes not known to hold them."""
         config[SCHEMA_HASH] = self.schema.hash
+        config[RUN_TOKEN] = self.run_token
         out = []
         for node_id in node_ids:
             record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})

@@ -169,7 +169,7 @@ def test_theta_persists_in_node_state(setup):
     again = _node(ctx)
     np.testing.assert_array_equal(again.theta, node.theta)
     assert again.ready.all() and again.item_h is not None
-    assert set(from_record(ctx.state.array_records["theta"])) == {"theta", "ready", "taken", "round"}
+    assert set(from_record(ctx.state.array_records["theta"])) == {"theta", "ready", "taken", "warmed", "round"}
     assert DENSE_NAMES[0] not in ctx.state.array_records
 
 
@@ -224,6 +224,30 @@ def test_device_reports_each_users_local_epsilon_from_the_rounds_it_took_part_in
     for u in report["users"]:
         assert u["epsilon"] == pytest.approx(independent(u["rounds"]), rel=1e-9)
     assert report["epsilon"]["max"] == pytest.approx(independent(int(taken.max())), rel=1e-9)
+
+
+def test_device_privacy_report_counts_per_run(setup, small_synthetic, tmp_path):
+    """The device's local_privacy.json counts the rounds of the current run only (the run token the server
+    sends); the previous run's report is kept beside it, not added to."""
+    import json
+
+    cfg, ds, item_h, _, params = setup
+    c = cfg.replace(privacy="local", local_noise_multiplier=1.3, local_steps=1)
+    node_config = {"data-dir": str(small_synthetic), "state-dir": str(tmp_path / "state")}
+    for token, round_ in (("run-a", 1), ("run-a", 2), ("run-a", 3), ("run-b", 1)):
+        ctx = Context(run_id=1, node_id=1, state=RecordDict(), run_config=c.to_flwr(), node_config=node_config)
+        content = _content(params, item_h, round_)
+        content["config"]["run-token"] = token
+        node = node_for(ctx, content, training=True)
+        train_reply(node, content)
+        node.save(ctx)
+        if token == "run-a" and round_ == 3:
+            first = json.loads((tmp_path / "state" / "local_privacy.json").read_text())
+    now = json.loads((tmp_path / "state" / "local_privacy.json").read_text())
+    assert first["run"] == "run-a" and {u["rounds"] for u in first["users"]} == {3}  # q = 1: every round
+    assert now["run"] == "run-b" and {u["rounds"] for u in now["users"]} == {1}
+    assert now["privacy"] == "local"
+    assert json.loads((tmp_path / "state" / "local_privacy-run-a.json").read_text()) == first
 
 
 def test_central_dp_clips_every_users_update(setup):

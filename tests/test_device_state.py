@@ -1,0 +1,118 @@
+"""`fedctx device recommend / record` and `fedctx export tflite` on a device's state directory, offline."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from flwr.app import ConfigRecord, Context, RecordDict
+from typer.testing import CliRunner
+
+from client.app import train_reply
+from client.device_state import DeviceState
+from client.node import NODE_STATE_FILE, STORE_FILE, node_for
+from common.config import Config
+from common.data import load_dataset
+from common.model import ModelShape, init_shared
+from common.params import to_record
+from common.schema import build_schema
+from server.content import ContentEncoder
+from simulations.cli import cli
+
+
+@pytest.fixture()
+def device(small_synthetic, tmp_path):
+    """A device that took part in one round: its own copy of the data (to record into) and its state-dir."""
+    data = tmp_path / "data"
+    shutil.copytree(small_synthetic, data)
+    cfg = Config(data=str(data), dim=4, text_dim=8, text_epochs=2, negatives=3, local_steps=1)
+    ds = load_dataset(data)
+    item_h = ContentEncoder(cfg.text_dim, cfg.text_epochs, seed=0).item_vectors(ds.item_texts)
+    schema = build_schema(ds.item_ids, ds.context_encoder, {"encoder": "test"}, item_h)
+    params = init_shared(ModelShape(ds.n_items, cfg.text_dim, cfg.dim, ds.context_dim, True), seed=0)
+    content = RecordDict({"arrays": to_record(params), "content": to_record({"item-vectors": item_h}),
+                          "schema": ConfigRecord({"json": schema.to_json()}),
+                          "config": ConfigRecord({"server-round": 1, "sample-rate": 1.0, "sampling-seed": 7,
+                                                  "schema-hash": schema.hash})})
+    node_config = {"data-dir": str(data), "state-dir": str(tmp_path / "state")}
+    ctx = Context(run_id=1, node_id=1, state=RecordDict(), run_config=cfg.to_flwr(), node_config=node_config)
+    node = node_for(ctx, content, training=True)
+    train_reply(node, content)
+    node.save(ctx)
+    return tmp_path / "state", data, ds, ctx, content
+
+
+def _run(*args):
+    res = CliRunner().invoke(cli, [str(a) for a in args])
+    return res.exit_code, res.output
+
+
+def test_recommend_excludes_history_and_explains_each_score(device):
+    state, _, ds, _, _ = device
+    user = str(ds.user_ids[0])
+    code, out = _run("device", "recommend", "--state", state, "--user", user, "--context", "device=mobile",
+                     "-k", "5", "--json")
+    assert code == 0, out
+    doc = json.loads(out)
+    recs = doc["recommendations"]
+    assert len(recs) == 5 and doc["theta"].startswith("trained")
+    dev = DeviceState.load(state)
+    history = set(dev.history(user)[0].tolist())
+    assert len(history) >= 3 and not history & {r["item"] for r in recs}
+    for r in recs:
+        assert r["score"] == pytest.approx(r["user"] + r["context_interaction"] + r["context_shift"] + r["item_bias"])
+        assert {s["item"] for s in r["similar_history"]} <= history
+    assert [r["score"] for r in recs] == sorted((r["score"] for r in recs), reverse=True)
+    code, table = _run("device", "recommend", "--state", state, "--user", user)
+    assert code == 0 and "no-ctx" in table
+
+
+def test_record_appends_one_row_refreshes_theta_and_leaves_other_users_alone(device):
+    state, data, ds, ctx, content = device
+    before = DeviceState.load(state)
+    user, other = str(ds.user_ids[0]), str(ds.user_ids[1])
+    rows = pd.read_parquet(data / "interactions.parquet")
+    item = str(ds.item_ids[7])
+    code, out = _run("device", "record", "--state", state, "--user", user, "--item", item, "--context",
+                     "device=tablet", "--time", "1700000000")
+    assert code == 0, out
+    after_rows = pd.read_parquet(data / "interactions.parquet")
+    assert len(after_rows) == len(rows) + 1
+    pd.testing.assert_frame_equal(after_rows.iloc[: len(rows)], rows)  # every earlier row as it was
+    assert after_rows.iloc[-1]["user_id"] == user and after_rows.iloc[-1]["item_id"] == item
+    after = DeviceState.load(state)
+    i, j = list(before.user_keys).index(user), list(before.user_keys).index(other)
+    assert not np.allclose(after.theta[i], before.theta[i])  # refreshed at once
+    np.testing.assert_array_equal(after.theta[j], before.theta[j])
+    # a new user joins the device's data; the next round's store holds it, and everyone else keeps theta_u
+    code, out = _run("device", "record", "--state", state, "--user", "newcomer", "--item", item)
+    assert code == 0, out
+    content["config"]["server-round"] = 2
+    node = node_for(ctx, content, training=True)  # the next round
+    assert "newcomer" in set(DeviceState.load(state).user_keys)
+    k = list(node.store.user_keys).index(other)
+    np.testing.assert_array_equal(node.theta[k], before.theta[j])
+    assert (state / STORE_FILE).is_file() and (state / NODE_STATE_FILE).is_file()
+
+
+def test_record_refuses_what_does_not_fit_the_schema(device):
+    state, data, ds, _, _ = device
+    before = (data / "interactions.parquet").read_bytes()
+    code, out = _run("device", "record", "--state", state, "--user", "u", "--item", "no-such-item")
+    assert code == 2 and "not in the catalogue" in out
+    code, out = _run("device", "record", "--state", state, "--user", "u", "--item", str(ds.item_ids[0]),
+                     "--context", "weather=rain")
+    assert code == 2 and "weather" in out and "device" in out
+    assert (data / "interactions.parquet").read_bytes() == before  # nothing half-written
+    code, out = _run("device", "recommend", "--state", data / "nothing-here", "--user", "u")
+    assert code == 2 and "state-dir" in out
+
+
+def test_export_tflite_writes_the_scorer(device, tmp_path):
+    state, _, _, _, _ = device
+    code, out = _run("export", "tflite", "--state", state, "--out", tmp_path / "scorer.tflite")
+    assert code == 0, out
+    assert (tmp_path / "scorer.tflite").stat().st_size > 1000
