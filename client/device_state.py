@@ -57,6 +57,7 @@ class DeviceState:
     ready: np.ndarray
     taken: np.ndarray
     round: int
+    simulated: bool = False
 
     # -- loading ------------------------------------------------------------------------------
     @classmethod
@@ -79,7 +80,7 @@ class DeviceState:
             ready, taken = f["ready"].astype(bool), f["taken"].astype(np.int64)
             round_ = int(f["round"]) if "round" in f.files else 0
         return cls(d, config_from_mapping(info["settings"]), Path(info["data-dir"]) if info.get("data-dir") else None,
-                   schema, item_h, params, keys, theta, ready, taken, round_)
+                   schema, item_h, params, keys, theta, ready, taken, round_, bool(info.get("simulated", False)))
 
     # -- what the user did, and the context now -------------------------------------------------
     def history(self, user: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -176,8 +177,10 @@ class DeviceState:
                           label: float | None) -> dict:
         """Append one row to the device's interactions file atomically (a new file beside it, then renamed);
         returns the row. Rows of other users are untouched."""
-        if self.data_dir is None:
-            raise DeviceError("this device has no data-dir in device.json; it cannot record engagements.")
+        if self.data_dir is None or self.simulated:
+            raise DeviceError(f"{self.state_dir} is a simulated device: its users' data is the run's dataset, shared "
+                              f"by every simulated device. Fix: record into a real device's state-dir (a SuperNode "
+                              f"started with --node-config \"data-dir='...' state-dir='...'\").")
         if str(item) not in set(self.schema.item_ids):
             raise DeviceError(f"item {item!r} is not in the catalogue of the schema ({self.schema.n_items} items). "
                               f"Fix: use an item_id of the catalogue (new items reach devices with a new schema).")

@@ -123,7 +123,8 @@ class Node:
     item_h: np.ndarray
     schema: PublicSchema
     state_dir: Path | None = None
-    data_dir: Path | None = None  # a device's own dataset directory
+    data_dir: Path | None = None  # a device's own dataset directory (simulation: the run's, shared)
+    simulated: bool = False  # a shard of a simulation's dataset, not a device's own data
     round: int = 0  # the last server round this node worked on
     params: dict[str, np.ndarray] | None = None  # the latest global model received
     warmed: np.ndarray | None = None  # [U] warm starts of theta_u in this run (each one a DP release under local DP)
@@ -233,8 +234,8 @@ class Node:
             self.schema.write(d / SCHEMA_FILE)
         if self.params is not None:
             _atomic_savez(d / GLOBAL_MODEL_FILE, **{k.replace("/", "."): v for k, v in self.params.items()})
-        device = json.dumps({"settings": self.cfg.to_flwr(), "data-dir": str(self.data_dir) if self.data_dir else None},
-                            indent=1)
+        device = json.dumps({"settings": self.cfg.to_flwr(), "data-dir": str(self.data_dir) if self.data_dir else None,
+                             "simulated": self.simulated}, indent=1)
         if not (d / DEVICE_FILE).is_file() or (d / DEVICE_FILE).read_text() != device:
             tmp = d / f".{DEVICE_FILE}.tmp-{os.getpid()}"
             tmp.write_text(device)
@@ -377,8 +378,8 @@ def node_for(context: Context, content: RecordDict | None = None, training: bool
             os.replace(state_dir / "local_privacy.json", state_dir / f"local_privacy-{saved['run_token']}.json")
     node = Node(cfg=cfg, store=store, theta=saved["theta"], ready=saved["ready"], taken=saved["taken"],
                 item_h=item_h, schema=schema, state_dir=state_dir,
-                data_dir=Path(str(nc["data-dir"])) if "data-dir" in nc else None, round=at,
-                warmed=saved["warmed"], run_token=token or saved["run_token"])
+                data_dir=Path(str(nc["data-dir"] if "data-dir" in nc else resolve_dataset(cfg))), round=at,
+                warmed=saved["warmed"], run_token=token or saved["run_token"], simulated="data-dir" not in nc)
     if round_ is not None and round_ > 1 and cfg.checkpoint_every and (round_ - 1) % cfg.checkpoint_every == 0 \
             and at == round_ - 1:
         node.snapshot(round_ - 1)

@@ -226,6 +226,24 @@ def test_device_reports_each_users_local_epsilon_from_the_rounds_it_took_part_in
     assert report["epsilon"]["max"] == pytest.approx(independent(int(taken.max())), rel=1e-9)
 
 
+def test_a_node_refuses_a_round_of_another_schema_and_one_it_has_no_content_for(setup):
+    """Without h(c) and the schema, or holding another schema than the round's, a node raises SchemaMismatch
+    (an error reply the server logs; it then sends the content again) instead of training on other vectors."""
+    from common.schema import SchemaMismatch
+
+    cfg, _, item_h, _, params = setup
+    with pytest.raises(SchemaMismatch, match="no item vectors"):
+        node_for(_context(cfg, 0, 2), _content(params, item_h, 1, first=False), training=True)
+    ctx = _context(cfg, 0, 2)
+    node = _node(ctx)
+    node.save(ctx)
+    other = _content(params, item_h, 2, first=False)
+    other["config"]["schema-hash"] = "f" * 64
+    with pytest.raises(SchemaMismatch, match="the server sends its schema"):
+        node_for(ctx, other, training=True)
+    assert node_for(ctx, _content(params, item_h, 2, first=False), training=True).schema.hash == _SCHEMA["schema"].hash
+
+
 def test_device_privacy_report_counts_per_run(setup, small_synthetic, tmp_path):
     """The device's local_privacy.json counts the rounds of the current run only (the run token the server
     sends); the previous run's report is kept beside it, not added to."""
