@@ -16,6 +16,8 @@ from typer.testing import CliRunner
 from common.config import Config
 from simulations.cli import cli
 
+pytestmark = pytest.mark.slow  # real Flower simulations and `fedctx` subprocesses: minutes (make test-fast skips them)
+
 SMALL = ["--set", "dim=4", "--set", "text-dim=8", "--set", "text-epochs=2", "--set", "central-epochs=2",
          "--set", "local-steps=2"]
 

@@ -56,6 +56,7 @@ def test_summary_is_mean_and_sample_sd_over_seeds():
     assert table["central eps=8"]["hr@10-ratio"] == pytest.approx(0.9)
 
 
+@pytest.mark.slow
 def test_sweep_command_writes_csv_plot_and_table(small_synthetic, tmp_path):
     out = tmp_path / "sweep"
     res = _fedctx("sweep", "--data", str(small_synthetic), *SMALL, "--set", "num-rounds=2", "--set",
