@@ -19,7 +19,10 @@ from flwr.clientapp import ClientApp
 from client.node import Node, node_for
 from common.protocol import METRICS, UPDATE
 
-__all__ = ["app", "train_reply", "evaluate_reply", "NODE_THREADS_ENV"]
+__all__ = ["app", "train_reply", "evaluate_reply", "NODE_THREADS_ENV", "TIMINGS_FILE"]
+
+#: state-dir/timings.csv: where each message's time went on this node (stays on the node)
+TIMINGS_FILE = "timings.csv"
 
 #: Threads of TensorFlow's pools in this process (set by the simulation: one per Ray actor's CPU).
 NODE_THREADS_ENV = "FEDCTX_NODE_THREADS"
@@ -70,9 +73,16 @@ def _reply(msg: Message, context: Context, handler, training: bool = False) -> M
     node.save(context)  # theta_u stays on the node, in its Context (and state-dir on a device)
     t3 = time.perf_counter()
     # the node's own log, never the reply (a node's compute time depends on its users' data)
-    print(f"fedctx node: {'train' if training else 'evaluate'} round {node.round}: process start to handler "
-          f"{started:.2f}s, state load {t1 - t0:.2f}s, compute {t2 - t1:.2f}s, save {t3 - t2:.2f}s",
-          file=sys.stderr, flush=True)
+    kind = "train" if training else "evaluate"
+    print(f"fedctx node: {kind} round {node.round}: process start to handler {started:.2f}s, state load "
+          f"{t1 - t0:.2f}s, compute {t2 - t1:.2f}s, save {t3 - t2:.2f}s", file=sys.stderr, flush=True)
+    if node.state_dir is not None:  # one line per message, for the device's owner (docs/benchmarks.md)
+        path = node.state_dir / TIMINGS_FILE
+        new = not path.is_file()
+        with path.open("a") as f:
+            if new:
+                f.write("round,message,process_start_to_handler_s,state_load_s,compute_s,save_s\n")
+            f.write(f"{node.round},{kind},{started:.3f},{t1 - t0:.3f},{t2 - t1:.3f},{t3 - t2:.3f}\n")
     return Message(content=reply, reply_to=msg)
 
 

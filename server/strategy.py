@@ -17,6 +17,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
@@ -176,6 +177,7 @@ class UserFedAvg(FedAvg):
         self.min_nodes = min_nodes
         self.has_content: set[int] = set()  # nodes that replied well under this schema (they hold h(c))
         self.failures: list[dict] = []  # every dropped reply: round, node, phase, reason
+        self._sent: list[Message] = []  # this phase's messages
         self.optimizer = optimizer
         self.sample_rate = sample_rate
         self.sampling_key = sampling_key
@@ -207,7 +209,16 @@ class UserFedAvg(FedAvg):
                 record[CONTENT] = self.content
                 record[SCHEMA] = ConfigRecord({SCHEMA_JSON: self.schema.to_json()})
             out.append(Message(content=record, message_type=message_type, dst_node_id=node_id))
+        self._sent = out  # the grid sets their message ids when it pushes them (see _source)
         return out
+
+    def _source(self, msg: Message) -> int:
+        """The node a reply speaks for. An error reply the SuperLink makes for an unreachable node ("Node
+        Unavailable") comes from the SuperLink itself; it answers one of our messages, whose destination it names."""
+        if msg.metadata.src_node_id != SUPERLINK_NODE_ID:
+            return msg.metadata.src_node_id
+        sent = {m.metadata.message_id: m.metadata.dst_node_id for m in self._sent}
+        return sent.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
 
     def _drop(self, server_round: int, phase: str, node_id: int, reason: str) -> None:
         self.has_content.discard(node_id)  # it gets h(c) and the schema again next time
@@ -219,7 +230,7 @@ class UserFedAvg(FedAvg):
         """The well-formed replies; every other asked node is dropped with its reason."""
         good, seen = [], set()
         for msg in replies:
-            node = msg.metadata.src_node_id
+            node = self._source(msg)
             seen.add(node)
             if msg.has_error():
                 self._drop(server_round, phase, node, msg.error.reason)

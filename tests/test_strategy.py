@@ -56,15 +56,15 @@ def _train(strategy, nodes, round_=1, value=0.0):
 
 def test_failed_late_and_malformed_replies_are_dropped_and_the_round_goes_on():
     s = _strategy()
-    msgs = _train(s, [1, 2, 3, 4, 5])
+    msgs = _train(s, [11, 12, 13, 14, 15])
     assert all(CONTENT in m.content and SCHEMA in m.content for m in msgs.values())  # first contact: all need it
     assert len({m.content.config_records["config"][SCHEMA_HASH] for m in msgs.values()}) == 1
     good = {k: np.full(sh, 2.0, np.float32) for k, sh in SHAPES.items()}
     nan = {k: np.full(sh, np.nan, np.float32) for k, sh in SHAPES.items()}
-    replies = [_reply(msgs[1], good, users=2),
-               Message(error=Error(code=0, reason="Node Unavailable"), reply_to=msgs[2]),
-               _reply(msgs[3], nan, users=1),
-               _reply(msgs[4], {"tower/kernel": good["tower/kernel"]}, users=1)]  # node 5: no reply
+    replies = [_reply(msgs[11], good, users=2),
+               Message(error=Error(code=0, reason="Node Unavailable"), reply_to=msgs[12]),
+               _reply(msgs[13], nan, users=1),
+               _reply(msgs[14], {"tower/kernel": good["tower/kernel"]}, users=1)]  # node 15: no reply
     arrays, _ = s.aggregate_train(1, replies)
     new = from_record(arrays)
     for k in SHAPES:  # sgd, lr 1: params + mean update of the good node's 2 users (2.0 * 2 / 2... summed = 2)
@@ -72,18 +72,35 @@ def test_failed_late_and_malformed_replies_are_dropped_and_the_round_goes_on():
     row = s._row
     assert (row["nodes-asked"], row["nodes-replied"], row["nodes-failed"]) == (5, 1, 4)
     reasons = {f["node"]: f["reason"] for f in s.failures}
-    assert set(reasons) == {2, 3, 4, 5}
-    assert "Node Unavailable" in reasons[2] and "not finite" in reasons[3]
-    assert "names" in reasons[4] and "no reply" in reasons[5]
+    assert set(reasons) == {12, 13, 14, 15}
+    assert "Node Unavailable" in reasons[12] and "not finite" in reasons[13]
+    assert "names" in reasons[14] and "no reply" in reasons[15]
     # next round: the content goes again to every node that failed, not to the one that replied well
-    msgs = _train(s, [1, 2, 3, 4, 5], round_=2)
-    assert CONTENT not in msgs[1].content
-    assert all(CONTENT in msgs[n].content for n in (2, 3, 4, 5))
+    msgs = _train(s, [11, 12, 13, 14, 15], round_=2)
+    assert CONTENT not in msgs[11].content
+    assert all(CONTENT in msgs[n].content for n in (12, 13, 14, 15))
     # a node that held the content and then fails (say, it restarted without its state) gets it again
-    s.aggregate_train(2, [Message(error=Error(code=0, reason="restarted"), reply_to=msgs[1]),
-                          _reply(msgs[2], good, users=2)])
-    msgs = _train(s, [1, 2], round_=3)
-    assert CONTENT in msgs[1].content and CONTENT not in msgs[2].content
+    s.aggregate_train(2, [Message(error=Error(code=0, reason="restarted"), reply_to=msgs[11]),
+                          _reply(msgs[12], good, users=2)])
+    msgs = _train(s, [11, 12], round_=3)
+    assert CONTENT in msgs[11].content and CONTENT not in msgs[12].content
+
+
+def test_an_error_the_superlink_makes_for_a_dead_node_is_counted_against_that_node():
+    """A SuperLink answers for a node that stopped heartbeating with an error reply from itself (node 1); the
+    drop is recorded for the node the message went to, not for node 1."""
+    from flwr.common.constant import SUPERLINK_NODE_ID
+
+    s = _strategy()
+    msgs = _train(s, [7, 9])
+    for i, m in enumerate(msgs.values()):  # what the grid does when it pushes them
+        m.metadata.__dict__["_message_id"] = f"id-{i}"
+    dead = msgs[9]
+    error = Message(error=Error(code=0, reason="Node Unavailable"), reply_to=dead)
+    error.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
+    assert error.metadata.src_node_id == SUPERLINK_NODE_ID and error.metadata.reply_to_message_id == "id-1"
+    s.aggregate_train(1, [_reply(msgs[7], _params(0.1), users=1), error])
+    assert [(f["node"], f["reason"]) for f in s.failures] == [(9, "Node Unavailable")]
 
 
 @pytest.mark.parametrize("bad, expected", [
@@ -115,8 +132,8 @@ def test_a_round_with_fewer_than_min_nodes_replies_is_skipped_and_not_accounted(
     ledger = PrivacyLedger(delta=1e-5, accountant="rdp")
     dp = CentralDP(clip_norm=1.0, noise_multiplier=1.0, denominator=10.0, ledger=ledger)
     s = _strategy(min_nodes=2, dp=dp)
-    msgs = _train(s, [1, 2])
-    arrays, _ = s.aggregate_train(1, [_reply(msgs[1], _params(0.1), users=1)])
+    msgs = _train(s, [11, 12])
+    arrays, _ = s.aggregate_train(1, [_reply(msgs[11], _params(0.1), users=1)])
     assert arrays is None and s._row["skipped"] == 1 and s._row["nodes-replied"] == 1
     assert ledger.records == []  # nothing released, nothing accounted
 
@@ -125,8 +142,8 @@ def test_a_dp_round_with_no_sampled_user_is_noised_and_accounted():
     ledger = PrivacyLedger(delta=1e-5, accountant="rdp")
     dp = CentralDP(clip_norm=1.0, noise_multiplier=1.0, denominator=10.0, ledger=ledger)
     s = _strategy(dp=dp)
-    msgs = _train(s, [1, 2])
-    arrays, _ = s.aggregate_train(1, [_reply(msgs[1], users=0), _reply(msgs[2], users=0)])
+    msgs = _train(s, [11, 12])
+    arrays, _ = s.aggregate_train(1, [_reply(msgs[11], users=0), _reply(msgs[12], users=0)])
     new = from_record(arrays)
     assert len(ledger.records) == 1 and s._row["users"] == 0
     # noise N(0, (zC)^2) / denominator moved the model although nobody trained
@@ -135,10 +152,10 @@ def test_a_dp_round_with_no_sampled_user_is_noised_and_accounted():
 
 def test_evaluation_drops_bad_replies_and_averages_the_rest():
     s = _strategy()
-    _train(s, [1, 2, 3])
+    _train(s, [11, 12, 13])
     s.aggregate_train(1, [])  # nobody replied: skipped (min-nodes 1)
-    msgs = {m.metadata.dst_node_id: m for m in s.configure_evaluate(1, to_record(_params()), ConfigRecord({}),
-                                                                     FakeGrid([1, 2, 3]))}
+    msgs = {m.metadata.dst_node_id - 10: m for m in s.configure_evaluate(1, to_record(_params()), ConfigRecord({}),
+                                                                          FakeGrid([11, 12, 13]))}
     replies = [Message(content=RecordDict({METRICS: MetricRecord({"num-users": 1, "val-hr@10": 0.2})}),
                        reply_to=msgs[1]),
                Message(content=RecordDict({METRICS: MetricRecord({"num-users": 3, "val-hr@10": 0.6})}),
@@ -147,5 +164,5 @@ def test_evaluation_drops_bad_replies_and_averages_the_rest():
                        reply_to=msgs[3])]
     metrics = s.aggregate_evaluate(1, replies)
     assert metrics["val-hr@10"] == pytest.approx((0.2 * 1 + 0.6 * 3) / 4)
-    assert any(f["node"] == 3 and f["phase"] == "evaluate" for f in s.failures)
+    assert any(f["node"] == 13 and f["phase"] == "evaluate" for f in s.failures)
     assert s.log.rows[-1]["val-hr@10"] == pytest.approx(0.5)

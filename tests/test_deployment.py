@@ -1,0 +1,365 @@
+"""Deployment: the credentials script, the federation template, and a real federation on loopback.
+
+The slow test runs what docs/deployment.md describes, as real processes: a SuperLink with TLS and SuperNode
+authentication, SuperNodes registered with `flwr supernode register`, devices with their own data and state
+directories, and `flwr run`. It kills one SuperNode after round 1 (the run goes on and records the failure),
+restarts it on the same state-dir (it rejoins with its theta_u), starts an unregistered SuperNode (refused) and a
+device whose data is malformed (its replies are dropped with the reason in the server log). The server reads a
+catalogue directory that holds no interactions file at all.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MAKE_CERTS = ROOT / "scripts" / "make-certs.sh"
+BIN = Path(sys.executable).parent  # the venv's console scripts: flower-superlink, flower-supernode, flwr, fedctx
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+APP_PACKAGES = ("client", "common", "server")  # what the ServerApp and the ClientApp import
+
+
+def _tools_missing() -> list[str]:
+    return [t for t in ("openssl", "ssh-keygen") if shutil.which(t) is None]
+
+
+def _make_certs(out: Path, n: int) -> None:
+    subprocess.run(["bash", str(MAKE_CERTS), str(out), str(n)], check=True, capture_output=True, text=True,
+                   timeout=120)
+
+
+# -- fast checks ------------------------------------------------------------------------------------------------
+
+def test_federation_template_points_at_a_local_superlink_with_tls():
+    feds = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["federations"]
+    local = feds["local-deployment"]
+    assert local["address"] == "127.0.0.1:9093"  # flower-superlink's default Control API port
+    assert local["root-certificates"] == "certificates/ca.crt"  # scripts/make-certs.sh certificates
+    assert not local.get("insecure", False)
+    assert feds["default"] == "local-simulation"  # `flwr run .` alone still simulates
+
+
+@pytest.mark.skipif(bool(_tools_missing()), reason=f"needs {' and '.join(_tools_missing())}")
+def test_make_certs_writes_a_ca_a_loopback_server_certificate_and_supernode_keys(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    out = tmp_path / "certs"
+    _make_certs(out, 2)
+    ca = x509.load_pem_x509_certificate((out / "ca.crt").read_bytes())
+    server = x509.load_pem_x509_certificate((out / "server.pem").read_bytes())
+    assert server.issuer == ca.subject
+    san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in san.get_values_for_type(x509.DNSName)
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    subprocess.run(["openssl", "verify", "-CAfile", str(out / "ca.crt"), str(out / "server.pem")], check=True,
+                   capture_output=True)
+    for k in range(2):  # what `flwr supernode register` accepts: an OpenSSH NIST P-384 public key
+        public = serialization.load_ssh_public_key((out / f"supernode-{k}.pub").read_bytes())
+        assert isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name == "secp384r1"
+        assert (out / f"supernode-{k}").stat().st_mode & 0o077 == 0  # private keys: owner only
+    assert (out / "ca.key").stat().st_mode & 0o077 == 0 and (out / "server.key").stat().st_mode & 0o077 == 0
+    # a second call keeps what exists and only adds key pairs
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    _make_certs(out, 3)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name in before} == before
+    assert (out / "supernode-2.pub").is_file()
+
+
+# -- the federation on loopback ---------------------------------------------------------------------------------
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    def text(self) -> str:
+        return ANSI.sub("", self.log.read_text(errors="replace")) if self.log.is_file() else ""
+
+
+@dataclass
+class Cluster:
+    """Every process the test starts, each in its own process group (it and the Flower processes it spawns:
+    flower-superexec, flwr-serverapp, flwr-clientapp), killed together at the end."""
+
+    root: Path
+    env: dict
+    procs: list[Proc] = field(default_factory=list)
+
+    def start(self, name: str, args: list[str], cwd: Path, **env: str) -> Proc:
+        cwd.mkdir(parents=True, exist_ok=True)
+        log = self.root / "logs" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            popen = subprocess.Popen(args, cwd=cwd, env={**self.env, **env}, stdout=out, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def kill(self, proc: Proc) -> None:
+        try:
+            os.killpg(proc.popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.popen.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def close(self) -> None:
+        for proc in self.procs:
+            self.kill(proc)
+
+    def dump(self, lines: int = 60) -> None:
+        for proc in self.procs:
+            tail = proc.text().splitlines()[-lines:]
+            print(f"\n===== {proc.name} (pid {proc.popen.pid}, exit {proc.popen.poll()}): last {len(tail)} lines "
+                  f"of {proc.log}\n" + "\n".join(tail), flush=True)
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _wait(what: str, check, timeout: float, procs: tuple[Proc, ...] = ()):
+    """Poll check() until it returns something truthy; fail early if one of procs exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        for p in procs:
+            if p.popen.poll() is not None:
+                raise AssertionError(f"{p.name} exited with {p.popen.returncode} while waiting for {what}")
+        time.sleep(1.0)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _node_round(state_dir: Path) -> int:
+    with np.load(state_dir / "node-state.npz") as f:
+        return int(f["round"])
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONUNBUFFERED": "1", "FLWR_HOME": str(tmp_path / "flwr-cli")}
+    c = Cluster(tmp_path, env)
+    yield c
+    c.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(bool(_tools_missing()), reason=f"needs {' and '.join(_tools_missing())}")
+def test_federation_on_loopback_survives_a_killed_node_and_refuses_strangers(tmp_path, cluster):
+    try:
+        _federation_on_loopback(tmp_path, cluster)
+    except BaseException:
+        cluster.dump()
+        raise
+
+
+def _federation_on_loopback(tmp: Path, cluster: Cluster) -> None:
+    t_start = time.monotonic()
+    env = cluster.env
+
+    # credentials: supernode-0..2 for the devices, 3 for the malformed device, 4 never registered
+    certs = tmp / "certs"
+    _make_certs(certs, 5)
+
+    # the app as `flwr run` ships it, with a federation made from the template for this SuperLink's ports
+    fleet, control, serverappio, *appio = _free_ports(3 + 5)
+    app = tmp / "app"
+    for pkg in APP_PACKAGES:
+        shutil.copytree(ROOT / pkg, app / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    template = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["federations"]["local-deployment"]
+    assert set(template) == {"address", "root-certificates"}
+    (app / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text() + (
+        f'\n[tool.flwr.federations.loopback]\naddress = "127.0.0.1:{control}"\n'
+        f'root-certificates = "{certs / "ca.crt"}"\n'))
+
+    # the SuperLink: TLS and SuperNode authentication
+    link = cluster.start("superlink", [
+        str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(certs / "ca.crt"),
+        "--ssl-certfile", str(certs / "server.pem"), "--ssl-keyfile", str(certs / "server.key"),
+        "--enable-supernode-auth", "--isolation", "subprocess",
+        "--fleet-api-address", f"127.0.0.1:{fleet}", "--control-api-address", f"127.0.0.1:{control}",
+        "--serverappio-api-address", f"127.0.0.1:{serverappio}"], cwd=tmp / "superlink",
+        FLWR_HOME=str(tmp / "superlink" / "flwr"))
+
+    # meanwhile, the data: 60 users in 3 devices; the server's directory holds the catalogue only
+    subprocess.run([str(BIN / "fedctx"), "data", "generate", "--out", str(tmp / "data"), "--users", "60",
+                    "--items", "200", "--format", "csv"], check=True, env=env, capture_output=True, timeout=300)
+    subprocess.run([str(BIN / "fedctx"), "data", "partition", str(tmp / "data"), "--out", str(tmp / "fed"),
+                    "--devices", "3"], check=True, env=env, capture_output=True, timeout=300)
+    fed = tmp / "fed"
+    server_files = sorted(p.name for p in (fed / "server").iterdir())
+    assert not [n for n in server_files if n.startswith("interactions")], server_files
+    assert "interactions" not in tomllib.loads((fed / "server" / "dataset.toml").read_text())["dataset"]
+    # a device whose interactions lack the declared context column 'device'
+    bad = fed / "device-bad"
+    shutil.copytree(fed / "device-1", bad)
+    with (bad / "interactions.csv").open(newline="") as f:
+        table = list(csv.DictReader(f))
+    with (bad / "interactions.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, [c for c in table[0] if c != "device"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(table)
+
+    _wait("the SuperLink's Control API", lambda: f"Control API on 127.0.0.1:{control}" in link.text(), 120, (link,))
+
+    # register SuperNodes 0-3 (in parallel: every flwr CLI call imports TensorFlow)
+    regs = [subprocess.Popen([str(BIN / "flwr"), "supernode", "register", str(certs / f"supernode-{k}.pub"),
+                              str(app), "loopback", "--format", "json"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True) for k in range(4)]
+    node_ids = []
+    for k, reg in enumerate(regs):
+        out, err = reg.communicate(timeout=180)
+        found = re.search(r'"node-id":\s*(\d+)', out)
+        assert found and '"success": true' in out, f"registering supernode-{k} failed:\n{out}\n{err[-2000:]}"
+        node_ids.append(int(found.group(1)))
+
+    def supernode(k: int, data: Path, name: str | None = None) -> Proc:
+        return cluster.start(name or f"supernode-{k}", [
+            str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{fleet}",
+            "--root-certificates", str(certs / "ca.crt"), "--auth-supernode-private-key", str(certs / f"supernode-{k}"),
+            "--clientappio-api-address", f"127.0.0.1:{appio[k]}", "--isolation", "subprocess",
+            "--node-config", f"data-dir='{data}' state-dir='{tmp / f'state-{k}'}'"],
+            cwd=tmp / f"node-{k}", FLWR_HOME=str(tmp / f"node-{k}" / "flwr"))
+
+    nodes = [supernode(k, fed / f"device-{k}") for k in range(3)]
+    malformed = supernode(3, bad)
+    stranger = supernode(4, fed / "device-0")
+
+    def activations(node_id: int) -> int:
+        return link.text().count(f"Activated node_id={node_id}")
+
+    _wait("the 4 registered SuperNodes to connect", lambda: all(activations(i) for i in node_ids), 180,
+          (link, *nodes, malformed))
+
+    # the run: central DP (population = N from federation.json), strings quoted inside the run config
+    run_dir = tmp / "run"
+    run_config = (f"data='{fed / 'server'}' run-dir='{run_dir}' num-rounds=5 eval-every=5 dim=4 text-dim=8 "
+                  f"text-epochs=2 local-steps=1 min-nodes=2 round-timeout=90 privacy='central' population=60 "
+                  f"noise-multiplier=0.3 clip-norm=1.0")
+    run = cluster.start("flwr-run", [str(BIN / "flwr"), "run", str(app), "loopback", "--stream",
+                                     "--run-config", run_config], cwd=tmp)
+    _wait("round 1", lambda: re.search(r"^round\s+1/5", link.text(), re.M), 300, (link, run))
+
+    # kill SuperNode 1 (and its ClientApp processes) after round 1
+    killed_id = node_ids[1]
+    cluster.kill(nodes[1])
+    t_kill = time.monotonic()
+    round_at_kill = _node_round(tmp / "state-1")
+    assert round_at_kill >= 1
+    drop = re.compile(rf"round (\d+): train reply of node {killed_id} dropped: (.+)")
+    _wait("the killed node's reply to be dropped", lambda: drop.search(link.text()), 180, (link, run))
+    # restart it on the same key and state-dir. The SuperLink marks a silent node offline 2 heartbeat intervals
+    # (2 x 30 s) after its last heartbeat, and refuses a SuperNode that comes back before that (the old one still
+    # counts as online): then the new process exits and is started again.
+    before = activations(killed_id)
+    for attempt in range(4):
+        restarted = supernode(1, fed / "device-1", name=f"supernode-1-restart-{attempt}")
+        if _wait("the restarted SuperNode to connect or be refused", lambda: activations(killed_id) > before
+                 or restarted.popen.poll() is not None, 180, (link,)) and activations(killed_id) > before:
+            break
+        assert "FAILED_PRECONDITION" in restarted.text(), "the restarted SuperNode failed otherwise"
+        time.sleep(max(0.0, 65 - (time.monotonic() - t_kill)))
+    else:
+        raise AssertionError("the killed SuperNode could not reconnect")
+
+    _wait("the run to finish", lambda: run.popen.poll() is not None, 420, (link,))
+    server_log = link.text()
+
+    # the stranger was refused and never took part
+    assert stranger.popen.wait(timeout=60) != 0
+    assert "FAILED_PRECONDITION" in stranger.text() and "No SuperNode found with the given public key" in \
+        stranger.text()
+    assert not (tmp / "state-4" / "node-state.npz").exists()
+
+    # rounds.csv (under DP the diagnostics sit in run-dir/diagnostics) records the failures
+    with (run_dir / "diagnostics" / "rounds.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["round"]) for r in rows] == [1, 2, 3, 4, 5]
+    asked, replied, failed = ([int(r[k]) for r in rows] for k in ("nodes-asked", "nodes-replied", "nodes-failed"))
+    assert max(asked) == 4  # the three devices and the malformed one; the stranger never
+    assert all(a == r + f for a, r, f in zip(asked, replied, failed))
+    assert replied[0] == 3 and failed[0] == 1  # round 1: the malformed device fails
+    kill_round = int(drop.search(server_log).group(1))
+    assert kill_round >= 2 and replied[kill_round - 1] == 2 and failed[kill_round - 1] >= 1
+    assert 3 in replied[kill_round:], f"the restarted node never replied again: nodes-replied {replied}"
+    assert all(int(r["users"]) > 0 for r in rows)
+    assert (run_dir / "global_model.npz").is_file() and (run_dir / "privacy.json").is_file()
+
+    # the malformed device: every reply dropped with its reason in the server log, never aggregated
+    bad_drops = re.findall(rf"round (\d+): train reply of node {node_ids[3]} dropped: (.+)", server_log)
+    assert [int(r) for r, _ in bad_drops] == [1, 2, 3, 4, 5]
+    assert "required column 'device' is missing" in bad_drops[0][1]
+    assert "ClientApp raised an exception" in malformed.text()
+
+    # the restarted node went on from its state-dir: its theta_u round advanced past the kill
+    assert _node_round(tmp / "state-1") > round_at_kill
+    assert _node_round(tmp / "state-0") == 5 and _node_round(tmp / "state-2") == 5
+    for k in range(3):
+        assert {"store.npz", "content.npz", "schema.json", "global_model.npz"} <= {
+            p.name for p in (tmp / f"state-{k}").iterdir()}
+
+    # the SuperLink's "Node Unavailable" error for the killed node is counted against that node, not node 1
+    assert "reply of node 1 dropped" not in server_log
+    assert "Node Unavailable" in drop.search(server_log).group(2)
+
+    # what `flwr run --stream` showed: the ServerApp's round lines
+    assert re.search(r"^round\s+5/5", run.text(), re.M)
+
+    # the device as a product, offline on device-0's state: recommend (from the last global model), then record
+    import pandas as pd
+
+    user = str(pd.read_csv(fed / "device-0" / "interactions.csv", dtype=str)["user_id"].iloc[0])
+    fedctx = [str(BIN / "fedctx"), "device"]
+    rec = subprocess.run([*fedctx, "recommend", "--state", str(tmp / "state-0"), "--user", user, "--json"],
+                         capture_output=True, text=True, timeout=300, env=cluster.env)
+    assert rec.returncode == 0, rec.stderr[-2000:]
+    before = json.loads(rec.stdout)["recommendations"]
+    assert len(before) == 10 and json.loads(rec.stdout)["round"] == 5
+    item = before[0]["item_id"]
+    out = subprocess.run([*fedctx, "record", "--state", str(tmp / "state-0"), "--user", user, "--item", item],
+                         capture_output=True, text=True, timeout=300, env=cluster.env)
+    assert out.returncode == 0 and "refreshed" in out.stdout, out.stderr[-2000:]
+    after = subprocess.run([*fedctx, "recommend", "--state", str(tmp / "state-0"), "--user", user, "--json"],
+                           capture_output=True, text=True, timeout=300, env=cluster.env)
+    assert item not in {r["item_id"] for r in json.loads(after.stdout)["recommendations"]}  # now in the history
+    # each deployed message's time, as the device logged it (docs/benchmarks.md)
+    with (tmp / "state-0" / "timings.csv").open() as f:
+        timings = list(csv.DictReader(f))
+    assert {t["message"] for t in timings} == {"train", "evaluate"} and len(timings) >= 6
+    print("device-0 messages (process start to handler, state load, compute, save; s):",
+          [(t["message"][0], t["process_start_to_handler_s"], t["state_load_s"], t["compute_s"], t["save_s"])
+           for t in timings])
+    print(f"federation on loopback: {time.monotonic() - t_start:.0f} s; nodes-replied per round {replied}")
