@@ -12,26 +12,19 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from simulations.loopback import BIN, ROOT, Cluster, Proc, cluster_env, copy_app, free_ports, wait_for
+
 MAKE_CERTS = ROOT / "scripts" / "make-certs.sh"
-BIN = Path(sys.executable).parent  # the venv's console scripts: flower-superlink, flower-supernode, flwr, fedctx
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
-APP_PACKAGES = ("client", "common", "server")  # what the ServerApp and the ClientApp import
 
 
 def _tools_missing() -> list[str]:
@@ -84,84 +77,6 @@ def test_make_certs_writes_a_ca_a_loopback_server_certificate_and_supernode_keys
 
 # -- the federation on loopback ---------------------------------------------------------------------------------
 
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen
-    log: Path
-
-    def text(self) -> str:
-        return ANSI.sub("", self.log.read_text(errors="replace")) if self.log.is_file() else ""
-
-
-@dataclass
-class Cluster:
-    """Every process the test starts, each in its own process group (it and the Flower processes it spawns:
-    flower-superexec, flwr-serverapp, flwr-clientapp), killed together at the end."""
-
-    root: Path
-    env: dict
-    procs: list[Proc] = field(default_factory=list)
-
-    def start(self, name: str, args: list[str], cwd: Path, **env: str) -> Proc:
-        cwd.mkdir(parents=True, exist_ok=True)
-        log = self.root / "logs" / f"{name}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("ab") as out:
-            popen = subprocess.Popen(args, cwd=cwd, env={**self.env, **env}, stdout=out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        proc = Proc(name, popen, log)
-        self.procs.append(proc)
-        return proc
-
-    def kill(self, proc: Proc) -> None:
-        try:
-            os.killpg(proc.popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.popen.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-
-    def close(self) -> None:
-        for proc in self.procs:
-            self.kill(proc)
-
-    def dump(self, lines: int = 60) -> None:
-        for proc in self.procs:
-            tail = proc.text().splitlines()[-lines:]
-            print(f"\n===== {proc.name} (pid {proc.popen.pid}, exit {proc.popen.poll()}): last {len(tail)} lines "
-                  f"of {proc.log}\n" + "\n".join(tail), flush=True)
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _wait(what: str, check, timeout: float, procs: tuple[Proc, ...] = ()):
-    """Poll check() until it returns something truthy; fail early if one of procs exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        for p in procs:
-            if p.popen.poll() is not None:
-                raise AssertionError(f"{p.name} exited with {p.popen.returncode} while waiting for {what}")
-        time.sleep(1.0)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def _node_round(state_dir: Path) -> int:
     with np.load(state_dir / "node-state.npz") as f:
         return int(f["round"])
@@ -169,9 +84,7 @@ def _node_round(state_dir: Path) -> int:
 
 @pytest.fixture
 def cluster(tmp_path):
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONUNBUFFERED": "1", "FLWR_HOME": str(tmp_path / "flwr-cli")}
-    c = Cluster(tmp_path, env)
+    c = Cluster(tmp_path, cluster_env(tmp_path))
     yield c
     c.close()
 
@@ -195,15 +108,11 @@ def _federation_on_loopback(tmp: Path, cluster: Cluster) -> None:
     _make_certs(certs, 5)
 
     # the app as `flwr run` ships it, with a federation made from the template for this SuperLink's ports
-    fleet, control, serverappio, *appio = _free_ports(3 + 5)
-    app = tmp / "app"
-    for pkg in APP_PACKAGES:
-        shutil.copytree(ROOT / pkg, app / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    fleet, control, serverappio, *appio = free_ports(3 + 5)
     template = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["federations"]["local-deployment"]
     assert set(template) == {"address", "root-certificates"}
-    (app / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text() + (
-        f'\n[tool.flwr.federations.loopback]\naddress = "127.0.0.1:{control}"\n'
-        f'root-certificates = "{certs / "ca.crt"}"\n'))
+    app = copy_app(tmp / "app", "loopback", f'address = "127.0.0.1:{control}"\n'
+                                            f'root-certificates = "{certs / "ca.crt"}"')
 
     # the SuperLink: TLS and SuperNode authentication
     link = cluster.start("superlink", [
@@ -233,7 +142,7 @@ def _federation_on_loopback(tmp: Path, cluster: Cluster) -> None:
         writer.writeheader()
         writer.writerows(table)
 
-    _wait("the SuperLink's Control API", lambda: f"Control API on 127.0.0.1:{control}" in link.text(), 120, (link,))
+    wait_for("the SuperLink's Control API", lambda: f"Control API on 127.0.0.1:{control}" in link.text(), 120, (link,))
 
     # register SuperNodes 0-3 (in parallel: every flwr CLI call imports TensorFlow)
     regs = [subprocess.Popen([str(BIN / "flwr"), "supernode", "register", str(certs / f"supernode-{k}.pub"),
@@ -261,7 +170,7 @@ def _federation_on_loopback(tmp: Path, cluster: Cluster) -> None:
     def activations(node_id: int) -> int:
         return link.text().count(f"Activated node_id={node_id}")
 
-    _wait("the 4 registered SuperNodes to connect", lambda: all(activations(i) for i in node_ids), 180,
+    wait_for("the 4 registered SuperNodes to connect", lambda: all(activations(i) for i in node_ids), 180,
           (link, *nodes, malformed))
 
     # the run: central DP (population = N from federation.json), strings quoted inside the run config
@@ -271,7 +180,7 @@ def _federation_on_loopback(tmp: Path, cluster: Cluster) -> None:
                   f"noise-multiplier=0.3 clip-norm=1.0")
     run = cluster.start("flwr-run", [str(BIN / "flwr"), "run", str(app), "loopback", "--stream",
                                      "--run-config", run_config], cwd=tmp)
-    _wait("round 1", lambda: re.search(r"^round\s+1/5", link.text(), re.M), 300, (link, run))
+    wait_for("round 1", lambda: re.search(r"^round\s+1/5", link.text(), re.M), 300, (link, run))
 
     # kill SuperNode 1 (and its ClientApp processes) after round 1
     killed_id = node_ids[1]
@@ -280,14 +189,14 @@ def _federation_on_loopback(tmp: Path, cluster: Cluster) -> None:
     round_at_kill = _node_round(tmp / "state-1")
     assert round_at_kill >= 1
     drop = re.compile(rf"round (\d+): train reply of node {killed_id} dropped: (.+)")
-    _wait("the killed node's reply to be dropped", lambda: drop.search(link.text()), 180, (link, run))
+    wait_for("the killed node's reply to be dropped", lambda: drop.search(link.text()), 180, (link, run))
     # restart it on the same key and state-dir. The SuperLink marks a silent node offline 2 heartbeat intervals
     # (2 x 30 s) after its last heartbeat, and refuses a SuperNode that comes back before that (the old one still
     # counts as online): then the new process exits and is started again.
     before = activations(killed_id)
     for attempt in range(4):
         restarted = supernode(1, fed / "device-1", name=f"supernode-1-restart-{attempt}")
-        if _wait("the restarted SuperNode to connect or be refused", lambda: activations(killed_id) > before
+        if wait_for("the restarted SuperNode to connect or be refused", lambda: activations(killed_id) > before
                  or restarted.popen.poll() is not None, 180, (link,)) and activations(killed_id) > before:
             break
         assert "FAILED_PRECONDITION" in restarted.text(), "the restarted SuperNode failed otherwise"
@@ -295,7 +204,7 @@ def _federation_on_loopback(tmp: Path, cluster: Cluster) -> None:
     else:
         raise AssertionError("the killed SuperNode could not reconnect")
 
-    _wait("the run to finish", lambda: run.popen.poll() is not None, 420, (link,))
+    wait_for("the run to finish", lambda: run.popen.poll() is not None, 420, (link,))
     server_log = link.text()
 
     # the stranger was refused and never took part
