@@ -340,13 +340,18 @@ def test_the_server_sends_each_round_its_own_secret_sampling_seed():
     from common.privacy import SamplingKey
     from server.strategy import UserFedAvg
 
+    from common.context import ContextEncoder
+    from common.schema import build_schema
+
+    schema = build_schema(["a"], ContextEncoder([], []), {"encoder": "test"}, np.zeros((1, 2), np.float32))
+
     class Grid:
         def get_node_ids(self):
-            return [1, 2, 3]
+            return [11, 12, 13]
 
     def seeds(key):
-        strategy = UserFedAvg(content=ArrayRecord(), optimizer=ServerOptimizer("adam", 0.1), sample_rate=0.5,
-                              sampling_key=key, eval_every=1, num_rounds=3)
+        strategy = UserFedAvg(content=ArrayRecord(), schema=schema, optimizer=ServerOptimizer("adam", 0.1),
+                              sample_rate=0.5, sampling_key=key, eval_every=1, num_rounds=3)
         out = []
         for r in (1, 2, 3):
             msgs = list(strategy.configure_train(r, to_record({"w": np.zeros(2, np.float32)}), ConfigRecord({}), Grid()))
