@@ -256,7 +256,8 @@ def device_recommend(
         return
     typer.echo(f"user {user}: theta_u {source}; global model of round {dev.round}; {len(items)} past engagements "
                f"excluded")
-    typer.echo(format_recommendations(recs, titles or list(dev.schema.item_ids)))
+    ids = list(dev.schema.item_ids)
+    typer.echo(format_recommendations(recs, [f"{i} {t}" for i, t in zip(ids, titles)] if titles else ids))
     typer.echo("score = user + context + shift + bias; no-ctx: the item's rank without the context; like: the "
                "user's past items most similar in phi space (cosine)")
 
@@ -270,7 +271,8 @@ def device_record(
     time: Optional[int] = typer.Option(None, help="Unix seconds of the engagement (default: now)."),
     label: Optional[float] = typer.Option(None, help="Label value if the dataset declares a label column "
                                                      "(default: min-label)."),
-    steps: int = typer.Option(20, help="Local steps that refresh theta_u against the stored global model."),
+    steps: Optional[int] = typer.Option(None, help="Local steps that refresh theta_u against the stored global "
+                                                   "model (default: local-steps, as in a round)."),
 ) -> None:
     """Record one engagement in the device's data (the next round trains on it) and refresh theta_u at once."""
     from client.device import refresh_theta
@@ -285,6 +287,7 @@ def device_record(
         theta, _ = dev.theta_for(user)
         items, ctx, times = dev.history(user)
         c = dev.cfg
+        steps = c.local_steps if steps is None else steps
         new = refresh_theta(dev.params, dev.item_h, theta, items, ctx, (times.max() - times) / SECONDS_PER_DAY,
                             steps=steps, lr=c.theta_lr, negatives=c.negatives, seed=len(items), l2=c.l2,
                             half_life_days=c.half_life_days, loss=c.loss)
