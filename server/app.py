@@ -20,7 +20,7 @@ from common.report import RELEASED_FILES, diagnostics_dir, format_round, write_r
 from common.privacy import (PrivacyLedger, RoundRecord, SamplingKey, SecureGaussian, calibrate_noise,
                             central_statement, local_guarantee)
 from server.checkpoint import CHECKPOINT_FILE, ServerState, check_resumable, load_checkpoint, save_checkpoint
-from server.content import content_vectors
+from server.content import item_content
 from server.strategy import AdaptiveClip, CentralDP, UserFedAvg
 
 __all__ = ["app", "run_federated"]
@@ -43,9 +43,10 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
               flush=True)
     ds = load_cached(str(resolve_dataset(cfg)))  # the server uses the public catalogue and context schema only
     t0 = time.perf_counter()
-    item_h = content_vectors(cfg, ds.item_texts)
+    content = item_content(cfg, ds.item_texts, ds.item_ids)
+    item_h = content.h
     content_seconds = time.perf_counter() - t0
-    shape = ModelShape(n_items=ds.n_items, text_dim=cfg.text_dim, dim=cfg.dim,
+    shape = ModelShape(n_items=ds.n_items, text_dim=content.width, dim=cfg.dim,
                        context_dim=ds.context_dim if cfg.use_context else 0, item_embedding=cfg.item_embedding)
     params = state.params if state else init_shared(shape, cfg.seed)
     n_members = int(training_members(np.asarray(ds.user_ids).astype(str), cfg.audit_fraction, cfg.seed).sum())
@@ -82,7 +83,7 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
             round=round_, params=strategy.latest, optimizer=strategy.optimizer, config=cfg.to_flwr(),
             rows=strategy.log.rows, ledger=dp.ledger.to_rows() if dp else [], clip_norm=dp.clip_norm if dp else None,
             noise_multiplier=dp.noise_multiplier if dp else None, best=strategy.best, sampling_key=sampling_key,
-            starts=starts))
+            starts=starts, content=content.descriptor))
         if dp is not None:
             dp.ledger.write_csv(run_dir / "privacy_ledger.csv")
 
@@ -118,6 +119,7 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
         "metrics": {**test_metrics(selected), "selected_round": selected.get("round")},
         "last_round_metrics": {**test_metrics(last), "round": last.get("round")},
         "rounds": rows,
+        "content": content.descriptor,
         "timings": {"content_encoder_s": content_seconds, "federated_total_s": time.perf_counter() - t_start,
                     "mean_round_s": sum(r["seconds"] for r in rows) / max(len(rows), 1)},
         "final_arrays": released,
