@@ -267,7 +267,7 @@ class SentenceEncoder:
     """
 
     def __init__(self, model_dir: str | Path, max_length: int = 256, batch: int = 128) -> None:
-        import transformers
+        transformers = _import_transformers()
         from transformers import AutoTokenizer
 
         transformers.logging.set_verbosity_error()
@@ -303,6 +303,28 @@ class SentenceEncoder:
             pooled = (states * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
             out[rows] = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
         return out
+
+
+def _import_transformers():
+    """transformers with its TensorFlow classes, imported without changing tf.keras for anyone else.
+
+    Importing them sets TF_USE_LEGACY_KERAS=1 (meant for Keras 3 setups). With the Keras 2.15 of this stack,
+    that makes tf.keras look for the absent tf_keras package in this process and in every process started
+    after it (Flower's Ray workers): "Keras cannot be imported". So tf.keras is resolved first, and the
+    variable is put back as it was.
+    """
+    import tensorflow as tf
+
+    before = os.environ.get("TF_USE_LEGACY_KERAS")
+    _ = tf.keras.backend  # resolves the lazy tf.keras to Keras 2 now
+    import transformers
+    import transformers.modeling_tf_utils  # noqa: F401  (where the variable is set)
+
+    if before is None:
+        os.environ.pop("TF_USE_LEGACY_KERAS", None)
+    else:
+        os.environ["TF_USE_LEGACY_KERAS"] = before
+    return transformers
 
 
 def _load_tf_model(model_dir: Path):
@@ -387,10 +409,10 @@ def content_descriptor(cfg: Config) -> dict[str, Any]:
         if not path.is_file():
             raise _file_error(path, "no such file", "nothing there", "give content-path the vectors file's path")
         return {**common, "model": cfg.content_path, "sha256": _sha256(path), "library": None}
-    import transformers
+    from importlib.metadata import version
 
     return {**common, "model": cfg.content_model, "sha256": _sha256(_resolve_model_dir(cfg.content_model)),
-            "library": f"transformers {transformers.__version__} (TensorFlow)", "pooling": "mean",
+            "library": f"transformers {version('transformers')} (TensorFlow)", "pooling": "mean",
             "normalize": "l2", "max_length": cfg.content_max_length}
 
 
