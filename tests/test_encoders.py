@@ -290,3 +290,14 @@ def test_the_sentence_encoder_leaves_tf_keras_to_keras_2(tiny_model):
                          env={**env, "MODEL": str(tiny_model), "TF_CPP_MIN_LOG_LEVEL": "3"},
                          cwd=Path(__file__).resolve().parents[1])
     assert res.stdout.strip().endswith("ok"), res.stderr[-2000:]
+
+
+def test_cold_start_users_are_those_whose_test_item_nobody_trained_on():
+    from common.federated import UserStore
+    from simulations.simulate import cold_test_users
+
+    # user 0 trained on items 0, 1; user 1 on item 2. Test items: 2 (user 1 engaged with it), 5 (nobody did)
+    store = UserStore(user_keys=np.array(["a", "b"]), offsets=np.array([0, 2, 3]), items=np.array([0, 1, 2]),
+                      age_days=np.zeros(3), ctx=np.zeros((3, 0)), val_item=np.array([5, 0]), val_ctx=np.zeros((2, 0)),
+                      test_item=np.array([2, 5]), test_ctx=np.zeros((2, 0)))
+    assert cold_test_users(store).tolist() == [False, True]  # a validation engagement (user 0's 5) is no training
