@@ -1,8 +1,8 @@
 """The server's checkpoint: everything a run needs to go on after an interruption, in one file.
 
 RUN_DIR/checkpoint.npz holds the global shared parameters, the server optimiser's state, the
-content descriptor (which encoder made h(c)), the round reached, the early-stopping choice, the round log, the SECRET sampling key and, for central DP,
-the privacy ledger and the clip norm. The checkpoint is server-secret: it is never released (the round
+content descriptor (which encoder made h(c)), the round reached, the early-stopping choice, the round log,
+the SECRET sampling key and, for central DP, the privacy ledger and the clip norm. The checkpoint is server-secret: it is never released (the round
 log holds unnoised counts, and the key would reveal who took part in every round). It is replaced atomically (written beside it, then renamed), so a crash never
 leaves half a checkpoint. The ledger is also written as privacy_ledger.csv next to it.
 """
@@ -145,8 +145,8 @@ def check_resumable(state: ServerState, cfg: Config, path: Path, content: dict[s
 
             content = content_descriptor(cfg)
         if content != state.content:
-            diffs = ", ".join(f"{k}={state.content.get(k)!r} there, {content.get(k)!r} here"
-                              for k in sorted(set(content) | set(state.content)) if content.get(k) != state.content.get(k))
+            keys = sorted(k for k in set(content) | set(state.content) if content.get(k) != state.content.get(k))
+            diffs = ", ".join(f"{k}={state.content.get(k)!r} there, {content.get(k)!r} here" for k in keys)
             raise ConfigError(f"resume: {path} was trained on item vectors h(c) from another content encoder "
                               f"({diffs}); its model does not fit these vectors. Resume with the checkpoint's encoder "
                               f"(model files and vectors file unchanged), or start a new run-dir.")
