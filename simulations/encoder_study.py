@@ -27,7 +27,8 @@ ENCODERS = ("word2vec", "sentence-encoder")
 
 def encoding_times(cfg: Config, n_large: int = 100_000) -> list[dict]:
     """Seconds to compute h(c) without the cache, per encoder: the run's catalogue, and n_large items whose
-    texts cycle through the catalogue's (the sentence encoder's model loading is timed apart)."""
+    texts cycle through the catalogue's (the sentence encoder's model loading is timed apart). Each `*_s` is
+    wall-clock time; `*_cpu_s` the process's CPU time (all threads), which a busy machine inflates less."""
     from server.content import SentenceEncoder, _resolve_model_dir, item_content
 
     ds = load_cached(str(resolve_dataset(cfg)))
@@ -39,23 +40,21 @@ def encoding_times(cfg: Config, n_large: int = 100_000) -> list[dict]:
         for name in ENCODERS:
             c = cfg.replace(content_encoder=name)
             row = {"encoder": name, "catalogue_items": len(texts)}
+
+            def timed(key: str, work) -> object:
+                t0, c0 = time.perf_counter(), time.process_time()
+                result = work()
+                row[f"{key}_s"], row[f"{key}_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
+                return result
+
             if name == "sentence-encoder":
-                t0 = time.perf_counter()
-                enc = SentenceEncoder(_resolve_model_dir(c.content_model), c.content_max_length, c.content_batch)
-                row["model_load_s"] = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                enc.encode(texts)
-                row["catalogue_s"] = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                enc.encode(large)
-                row[f"items_{n_large}_s"] = time.perf_counter() - t0
+                enc = timed("model_load", lambda: SentenceEncoder(_resolve_model_dir(c.content_model),
+                                                                  c.content_max_length, c.content_batch))
+                timed("catalogue", lambda: enc.encode(texts))
+                timed(f"items_{n_large}", lambda: enc.encode(large))
             else:
-                t0 = time.perf_counter()
-                item_content(c, texts, ds.item_ids)
-                row["catalogue_s"] = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                item_content(c, large, np.arange(n_large).astype(str))
-                row[f"items_{n_large}_s"] = time.perf_counter() - t0
+                timed("catalogue", lambda: item_content(c, texts, ds.item_ids))
+                timed(f"items_{n_large}", lambda: item_content(c, large, np.arange(n_large).astype(str)))
             out.append(row)
             print(json.dumps(row), flush=True)
     return out
