@@ -43,7 +43,7 @@ class Config:
     content_model: str = "sentence-transformers/all-MiniLM-L6-v2"  # sentence-encoder: local model directory,
                                      # or a name the library downloads (transformers, TensorFlow classes)
     content_max_length: int = 256    # sentence-encoder: tokens per item text (longer texts are cut)
-    content_batch: int = 128         # sentence-encoder: texts per forward pass (speed only)
+    content_batch: int = 32          # sentence-encoder: texts per forward pass (speed only)
     content_standardize: bool = True  # standardise h(c) per dimension over the catalogue (mean 0, std 1)
     text_dim: int = 64               # word2vec only: vector size (the other encoders have their own width)
     text_epochs: int = 15            # word2vec only

@@ -266,7 +266,7 @@ class SentenceEncoder:
     safetensors' numpy loader, so no PyTorch is needed).
     """
 
-    def __init__(self, model_dir: str | Path, max_length: int = 256, batch: int = 128) -> None:
+    def __init__(self, model_dir: str | Path, max_length: int = 256, batch: int = 32) -> None:
         transformers = _import_transformers()
         from transformers import AutoTokenizer
 
@@ -281,11 +281,24 @@ class SentenceEncoder:
             raise ContentError(f"content-model: {self.model_dir} could not be loaded as a Transformer encoder "
                                f"({type(e).__name__}: {e}). Fix: {_MODEL_FIX}.") from None
         self.width = int(self.model.config.hidden_size)
+        self._forward = self._graph()
+
+    def _graph(self):
+        """The model as one TensorFlow graph over int32 [batch, tokens] inputs (eager Keras calls measured
+        about 1.3x the CPU time); the inputs are those the tokenizer makes and the model takes."""
+        import tensorflow as tf
+
+        keys = [k for k in self.tokenizer.model_input_names if k in ("input_ids", "attention_mask", "token_type_ids")]
+        model = self.model
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)] * len(keys), reduce_retracing=True)
+        def forward(*inputs):
+            return model(**dict(zip(keys, inputs)), training=False).last_hidden_state  # [B, T, width]
+
+        return lambda enc: forward(*[tf.constant(enc[k], tf.int32) for k in keys]).numpy()
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """[len(texts), width] float32, L2-normalised mean-pooled token states."""
-        import tensorflow as tf
-
         texts = [str(t) for t in texts]
         out = np.zeros((len(texts), self.width), np.float32)
         if not texts:
@@ -296,9 +309,7 @@ class SentenceEncoder:
             rows = order[start:start + self.batch]
             enc = self.tokenizer([texts[i] for i in rows], truncation=True, max_length=self.max_length,
                                  padding=True, return_tensors="np")
-            inputs = {k: tf.constant(v) for k, v in enc.items()
-                      if k in ("input_ids", "attention_mask", "token_type_ids")}
-            states = self.model(**inputs, training=False).last_hidden_state.numpy()  # [B, T, width]
+            states = self._forward(enc)  # [B, T, width]
             mask = enc["attention_mask"][..., None].astype(np.float32)
             pooled = (states * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
             out[rows] = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)

@@ -129,6 +129,9 @@ def test_read_precomputed_keeps_the_file_order(tmp_path):
 def tiny_model(tmp_path_factory) -> Path:
     """A random 2-layer BERT (hidden 8) with a WordPiece vocabulary of this file's words, saved as a model
     directory: tf_model.h5, config.json and the tokenizer files."""
+    from server.content import _import_transformers
+
+    _import_transformers()  # a plain first import of transformers' TF classes would break tf.keras (see below)
     from transformers import BertConfig, BertTokenizerFast, TFBertModel
 
     path = tmp_path_factory.mktemp("tiny-bert")
