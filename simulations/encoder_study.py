@@ -60,9 +60,26 @@ def encoding_times(cfg: Config, n_large: int = 100_000) -> list[dict]:
     return out
 
 
-def run_study(cfg: Config, seeds: list[int], out: Path) -> dict:
-    """`simulate` (federated + baselines) for each seed and encoder (a run already in `out` is kept, so a study
-    can grow seed by seed); mean and sd of each system's metrics over the seeds."""
+def _baselines_only(cfg: Config, run_dir: Path) -> None:
+    """The centralized, context-free and popularity systems alone (no federation), as summary.json."""
+    from server.content import item_content
+    from simulations.simulate import run_baselines
+
+    ds = load_cached(str(resolve_dataset(cfg)))
+    t0 = time.perf_counter()
+    content = item_content(cfg, ds.item_texts, ds.item_ids)
+    content_s = time.perf_counter() - t0
+    systems, timings = run_baselines(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "summary.json").write_text(json.dumps({
+        "systems": systems, "content": {**content.descriptor, "width": content.width}, "config": cfg.to_flwr(),
+        "timings": {**timings, "content_s": content_s, "total_s": time.perf_counter() - t0}}, indent=2))
+
+
+def run_study(cfg: Config, seeds: list[int], out: Path, federated: bool = True) -> dict:
+    """`simulate` (federated + baselines; with federated=False the baselines alone) for each seed and encoder
+    (a run already in `out` is kept, so a study can grow seed by seed); mean and sd of each system's metrics
+    over the seeds."""
     from simulations.simulate import simulate
 
     k = cfg.top_k
@@ -70,8 +87,9 @@ def run_study(cfg: Config, seeds: list[int], out: Path) -> dict:
     for seed in seeds:
         for name in ENCODERS:
             run_dir = out / f"{name}-seed{seed}"
+            c = cfg.replace(content_encoder=name, seed=seed, run_dir=str(run_dir))
             if not (run_dir / "summary.json").is_file():
-                simulate(cfg.replace(content_encoder=name, seed=seed, run_dir=str(run_dir)))
+                simulate(c) if federated else _baselines_only(c, run_dir)
             summary = json.loads((run_dir / "summary.json").read_text())
             runs.append({"encoder": name, "seed": seed, "seconds": summary["timings"]["total_s"],
                          "content_s": summary["timings"]["content_s"], "content": summary["content"],
@@ -105,6 +123,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--set", dest="sets", action="append", default=[])
     p.add_argument("--timing-only", action="store_true")
+    p.add_argument("--no-federated", action="store_true", help="the baselines alone (no Flower simulation)")
     p.add_argument("--large", type=int, default=100_000)
     a = p.parse_args()
     cfg = config_from_mapping({**parse_overrides(a.sets), "data": a.data, "content-model": a.model})
@@ -113,7 +132,7 @@ def main() -> None:
         rows = encoding_times(cfg, a.large)
         (a.out / "timing.json").write_text(json.dumps(rows, indent=2))
         return
-    run_study(cfg, [int(s) for s in a.seeds.split(",")], a.out)
+    run_study(cfg, [int(s) for s in a.seeds.split(",")], a.out, federated=not a.no_federated)
 
 
 if __name__ == "__main__":
