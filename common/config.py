@@ -15,6 +15,7 @@ __all__ = ["Config", "ConfigError", "config_from_mapping", "parse_overrides"]
 PRIVACY_MODES = ("none", "central", "local", "local+central")
 SERVER_OPTIMIZERS = ("adam", "sgd")
 TEXT_POOLING = ("mean", "tfidf")
+CONTENT_ENCODERS = ("word2vec", "precomputed", "sentence-encoder")
 
 
 class ConfigError(ValueError):
@@ -38,11 +39,19 @@ class Config:
     population: int = 0              # N, the users in the federation (DP's q N and delta); a deployment must set
                                      # it under central DP; a simulation counts its dataset's users (0 = that)
 
-    # content encoder (server side, public catalogue)
-    text_dim: int = 64               # Word2Vec vector size, h(c) in R^text_dim
-    text_epochs: int = 15
-    text_window: int = 5
-    text_pooling: str = "tfidf"      # "mean" | "tfidf" pooling of word vectors into h(c)
+    # content encoder (server side, public catalogue): h(c) in R^width, width = the encoder's own
+    content_encoder: str = "word2vec"  # "word2vec" (trained on the catalogue) | "precomputed" (content-path)
+                                       # | "sentence-encoder" (pretrained Transformer, content-model)
+    content_path: str = ""           # precomputed: .npz (item_ids, vectors) or .parquet (item_id + vector) file
+    content_model: str = "sentence-transformers/all-MiniLM-L6-v2"  # sentence-encoder: local model directory,
+                                     # or a name the library downloads (transformers, TensorFlow classes)
+    content_max_length: int = 256    # sentence-encoder: tokens per item text (longer texts are cut)
+    content_batch: int = 32          # sentence-encoder: texts per forward pass (speed only)
+    content_standardize: bool = True  # standardise h(c) per dimension over the catalogue (mean 0, std 1)
+    text_dim: int = 64               # word2vec only: vector size (the other encoders have their own width)
+    text_epochs: int = 15            # word2vec only
+    text_window: int = 5             # word2vec only
+    text_pooling: str = "tfidf"      # word2vec only: "mean" | "tfidf" pooling of word vectors into h(c)
 
     # model
     dim: int = 32                    # theta_u, phi(c) in R^dim
@@ -112,6 +121,14 @@ class Config:
                 need(False, f.name, f"must be a number")
         need(self.synthetic_users >= 3, "synthetic_users", "must be >= 3")
         need(self.synthetic_items >= 20, "synthetic_items", "must be >= 20")
+        need(self.content_encoder in CONTENT_ENCODERS, "content_encoder", f"must be one of {CONTENT_ENCODERS}")
+        need(self.content_encoder != "precomputed" or self.content_path != "", "content_path",
+             "must name the vectors file with content-encoder=precomputed (.npz with arrays item_ids and vectors, "
+             "or .parquet with column item_id and a list column vector); e.g. --set content-path=vectors.npz")
+        need(self.content_encoder != "sentence-encoder" or self.content_model != "", "content_model",
+             "must name a local model directory or a model name with content-encoder=sentence-encoder")
+        need(self.content_max_length >= 2, "content_max_length", "must be >= 2 (tokens, [CLS] and [SEP] included)")
+        need(self.content_batch >= 1, "content_batch", "must be >= 1")
         need(self.text_dim >= 2, "text_dim", "must be >= 2")
         need(self.text_epochs >= 1, "text_epochs", "must be >= 1")
         need(self.text_pooling in TEXT_POOLING, "text_pooling", f"must be one of {TEXT_POOLING}")

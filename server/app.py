@@ -23,7 +23,7 @@ from common.privacy import (PrivacyLedger, RoundRecord, SamplingKey, SecureGauss
                             central_statement, local_guarantee)
 from server.checkpoint import CHECKPOINT_FILE, ServerState, check_resumable, load_checkpoint, save_checkpoint
 from common.schema import SCHEMA_FILE, PublicSchema, build_schema, declared_context
-from server.content import content_descriptor, content_vectors
+from server.content import item_content
 from server.strategy import AdaptiveClip, CentralDP, UserFedAvg
 
 __all__ = ["app", "run_federated", "public_inputs"]
@@ -36,8 +36,8 @@ def public_inputs(cfg: Config) -> tuple[PublicSchema, np.ndarray]:
     the context declaration only: the server never opens an interactions file."""
     spec, item_ids, item_texts = load_catalogue(resolve_dataset(cfg))
     context = declared_context(spec, cfg.context_declaration)
-    item_h = content_vectors(cfg, item_texts)
-    return build_schema(item_ids, context, content_descriptor(cfg), item_h), item_h
+    content = item_content(cfg, item_texts, item_ids)
+    return build_schema(item_ids, context, content.descriptor, content.h), content.h
 
 
 def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
@@ -102,7 +102,7 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
             round=round_, params=strategy.latest, optimizer=strategy.optimizer, config=cfg.to_flwr(),
             rows=strategy.log.rows, ledger=dp.ledger.to_rows() if dp else [], clip_norm=dp.clip_norm if dp else None,
             noise_multiplier=dp.noise_multiplier if dp else None, best=strategy.best, sampling_key=sampling_key,
-            starts=starts, schema_hash=schema.hash, run_token=run_token))
+            starts=starts, schema_hash=schema.hash, run_token=run_token, content=schema.content))
         if dp is not None:
             dp.ledger.write_csv(run_dir / "privacy_ledger.csv")
 
@@ -138,6 +138,7 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
         "metrics": {**test_metrics(selected), "selected_round": selected.get("round")},
         "last_round_metrics": {**test_metrics(last), "round": last.get("round")},
         "rounds": rows,
+        "content": dict(schema.content),
         "timings": {"content_encoder_s": content_seconds, "federated_total_s": time.perf_counter() - t_start,
                     "mean_round_s": sum(r["seconds"] for r in rows) / max(len(rows), 1)},
         "final_arrays": released,

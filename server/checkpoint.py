@@ -1,8 +1,8 @@
 """The server's checkpoint: everything a run needs to go on after an interruption, in one file.
 
 RUN_DIR/checkpoint.npz holds the global shared parameters, the server optimiser's state, the
-round reached, the early-stopping choice, the round log, the SECRET sampling key and, for central DP,
-the privacy ledger and the clip norm. The checkpoint is server-secret: it is never released (the round
+content descriptor (which encoder made h(c)), the round reached, the early-stopping choice, the round log,
+the SECRET sampling key and, for central DP, the privacy ledger and the clip norm. The checkpoint is server-secret: it is never released (the round
 log holds unnoised counts, and the key would reveal who took part in every round). It is replaced atomically (written beside it, then renamed), so a crash never
 leaves half a checkpoint. The ledger is also written as privacy_ledger.csv next to it.
 """
@@ -26,7 +26,7 @@ __all__ = ["ServerState", "save_checkpoint", "load_checkpoint", "check_resumable
 
 CHECKPOINT_FILE = "checkpoint.npz"
 #: settings a resumed run may change (everything else must equal the checkpoint's)
-RESUMABLE_CHANGES = ("num_rounds", "resume", "checkpoint_every")
+RESUMABLE_CHANGES = ("num_rounds", "resume", "checkpoint_every", "content_batch")
 
 
 @dataclass
@@ -36,7 +36,8 @@ class ServerState:
     params {name: array} global shared parameters; optimizer (its step and Adam moments);
     ledger [dict] the privacy ledger's rows (central DP); clip_norm and noise_multiplier of central DP
     (None without it); rows the round log; best (score, round, params | None) the evaluated round
-    kept by early stopping; config the run's settings (kebab-case).
+    kept by early stopping; config the run's settings (kebab-case); content the content descriptor of h(c)
+    (server.content.content_descriptor; None in a checkpoint written before descriptors existed).
     """
 
     round: int
@@ -52,6 +53,7 @@ class ServerState:
     starts: int = 1  # how many times the run has started (1 + resumes): each start may warm theta_u up again
     schema_hash: str | None = None  # the public schema the run was trained under (common.schema)
     run_token: str = ""  # the run's public id (devices count their local-DP rounds per run)
+    content: dict[str, Any] | None = None
 
 
 def save_checkpoint(path: Path, state: ServerState) -> None:
@@ -71,6 +73,7 @@ def save_checkpoint(path: Path, state: ServerState) -> None:
         "sampling_key": state.sampling_key.hex() if state.sampling_key else None, "starts": int(state.starts),
         "schema_hash": state.schema_hash, "run_token": state.run_token,
         "sampling_key_secret": bool(state.sampling_key.secret) if state.sampling_key else True,
+        "content": state.content,
         "optimizer": {"kind": opt.kind, "lr": opt.lr, "beta1": opt.beta1, "beta2": opt.beta2, "eps": opt.eps,
                       "step": opt.step},
     }
@@ -117,7 +120,8 @@ def load_checkpoint(path: Path) -> ServerState:
                        noise_multiplier=meta["noise_multiplier"],
                        best=(best_score, int(meta["best_round"]), groups["best"] or None),
                        sampling_key=_sampling_key(meta), starts=int(meta.get("starts", 1)),
-                       schema_hash=meta.get("schema_hash"), run_token=meta.get("run_token", ""))
+                       schema_hash=meta.get("schema_hash"), run_token=meta.get("run_token", ""),
+                       content=meta.get("content"))
 
 
 def _sampling_key(meta: dict) -> SamplingKey | None:
@@ -127,9 +131,11 @@ def _sampling_key(meta: dict) -> SamplingKey | None:
     return SamplingKey.from_hex(meta["sampling_key"], bool(meta.get("sampling_key_secret", True)))
 
 
-def check_resumable(state: ServerState, cfg: Config, path: Path) -> None:
-    """The run being resumed must be the checkpoint's run: same settings except RESUMABLE_CHANGES, more rounds
-    to go, and with target-epsilon the rounds it was calibrated for (more would exceed the budget)."""
+def check_resumable(state: ServerState, cfg: Config, path: Path, content: dict[str, Any] | None = None) -> None:
+    """The run being resumed must be the checkpoint's run: same settings except RESUMABLE_CHANGES, the same
+    content encoder (content: this run's content descriptor, default content_descriptor(cfg); compared with the
+    checkpoint's when it has one), more rounds to go, and with target-epsilon the rounds it was calibrated for
+    (more would exceed the budget)."""
     now = cfg.to_flwr()
     skip = {k.replace("_", "-") for k in RESUMABLE_CHANGES}
     changed = sorted(k for k in now if k not in skip and state.config.get(k) != now[k])
@@ -137,6 +143,17 @@ def check_resumable(state: ServerState, cfg: Config, path: Path) -> None:
         diffs = ", ".join(f"{k}={state.config.get(k)!r} there, {now[k]!r} here" for k in changed)
         raise ConfigError(f"resume: {path} belongs to a run with other settings ({diffs}). Resume with the "
                          f"checkpoint's settings, or start a new run-dir.")
+    if state.content is not None:
+        if content is None:
+            from server.content import content_descriptor
+
+            content = content_descriptor(cfg)
+        if content != state.content:
+            keys = sorted(k for k in set(content) | set(state.content) if content.get(k) != state.content.get(k))
+            diffs = ", ".join(f"{k}={state.content.get(k)!r} there, {content.get(k)!r} here" for k in keys)
+            raise ConfigError(f"resume: {path} was trained on item vectors h(c) from another content encoder "
+                              f"({diffs}); its model does not fit these vectors. Resume with the checkpoint's encoder "
+                              f"(model files and vectors file unchanged), or start a new run-dir.")
     if state.round >= cfg.num_rounds:
         raise ConfigError(f"resume: {path} is at round {state.round}, and num-rounds is {cfg.num_rounds}: nothing "
                          f"to do. Raise num-rounds to train on.")

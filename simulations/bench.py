@@ -38,7 +38,7 @@ def bench(cfg: Config, users: Sequence[int], items: int, rounds: int = 6, nodes:
         c = cfg.replace(data="synthetic", synthetic_users=int(n_users), synthetic_items=int(items),
                         sample_rate=1.0, num_rounds=max(2, rounds), eval_every=10**6, central_epochs=2)
         ds = load_cached(str(resolve_dataset(c)))
-        item_h = content_vectors(c, ds.item_texts)
+        item_h = content_vectors(c, ds.item_texts, ds.item_ids)
         store = UserStore.from_prepared(ds, np.arange(ds.n_users), use_context=c.use_context)
         _, _, epoch_s, _ = train_central(store, item_h, c)
         central = float(epoch_s[-1])

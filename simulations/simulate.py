@@ -18,7 +18,8 @@ from common.datasets import cache_dir, load_cached, resolve_dataset
 from common.federated import UserStore, evaluate_scores, evaluate_users, training_members
 from common.report import RELEASED_FILES, SYSTEMS, diagnostics_dir, plot_rounds, results_table
 
-__all__ = ["PROJECT_ROOT", "run_flower_simulation", "run_baselines", "simulate", "simulation_inputs"]
+__all__ = ["PROJECT_ROOT", "run_flower_simulation", "run_baselines", "simulate", "simulation_inputs",
+           "cold_test_users"]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,10 +85,17 @@ def run_flower_simulation(cfg: Config, num_nodes: int, verbose: bool = False) ->
     )
 
 
-def _summarise(m: dict[str, np.ndarray], k: int) -> dict[str, float]:
-    """Per-user metrics -> the means reported for a system."""
+def _summarise(m: dict[str, np.ndarray], k: int, cold: np.ndarray) -> dict[str, float]:
+    """Per-user metrics -> the means reported for a system; cold [users] marks the users whose test item no
+    training user engaged with (its HR@k is `hr@k-cold`, None when there is no such user)."""
     return {f"hr@{k}": float(m["hr"].mean()), f"ndcg@{k}": float(m["ndcg"].mean()),
-            f"hr@{k}-sampled": float(m["hr-sampled"].mean()), f"ndcg@{k}-sampled": float(m["ndcg-sampled"].mean())}
+            f"hr@{k}-sampled": float(m["hr-sampled"].mean()), f"ndcg@{k}-sampled": float(m["ndcg-sampled"].mean()),
+            f"hr@{k}-cold": float(m["hr"][cold].mean()) if cold.any() else None, "cold_users": int(cold.sum())}
+
+
+def cold_test_users(store: UserStore) -> np.ndarray:
+    """[n_users] bool: the user's test item is an item that no user of the store engaged with in training."""
+    return ~np.isin(store.test_item, store.items)
 
 
 def run_baselines(cfg: Config, say: Callable[[str], None] = print) -> tuple[dict, dict]:
@@ -99,7 +107,7 @@ def run_baselines(cfg: Config, say: Callable[[str], None] = print) -> tuple[dict
     from server.content import content_vectors
 
     ds = load_cached(str(resolve_dataset(cfg)))
-    item_h = content_vectors(cfg, ds.item_texts)
+    item_h = content_vectors(cfg, ds.item_texts, ds.item_ids)  # the server's h(c) (from the cache it filled)
     k = cfg.top_k
     members = np.flatnonzero(training_members(np.asarray(ds.user_ids).astype(str), cfg.audit_fraction, cfg.seed))
     systems, timings = {}, {}
@@ -116,14 +124,15 @@ def run_baselines(cfg: Config, say: Callable[[str], None] = print) -> tuple[dict
 
         params, theta, epoch_s, selected = train_central(store, item_h, c, progress, validate)
         say(f"{name}: best validation HR@{k} at epoch {selected}")
-        systems[name] = _summarise(evaluate_users(params, theta, store, item_h, c, "test"), k)
+        systems[name] = _summarise(evaluate_users(params, theta, store, item_h, c, "test"), k, cold_test_users(store))
         timings[f"{name}_total_s"] = time.perf_counter() - t0
         timings[f"{name}_epoch_s"] = float(np.mean(epoch_s))
         systems[name]["selected_epoch"] = selected
     store = UserStore.from_prepared(ds, members, use_context=False)
     pop = popularity_scores(store, ds.n_items)
     systems["popularity"] = _summarise(evaluate_scores(
-        lambda users: np.broadcast_to(pop, (len(users), ds.n_items)), store, ds.n_items, cfg, "test"), k)
+        lambda users: np.broadcast_to(pop, (len(users), ds.n_items)), store, ds.n_items, cfg, "test"), k,
+        cold_test_users(store))
     return systems, timings
 
 
@@ -148,6 +157,13 @@ def simulate(cfg: Config, num_nodes: int = 2, verbose: bool = False, baselines: 
     say(f"data: {data_path} ({ds.n_users} users, {ds.n_items} items, {len(ds.train)} training engagements, "
         f"context {list(ds.context_names)}) in {data_s:.1f}s")
     num_nodes = max(1, min(num_nodes, ds.n_users))
+    from server.content import item_content
+
+    t0 = time.perf_counter()  # h(c) before the federation: a bad vectors file or model fails here with its fix,
+    content = item_content(cfg, ds.item_texts, ds.item_ids)  # and the server and baselines read it from the cache
+    content_s = time.perf_counter() - t0
+    say(f"content: {cfg.content_encoder} ({content.descriptor['model']}), h(c) width {content.width}, "
+        f"{content_s:.1f}s")
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     run_flower_simulation(cfg, num_nodes, verbose)
@@ -158,7 +174,7 @@ def simulate(cfg: Config, num_nodes: int = 2, verbose: bool = False, baselines: 
         raise RuntimeError(f"the federated run wrote no results ({fed_file}); rerun with --verbose to see why")
     fed = json.loads(fed_file.read_text())
     systems = {"federated": fed["metrics"]}
-    timings = {"data_s": data_s, "federated_s": federated_s, **fed["timings"]}
+    timings = {"data_s": data_s, "content_s": content_s, "federated_s": federated_s, **fed["timings"]}
     if baselines:
         base, base_t = run_baselines(cfg, say)
         systems.update(base)
@@ -169,6 +185,7 @@ def simulate(cfg: Config, num_nodes: int = 2, verbose: bool = False, baselines: 
                     "train_engagements": len(ds.train), "context": list(ds.context_names),
                     "cleaning": ds.cleaning},
         "systems": {s: systems[s] for s in SYSTEMS if s in systems},
+        "content": {**content.descriptor, "width": content.width},
         **({"privacy": fed["privacy"]} if fed.get("privacy") else {}),
         "config": cfg.to_flwr(),
         "nodes": num_nodes,

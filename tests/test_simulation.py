@@ -283,3 +283,28 @@ def test_bench_prints_the_ratio_and_the_cost_of_dp(tmp_path):
     assert result["ratio"] == pytest.approx(result["federated_round_s"] / result["centralized_epoch_s"], rel=0.05)
     assert result["dp_cost_central"] == pytest.approx(
         result["federated_round_s_central"] / result["federated_round_s"], rel=0.05)
+
+
+def test_simulate_with_precomputed_vectors_of_any_width(small_synthetic, tmp_path):
+    """content-encoder=precomputed: the model's content tower takes the file's width, the run records which
+    encoder made h(c), and a file that misses items stops the command with the file and the fix."""
+    from common.data import load_dataset
+
+    ids = np.asarray(load_dataset(small_synthetic).item_ids)
+    vectors = tmp_path / "vectors.npz"
+    np.savez(vectors, item_ids=ids[::-1], vectors=np.random.default_rng(0).normal(size=(len(ids), 5)))
+    out = tmp_path / "run"
+    res = _fedctx("simulate", "--data", str(small_synthetic), "--no-baselines", *SMALL, "--set", "num-rounds=1",
+                  "--set", "content-encoder=precomputed", "--set", f"content-path={vectors}", "--out", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert np.load(out / "item_vectors.npy").shape == (len(ids), 5)
+    assert np.load(out / "global_model.npz")["tower.kernel"].shape == (5, 4)  # [width of h(c), dim]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["content"]["encoder"] == "precomputed" and summary["content"]["width"] == 5
+    assert len(summary["content"]["sha256"]) == 64
+
+    np.savez(vectors, item_ids=ids[1:], vectors=np.zeros((len(ids) - 1, 5)))
+    res = CliRunner().invoke(cli, ["simulate", "--data", str(small_synthetic), "--set", "content-encoder=precomputed",
+                                   "--set", f"content-path={vectors}", "--out", str(tmp_path / "run2")])
+    assert res.exit_code == 2
+    assert f"content-path: {vectors}: every catalogue item needs a vector" in res.output and "Fix:" in res.output
