@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 import time as _time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from client.node import CONTENT_FILE, DEVICE_FILE, GLOBAL_MODEL_FILE, NODE_STATE_FILE
+from client.node import CONTENT_FILE, DEVICE_FILE, GLOBAL_MODEL_FILE, NODE_STATE_FILE, _atomic_savez, atomic_write
 from common.config import Config, config_from_mapping
 from common.data import DataError, _read_interactions, load_catalogue, read_spec
 from common.federated import SECONDS_PER_DAY
@@ -147,7 +145,7 @@ class DeviceState:
         """Keep a refreshed theta_u: in node-state.npz without local DP, else in serving.npz (see the module)."""
         if self.cfg.local_dp:
             serving = {**self._serving(), user: theta_u}
-            _savez(self.state_dir / SERVING_FILE, round=np.array(self.round), users=np.array(list(serving), str),
+            _atomic_savez(self.state_dir / SERVING_FILE, round=np.array(self.round), users=np.array(list(serving), str),
                    theta=np.stack(list(serving.values())).astype(np.float32))
             return "serving copy (local DP: the trained theta_u is left as it is)"
         pos = np.flatnonzero(self.user_keys == user)
@@ -160,7 +158,7 @@ class DeviceState:
             self.taken = np.append(self.taken, 0)
         with np.load(self.state_dir / NODE_STATE_FILE) as f:
             extra = {k: f[k] for k in f.files if k not in ("user_keys", "theta", "ready", "taken")}
-        _savez(self.state_dir / NODE_STATE_FILE, user_keys=self.user_keys, theta=self.theta, ready=self.ready,
+        _atomic_savez(self.state_dir / NODE_STATE_FILE, user_keys=self.user_keys, theta=self.theta, ready=self.ready,
                taken=self.taken, **extra)
         return "node-state (training goes on from it)"
 
@@ -199,29 +197,14 @@ class DeviceState:
             table = pq.read_table(path)
             new = pa.Table.from_pylist([{k: row.get(k) for k in table.column_names}])
             table = pa.concat_tables([table, new.cast(table.schema)])
-            _atomic_write(path, lambda p: pq.write_table(table, p))
+            atomic_write(path, lambda p: pq.write_table(table, p))
         else:
             header = pd.read_csv(path, nrows=0).columns
             line = pd.DataFrame([{k: row.get(k) for k in header}]).to_csv(index=False, header=False)
             body = path.read_bytes()
             sep = b"" if body.endswith(b"\n") or not body else b"\n"
-            _atomic_write(path, lambda p: Path(p).write_bytes(body + sep + line.encode()))
+            atomic_write(path, lambda p: Path(p).write_bytes(body + sep + line.encode()))
         return row
-
-
-def _savez(path: Path, **arrays: np.ndarray) -> None:
-    _atomic_write(path, lambda p: np.savez(p, **arrays), suffix=".npz")
-
-
-def _atomic_write(path: Path, write, suffix: str = "") -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=suffix or path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def catalogue_titles(state: DeviceState) -> list[str] | None:

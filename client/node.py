@@ -85,16 +85,21 @@ def _load_store(path: Path, key: str) -> UserStore | None:
         return None
 
 
-def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
+def atomic_write(path: Path, write) -> None:
+    """write(tmp) into a temporary file beside `path`, then rename it over `path` (never half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".npz")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
     os.close(fd)
     try:
-        np.savez(tmp, **arrays)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
+    atomic_write(path, lambda tmp: np.savez(tmp, **arrays))
 
 
 _MEMBERS: dict[tuple[int, float, int], tuple[UserStore, np.ndarray]] = {}
@@ -125,6 +130,7 @@ class Node:
     state_dir: Path | None = None
     data_dir: Path | None = None  # a device's own dataset directory (simulation: the run's, shared)
     simulated: bool = False  # a shard of a simulation's dataset, not a device's own data
+    content_received: bool = False  # this message brought h(c) and the schema
     round: int = 0  # the last server round this node worked on
     params: dict[str, np.ndarray] | None = None  # the latest global model received
     warmed: np.ndarray | None = None  # [U] warm starts of theta_u in this run (each one a DP release under local DP)
@@ -229,7 +235,7 @@ class Node:
         _atomic_savez(d / NODE_STATE_FILE, theta=self.theta, ready=self.ready, taken=self.taken, warmed=self.warmed,
                       user_keys=self.store.user_keys, round=np.array(self.round), schema_hash=np.array(self.schema.hash),
                       run_token=np.array(self.run_token))
-        if not (d / SCHEMA_FILE).is_file() or PublicSchema.read(d / SCHEMA_FILE).hash != self.schema.hash:
+        if self.content_received or not (d / SCHEMA_FILE).is_file():  # h(c) and the schema change only then
             _atomic_savez(d / CONTENT_FILE, item_h=self.item_h)
             self.schema.write(d / SCHEMA_FILE)
         if self.params is not None:
@@ -354,6 +360,7 @@ def node_for(context: Context, content: RecordDict | None = None, training: bool
     nc = context.node_config
     state_dir = _state_dir(cfg, nc)
     schema, item_h, want = _message_schema(content)
+    received = schema is not None
     if schema is None:
         schema, item_h = _stored_schema(context, state_dir)
     if schema is None:
@@ -379,7 +386,8 @@ def node_for(context: Context, content: RecordDict | None = None, training: bool
     node = Node(cfg=cfg, store=store, theta=saved["theta"], ready=saved["ready"], taken=saved["taken"],
                 item_h=item_h, schema=schema, state_dir=state_dir,
                 data_dir=Path(str(nc["data-dir"] if "data-dir" in nc else resolve_dataset(cfg))), round=at,
-                warmed=saved["warmed"], run_token=token or saved["run_token"], simulated="data-dir" not in nc)
+                warmed=saved["warmed"], run_token=token or saved["run_token"], simulated="data-dir" not in nc,
+                content_received=received)
     if round_ is not None and round_ > 1 and cfg.checkpoint_every and (round_ - 1) % cfg.checkpoint_every == 0 \
             and at == round_ - 1:
         node.snapshot(round_ - 1)
