@@ -13,13 +13,20 @@ import os
 import sys
 import time
 
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.client.mod import secaggplus_mod
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+from flwr.common.recorddict_compat import fitres_to_recorddict
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
 from client.node import Node, node_for
-from common.protocol import METRICS, UPDATE
+from common.params import from_record
+from common.protocol import CONFIG, METRICS, UPDATE
+from common.secagg import pack
 
-__all__ = ["app", "train_reply", "evaluate_reply", "NODE_THREADS_ENV", "TIMINGS_FILE"]
+__all__ = ["app", "train_reply", "evaluate_reply", "secure_aggregation_mod", "NODE_THREADS_ENV", "TIMINGS_FILE",
+           "REQUIRE_SECURE_AGGREGATION"]
 
 #: state-dir/timings.csv: where each message's time went on this node (stays on the node)
 TIMINGS_FILE = "timings.csv"
@@ -35,16 +42,42 @@ if os.environ.get(NODE_THREADS_ENV):
     except RuntimeError:  # TensorFlow already running in this process: keep its pools
         pass
 
-app = ClientApp()
+#: node-config key: "true" makes the node refuse every training message that is not part of a SecAgg+ round
+REQUIRE_SECURE_AGGREGATION = "require-secure-aggregation"
+
+
+def secure_aggregation_mod(msg: Message, context: Context, call_next):
+    """Flower's own `secaggplus_mod` for the training messages of a SecAgg+ round (they carry its record);
+    other messages pass. With node-config require-secure-aggregation=true a plain training message is refused:
+    the device's owner, not the server, decides that its update is never sent in clear."""
+    if msg.metadata.message_type == MessageType.TRAIN:
+        if RECORD_KEY_CONFIGS in msg.content.config_records:
+            return secaggplus_mod(msg, context, call_next)
+        if str(context.node_config.get(REQUIRE_SECURE_AGGREGATION, "false")).lower() == "true":
+            raise PermissionError("this node requires secure aggregation (node-config require-secure-aggregation="
+                                  "true) and the server asked for a plain training reply; nothing was sent. Run "
+                                  "the federation with --run-config secure-aggregation=true.")
+    return call_next(msg, context)
+
+
+app = ClientApp(mods=[secure_aggregation_mod])
 
 
 def train_reply(node: Node, content: RecordDict) -> RecordDict:
     """What a node sends back after a training round: {"update": ArrayRecord, "metrics": MetricRecord}.
 
     Nothing else: no timing (a node's compute time grows with its users' numbers of engagements), so a reply is
-    a function of the shared parameters, the node's data and its randomness only."""
+    a function of the shared parameters, the node's data and its randomness only. In a SecAgg+ round the reply
+    is instead the packed vector (common.secagg.pack) in Flower's FitRes layout, which secaggplus_mod masks:
+    its arrays are cleared before the reply leaves, and it carries no metric in clear."""
     update, metrics = node.train_round(content)
-    return RecordDict({UPDATE: update, METRICS: MetricRecord(metrics)})
+    if RECORD_KEY_CONFIGS not in content.config_records:
+        return RecordDict({UPDATE: update, METRICS: MetricRecord(metrics)})
+    conf = content.config_records[CONFIG]
+    packed = pack(from_record(update), int(metrics["num-users"]), float(metrics.get("clip-shifted-count", 0.0)),
+                  int(conf["secagg-max-users"]), float(conf["clip-norm"]))
+    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(packed), num_examples=1, metrics={})
+    return fitres_to_recorddict(fitres, keep_input=False)
 
 
 def evaluate_reply(node: Node, content: RecordDict) -> RecordDict:

@@ -171,6 +171,11 @@ class Node:
         round_ = int(conf["server-round"])
         sampled = np.flatnonzero(poisson_sample(self.store.user_keys, float(conf["sample-rate"]),
                                                 int(conf["sampling-seed"]), round_) & self.members)
+        secure = "secagg-max-users" in conf  # secure aggregation: a public bound on every value (common.secagg)
+        if secure and len(sampled) > int(conf["secagg-max-users"]):
+            raise ValueError(f"this node sampled {len(sampled)} users this round, more than secagg-max-users = "
+                             f"{int(conf['secagg-max-users'])}; it sends nothing (the server counts it as dropped). "
+                             f"Raise secagg-max-users to the most users one node holds.")
         if len(sampled) == 0:
             zero = {k: np.zeros_like(v) for k, v in params.items()}
             return to_record(zero), self._train_metrics(0, 0, 0.0)
@@ -181,7 +186,7 @@ class Node:
         self.theta[sampled] = new_theta
         shapes = {k: v.shape for k, v in params.items()}
         scale, extra = None, {}
-        if self.cfg.central_dp:  # each user's whole update is clipped (DP-FedAvg)
+        if self.cfg.central_dp or secure:  # each user's whole update is clipped (DP-FedAvg; SecAgg's bound)
             clip = float(conf.get("clip-norm", self.cfg.clip_norm))  # the server's C of this round
             norms = updates.norms()
             scale = clip_factors(norms, clip)

@@ -75,6 +75,12 @@ class Config:
     server_optimizer: str = "adam"   # "adam" (FedAdam, Reddi et al. 2021) | "sgd" (FedAvg)
     server_lr: float = 0.02
     server_adam_eps: float = 1e-8    # Adam's eps at the server (the floor of its per-coordinate step denominator)
+    secure_aggregation: bool = False  # SecAgg+ (Flower's): the server learns only the sum of each round's nodes
+    secagg_max_users: int = 0        # U: the most users one node trains in a round (a public bound SecAgg+ scales
+                                     # by); a device serves 1; 0 = the largest shard (simulation only)
+    secagg_shares: int = 0           # SecAgg+ k: a node's secrets are shared with k - 1 neighbours (0 = all nodes
+                                     # up to 2 ceil(log2 n) + 1)
+    secagg_threshold: int = 0        # SecAgg+ t: shares that rebuild a secret (0 = a majority of k, at least 2)
     privacy: str = "none"            # "none" | "central" (user-level DP-FedAvg: clip per user, noise at the server)
                                      # | "local" (example-level DP-SGD on the device) | "local+central" (both)
     target_epsilon: float = 0.0      # > 0: calibrate noise-multiplier so all planned rounds stay within it
@@ -152,6 +158,17 @@ class Config:
         need(self.server_lr > 0, "server_lr", "must be > 0")
         need(self.server_adam_eps > 0, "server_adam_eps", "must be > 0")
         need(self.privacy in PRIVACY_MODES, "privacy", f"must be one of {PRIVACY_MODES}")
+        need(self.secagg_max_users >= 0, "secagg_max_users", "must be >= 0 (0 = the largest shard, simulation only)")
+        need(self.secagg_shares >= 0, "secagg_shares", "must be >= 0 (0 = automatic)")
+        need(self.secagg_threshold == 0 or self.secagg_threshold >= 2, "secagg_threshold",
+             "must be 0 (automatic) or >= 2 (one share would let the server rebuild a node's secret alone)")
+        need(self.secagg_threshold == 0 or self.secagg_shares == 0 or self.secagg_threshold <= self.secagg_shares,
+             "secagg_threshold", "must be <= secagg-shares")
+        if self.secure_aggregation and self.privacy == "local":
+            need(not self.item_embedding, "item_embedding",
+                 "must be false with secure-aggregation and privacy=local (secure aggregation clips each user's "
+                 "update to clip-norm, and a local-DP update of the item table is noised after its user's rows); "
+                 "use privacy=central, or item-embedding=false")
         need(self.target_epsilon >= 0, "target_epsilon", "must be >= 0 (0 = use noise-multiplier as given)")
         need(0 <= self.delta < 1, "delta", "must be in [0, 1) (0 = 0.1 / number of users)")
         need(self.noise_multiplier >= 0, "noise_multiplier", "must be >= 0")

@@ -24,7 +24,7 @@ from common.privacy import (PrivacyLedger, RoundRecord, SamplingKey, SecureGauss
 from server.checkpoint import CHECKPOINT_FILE, ServerState, check_resumable, load_checkpoint, save_checkpoint
 from common.schema import SCHEMA_FILE, PublicSchema, build_schema, declared_context
 from server.content import item_content
-from server.strategy import AdaptiveClip, CentralDP, UserFedAvg
+from server.strategy import AdaptiveClip, CentralDP, SecureAggregation, UserFedAvg
 
 __all__ = ["app", "run_federated", "public_inputs"]
 
@@ -97,6 +97,19 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
               + (f" (adaptive, target quantile {cfg.clip_quantile})" if adaptive else "")
               + f", noise multiplier {z:.4f}, Poisson sampling q = {cfg.sample_rate}, delta = {delta:.3g}", flush=True)
 
+    secure = None
+    if cfg.secure_aggregation:
+        if cfg.secagg_max_users < 1:
+            raise ConfigError("secagg-max-users: secure aggregation scales every node's sum by U, the most users one "
+                              "node trains in a round (a public bound). Set --run-config secagg-max-users=1 for "
+                              "devices that serve one user (a simulation sets it itself).")
+        secure = SecureAggregation(max_users=cfg.secagg_max_users, clip_norm=cfg.clip_norm, shares=cfg.secagg_shares,
+                                   threshold=cfg.secagg_threshold, timeout=cfg.round_timeout)
+        print(f"secure aggregation: SecAgg+ (Flower's secaggplus_mod on the nodes); the server learns only each "
+              f"round's sum over nodes; each user's update is clipped to {cfg.clip_norm}"
+              + (" (the first round's; it adapts)" if cfg.adaptive_clip and cfg.central_dp else "")
+              + f" and a node trains at most secagg-max-users = {cfg.secagg_max_users} users a round", flush=True)
+
     def write_checkpoint(round_: int) -> None:
         save_checkpoint(checkpoint, ServerState(
             round=round_, params=strategy.latest, optimizer=strategy.optimizer, config=cfg.to_flwr(),
@@ -114,6 +127,7 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
         on_round=lambda row: print(format_round(row, cfg.num_rounds, cfg.top_k), flush=True),
         dp=dp, select_key=None if cfg.private else f"val-hr@{cfg.top_k}", round_offset=state.round if state else 0,
         checkpoint_every=cfg.checkpoint_every if checkpoint is not None else 0, on_checkpoint=write_checkpoint,
+        secure=secure,
     )
     if state is not None:
         strategy.log.rows = list(state.rows)

@@ -22,14 +22,19 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
 from common.aggregation import ServerOptimizer, sum_updates
 from common.params import from_record, to_record
 from common.privacy import (PrivacyLedger, SamplingKey, SecureGaussian, adaptive_sum_noise, next_clip_norm,
                             noisy_mean)
 from common.protocol import CONTENT, METRICS, RUN_TOKEN, SCHEMA, SCHEMA_HASH, SCHEMA_JSON, UPDATE
 from common.schema import PublicSchema
+from common.secagg import STATS, error_bound, unpack, value_names
+from server.secagg import SecAggAbort, SecureRound
 
-__all__ = ["UserFedAvg", "RoundLog", "CentralDP", "AdaptiveClip", "reply_problem", "wait_for_nodes"]
+__all__ = ["UserFedAvg", "RoundLog", "CentralDP", "AdaptiveClip", "SecureAggregation", "reply_problem",
+           "wait_for_nodes"]
 
 #: how often the server says it is still waiting for nodes (seconds)
 WAIT_LOG_EVERY = 10.0
@@ -131,6 +136,21 @@ class CentralDP:
         return adaptive_sum_noise(self.noise_multiplier, self.adaptive.count_stddev)
 
 
+@dataclass(frozen=True)
+class SecureAggregation:
+    """SecAgg+ on every training round (server.secagg): the server learns only the sum over the round's nodes.
+
+    max_users: U, the most users one node trains in a round; shares, threshold: SecAgg+'s k and t (0 = auto,
+    common.secagg.shares_and_threshold); clip_norm: C without central DP (each user's update is clipped to C:
+    the quantisation needs a public bound); timeout: seconds per protocol stage."""
+
+    max_users: int
+    clip_norm: float
+    shares: int = 0
+    threshold: int = 0
+    timeout: float = 600.0
+
+
 @dataclass
 class RoundLog:
     """What the server learned in each round (scalars only)."""
@@ -168,7 +188,8 @@ class UserFedAvg(FedAvg):
                  sample_rate: float, sampling_key: SamplingKey, eval_every: int, num_rounds: int, min_nodes: int = 1, run_token: str = "",
                  on_round: Callable[[dict], None] | None = None,
                  dp: CentralDP | None = None, select_key: str | None = "val-hr@10", round_offset: int = 0,
-                 checkpoint_every: int = 0, on_checkpoint: Callable[[int], None] | None = None) -> None:
+                 checkpoint_every: int = 0, on_checkpoint: Callable[[int], None] | None = None,
+                 secure: SecureAggregation | None = None) -> None:
         super().__init__(fraction_train=1.0, fraction_evaluate=1.0, weighted_by_key="num-users",
                          min_train_nodes=min_nodes, min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes)
         self.content = content
@@ -196,6 +217,9 @@ class UserFedAvg(FedAvg):
         self._eval_arrays: ArrayRecord | None = None
         self._row: dict[str, float | int] = {}
         self._t0 = time.perf_counter()
+        self.secure = secure
+        self._round: SecureRound | None = None  # this round's SecAgg+ state
+        self._abort: str | None = None  # why this secure round cannot finish
 
     def _messages(self, node_ids: list[int], arrays: ArrayRecord, config: ConfigRecord,
                   message_type: str) -> list[Message]:
@@ -212,12 +236,13 @@ class UserFedAvg(FedAvg):
         self._sent = out  # the grid sets their message ids when it pushes them (see _source)
         return out
 
-    def _source(self, msg: Message) -> int:
+    def _source(self, msg: Message, sent: list[Message] | None = None) -> int:
         """The node a reply speaks for. An error reply the SuperLink makes for an unreachable node ("Node
-        Unavailable") comes from the SuperLink itself; it answers one of our messages, whose destination it names."""
+        Unavailable") comes from the SuperLink itself; it answers one of our messages (`sent`, default this
+        phase's), whose destination it names."""
         if msg.metadata.src_node_id != SUPERLINK_NODE_ID:
             return msg.metadata.src_node_id
-        sent = {m.metadata.message_id: m.metadata.dst_node_id for m in self._sent}
+        sent = {m.metadata.message_id: m.metadata.dst_node_id for m in (self._sent if sent is None else sent)}
         return sent.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
 
     def _drop(self, server_round: int, phase: str, node_id: int, reason: str) -> None:
@@ -256,38 +281,47 @@ class UserFedAvg(FedAvg):
         if self.dp is not None:
             config["clip-norm"] = float(self.dp.clip_norm)  # this round's C (it moves with adaptive clipping)
         self._asked = wait_for_nodes(grid, self.min_nodes)
-        return self._messages(self._asked, arrays, config, MessageType.TRAIN)
+        if self.secure is None:
+            return self._messages(self._asked, arrays, config, MessageType.TRAIN)
+        return self._secure_messages(server_round, arrays, config, grid)
+
+    def _secure_messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                         grid: Grid) -> list[Message]:
+        """SecAgg+ setup and key sharing, then the training messages (with each node's forwarded shares)."""
+        sec = self.secure
+        config["clip-norm"] = float(self.dp.clip_norm if self.dp is not None else sec.clip_norm)
+        config["secagg-max-users"] = int(sec.max_users)
+        names = sorted(self.current or {})
+        shapes = [self.current[k].shape for k in names] + [(2,)]
+        self._abort = None
+        self._round = SecureRound(
+            grid=grid, nodes=list(self._asked), server_round=server_round, shapes=shapes, timeout=sec.timeout,
+            drop=lambda nid, stage, reason: self._drop(server_round, f"secagg-{stage}", nid, reason),
+            source=self._source, shares=sec.shares, threshold=sec.threshold)
+        try:
+            self._round.setup()
+            self._round.share_keys()
+        except SecAggAbort as exc:
+            self._abort = str(exc)
+            self._sent = []
+            return []
+        nodes = sorted(self._round.active)
+        msgs = self._messages(nodes, arrays, config, MessageType.TRAIN)
+        for msg in msgs:
+            msg.content.config_records[RECORD_KEY_CONFIGS] = self._round.collect_record(msg.metadata.dst_node_id)
+        return msgs
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.round_offset
-        clip = self.dp.clip_norm if self.dp is not None else None
-        adaptive = self.dp is not None and self.dp.adaptive is not None
-        valid = self._sort(server_round, "train", replies, self._asked,
-                           lambda c: reply_problem(c, self.current or {}, clip, adaptive))
-        nodes = {"nodes-asked": len(self._asked), "nodes-replied": len(valid),
-                 "nodes-failed": len(self._asked) - len(valid)}
-        if len(valid) < self.min_nodes:
-            log(WARNING, "round %s: %d of %d nodes replied well, min-nodes is %d: the round is skipped (the model "
-                "is unchanged%s)", server_round, len(valid), len(self._asked), self.min_nodes,
-                "; nothing is released, so nothing is accounted" if self.dp is not None else "")
-            self._row = {"round": server_round, "users": 0, **nodes, "skipped": 1}
+        if self.secure is not None:
+            summed = self._secure_sum(server_round, replies)
+        else:
+            summed = self._plain_sum(server_round, replies)
+        if summed is None:
             return None, None
-        sums, users, examples, loss, shifted = [], 0, 0, 0.0, 0.0
-        has_loss = True  # under local DP nodes send no example count and no loss (see client.node)
-        for msg in valid:
-            metrics = msg.content.metric_records[METRICS]
-            n = int(metrics["num-users"])
-            if n > 0:
-                sums.append(from_record(msg.content.array_records[UPDATE]))
-            users += n
-            has_loss = has_loss and "train-loss-sum" in metrics
-            examples += int(metrics.get("num-examples", 0))
-            loss += float(metrics.get("train-loss-sum", 0.0))
-            shifted += float(metrics.get("clip-shifted-count", 0.0))
-        self._row = {"round": server_round, "users": users, **nodes}
-        if has_loss:
-            self._row.update({"examples": examples, "train-loss": loss / max(users, 1)})
+        sums, users, shifted, extra = summed
+        self._row = {"round": server_round, "users": users, **extra}
         if self.current is None:
             return None, MetricRecord({"num-users": 0})
         if self.dp is not None:  # a DP round counts (and is noised) even if nobody was sampled
@@ -313,6 +347,65 @@ class UserFedAvg(FedAvg):
         self.latest = new
         self._row["train-seconds"] = time.perf_counter() - self._t0
         return to_record(new), MetricRecord({"num-users": users})
+
+    def _skip(self, server_round: int, replied: int, reason: str, nodes: dict) -> None:
+        log(WARNING, "round %s: %s: the round is skipped (the model is unchanged%s)", server_round, reason,
+            "; nothing is released, so nothing is accounted" if self.dp is not None else "")
+        self._row = {"round": server_round, "users": 0, **nodes, "skipped": 1}
+
+    def _plain_sum(self, server_round: int, replies: Iterable[Message]):
+        """Each node's reply read in clear: ([update sums], users, shifted count, row fields), or None (skipped)."""
+        clip = self.dp.clip_norm if self.dp is not None else None
+        adaptive = self.dp is not None and self.dp.adaptive is not None
+        valid = self._sort(server_round, "train", replies, self._asked,
+                           lambda c: reply_problem(c, self.current or {}, clip, adaptive))
+        nodes = {"nodes-asked": len(self._asked), "nodes-replied": len(valid),
+                 "nodes-failed": len(self._asked) - len(valid)}
+        if len(valid) < self.min_nodes:
+            self._skip(server_round, len(valid), f"{len(valid)} of {len(self._asked)} nodes replied well, min-nodes "
+                       f"is {self.min_nodes}", nodes)
+            return None
+        sums, users, examples, loss, shifted = [], 0, 0, 0.0, 0.0
+        has_loss = True  # under local DP nodes send no example count and no loss (see client.node)
+        for msg in valid:
+            metrics = msg.content.metric_records[METRICS]
+            n = int(metrics["num-users"])
+            if n > 0:
+                sums.append(from_record(msg.content.array_records[UPDATE]))
+            users += n
+            has_loss = has_loss and "train-loss-sum" in metrics
+            examples += int(metrics.get("num-examples", 0))
+            loss += float(metrics.get("train-loss-sum", 0.0))
+            shifted += float(metrics.get("clip-shifted-count", 0.0))
+        if has_loss:
+            nodes.update({"examples": examples, "train-loss": loss / max(users, 1)})
+        return sums, users, shifted, nodes
+
+    def _secure_sum(self, server_round: int, replies: Iterable[Message]):
+        """SecAgg+'s collect and unmask stages: ([the sum over nodes], users, shifted count, row fields), or None.
+        No node's reply is ever read in clear: each holds masked integers only (checked)."""
+        sr, asked = self._round, list(self._asked)
+        nodes = {"nodes-asked": len(asked), "nodes-replied": 0, "nodes-failed": len(asked)}
+        if self._abort is None and sr is not None:
+            sent = [m.metadata.dst_node_id for m in self._sent]
+            valid = self._sort(server_round, "train", replies, sent, sr.masked_problem)
+            try:
+                if len(valid) < self.min_nodes:
+                    raise SecAggAbort(f"{len(valid)} of {len(asked)} nodes sent a masked vector, min-nodes is "
+                                      f"{self.min_nodes}")
+                sr.collect({self._source(m): m.content for m in valid})
+                packed = sr.unmask()
+            except SecAggAbort as exc:
+                self._abort = str(exc)
+        if self._abort is not None:
+            self._skip(server_round, 0, f"secure aggregation: {self._abort}", nodes)
+            return None
+        clip = float(self.dp.clip_norm if self.dp is not None else self.secure.clip_norm)
+        total, users, shifted = unpack(packed, sorted(self.current or {}), self.secure.max_users, clip)
+        n = len(sr.contributors)
+        nodes.update({"nodes-replied": n, "nodes-failed": len(asked) - n, "secagg-dropped": len(sr.sampled) - n,
+                      "secagg-error-bound": error_bound(n, self.secure.max_users, clip, sr.levels)})
+        return ([total] if users > 0 else []), users, shifted, nodes
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:

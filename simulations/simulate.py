@@ -63,7 +63,10 @@ def run_flower_simulation(cfg: Config, num_nodes: int, verbose: bool = False) ->
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    overrides = simulation_inputs(cfg).to_flwr()
+    cfg = simulation_inputs(cfg)
+    if cfg.secure_aggregation and not cfg.secagg_max_users:  # the largest shard (client.node.build_store)
+        cfg = cfg.replace(secagg_max_users=-(-load_cached(str(resolve_dataset(cfg))).n_users // num_nodes))
+    overrides = cfg.to_flwr()
     run = Run.create_empty(int(time.time() * 1000) % (2**62))
     run.override_config = overrides
     context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(),

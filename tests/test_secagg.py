@@ -1,0 +1,243 @@
+"""Secure aggregation (SecAgg+): the server holds only masked vectors, their sum equals the plain sum within the
+quantisation bound, dropouts after key sharing are survived, too few nodes abort without unmasking, and a node
+can insist on it. The nodes are the real ClientApp (with Flower's secaggplus_mod) in this process."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.common import bytes_to_ndarray
+from flwr.common.secure_aggregation.quantization import dequantize, quantize
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+
+from client.app import REQUIRE_SECURE_AGGREGATION, app, train_reply
+from client.node import node_for
+from common.aggregation import ServerOptimizer
+from common.config import Config
+from common.model import ModelShape, init_shared
+from common.params import from_record, to_record
+from common.privacy import PrivacyLedger, SamplingKey
+from common.protocol import CONFIG, ITEM_VECTORS, METRICS, UPDATE
+from common.secagg import (CLIPPING_RANGE, MODULUS, error_bound, pack, quantization_range, shares_and_threshold,
+                           unpack)
+from server.app import public_inputs
+from server.strategy import CentralDP, SecureAggregation, UserFedAvg
+from simulations.inprocess import InProcessGrid, node_contexts
+from simulations.simulate import simulation_inputs
+
+NODES = 5
+MAX_USERS = 5  # 24 users in 5 shards: at most 5 a node
+
+
+@pytest.fixture(scope="module")
+def fed(small_synthetic):
+    cfg = simulation_inputs(Config(data=str(small_synthetic), dim=4, text_dim=8, text_epochs=2, negatives=3,
+                                   local_steps=2, secure_aggregation=True, secagg_max_users=MAX_USERS))
+    schema, h = public_inputs(cfg)
+    params = init_shared(ModelShape(schema.n_items, h.shape[1], cfg.dim, schema.context_dim, True), 0)
+    return cfg, schema, h, params
+
+
+def _strategy(fed, secure=True, dp=None, **kw):
+    cfg, schema, h, _ = fed
+    return UserFedAvg(content=to_record({ITEM_VECTORS: h}), schema=schema, optimizer=ServerOptimizer("sgd", 1.0),
+                      sample_rate=1.0, sampling_key=SamplingKey(b"k" * 32, secret=False), eval_every=1,
+                      num_rounds=3, select_key=None, dp=dp,
+                      secure=SecureAggregation(max_users=MAX_USERS, clip_norm=cfg.clip_norm, **kw) if secure else None)
+
+
+def _round(fed, strategy, lost=None):
+    """One secure training round over fresh nodes; (new params, the grid, the stage-2 messages sent)."""
+    cfg, _, _, params = fed
+    grid = InProcessGrid(app, node_contexts(cfg, NODES), lost=lost)
+    msgs = list(strategy.configure_train(1, to_record(params), ConfigRecord({}), grid))
+    replies = grid.send_and_receive(msgs)
+    arrays, _ = strategy.aggregate_train(1, replies)
+    return (from_record(arrays) if arrays is not None else None), grid, msgs
+
+
+def _plain_replies(fed, msgs, nodes=None):
+    """What each node would have sent in clear for the same stage-2 message (fresh node state): {node: (update,
+    users)}. Computed apart from the protocol, as the reference for its sum."""
+    cfg = fed[0]
+    contexts = node_contexts(cfg, NODES)
+    out = {}
+    for msg in msgs:
+        nid = msg.metadata.dst_node_id
+        if nodes is not None and nid not in nodes:
+            continue
+        content = RecordDict({k: v for k, v in msg.content.items() if k != RECORD_KEY_CONFIGS})
+        node = node_for(contexts[nid], content, training=True)
+        reply = train_reply(node, content)
+        out[nid] = (from_record(reply.array_records[UPDATE]), int(reply.metric_records[METRICS]["num-users"]))
+    return out
+
+
+def _expected(params, plain):
+    users = sum(n for _, n in plain.values())
+    total = {k: sum(u[k].astype(np.float64) for u, _ in plain.values()) for k in params}
+    return {k: params[k] + total[k] / users for k in params}, users
+
+
+def test_the_secure_sum_equals_the_plain_sum_within_the_quantisation_bound(fed):
+    s = _strategy(fed)
+    new, grid, msgs = _round(fed, s)
+    plain = _plain_replies(fed, msgs)
+    expected, users = _expected(fed[3], plain)
+    assert s._row["users"] == users == 24 and s._row["nodes-replied"] == NODES
+    bound = error_bound(NODES, MAX_USERS, fed[0].clip_norm, quantization_range(NODES)) / users
+    moved = max(float(np.abs(expected[k] - fed[3][k]).max()) for k in expected)
+    assert moved > 1000 * bound  # the round changed the model far more than the bound
+    for k in expected:
+        np.testing.assert_allclose(new[k], expected[k], atol=bound + 1e-6, rtol=0)
+
+
+def test_the_server_never_holds_a_node_s_update_in_clear(fed):
+    s = _strategy(fed)
+    _, grid, msgs = _round(fed, s)
+    plain = _plain_replies(fed, msgs)
+    levels = quantization_range(NODES)
+    stage2 = [r for r in grid.replies if Key.MASKED_PARAMETERS in r.content.config_records[RECORD_KEY_CONFIGS]]
+    assert len(stage2) == NODES
+    for reply in grid.replies:  # every reply of every stage: no array record holds a value, no metric is sent
+        assert all(len(rec) == 0 for rec in reply.content.array_records.values())
+        assert UPDATE not in reply.content and METRICS not in reply.content
+    cfg = fed[0]
+    for reply in stage2:
+        nid = reply.metadata.src_node_id
+        update, users = plain[nid]
+        clear = pack(update, users, 0.0, MAX_USERS, cfg.clip_norm)
+        q = [np.round((np.clip(a, -1, 1) + 1) * levels / 2) for a in clear]  # the quantised vector it masks
+        masked = [bytes_to_ndarray(b) for b in reply.content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]]
+        near = np.mean(np.concatenate([(np.abs(m.ravel() - x.ravel()) <= 1) for m, x in zip(masked[1:], q)]))
+        assert near < 0.01  # unmasked it would be 1.0; a uniform mask leaves ~3 / 2^32
+
+
+def test_a_node_that_fails_after_sharing_keys_is_dropped_and_the_round_sums_the_rest(fed):
+    victim = 103
+    s = _strategy(fed)
+
+    def lost(msg):  # node 103 replies in setup and key sharing, then is gone
+        rec = msg.content.config_records.get(RECORD_KEY_CONFIGS, {})
+        return msg.metadata.dst_node_id == victim and rec.get(Key.STAGE) in (Stage.COLLECT_MASKED_VECTORS,
+                                                                               Stage.UNMASK)
+
+    new, grid, msgs = _round(fed, s, lost=lost)
+    assert new is not None and victim in {m.metadata.dst_node_id for m in msgs}
+    plain = _plain_replies(fed, msgs, nodes={m.metadata.dst_node_id for m in msgs} - {victim})
+    expected, users = _expected(fed[3], plain)
+    assert s._row["users"] == users < 24
+    assert (s._row["nodes-replied"], s._row["nodes-failed"], s._row["secagg-dropped"]) == (4, 1, 1)
+    assert [(f["node"], f["phase"]) for f in s.failures] == [(victim, "train")]
+    bound = error_bound(4, MAX_USERS, fed[0].clip_norm, quantization_range(NODES)) / users
+    for k in expected:
+        np.testing.assert_allclose(new[k], expected[k], atol=bound + 1e-6, rtol=0)
+
+
+def test_a_node_lost_in_the_unmask_stage_still_counts(fed):
+    s = _strategy(fed)
+    lost = lambda msg: (msg.metadata.dst_node_id == 102  # noqa: E731
+                        and msg.content.config_records.get(RECORD_KEY_CONFIGS, {}).get(Key.STAGE) == Stage.UNMASK)
+    new, _, msgs = _round(fed, s, lost=lost)
+    expected, users = _expected(fed[3], _plain_replies(fed, msgs))
+    assert s._row["users"] == users == 24
+    bound = error_bound(NODES, MAX_USERS, fed[0].clip_norm, quantization_range(NODES)) / users
+    for k in expected:
+        np.testing.assert_allclose(new[k], expected[k], atol=bound + 1e-6, rtol=0)
+
+
+def test_too_few_live_nodes_skip_the_round_without_unmasking_or_accounting(fed):
+    ledger = PrivacyLedger(delta=1e-3)
+    dp = CentralDP(clip_norm=fed[0].clip_norm, noise_multiplier=1.0, denominator=24.0, ledger=ledger)
+    s = _strategy(fed, dp=dp, shares=5, threshold=4)
+    dead = {101, 102}  # 3 of 5 left: fewer than t = 4 live neighbours
+
+    new, grid, msgs = _round(fed, s, lost=lambda m: m.metadata.dst_node_id in dead
+                             and m.content.config_records.get(RECORD_KEY_CONFIGS, {}).get(Key.STAGE)
+                             == Stage.COLLECT_MASKED_VECTORS)
+    assert new is None and s._row["skipped"] == 1 and ledger.records == []
+    unmask = [r for r in grid.replies if Key.SHARE_LIST in r.content.config_records.get(RECORD_KEY_CONFIGS, {})]
+    assert unmask == []  # no share of any secret was asked for
+
+
+def test_central_dp_noises_the_secure_sum_and_accounts_the_round(fed):
+    ledger = PrivacyLedger(delta=1e-3)
+    dp = CentralDP(clip_norm=fed[0].clip_norm, noise_multiplier=1.0, denominator=24.0, ledger=ledger)
+    s = _strategy(fed, dp=dp)
+    new, _, msgs = _round(fed, s)
+    assert msgs[0].content.config_records[CONFIG]["clip-norm"] == fed[0].clip_norm
+    assert len(ledger.records) == 1 and s._row["users"] == 24
+    plain = _plain_replies(fed, msgs)
+    params = fed[3]
+    total = {k: sum(u[k].astype(np.float64) for u, _ in plain.values()) for k in params}
+    noise = np.concatenate([((new[k] - params[k]) * 24.0 - total[k]).ravel() for k in params])
+    # new = params + (sum + N(0, (zC)^2)) / (qN): the residual is the noise, std z C = clip-norm
+    assert 0.8 * fed[0].clip_norm < noise.std() < 1.2 * fed[0].clip_norm
+
+
+def test_a_node_that_requires_secure_aggregation_refuses_a_plain_round(fed):
+    cfg, _, _, params = fed
+    contexts = node_contexts(cfg, NODES)
+    for ctx in contexts.values():
+        ctx.node_config[REQUIRE_SECURE_AGGREGATION] = "true"
+    s = _strategy(fed, secure=False)
+    grid = InProcessGrid(app, contexts)
+    replies = grid.send_and_receive(s.configure_train(1, to_record(params), ConfigRecord({}), grid))
+    assert all(r.has_error() and "requires secure aggregation" in r.error.reason for r in replies)
+    arrays, _ = s.aggregate_train(1, replies)
+    assert arrays is None and s._row["skipped"] == 1
+    # the same nodes take part in a secure round
+    s = _strategy(fed)
+    grid = InProcessGrid(app, contexts)
+    msgs = list(s.configure_train(1, to_record(params), ConfigRecord({}), grid))
+    arrays, _ = s.aggregate_train(1, grid.send_and_receive(msgs))
+    assert arrays is not None and s._row["users"] == 24
+
+
+def test_a_node_over_the_user_bound_sends_nothing(fed):
+    cfg = fed[0]
+    s = UserFedAvg(content=to_record({ITEM_VECTORS: fed[2]}), schema=fed[1], optimizer=ServerOptimizer("sgd", 1.0),
+                   sample_rate=1.0, sampling_key=SamplingKey(b"k" * 32, secret=False), eval_every=1, num_rounds=3,
+                   select_key=None, secure=SecureAggregation(max_users=4, clip_norm=cfg.clip_norm))
+    new, grid, _ = _round(fed, s)
+    over = [f for f in s.failures if f["phase"] == "train"]  # 24 users in shards of 5, 5, 5, 5, 4
+    assert sorted(f["node"] for f in over) == [101, 102, 103, 104]
+    assert all("more than secagg-max-users = 4" in f["reason"] for f in over)
+    assert new is None and s._row["skipped"] == 1  # one node left: fewer live neighbours than t = 3
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 60), st.integers(1, 50), st.floats(1e-3, 10.0), st.integers(0, 2**31 - 1))
+def test_quantisation_error_of_the_packed_sum_is_within_the_bound(n_nodes, max_users, clip, seed):
+    """pack -> Flower's quantiser -> integer sum mod M -> dequantise -> unpack, against the exact sum."""
+    rng = np.random.default_rng(seed)
+    levels = quantization_range(n_nodes)
+    updates, users = [], []
+    for _ in range(n_nodes):
+        n = int(rng.integers(0, max_users + 1))
+        u = rng.normal(size=(3, 4))
+        u *= min(1.0, n * clip / max(np.linalg.norm(u), 1e-12))  # the sum of n clipped updates: norm <= n C
+        updates.append({"w": u, "b": np.zeros(2)})
+        users.append(n)
+    total = None
+    for u, n in zip(updates, users):
+        q = quantize(pack(u, n, 0.0, max_users, clip), CLIPPING_RANGE, levels)
+        total = q if total is None else [(a + b) % MODULUS for a, b in zip(total, q)]
+    summed = [v - (n_nodes - 1) * CLIPPING_RANGE for v in dequantize(total, CLIPPING_RANGE, levels)]
+    got, got_users, _ = unpack(summed, ["w", "b"], max_users, clip)
+    exact = sum(u["w"] for u in updates)
+    assert got_users == sum(users)
+    assert np.abs(got["w"] - exact).max() <= error_bound(n_nodes, max_users, clip, levels) * (1 + 1e-9)
+
+
+def test_protocol_sizes():
+    assert shares_and_threshold(5) == (5, 3)
+    assert shares_and_threshold(100) == (15, 8)
+    assert shares_and_threshold(2) == (2, 2)
+    assert quantization_range(5) == 2**24 and quantization_range(1000) * 1000 < MODULUS
+    with pytest.raises(ValueError, match="threshold"):
+        shares_and_threshold(5, shares=3, threshold=4)
+    with pytest.raises(ValueError, match="secagg-max-users"):
+        pack({"w": np.zeros(2)}, 3, 0.0, 2, 1.0)
