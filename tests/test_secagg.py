@@ -241,3 +241,27 @@ def test_protocol_sizes():
         shares_and_threshold(5, shares=3, threshold=4)
     with pytest.raises(ValueError, match="secagg-max-users"):
         pack({"w": np.zeros(2)}, 3, 0.0, 2, 1.0)
+
+
+def test_each_user_s_update_is_clipped_to_the_public_bound_under_secure_aggregation(fed):
+    """Without central DP too: the quantiser needs |value| <= U C, so a node clips every user to C first."""
+    cfg, _, _, params = fed
+    clip = 0.002  # below what these users' updates reach (at most local-lr x local-steps x local-grad-clip = 0.02)
+    s = UserFedAvg(content=to_record({ITEM_VECTORS: fed[2]}), schema=fed[1], optimizer=ServerOptimizer("sgd", 1.0),
+                   sample_rate=1.0, sampling_key=SamplingKey(b"k" * 32, secret=False), eval_every=1, num_rounds=3,
+                   select_key=None, secure=SecureAggregation(max_users=MAX_USERS, clip_norm=clip))
+    grid = InProcessGrid(app, node_contexts(cfg, NODES))
+    msgs = list(s.configure_train(1, to_record(params), ConfigRecord({}), grid))
+    clipped = _plain_replies(fed, msgs)
+    unclipped = {}
+    for msg in msgs:  # the same message without the secure-aggregation bound
+        conf = dict(msg.content.config_records[CONFIG])
+        conf.pop("secagg-max-users")
+        content = RecordDict({k: v for k, v in msg.content.items() if k not in (RECORD_KEY_CONFIGS, CONFIG)})
+        content[CONFIG] = ConfigRecord(conf)
+        node = node_for(node_contexts(cfg, NODES)[msg.metadata.dst_node_id], content, training=True)
+        unclipped[msg.metadata.dst_node_id] = from_record(train_reply(node, content).array_records[UPDATE])
+    norm = lambda u: float(np.sqrt(sum(np.square(v.astype(np.float64)).sum() for v in u.values())))  # noqa: E731
+    for nid, (update, users) in clipped.items():
+        assert norm(update) <= users * clip * (1 + 1e-5)
+        assert norm(unclipped[nid]) > users * clip  # the clip binds here
