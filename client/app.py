@@ -23,7 +23,8 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from client.node import Node, node_for
 from common.params import from_record
 from common.protocol import CONFIG, METRICS, UPDATE
-from common.secagg import pack
+from common.metrics import evaluation_keys
+from common.secagg import pack, pack_metrics
 
 __all__ = ["app", "train_reply", "evaluate_reply", "secure_aggregation_mod", "NODE_THREADS_ENV", "TIMINGS_FILE",
            "REQUIRE_SECURE_AGGREGATION"]
@@ -76,6 +77,19 @@ def train_reply(node: Node, content: RecordDict) -> RecordDict:
     conf = content.config_records[CONFIG]
     packed = pack(from_record(update), int(metrics["num-users"]), float(metrics.get("clip-shifted-count", 0.0)),
                   int(conf["secagg-max-users"]), float(conf["clip-norm"]))
+    return _masked_layout(packed)
+
+
+def secure_evaluate_reply(node: Node, content: RecordDict) -> RecordDict:
+    """Evaluation inside a SecAgg+ round (server config "secagg-phase" = "evaluate"): the node's metric sums,
+    packed (common.secagg.pack_metrics) for secaggplus_mod to mask; nothing in clear."""
+    conf = content.config_records[CONFIG]
+    return _masked_layout(pack_metrics(node.evaluate(content), evaluation_keys(node.cfg.top_k),
+                                       int(conf["secagg-max-users"])))
+
+
+def _masked_layout(packed: list) -> RecordDict:
+    """Flower's FitRes layout, which secaggplus_mod reads (weight 1: the server gets the plain sum)."""
     fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(packed), num_examples=1, metrics={})
     return fitres_to_recorddict(fitres, keep_input=False)
 
@@ -133,6 +147,8 @@ def _reply(msg: Message, context: Context, handler, training: bool = False) -> M
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    if msg.content.config_records[CONFIG].get("secagg-phase") == "evaluate":  # SecAgg+ runs on train messages
+        return _reply(msg, context, secure_evaluate_reply)
     return _reply(msg, context, train_reply, training=True)
 
 

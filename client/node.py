@@ -25,6 +25,7 @@ from common.model import DENSE_NAMES, ITEM_NAMES
 from common.params import from_record, to_record
 from common.privacy import SecureGaussian, clip_factors, local_epsilon, local_report
 from common.protocol import ARRAYS, CONFIG, CONTENT, ITEM_VECTORS, RUN_TOKEN, SCHEMA, SCHEMA_HASH, SCHEMA_JSON
+from common.secagg import check_users
 from common.schema import SCHEMA_FILE, PublicSchema, SchemaMismatch, content_digest
 
 __all__ = ["Node", "node_for", "build_store", "NODE_STATE_FILE", "CONTENT_FILE", "GLOBAL_MODEL_FILE", "STORE_FILE",
@@ -172,10 +173,8 @@ class Node:
         sampled = np.flatnonzero(poisson_sample(self.store.user_keys, float(conf["sample-rate"]),
                                                 int(conf["sampling-seed"]), round_) & self.members)
         secure = "secagg-max-users" in conf  # secure aggregation: a public bound on every value (common.secagg)
-        if secure and len(sampled) > int(conf["secagg-max-users"]):
-            raise ValueError(f"this node sampled {len(sampled)} users this round, more than secagg-max-users = "
-                             f"{int(conf['secagg-max-users'])}; it sends nothing (the server counts it as dropped). "
-                             f"Raise secagg-max-users to the most users one node holds.")
+        if secure:
+            check_users(len(sampled), int(conf["secagg-max-users"]))
         if len(sampled) == 0:
             zero = {k: np.zeros_like(v) for k, v in params.items()}
             return to_record(zero), self._train_metrics(0, 0, 0.0)

@@ -6,7 +6,13 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["rank_of_target", "hit_and_ndcg", "sample_eval_negatives"]
+__all__ = ["rank_of_target", "hit_and_ndcg", "sample_eval_negatives", "evaluation_keys"]
+
+
+def evaluation_keys(k: int) -> list[str]:
+    """The per-user mean metrics a node's evaluation reports, in a fixed order (secure aggregation packs them)."""
+    return [f"{split}-{key}" for split in ("val", "test")
+            for key in (f"hr@{k}", f"ndcg@{k}", f"hr@{k}-sampled", f"ndcg@{k}-sampled")]
 
 
 def rank_of_target(scores: np.ndarray, target: np.ndarray, exclude: Sequence[np.ndarray]) -> np.ndarray:

@@ -7,6 +7,9 @@ nothing about one node's vector. A node's training reply becomes one such vector
                                     L2 norm C, so every value of the node's sum lies in [-1, 1]
     [users, shifted] / U            the node's user count and its adaptive-clipping count (sum of 1[norm <= C] - 1/2)
 
+An evaluation reply becomes one array [users, sum over its users of each metric] / U (each metric is a rate in
+[0, 1] per user, `pack_metrics`); the server divides the summed metrics by the summed user count.
+
 U (`secagg-max-users`: the most users one node trains in a round) and C (the round's clip norm) are public.
 Flower's quantiser maps [-1, 1] to integers in [0, T] by stochastic rounding (unbiased; each value is off by
 less than one step 2/T), and `unpack` turns the unmasked integer sum back into the sums over the nodes.
@@ -20,7 +23,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 __all__ = ["MODULUS", "CLIPPING_RANGE", "MAX_BITS", "quantization_range", "shares_and_threshold", "pack",
-           "unpack", "error_bound", "value_names"]
+           "unpack", "check_users", "pack_metrics", "unpack_metrics", "error_bound", "value_names"]
 
 #: SecAgg+ sums mod this (Flower's `modulus_range`; its masks are uniform below it)
 MODULUS = 2**32
@@ -69,9 +72,7 @@ def pack(update: Mapping[str, np.ndarray], users: int, shifted: float, max_users
 
     update: the sum over the node's sampled users of their updates, each clipped to L2 norm `clip`; users <=
     max_users. Every value then lies in [-1, 1]."""
-    if users > max_users:
-        raise ValueError(f"this node trained {users} users this round, more than secagg-max-users = {max_users} "
-                         f"(the public bound secure aggregation scales by); raise secagg-max-users")
+    check_users(users, max_users)
     scale = 1.0 / (max_users * clip)
     out = [np.asarray(update[k], np.float64) * scale for k in sorted(update)]
     out.append(np.array([users, shifted], np.float64) / max_users)
@@ -89,6 +90,27 @@ def unpack(sums: Sequence[np.ndarray], param_names: Sequence[str], max_users: in
     total = {k: np.asarray(v, np.float64) * (max_users * clip) for k, v in zip(names, sums)}
     users, shifted = (np.asarray(sums[-1], np.float64) * max_users).tolist()
     return total, int(round(users)), float(shifted)
+
+
+def check_users(users: int, max_users: int) -> None:
+    """A node with more users than U in a round must not send (its values could leave [-1, 1])."""
+    if users > max_users:
+        raise ValueError(f"this node has {users} users this round, more than secagg-max-users = {max_users} (the "
+                         f"public bound secure aggregation scales by); it sends nothing. Raise secagg-max-users.")
+
+
+def pack_metrics(metrics: Mapping[str, float], keys: Sequence[str], max_users: int) -> list[np.ndarray]:
+    """An evaluation reply as SecAgg+'s input: [[users, users x mean of each key]] / U, values in [0, 1]."""
+    users = int(metrics["num-users"])
+    check_users(users, max_users)
+    return [np.array([users] + [users * float(metrics[k]) for k in keys], np.float64) / max_users]
+
+
+def unpack_metrics(sums: Sequence[np.ndarray], keys: Sequence[str], max_users: int) -> dict[str, float | int]:
+    """The summed `pack_metrics` arrays -> {"num-users": users, key: mean over all users} (means 0 without users)."""
+    values = np.asarray(sums[0], np.float64) * max_users
+    users = int(round(values[0]))
+    return {"num-users": users, **{k: float(v / users) if users else 0.0 for k, v in zip(keys, values[1:])}}
 
 
 def error_bound(n_nodes: int, max_users: int, clip: float, levels: int) -> float:

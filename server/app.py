@@ -15,6 +15,7 @@ from common.aggregation import ServerOptimizer
 from common.config import Config, ConfigError, config_from_mapping
 from common.data import load_catalogue
 from common.datasets import resolve_dataset
+from common.metrics import evaluation_keys
 from common.model import ModelShape, init_shared
 from common.params import from_record, to_record
 from common.protocol import ITEM_VECTORS
@@ -103,7 +104,8 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
             raise ConfigError("secagg-max-users: secure aggregation scales every node's sum by U, the most users one "
                               "node trains in a round (a public bound). Set --run-config secagg-max-users=1 for "
                               "devices that serve one user (a simulation sets it itself).")
-        secure = SecureAggregation(max_users=cfg.secagg_max_users, clip_norm=cfg.clip_norm, shares=cfg.secagg_shares,
+        secure = SecureAggregation(max_users=cfg.secagg_max_users, clip_norm=cfg.clip_norm,
+                                   metric_keys=tuple(evaluation_keys(cfg.top_k)), shares=cfg.secagg_shares,
                                    threshold=cfg.secagg_threshold, timeout=cfg.round_timeout)
         print(f"secure aggregation: SecAgg+ (Flower's secaggplus_mod on the nodes); the server learns only each "
               f"round's sum over nodes; each user's update is clipped to {cfg.clip_norm}"

@@ -30,7 +30,7 @@ from common.privacy import (PrivacyLedger, SamplingKey, SecureGaussian, adaptive
                             noisy_mean)
 from common.protocol import CONTENT, METRICS, RUN_TOKEN, SCHEMA, SCHEMA_HASH, SCHEMA_JSON, UPDATE
 from common.schema import PublicSchema
-from common.secagg import STATS, error_bound, unpack, value_names
+from common.secagg import error_bound, unpack, unpack_metrics
 from server.secagg import SecAggAbort, SecureRound
 
 __all__ = ["UserFedAvg", "RoundLog", "CentralDP", "AdaptiveClip", "SecureAggregation", "reply_problem",
@@ -141,11 +141,13 @@ class SecureAggregation:
     """SecAgg+ on every training round (server.secagg): the server learns only the sum over the round's nodes.
 
     max_users: U, the most users one node trains in a round; shares, threshold: SecAgg+'s k and t (0 = auto,
-    common.secagg.shares_and_threshold); clip_norm: C without central DP (each user's update is clipped to C:
+    common.secagg.shares_and_threshold); metric_keys: the evaluation's per-user metrics, summed securely too;
+    clip_norm: C without central DP (each user's update is clipped to C:
     the quantisation needs a public bound); timeout: seconds per protocol stage."""
 
     max_users: int
     clip_norm: float
+    metric_keys: tuple[str, ...] = ()  # the evaluation's metrics (common.metrics.evaluation_keys)
     shares: int = 0
     threshold: int = 0
     timeout: float = 600.0
@@ -285,14 +287,15 @@ class UserFedAvg(FedAvg):
             return self._messages(self._asked, arrays, config, MessageType.TRAIN)
         return self._secure_messages(server_round, arrays, config, grid)
 
-    def _secure_messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                         grid: Grid) -> list[Message]:
-        """SecAgg+ setup and key sharing, then the training messages (with each node's forwarded shares)."""
+    def _secure_messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid,
+                         shapes: list[tuple[int, ...]] | None = None) -> list[Message]:
+        """SecAgg+ setup and key sharing, then the phase's messages (train type, as secaggplus_mod needs), each
+        with the shares forwarded to its node. shapes: the packed arrays (default: the training update's)."""
         sec = self.secure
         config["clip-norm"] = float(self.dp.clip_norm if self.dp is not None else sec.clip_norm)
         config["secagg-max-users"] = int(sec.max_users)
-        names = sorted(self.current or {})
-        shapes = [self.current[k].shape for k in names] + [(2,)]
+        if shapes is None:
+            shapes = [self.current[k].shape for k in sorted(self.current or {})] + [(2,)]
         self._abort = None
         self._round = SecureRound(
             grid=grid, nodes=list(self._asked), server_round=server_round, shapes=shapes, timeout=sec.timeout,
@@ -305,11 +308,28 @@ class UserFedAvg(FedAvg):
             self._abort = str(exc)
             self._sent = []
             return []
-        nodes = sorted(self._round.active)
-        msgs = self._messages(nodes, arrays, config, MessageType.TRAIN)
+        msgs = self._messages(sorted(self._round.active), arrays, config, MessageType.TRAIN)
         for msg in msgs:
             msg.content.config_records[RECORD_KEY_CONFIGS] = self._round.collect_record(msg.metadata.dst_node_id)
         return msgs
+
+    def _secure_unmask(self, server_round: int, phase: str, replies: Iterable[Message]) -> list[np.ndarray] | None:
+        """SecAgg+'s collect and unmask stages: the dequantised packed sum, or None (self._abort says why).
+        No reply is ever read in clear: each must hold masked integers only (SecureRound.masked_problem)."""
+        sr = self._round
+        if self._abort is not None or sr is None:
+            return None
+        sent = [m.metadata.dst_node_id for m in self._sent]
+        valid = self._sort(server_round, phase, replies, sent, sr.masked_problem)
+        try:
+            if len(valid) < self.min_nodes:
+                raise SecAggAbort(f"{len(valid)} of {len(self._asked)} nodes sent a masked vector, min-nodes is "
+                                  f"{self.min_nodes}")
+            sr.collect({self._source(m): m.content for m in valid})
+            return sr.unmask()
+        except SecAggAbort as exc:
+            self._abort = str(exc)
+            return None
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -382,24 +402,14 @@ class UserFedAvg(FedAvg):
         return sums, users, shifted, nodes
 
     def _secure_sum(self, server_round: int, replies: Iterable[Message]):
-        """SecAgg+'s collect and unmask stages: ([the sum over nodes], users, shifted count, row fields), or None.
-        No node's reply is ever read in clear: each holds masked integers only (checked)."""
-        sr, asked = self._round, list(self._asked)
+        """The secure round's sum: ([the summed update], users, shifted count, row fields), or None (skipped)."""
+        asked = list(self._asked)
         nodes = {"nodes-asked": len(asked), "nodes-replied": 0, "nodes-failed": len(asked)}
-        if self._abort is None and sr is not None:
-            sent = [m.metadata.dst_node_id for m in self._sent]
-            valid = self._sort(server_round, "train", replies, sent, sr.masked_problem)
-            try:
-                if len(valid) < self.min_nodes:
-                    raise SecAggAbort(f"{len(valid)} of {len(asked)} nodes sent a masked vector, min-nodes is "
-                                      f"{self.min_nodes}")
-                sr.collect({self._source(m): m.content for m in valid})
-                packed = sr.unmask()
-            except SecAggAbort as exc:
-                self._abort = str(exc)
-        if self._abort is not None:
+        packed = self._secure_unmask(server_round, "train", replies)
+        if packed is None:
             self._skip(server_round, 0, f"secure aggregation: {self._abort}", nodes)
             return None
+        sr = self._round
         clip = float(self.dp.clip_norm if self.dp is not None else self.secure.clip_norm)
         total, users, shifted = unpack(packed, sorted(self.current or {}), self.secure.max_users, clip)
         n = len(sr.contributors)
@@ -417,6 +427,10 @@ class UserFedAvg(FedAvg):
         config["server-round"] = server_round
         self._asked = wait_for_nodes(grid, self.min_nodes)
         self._evaluating = True
+        if self.secure is not None:  # the metric sums go through SecAgg+ too
+            config["secagg-phase"] = "evaluate"
+            return self._secure_messages(server_round, arrays, config, grid,
+                                         shapes=[(len(self.secure.metric_keys) + 1,)])
         return self._messages(self._asked, arrays, config, MessageType.EVALUATE)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -424,6 +438,14 @@ class UserFedAvg(FedAvg):
             return None
         self._evaluating = False
         server_round += self.round_offset
+        if self.secure is not None:
+            packed = self._secure_unmask(server_round, "evaluate", replies)
+            if packed is None:
+                log(WARNING, "round %s: secure evaluation: %s; no metrics this round", server_round, self._abort)
+            metrics = (MetricRecord(unpack_metrics(packed, self.secure.metric_keys, self.secure.max_users))
+                       if packed is not None else None)
+            self._finish_round(dict(metrics) if metrics is not None else {})
+            return metrics
         valid = self._sort(server_round, "evaluate", replies, self._asked, _metrics_problem)
         metrics = self.evaluate_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key) if valid else None
         self._finish_round(dict(metrics) if metrics is not None else {})

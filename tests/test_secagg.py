@@ -265,3 +265,32 @@ def test_each_user_s_update_is_clipped_to_the_public_bound_under_secure_aggregat
     for nid, (update, users) in clipped.items():
         assert norm(update) <= users * clip * (1 + 1e-5)
         assert norm(unclipped[nid]) > users * clip  # the clip binds here
+
+
+def test_evaluation_metrics_are_summed_securely_too(fed):
+    from client.app import evaluate_reply
+    from common.metrics import evaluation_keys
+
+    cfg, _, _, params = fed
+    keys = evaluation_keys(cfg.top_k)
+    s = _strategy(fed, metric_keys=tuple(keys))
+    s._row = {"round": 1}  # as the round's training left it
+    grid = InProcessGrid(app, node_contexts(cfg, NODES))
+    msgs = list(s.configure_evaluate(1, to_record(params), ConfigRecord({}), grid))
+    metrics = s.aggregate_evaluate(1, grid.send_and_receive(msgs))
+    for reply in grid.replies:
+        assert METRICS not in reply.content and all(len(r) == 0 for r in reply.content.array_records.values())
+    contexts = node_contexts(cfg, NODES)  # the reference: each node's plain evaluation, weighted by its users
+    sums, users = dict.fromkeys(keys, 0.0), 0
+    for msg in msgs:
+        content = RecordDict({k: v for k, v in msg.content.items() if k != RECORD_KEY_CONFIGS})
+        m = evaluate_reply(node_for(contexts[msg.metadata.dst_node_id], content), content).metric_records[METRICS]
+        users += m["num-users"]
+        for k in keys:
+            sums[k] += m[k] * m["num-users"]
+    assert metrics["num-users"] == users == 24
+    bound = NODES * 2.0 / quantization_range(NODES) * MAX_USERS / users
+    assert any(sums[k] > 0 for k in keys)
+    for k in keys:
+        assert abs(metrics[k] - sums[k] / users) <= bound + 1e-9
+    assert s.log.rows[-1][keys[0]] == pytest.approx(metrics[keys[0]])
