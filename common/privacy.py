@@ -538,10 +538,11 @@ class PrivacyLedger:
                 f"for all shared-parameter updates {how}")
 
 
-def central_statement(ledger: PrivacyLedger, sampling_secret: bool, item_table: bool) -> str:
+def central_statement(ledger: PrivacyLedger, sampling_secret: bool, item_table: bool, secure: bool = False) -> str:
     """The user-level guarantee of a run as stated to its readers: the ledger's sentence, the adversary it holds
     against, and what it does not cover. Amplification by Poisson subsampling needs a secret sample: with a
-    test-only (public) sampling key the sentence says the epsilon does not hold."""
+    test-only (public) sampling key the sentence says the epsilon does not hold. secure: the rounds ran SecAgg+
+    (server.secagg), so the server received sums over nodes, never one node's sum."""
     base = ledger.statement("user")
     if not sampling_secret:
         return ("NO valid guarantee: the sampling key was fixed by the test-only FEDCTX_TEST_ONLY_SAMPLING_KEY, so who "
@@ -549,14 +550,22 @@ def central_statement(ledger: PrivacyLedger, sampling_secret: bool, item_table: 
                 + base)
     seen = (" (with the hybrid item table, the rows its users' training touched, i.e. which items they engaged with)"
             if item_table else "")
+    if secure:
+        server = ("Not covered: what the server itself receives before it adds the noise. With secure aggregation "
+                  "(SecAgg+, against a server that follows the protocol and fewer than threshold colluding nodes; "
+                  "see docs/privacy.md for the strength of Flower's masks) that is each round's exact sum over the "
+                  "nodes that replied, of the clipped updates, the user count and the evaluation metrics, never one "
+                  "node's; a round whose sum covers a single node (e.g. all but one dropped) reveals that node's sum "
+                  "to the server. ")
+    else:
+        server = ("Not covered: what the server itself receives before it adds the noise, i.e. each node's clipped "
+                  f"sum{seen} and the counts and losses nodes report; the evaluation metrics; ")
     return (base + " It holds against anyone who sees the released outputs (global_model.npz, privacy_ledger.csv, "
             "privacy.json) and everything computed from them; the Poisson sample of each round is drawn from a "
             "server secret that appears in no output (each round's seed goes to the federation's nodes: a node that "
-            "knew another device's user ids could tell whether those users took part). Not covered: what the server "
-            f"itself receives before it adds the noise, i.e. each node's clipped sum{seen} and the counts and losses "
-            "nodes report; the evaluation "
-            "metrics; the diagnostics/ folder of a simulation. The number of users N (in the denominator q N and the "
-            "default delta) is treated as public.")
+            "knew another device's user ids could tell whether those users took part). " + server +
+            "The diagnostics/ folder of a simulation is not covered. The number of users N (in the denominator q N "
+            "and the default delta) is treated as public.")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -166,7 +166,7 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
             "clip_norm": dp.clip_norm, "neighbouring": "add or remove one user (all of the user's engagements)",
             "sampling": {"scheme": "poisson", "q": cfg.sample_rate, "secret": sampling_key.secret},
             "rounds": len(dp.ledger.records),
-            "statement": central_statement(dp.ledger, sampling_key.secret, cfg.item_embedding),
+            "statement": central_statement(dp.ledger, sampling_key.secret, cfg.item_embedding, secure is not None),
             "noise_source": repr(dp.noise),
         }
         if dp.adaptive is not None:
@@ -184,6 +184,18 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
         local["noise_source"] = repr(SecureGaussian())
         print(f"privacy: {local['statement']}", flush=True)
         privacy = {**privacy, "local": local} if privacy else local
+    if secure is not None:
+        out["secure_aggregation"] = {
+            "protocol": "SecAgg+ (Bell et al. 2020): Flower's secaggplus_mod on the nodes, server.secagg on the server",
+            "what_the_server_receives": "per round, the sum over the nodes that sent a masked vector: the clipped "
+                                        "updates, the user count (and the clipped-user count), the evaluation metrics",
+            "max_users": secure.max_users, "clip_norm": cfg.clip_norm, "shares": secure.shares or "auto",
+            "threshold": secure.threshold or "auto"}
+        if privacy is not None:  # the settings only: the counts below depend on the nodes (diagnostics)
+            privacy["secure_aggregation"] = dict(out["secure_aggregation"])
+        out["secure_aggregation"].update({
+            "rounds_skipped": sum(1 for r in rows if r.get("skipped")),
+            "nodes_dropped_after_sharing_keys": sum(int(r.get("secagg-dropped", 0)) for r in rows)})
     if privacy is not None:
         privacy["released"] = "the last round's global model; nothing chosen by unnoised metrics"
     out["privacy"] = privacy
