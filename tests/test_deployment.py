@@ -272,3 +272,86 @@ def _federation_on_loopback(tmp: Path, cluster: Cluster) -> None:
           [(t["message"][0], t["process_start_to_handler_s"], t["state_load_s"], t["compute_s"], t["save_s"])
            for t in timings])
     print(f"federation on loopback: {time.monotonic() - t_start:.0f} s; nodes-replied per round {replied}")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(bool(_tools_missing()), reason=f"needs {' and '.join(_tools_missing())}")
+def test_secure_aggregation_on_real_supernodes_survives_a_node_that_fails_after_sharing_keys(tmp_path, cluster):
+    try:
+        _secure_federation(tmp_path, cluster)
+    except BaseException:
+        cluster.dump()
+        raise
+
+
+def _secure_federation(tmp: Path, cluster: Cluster) -> None:
+    """SecAgg+ over TLS and authenticated SuperNodes: two devices that require secure aggregation and one whose
+    data is malformed, so it takes part in setup and key sharing and then fails in training, every round. The
+    server removes its masks from the shares of the others; each round sums the two good devices only."""
+    t_start = time.monotonic()
+    env = cluster.env
+    certs = tmp / "certs"
+    _make_certs(certs, 3)
+    fleet, control, serverappio, *appio = free_ports(3 + 3)
+    app = copy_app(tmp / "app", "loopback", f'address = "127.0.0.1:{control}"\n'
+                                            f'root-certificates = "{certs / "ca.crt"}"')
+    link = cluster.start("superlink", [
+        str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(certs / "ca.crt"),
+        "--ssl-certfile", str(certs / "server.pem"), "--ssl-keyfile", str(certs / "server.key"),
+        "--enable-supernode-auth", "--isolation", "subprocess",
+        "--fleet-api-address", f"127.0.0.1:{fleet}", "--control-api-address", f"127.0.0.1:{control}",
+        "--serverappio-api-address", f"127.0.0.1:{serverappio}"], cwd=tmp / "superlink",
+        FLWR_HOME=str(tmp / "superlink" / "flwr"))
+    subprocess.run([str(BIN / "fedctx"), "data", "generate", "--out", str(tmp / "data"), "--users", "40",
+                    "--items", "150", "--format", "csv"], check=True, env=env, capture_output=True, timeout=300)
+    subprocess.run([str(BIN / "fedctx"), "data", "partition", str(tmp / "data"), "--out", str(tmp / "fed"),
+                    "--devices", "2"], check=True, env=env, capture_output=True, timeout=300)
+    fed = tmp / "fed"
+    bad = fed / "device-bad"  # interactions without the declared context column: training fails on this node
+    shutil.copytree(fed / "device-1", bad)
+    with (bad / "interactions.csv").open(newline="") as f:
+        table = list(csv.DictReader(f))
+    with (bad / "interactions.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, [c for c in table[0] if c != "device"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(table)
+    wait_for("the SuperLink's Control API", lambda: f"Control API on 127.0.0.1:{control}" in link.text(), 120, (link,))
+    regs = [subprocess.Popen([str(BIN / "flwr"), "supernode", "register", str(certs / f"supernode-{k}.pub"),
+                              str(app), "loopback", "--format", "json"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True) for k in range(3)]
+    node_ids = []
+    for k, reg in enumerate(regs):
+        out, err = reg.communicate(timeout=180)
+        found = re.search(r'"node-id":\s*(\d+)', out)
+        assert found, f"registering supernode-{k} failed:\n{out}\n{err[-2000:]}"
+        node_ids.append(int(found.group(1)))
+    datas = [fed / "device-0", fed / "device-1", bad]
+    nodes = [cluster.start(f"supernode-{k}", [
+        str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{fleet}",
+        "--root-certificates", str(certs / "ca.crt"), "--auth-supernode-private-key", str(certs / f"supernode-{k}"),
+        "--clientappio-api-address", f"127.0.0.1:{appio[k]}", "--isolation", "subprocess",
+        "--node-config", f"data-dir='{datas[k]}' state-dir='{tmp / f'state-{k}'}' require-secure-aggregation=true"],
+        cwd=tmp / f"node-{k}", FLWR_HOME=str(tmp / f"node-{k}" / "flwr")) for k in range(3)]
+    wait_for("the 3 SuperNodes to connect", lambda: all(f"Activated node_id={i}" in link.text() for i in node_ids),
+             180, (link, *nodes))
+    run_dir = tmp / "run"
+    run_config = (f"data='{fed / 'server'}' run-dir='{run_dir}' num-rounds=2 eval-every=2 dim=4 text-dim=8 "
+                  f"text-epochs=2 local-steps=1 min-nodes=2 round-timeout=120 secure-aggregation=true "
+                  f"secagg-max-users=20 population=40")
+    run = cluster.start("flwr-run", [str(BIN / "flwr"), "run", str(app), "loopback", "--stream",
+                                     "--run-config", run_config], cwd=tmp)
+    wait_for("the run to finish", lambda: run.popen.poll() is not None, 900, (link,))
+    server_log = link.text()
+    assert re.search(r"^round\s+2/2", run.text(), re.M), run.text()[-3000:]
+    with (run_dir / "rounds.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["users"]) for r in rows] == [40, 40]  # the two good devices' 20 users each, summed securely
+    assert [(int(r["nodes-replied"]), int(r["nodes-failed"]), int(r["secagg-dropped"])) for r in rows] == [(2, 1, 1)] * 2
+    assert 0.0 <= float(rows[1]["test-hr@10"]) <= 1.0
+    drops = re.findall(rf"round (\d+): (\S+) reply of node {node_ids[2]} dropped: (.+)", server_log)
+    assert [(int(r), phase) for r, phase, _ in drops] == [(1, "train"), (2, "train"), (2, "evaluate")]
+    assert "required column 'device' is missing" in drops[0][2]
+    summary = json.loads((run_dir / "federated.json").read_text())["secure_aggregation"]
+    assert summary["nodes_dropped_after_sharing_keys"] == 2 and summary["rounds_skipped"] == 0
+    assert _node_round(tmp / "state-0") == 2 and _node_round(tmp / "state-1") == 2
+    print(f"secure federation on loopback: {time.monotonic() - t_start:.0f} s")
