@@ -107,7 +107,10 @@ class SecureRound:
         n = len(self.nodes)
         if n < 2:
             raise SecAggAbort(f"setup: {n} node(s) connected; a secure round needs at least 2")
-        self.k, self.t = shares_and_threshold(n, self.shares, self.threshold)
+        try:
+            self.k, self.t = shares_and_threshold(n, self.shares, self.threshold)
+        except ValueError as exc:  # e.g. secagg-threshold above this round's node count
+            raise SecAggAbort(f"setup: {exc}") from None
         self.levels = quantization_range(n)
         order = list(self.nodes)
         random.SystemRandom().shuffle(order)

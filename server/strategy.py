@@ -220,6 +220,8 @@ class UserFedAvg(FedAvg):
         self._row: dict[str, float | int] = {}
         self._t0 = time.perf_counter()
         self.secure = secure
+        if secure is not None:  # a sum over one node is that node's update: a secure round needs two
+            self.min_nodes = max(self.min_nodes, 2)
         self._round: SecureRound | None = None  # this round's SecAgg+ state
         self._abort: str | None = None  # why this secure round cannot finish
 

@@ -19,22 +19,32 @@ from common.report import diagnostics_dir
 __all__ = ["bench"]
 
 
-def bench(cfg: Config, users: Sequence[int], items: int, rounds: int = 6, nodes: int = 2,
-          say: Callable[[str], None] = print, privacy: Sequence[str] = ("none",)) -> list[dict]:
-    """For each user count: seconds per centralized epoch (after a warm-up epoch) and per federated
-    training round (Flower simulation, every user sampled, median of the rounds after the first), their ratio and
-    user updates per second. Evaluation is excluded from both timings.
+SECURE = "+secagg"  # a privacy mode with this suffix runs with secure-aggregation=true
 
-    privacy: modes to time side by side (e.g. none, central, local); the first is the reference of
-    `ratio`, and each other mode m adds `federated_round_s_<m>` and `dp_cost_<m>` (its round time
-    over the first mode's)."""
+
+def mode_config(cfg: Config, mode: str) -> Config:
+    """`central` -> privacy=central; `central+secagg` -> privacy=central and SecAgg+ on."""
+    secure = mode.endswith(SECURE)
+    return cfg.replace(privacy=mode[: -len(SECURE)] if secure else mode, secure_aggregation=secure)
+
+
+def bench(cfg: Config, users: Sequence[int], items: int, rounds: int = 6, nodes: int | Sequence[int] = 2,
+          say: Callable[[str], None] = print, privacy: Sequence[str] = ("none",)) -> list[dict]:
+    """For each user count and node count: seconds per centralized epoch (after a warm-up epoch) and per
+    federated training round (Flower simulation, every user sampled, median of the rounds after the first), their
+    ratio and user updates per second. Evaluation is excluded from both timings.
+
+    privacy: modes to time side by side (e.g. none, central, local, central+secagg); the first is the reference
+    of `ratio`, and each other mode m adds `federated_round_s_<m>` and `dp_cost_<m>` (its round time over the
+    first mode's). With both m and m+secagg, `secagg_cost_<m>` is the secure round's time over m's."""
     from common.central import train_central
     from common.federated import UserStore
     from server.content import content_vectors
     from simulations.simulate import run_flower_simulation
 
     results = []
-    for n_users in users:
+    node_counts = [nodes] if isinstance(nodes, int) else list(nodes)
+    for n_users, n_nodes in ((u, n) for u in users for n in node_counts):
         c = cfg.replace(data="synthetic", synthetic_users=int(n_users), synthetic_items=int(items),
                         sample_rate=1.0, num_rounds=max(2, rounds), eval_every=10**6, central_epochs=2)
         ds = load_cached(str(resolve_dataset(c)))
@@ -42,20 +52,21 @@ def bench(cfg: Config, users: Sequence[int], items: int, rounds: int = 6, nodes:
         store = UserStore.from_prepared(ds, np.arange(ds.n_users), use_context=c.use_context)
         _, _, epoch_s, _ = train_central(store, item_h, c)
         central = float(epoch_s[-1])
-        say(f"bench {n_users} users: centralized epoch {central:.2f}s ({len(ds.train)} engagements)")
+        say(f"bench {n_users} users, {n_nodes} nodes: centralized epoch {central:.2f}s ({len(ds.train)} "
+            f"engagements)")
         per_mode = {}
         for mode in privacy:
             with tempfile.TemporaryDirectory() as tmp:
                 run_dir = Path(tmp) / "run"
-                cm = c.replace(run_dir=str(run_dir), privacy=mode)
-                run_flower_simulation(cm, nodes)
+                cm = mode_config(c.replace(run_dir=str(run_dir)), mode)
+                run_flower_simulation(cm, n_nodes)
                 rows = json.loads((diagnostics_dir(run_dir, cm.private) / "federated.json").read_text())["rounds"]
             per_mode[mode] = float(np.median([r["train-seconds"] for r in rows[1:]]))
-            say(f"bench {n_users} users: federated round ({mode}) {per_mode[mode]:.2f}s")
+            say(f"bench {n_users} users, {n_nodes} nodes: federated round ({mode}) {per_mode[mode]:.2f}s")
         round_s = per_mode[privacy[0]]
         result = {
             "users": int(ds.n_users), "items": int(ds.n_items), "engagements": int(len(ds.train)),
-            "nodes": nodes, "local_steps": c.local_steps, "centralized_batch": c.central_batch,
+            "nodes": n_nodes, "local_steps": c.local_steps, "centralized_batch": c.central_batch,
             "centralized_epoch_s": round(central, 4), "federated_round_s": round(round_s, 4),
             "ratio": round(round_s / central, 3), "user_updates_per_s": round(ds.n_users / round_s, 1),
             "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.platform()}",
@@ -63,7 +74,13 @@ def bench(cfg: Config, users: Sequence[int], items: int, rounds: int = 6, nodes:
         for mode in privacy[1:]:
             result[f"federated_round_s_{mode}"] = round(per_mode[mode], 4)
             result[f"dp_cost_{mode}"] = round(per_mode[mode] / round_s, 3)
-        say(f"bench {n_users} users: federated round {round_s:.2f}s, ratio {result['ratio']}, "
+        for mode in privacy:
+            if mode.endswith(SECURE) and mode[: -len(SECURE)] in per_mode:
+                plain = mode[: -len(SECURE)]
+                result[f"secagg_cost_{plain}"] = round(per_mode[mode] / per_mode[plain], 3)
+                say(f"bench {n_users} users, {n_nodes} nodes: secure aggregation costs "
+                    f"{result[f'secagg_cost_{plain}']}x a {plain} round")
+        say(f"bench {n_users} users, {n_nodes} nodes: federated round {round_s:.2f}s, ratio {result['ratio']}, "
             f"{result['user_updates_per_s']} user updates/s")
         results.append(result)
     return results

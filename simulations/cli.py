@@ -205,11 +205,12 @@ def bench_cmd(
     items: int = typer.Option(10000, help="Catalogue size."),
     rounds: int = typer.Option(6, help="Federated rounds per measurement (the first is warm-up; the median of "
                                        "the others is reported)."),
-    nodes: int = typer.Option(2, help="Simulated SuperNodes."),
+    nodes: List[int] = typer.Option([2], help="Simulated SuperNodes (repeat: --nodes 10 --nodes 100)."),
     set_: List[str] = typer.Option([], "--set", help="Setting override key=value."),
     privacy: List[str] = typer.Option(["none"], help="Privacy modes to time side by side (repeat: --privacy "
                                                      "none --privacy central --privacy local); the first is "
-                                                     "the reference of each dp_cost_<mode>."),
+                                                     "the reference of each dp_cost_<mode>. A mode ending in "
+                                                     "+secagg runs with secure aggregation (central+secagg)."),
 ) -> None:
     """Centralized epoch time vs federated round time on the same users; prints JSON last."""
     from common.config import ConfigError
@@ -217,8 +218,10 @@ def bench_cmd(
 
     try:
         cfg = _config(None, set_, None)
+        from simulations.bench import mode_config
+
         for mode in privacy:
-            cfg.replace(privacy=mode)  # validates the mode with this config
+            mode_config(cfg, mode)  # validates the mode with this config
         results = bench(cfg, users=users, items=items, rounds=rounds, nodes=nodes, privacy=privacy)
     except (ConfigError, FileExistsError) as err:
         _fail(err)

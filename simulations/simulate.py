@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from common.config import Config
+from common.config import Config, ConfigError
 from common.datasets import cache_dir, load_cached, resolve_dataset
 from common.federated import UserStore, evaluate_scores, evaluate_users, training_members
 from common.report import RELEASED_FILES, SYSTEMS, diagnostics_dir, plot_rounds, results_table
@@ -63,6 +63,9 @@ def run_flower_simulation(cfg: Config, num_nodes: int, verbose: bool = False) ->
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if cfg.secure_aggregation and num_nodes < 2:
+        raise ConfigError(f"secure-aggregation: needs at least 2 nodes (the sum over one node is its update); "
+                          f"got --nodes {num_nodes}. Use --nodes 2 or more.")
     cfg = simulation_inputs(cfg)
     if cfg.secure_aggregation and not cfg.secagg_max_users:  # the largest shard (client.node.build_store)
         cfg = cfg.replace(secagg_max_users=-(-load_cached(str(resolve_dataset(cfg))).n_users // num_nodes))

@@ -288,7 +288,8 @@ def test_generate_and_validate(tmp_path):
 
 def test_bench_prints_the_ratio_and_the_cost_of_dp(tmp_path):
     res = _fedctx("bench", "--users", "30", "--items", "100", "--rounds", "2", "--privacy", "none", "--privacy",
-                  "central", *SMALL, env_extra={"FEDCTX_CACHE": str(tmp_path / "cache")})
+                  "central", "--privacy", "central+secagg", "--nodes", "3", *SMALL,
+                  env_extra={"FEDCTX_CACHE": str(tmp_path / "cache")})
     assert res.returncode == 0, res.stderr[-3000:]
     result = json.loads(res.stdout.strip().splitlines()[-1])
     for key in ("users", "centralized_epoch_s", "federated_round_s", "ratio", "user_updates_per_s",
@@ -298,6 +299,8 @@ def test_bench_prints_the_ratio_and_the_cost_of_dp(tmp_path):
     assert result["ratio"] == pytest.approx(result["federated_round_s"] / result["centralized_epoch_s"], rel=0.05)
     assert result["dp_cost_central"] == pytest.approx(
         result["federated_round_s_central"] / result["federated_round_s"], rel=0.05)
+    assert result["nodes"] == 3 and result["secagg_cost_central"] == pytest.approx(
+        result["federated_round_s_central+secagg"] / result["federated_round_s_central"], rel=0.05)
 
 
 def test_simulate_with_precomputed_vectors_of_any_width(small_synthetic, tmp_path):
