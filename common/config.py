@@ -7,6 +7,7 @@ Settings are named in kebab-case in `[tool.flwr.app.config]` and on the command 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
@@ -16,6 +17,11 @@ PRIVACY_MODES = ("none", "central", "local", "local+central")
 SERVER_OPTIMIZERS = ("adam", "sgd")
 TEXT_POOLING = ("mean", "tfidf")
 CONTENT_ENCODERS = ("word2vec", "precomputed", "sentence-encoder")
+
+
+#: upper bounds of the settings that size arrays (beyond them a run cannot allocate its tables)
+_SIZE_LIMITS = {"dim": 4096, "text_dim": 4096, "negatives": 10_000, "eval_negatives": 100_000,
+                "synthetic_users": 10_000_000, "synthetic_items": 10_000_000, "content_max_length": 8192}
 
 
 class ConfigError(ValueError):
@@ -138,6 +144,8 @@ class Config:
         need(self.text_dim >= 2, "text_dim", "must be >= 2")
         need(self.text_epochs >= 1, "text_epochs", "must be >= 1")
         need(self.text_pooling in TEXT_POOLING, "text_pooling", f"must be one of {TEXT_POOLING}")
+        for name, top in _SIZE_LIMITS.items():  # sizes checked before anything is allocated
+            need(getattr(self, name) <= top, name, f"must be <= {top:,} (larger does not fit in memory)")
         need(self.dim >= 1, "dim", "must be >= 1")
         need(self.negatives >= 1, "negatives", "must be >= 1")
         need(self.loss in ("bce", "softmax"), "loss", "must be 'bce' or 'softmax'")
@@ -169,7 +177,8 @@ class Config:
                  "must be false with secure-aggregation and privacy=local (secure aggregation clips each user's "
                  "update to clip-norm, and a local-DP update of the item table is noised after its user's rows); "
                  "use privacy=central, or item-embedding=false")
-        need(self.target_epsilon >= 0, "target_epsilon", "must be >= 0 (0 = use noise-multiplier as given)")
+        need(self.target_epsilon >= 0 and math.isfinite(self.target_epsilon), "target_epsilon",
+             "must be finite and >= 0 (0 = use noise-multiplier as given; for no DP use privacy=none)")
         need(0 <= self.delta < 1, "delta", "must be in [0, 1) (0 = 0.1 / number of users)")
         need(self.noise_multiplier >= 0, "noise_multiplier", "must be >= 0")
         need(self.clip_norm > 0, "clip_norm", "must be > 0")

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import time
+from logging import ERROR
 from pathlib import Path
 
 import numpy as np
 from flwr.app import ConfigRecord, Context
+from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from common.aggregation import ServerOptimizer
+from common.errors import SERVER_ERROR_ENV, message as error_message, record_server_error
 from common.config import Config, ConfigError, config_from_mapping
 from common.data import load_catalogue
 from common.datasets import resolve_dataset
@@ -41,6 +45,20 @@ def public_inputs(cfg: Config) -> tuple[PublicSchema, np.ndarray]:
     return build_schema(item_ids, context, content.descriptor, content.h), content.h
 
 
+def _check_memory(shape: ModelShape) -> None:
+    """Refuse, before allocating, a model whose tables (parameters, Adam's two moments, h(c)) exceed the memory."""
+    per_item = (shape.dim + 1) * 3 + shape.text_dim if shape.item_embedding else shape.text_dim
+    need = 4 * shape.n_items * per_item
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: no check
+        return
+    if need > have:
+        raise ConfigError(f"dim: the item tables need about {need / 2**30:.1f} GiB ({shape.n_items:,} items x dim "
+                          f"{shape.dim}, text width {shape.text_dim}), more than this machine's "
+                          f"{have / 2**30:.1f} GiB. Fix: a smaller dim, or item-embedding=false.")
+
+
 def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
     """Run cfg.num_rounds rounds (with cfg.resume: the rounds after run_dir's checkpoint); write rounds.csv,
     federated.json and the checkpoint into run_dir; return the result."""
@@ -63,6 +81,7 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
                           f"Resume with the same inputs, or start a new run-dir.")
     shape = ModelShape(n_items=schema.n_items, text_dim=item_h.shape[1], dim=cfg.dim,
                        context_dim=schema.context_dim if cfg.use_context else 0, item_embedding=cfg.item_embedding)
+    _check_memory(shape)
     params = state.params if state else init_shared(shape, cfg.seed)
     n_members = cfg.population
     if cfg.central_dp and n_members < 1:
@@ -129,7 +148,7 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
         on_round=lambda row: print(format_round(row, cfg.num_rounds, cfg.top_k), flush=True),
         dp=dp, select_key=None if cfg.private else f"val-hr@{cfg.top_k}", round_offset=state.round if state else 0,
         checkpoint_every=cfg.checkpoint_every if checkpoint is not None else 0, on_checkpoint=write_checkpoint,
-        secure=secure,
+        secure=secure, fail_fast=bool(os.environ.get(SERVER_ERROR_ENV)),  # a simulation's nodes share one dataset
     )
     if state is not None:
         strategy.log.rows = list(state.rows)
@@ -241,5 +260,11 @@ def write_outputs(run_dir: Path, cfg: Config, out: dict, item_h: np.ndarray, sch
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    cfg = config_from_mapping(context.run_config)
-    run_federated(grid, cfg, Path(cfg.run_dir) if cfg.run_dir else Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    try:
+        cfg = config_from_mapping(context.run_config)
+        run_federated(grid, cfg, Path(cfg.run_dir) if cfg.run_dir else Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    except Exception as exc:  # one message (common.errors): in a simulation the harness raises it, here we log it
+        if record_server_error(exc):
+            return
+        log(ERROR, "fedctx server: %s", error_message(exc))
+        raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,8 +110,10 @@ def load_checkpoint(path: Path) -> ServerState:
                 if key != "meta":
                     group, name = key.split("/", 1)
                     groups[group][name] = f[key]
-    except (OSError, ValueError, KeyError) as e:
-        raise ConfigError(f"resume: {path} is not a readable checkpoint ({e}).") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise ConfigError(f"resume: {path} is not a readable checkpoint ({type(e).__name__}: {e}); it may be "
+                          f"truncated or damaged. Fix: restore it from a copy, or start a new run-dir (drop "
+                          f"resume=true).") from None
     o = meta["optimizer"]
     optimizer = ServerOptimizer(o["kind"], o["lr"], beta1=o["beta1"], beta2=o["beta2"], eps=o["eps"], step=o["step"],
                                 m=groups["adam-m"], v=groups["adam-v"])

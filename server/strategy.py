@@ -25,6 +25,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
 from common.aggregation import ServerOptimizer, sum_updates
+from common.errors import RunFailed
 from common.params import from_record, to_record
 from common.privacy import (PrivacyLedger, SamplingKey, SecureGaussian, adaptive_sum_noise, next_clip_norm,
                             noisy_mean)
@@ -184,6 +185,8 @@ class UserFedAvg(FedAvg):
     sampling_key: the run's secret; round r's sampling seed is sampling_key.round_seed(r).
     select_key: the evaluated round with the best value of this metric is kept (early stopping); None keeps
     nothing (a private run releases its last round: a choice made on unnoised metrics is not accounted).
+    secure: SecAgg+ on every round (server.secagg); fail_fast: a simulation's first round in which every node
+    failed stops the run with the first node's error (RunFailed) instead of skipping round after round.
     """
 
     def __init__(self, *, content: ArrayRecord, schema: PublicSchema, optimizer: ServerOptimizer,
@@ -191,7 +194,7 @@ class UserFedAvg(FedAvg):
                  on_round: Callable[[dict], None] | None = None,
                  dp: CentralDP | None = None, select_key: str | None = "val-hr@10", round_offset: int = 0,
                  checkpoint_every: int = 0, on_checkpoint: Callable[[int], None] | None = None,
-                 secure: SecureAggregation | None = None) -> None:
+                 secure: SecureAggregation | None = None, fail_fast: bool = False) -> None:
         super().__init__(fraction_train=1.0, fraction_evaluate=1.0, weighted_by_key="num-users",
                          min_train_nodes=min_nodes, min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes)
         self.content = content
@@ -220,6 +223,7 @@ class UserFedAvg(FedAvg):
         self._row: dict[str, float | int] = {}
         self._t0 = time.perf_counter()
         self.secure = secure
+        self.fail_fast = fail_fast  # a first round in which every node failed stops the run with the first reason
         if secure is not None:  # a sum over one node is that node's update: a secure round needs two
             self.min_nodes = max(self.min_nodes, 2)
         self._round: SecureRound | None = None  # this round's SecAgg+ state
@@ -371,6 +375,10 @@ class UserFedAvg(FedAvg):
         return to_record(new), MetricRecord({"num-users": users})
 
     def _skip(self, server_round: int, replied: int, reason: str, nodes: dict) -> None:
+        mine = [f for f in self.failures if f["round"] == server_round]
+        if self.fail_fast and replied == 0 and mine and server_round == self.round_offset + 1:
+            raise RunFailed(f"round {server_round}: every node failed, so the run stops (in a simulation the nodes "
+                            f"share one dataset and setup). The first node's error: {mine[0]['reason']}")
         log(WARNING, "round %s: %s: the round is skipped (the model is unchanged%s)", server_round, reason,
             "; nothing is released, so nothing is accounted" if self.dp is not None else "")
         self._row = {"round": server_round, "users": 0, **nodes, "skipped": 1}
@@ -409,7 +417,8 @@ class UserFedAvg(FedAvg):
         nodes = {"nodes-asked": len(asked), "nodes-replied": 0, "nodes-failed": len(asked)}
         packed = self._secure_unmask(server_round, "train", replies)
         if packed is None:
-            self._skip(server_round, 0, f"secure aggregation: {self._abort}", nodes)
+            self._skip(server_round, len(self._round.contributors) if self._round else 0,
+                       f"secure aggregation: {self._abort}", nodes)
             return None
         sr = self._round
         clip = float(self.dp.clip_norm if self.dp is not None else self.secure.clip_norm)

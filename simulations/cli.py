@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ start-up lines (cuDNN/cuFFT/cuBLAS "Unable to register factory" on machines without a GPU)
+# are noise; a real TensorFlow failure still raises in Python. Set the variable yourself to see them.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import typer
 
@@ -159,6 +161,7 @@ def simulate_cmd(
     """Simulate the federation (real Flower simulation engine), run the baselines, write the report."""
     from common.config import ConfigError
     from common.data import DataError
+    from common.errors import RunFailed
     from simulations.simulate import simulate
 
     try:
@@ -168,7 +171,7 @@ def simulate_cmd(
 
             nodes = load_cached(str(resolve_dataset(cfg))).n_users
         run_dir = simulate(cfg, num_nodes=nodes, verbose=verbose, baselines=baselines)
-    except (ConfigError, DataError, FileExistsError, FileNotFoundError) as err:
+    except (ConfigError, DataError, RunFailed, FileExistsError, FileNotFoundError, NotADirectoryError) as err:
         _fail(err)
     typer.echo(f"run directory: {run_dir}")
 
@@ -188,13 +191,14 @@ def sweep_cmd(
 
     from common.config import ConfigError, parse_overrides
     from common.data import DataError
+    from common.errors import RunFailed
     from simulations.sweep import run_sweep, sweep_config
 
     try:
         base, plan = sweep_config(config, parse_overrides(set_ or []), data)
         out_dir = out or Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
         path = run_sweep(base, plan, out_dir, nodes=nodes)
-    except (ConfigError, DataError, FileExistsError, FileNotFoundError) as err:
+    except (ConfigError, DataError, RunFailed, FileExistsError, FileNotFoundError, NotADirectoryError) as err:
         _fail(err)
     typer.echo(f"run directory: {path}")
 
@@ -214,6 +218,7 @@ def bench_cmd(
 ) -> None:
     """Centralized epoch time vs federated round time on the same users; prints JSON last."""
     from common.config import ConfigError
+    from common.errors import RunFailed
     from simulations.bench import bench
 
     try:
@@ -223,7 +228,7 @@ def bench_cmd(
         for mode in privacy:
             mode_config(cfg, mode)  # validates the mode with this config
         results = bench(cfg, users=users, items=items, rounds=rounds, nodes=nodes, privacy=privacy)
-    except (ConfigError, FileExistsError) as err:
+    except (ConfigError, RunFailed, FileExistsError) as err:
         _fail(err)
     typer.echo(json.dumps(results[-1] if len(results) == 1 else {**results[-1], "all": results}))
 
@@ -322,7 +327,18 @@ def export_tflite(
 
 
 def main() -> None:
-    cli(prog_name="fedctx")
+    """The error boundary (common/errors.py): one message and rc 2 for every error, a trace file for a bug;
+    Ctrl-C ends with rc 130."""
+    from common.errors import message
+
+    try:
+        cli(prog_name="fedctx")
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise SystemExit(130) from None
+    except Exception as exc:  # the commands catch their anticipated errors; this is the last line
+        typer.echo(f"error: {message(exc)}", err=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

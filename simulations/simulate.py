@@ -7,6 +7,8 @@ import json
 import logging
 import os
 import platform
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -14,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from common.config import Config, ConfigError
+from common.errors import SERVER_ERROR_ENV, raise_recorded
 from common.datasets import cache_dir, load_cached, resolve_dataset
 from common.federated import UserStore, evaluate_scores, evaluate_users, training_members
 from common.report import RELEASED_FILES, SYSTEMS, diagnostics_dir, plot_rounds, results_table
@@ -84,11 +87,19 @@ def run_flower_simulation(cfg: Config, num_nodes: int, verbose: bool = False) ->
         "init_args": {"num_cpus": cpus, "include_dashboard": False, "logging_level": "error",
                       "log_to_driver": verbose},
     }
-    _run_simulation(
-        num_supernodes=num_nodes, server_app_attr="server.app:app", client_app_attr="client.app:app",
-        backend_name="ray", backend_config=backend, app_dir=str(PROJECT_ROOT), run=run,
-        server_app_context=context, verbose_logging=verbose, exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE, is_app=True,
-    )
+    fd, error_file = tempfile.mkstemp(prefix="fedctx-server-", suffix=".json")
+    os.close(fd)
+    os.environ[SERVER_ERROR_ENV] = error_file  # the ServerApp (a thread of this process) writes its error here
+    try:
+        _run_simulation(
+            num_supernodes=num_nodes, server_app_attr="server.app:app", client_app_attr="client.app:app",
+            backend_name="ray", backend_config=backend, app_dir=str(PROJECT_ROOT), run=run,
+            server_app_context=context, verbose_logging=verbose, exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE, is_app=True,
+        )
+        raise_recorded(Path(error_file))
+    finally:
+        os.environ.pop(SERVER_ERROR_ENV, None)
+        Path(error_file).unlink(missing_ok=True)
 
 
 def _summarise(m: dict[str, np.ndarray], k: int, cold: np.ndarray) -> dict[str, float]:
@@ -148,6 +159,10 @@ def simulate(cfg: Config, num_nodes: int = 2, verbose: bool = False, baselines: 
     t_start = time.perf_counter()
     run_dir = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     run_dir = run_dir.resolve()
+    blocking = next((p for p in [run_dir, *run_dir.parents] if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise NotADirectoryError(f"run directory {run_dir}: {blocking} is a file, not a directory. Fix: choose "
+                                 f"another --out (or run-dir).")
     cfg = cfg.replace(run_dir=str(run_dir))
     if cfg.resume:  # fail before the simulation starts if the checkpoint is missing or from another run
         from server.checkpoint import CHECKPOINT_FILE, check_resumable, load_checkpoint
@@ -170,9 +185,15 @@ def simulate(cfg: Config, num_nodes: int = 2, verbose: bool = False, baselines: 
     content_s = time.perf_counter() - t0
     say(f"content: {cfg.content_encoder} ({content.descriptor['model']}), h(c) width {content.width}, "
         f"{content_s:.1f}s")
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    run_flower_simulation(cfg, num_nodes, verbose)
+    try:
+        run_flower_simulation(cfg, num_nodes, verbose)
+    except BaseException:
+        if created and not cfg.resume:  # nothing half-written: a failed run leaves no run directory behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     federated_s = time.perf_counter() - t0
     diag = diagnostics_dir(run_dir, cfg.private)
     fed_file = diag / "federated.json"

@@ -270,6 +270,40 @@ def test_cli_errors_name_the_problem(tmp_path):
     assert res.exit_code == 2 and "not a dataset directory" in res.output
 
 
+def test_every_error_is_one_message_with_rc_2_and_no_half_written_run_directory(small_synthetic, tmp_path):
+    # raised inside the ServerApp (a thread of Flower's engine): one line, not the engine's traceback
+    out = tmp_path / "run"
+    res = _fedctx("simulate", "--data", str(small_synthetic), "--no-baselines", *SMALL, "--out", str(out),
+                  "--set", "privacy=central", "--set", "adaptive-clip=true", "--set", "clip-count-stddev=0.1")
+    errors = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and len(errors) == 1, res.stderr[-3000:]
+    assert errors[0].startswith("error: ") and "clip-count-stddev" in errors[0] and "Traceback" not in res.stdout
+    assert not out.exists()
+    # an output path under a regular file
+    (tmp_path / "file").write_text("x")
+    res = _fedctx("simulate", "--data", str(small_synthetic), "--out", str(tmp_path / "file" / "run"), *SMALL)
+    assert res.returncode == 2 and "is a file, not a directory" in res.stderr
+    # sizes that cannot be allocated are refused before anything starts
+    res = _fedctx("simulate", "--data", str(small_synthetic), "--set", "dim=1e12")
+    assert res.returncode == 2 and "dim: must be <= 4,096" in res.stderr
+    # a checkpoint cut in half, or to nothing
+    run = tmp_path / "damaged"
+    run.mkdir()
+    import numpy as np
+
+    np.savez(run / "checkpoint.npz", meta=np.array("{}"), **{"params/w": np.zeros(1000)})
+    whole = (run / "checkpoint.npz").read_bytes()
+    for cut in (len(whole) // 2, 0):
+        (run / "checkpoint.npz").write_bytes(whole[:cut])
+        res = _fedctx("simulate", "--data", str(small_synthetic), "--out", str(run), "--set", "resume=true", *SMALL)
+        assert res.returncode == 2 and "truncated or damaged" in res.stderr, res.stderr[-2000:]
+        assert [line for line in res.stderr.splitlines() if line.strip()][-1].startswith("error: ")
+    # secure aggregation over one node would reveal its update
+    res = _fedctx("simulate", "--data", str(small_synthetic), "--nodes", "1", "--set", "secure-aggregation=true",
+                  "--out", str(tmp_path / "one"), *SMALL)
+    assert res.returncode == 2 and "needs at least 2 nodes" in res.stderr
+
+
 def test_generate_and_validate(tmp_path):
     runner = CliRunner()
     out = tmp_path / "gen"

@@ -166,3 +166,24 @@ def test_evaluation_drops_bad_replies_and_averages_the_rest():
     assert metrics["val-hr@10"] == pytest.approx((0.2 * 1 + 0.6 * 3) / 4)
     assert any(f["node"] == 13 and f["phase"] == "evaluate" for f in s.failures)
     assert s.log.rows[-1]["val-hr@10"] == pytest.approx(0.5)
+
+
+def test_fail_fast_stops_a_simulation_whose_nodes_all_fail_in_the_first_round():
+    from common.errors import RunFailed
+
+    for fail_fast in (False, True):
+        s = _strategy()
+        s.fail_fast = fail_fast
+        msgs = _train(s, [11, 12])
+        replies = [Message(error=Error(code=0, reason="DataError: column 'device' is missing"), reply_to=m)
+                   for m in msgs.values()]
+        if not fail_fast:  # a deployment: the round is skipped and the run goes on
+            assert s.aggregate_train(1, replies) == (None, None) and s._row["skipped"] == 1
+            continue
+        with pytest.raises(RunFailed, match="every node failed.*column 'device' is missing"):
+            s.aggregate_train(1, replies)
+    s = _strategy()  # a later round with all nodes failing is skipped even with fail_fast
+    s.fail_fast = True
+    s.round_offset = 3
+    msgs = _train(s, [11])
+    assert s.aggregate_train(2, [Message(error=Error(code=0, reason="boom"), reply_to=msgs[11])]) == (None, None)

@@ -1,0 +1,72 @@
+"""One error boundary for the command line and the apps.
+
+An anticipated error (a bad setting, bad data, a damaged checkpoint, an output path that cannot be written) is
+one message that names the rule, the value found and the fix; the command exits with 2. Any other exception is
+a bug: its full trace goes to a file, and the message says where.
+
+Inside a simulation the ServerApp runs in a thread of Flower's engine, which would print its exception three
+times over (Flower's log, the thread's hook, the engine's RuntimeError). So the harness names a file in
+SERVER_ERROR_ENV; the ServerApp writes its exception there and returns, and the harness raises it as RunFailed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+__all__ = ["RunFailed", "SERVER_ERROR_ENV", "anticipated", "record_server_error", "raise_recorded", "trace_file"]
+
+#: the file a simulated ServerApp writes its exception to (set by the simulation harness only)
+SERVER_ERROR_ENV = "FEDCTX_SERVER_ERROR_FILE"
+
+
+class RunFailed(RuntimeError):
+    """A run stopped on an error; the message is the whole story (and, for a bug, where its trace is)."""
+
+
+def anticipated(exc: BaseException) -> bool:
+    """Errors whose message is written for the user (the rule, the value, the fix); everything else is a bug."""
+    from common.config import ConfigError
+    from common.data import DataError
+
+    return isinstance(exc, (ConfigError, DataError, RunFailed, ValueError, FileExistsError, FileNotFoundError,
+                            NotADirectoryError, IsADirectoryError, PermissionError, MemoryError))
+
+
+def trace_file(exc: BaseException) -> Path:
+    """Write exc's full trace to a new file in the temp directory; its path."""
+    fd, name = tempfile.mkstemp(prefix=time.strftime("fedctx-error-%Y%m%d-%H%M%S-"), suffix=".log")
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(traceback.format_exception(exc)))
+    return Path(name)
+
+
+def message(exc: BaseException) -> str:
+    """The one line a user reads for exc."""
+    if anticipated(exc):
+        return str(exc)
+    return (f"unexpected {type(exc).__name__}: {exc}. This is a bug; the full trace is in {trace_file(exc)} "
+            f"(please attach it to a report).")
+
+
+def record_server_error(exc: BaseException) -> bool:
+    """In a simulation: write exc's message to SERVER_ERROR_ENV's file and say True; elsewhere False."""
+    path = os.environ.get(SERVER_ERROR_ENV)
+    if not path:
+        return False
+    Path(path).write_text(json.dumps({"type": type(exc).__name__, "message": message(exc)}))
+    return True
+
+
+def raise_recorded(path: Path) -> None:
+    """Raise RunFailed with the ServerApp's recorded error, if it wrote one."""
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return
+    if text.strip():
+        raise RunFailed(json.loads(text)["message"])
