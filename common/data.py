@@ -690,6 +690,10 @@ class _RawInteractions:
     context: pd.DataFrame  # parsed context columns
 
 
+#: at most this many distinct values in a categorical context column (one-hot features)
+MAX_CATEGORIES = 1000
+
+
 def _read_interactions(spec: DatasetSpec) -> _RawInteractions:
     path = spec.interactions_file
     required = list(_ID_COLUMNS)
@@ -730,7 +734,20 @@ def _read_interactions(spec: DatasetSpec) -> _RawInteractions:
                             value=_cell(col, i),
                             fix="correct the value, leave it empty, or declare the column "
                                 "categorical in dataset.toml")
-        context[column.name] = values
+        if len(values) and np.isnan(values).all():
+            raise DataError(path, f"{column.kind} context column {column.name!r} has no value in any row",
+                            column=column.name, value="all empty or NaN",
+                            fix="fill the column, or remove it from [context] in dataset.toml")
+        context[column.name] = values  # NaN (empty or a literal NaN) is a missing value: encoded as 0
+    for column in spec.context_columns:
+        if column.kind == "categorical" and column.values is None:
+            distinct = context[column.name].nunique(dropna=True)
+            if distinct > MAX_CATEGORIES:
+                raise DataError(path, f"categorical context column {column.name!r} has {distinct:,} distinct "
+                                f"values, more than {MAX_CATEGORIES:,} (each becomes a feature of every row)",
+                                column=column.name, value=distinct,
+                                fix="group rare values (e.g. into 'other'), declare the column numeric if it is "
+                                    "a quantity, or leave it out of [context]")
     return _RawInteractions(user, item, time, label, pd.DataFrame(context, index=user.index))
 
 
@@ -776,6 +793,9 @@ def load_dataset(root: str | Path, *, min_user_interactions: int = 3, schema: "P
         item_ids, item_texts, non_utf8, missing_texts = np.asarray(schema.item_ids, dtype=str), (), 0, 0
     else:
         item_ids, item_texts, non_utf8, missing_texts = _read_items(spec)
+        if len(item_ids) == 0:
+            raise DataError(spec.items_file, "the item catalogue must hold at least one item", value=0,
+                            fix="add item rows (item_id, text) below the header")
     raw = _read_interactions(spec)
     path = spec.interactions_file
     n = len(raw.user)
@@ -810,14 +830,19 @@ def load_dataset(root: str | Path, *, min_user_interactions: int = 3, schema: "P
 
     user_code, _ = pd.factorize(raw.user)
     rows = np.flatnonzero(keep)
-    dup = pd.DataFrame(
-        {"u": user_code[rows], "i": item_index[rows], "t": time[rows]}
-    ).duplicated(keep="first").to_numpy()
+    # a duplicate is the same user, item, time and context (rows that differ in context are distinct engagements)
+    key = pd.DataFrame({"u": user_code[rows], "i": item_index[rows], "t": time[rows]})
+    for name in raw.context.columns:
+        key[f"c:{name}"] = raw.context[name].iloc[rows].to_numpy()
+    dup = key.duplicated(keep="first").to_numpy()
     dup_mask = np.zeros(n, dtype=bool)
     dup_mask[rows[dup]] = True
     drop("duplicate_rows", dup_mask)
     cleaning["non_utf8_texts"] = non_utf8
     cleaning["missing_texts"] = missing_texts
+    cleaning["missing_numeric_context"] = int(sum(  # empty or NaN cells of numeric columns: encoded as missing (0)
+        np.isnan(raw.context[c.name].to_numpy(np.float64)[keep]).sum()
+        for c in spec.context_columns if c.kind == "numeric" and c.name in raw.context.columns))
 
     if not keep.any():
         raise DataError(
@@ -834,7 +859,8 @@ def load_dataset(root: str | Path, *, min_user_interactions: int = 3, schema: "P
         raise DataError(
             path, f"at least one user must have {min_user_interactions} or more usable "
                   "interactions after cleaning", value=dict(cleaning),
-            fix="add interactions or lower min_user_interactions",
+            fix=f"each user needs {min_user_interactions} engagements (training, validation and test); add "
+                "interactions, or check that item ids and timestamps survive the cleaning above",
         )
 
     rows = np.flatnonzero(keep)

@@ -18,7 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
-__all__ = ["RunFailed", "SERVER_ERROR_ENV", "anticipated", "record_server_error", "raise_recorded", "trace_file"]
+__all__ = ["RunFailed", "Interrupted", "SERVER_ERROR_ENV", "stop_requested", "anticipated", "record_server_error", "raise_recorded", "trace_file"]
 
 #: the file a simulated ServerApp writes its exception to (set by the simulation harness only)
 SERVER_ERROR_ENV = "FEDCTX_SERVER_ERROR_FILE"
@@ -26,6 +26,23 @@ SERVER_ERROR_ENV = "FEDCTX_SERVER_ERROR_FILE"
 
 class RunFailed(RuntimeError):
     """A run stopped on an error; the message is the whole story (and, for a bug, where its trace is)."""
+
+
+class Interrupted(RunFailed):
+    """A run stopped by SIGINT or SIGTERM between rounds (its last checkpoint is intact)."""
+
+
+def stop_requested() -> str | None:
+    """In a simulation, the signal that asked the run to stop ("SIGINT", "SIGTERM"), else None. The harness's
+    signal handler writes it to SERVER_ERROR_ENV's file + ".stop" (a file, so that it reaches the ServerApp thread
+    whatever modules Flower reloads)."""
+    path = os.environ.get(SERVER_ERROR_ENV)
+    if not path:
+        return None
+    try:
+        return Path(path + ".stop").read_text().strip() or "a signal"
+    except OSError:
+        return None
 
 
 def anticipated(exc: BaseException) -> bool:
@@ -58,7 +75,8 @@ def record_server_error(exc: BaseException) -> bool:
     path = os.environ.get(SERVER_ERROR_ENV)
     if not path:
         return False
-    Path(path).write_text(json.dumps({"type": type(exc).__name__, "message": message(exc)}))
+    Path(path).write_text(json.dumps({"type": type(exc).__name__, "message": message(exc),
+                                      "interrupted": isinstance(exc, Interrupted)}))
     return True
 
 
@@ -69,4 +87,5 @@ def raise_recorded(path: Path) -> None:
     except OSError:
         return
     if text.strip():
-        raise RunFailed(json.loads(text)["message"])
+        record = json.loads(text)
+        raise (Interrupted if record.get("interrupted") else RunFailed)(record["message"])

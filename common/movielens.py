@@ -196,12 +196,27 @@ def detect_variant(src: Path) -> str:
     )
 
 
+#: MovieLens ratings start in 1995 (GroupLens); an earlier timestamp is a damaged line (e.g. a file cut short)
+FIRST_RATING_TIME = 788_918_400  # 1995-01-01 UTC
+
+
 def _ratings(table: _Table, user: str, item: str, rating: str, time: str) -> pd.DataFrame:
+    """The ratings file's columns; an empty file, or a timestamp before 1995, is an error naming the line."""
+    if len(table.frame) == 0:
+        raise ValueError(f"{table.path}: the ratings file holds no rating; the download may be incomplete. Fix: "
+                         f"download and unpack the release again")
+    timestamps = table.integers(time)
+    early = timestamps < FIRST_RATING_TIME
+    if early.any():
+        row = int(np.flatnonzero(early)[0])
+        raise table.fail(row, f"{time} {int(timestamps[row])} is before 1995, when MovieLens ratings begin; the "
+                              f"line is damaged (a file cut short ends like this). Fix: download and unpack the "
+                              f"release again")
     return pd.DataFrame(
         {
             "user_id": table.integers(user),
             "item_id": table.integers(item),
-            "timestamp": table.integers(time),
+            "timestamp": timestamps,
             "rating": table.floats(rating),
         }
     )

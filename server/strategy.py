@@ -25,7 +25,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
 from common.aggregation import ServerOptimizer, sum_updates
-from common.errors import RunFailed
+from common.errors import Interrupted, RunFailed, stop_requested
 from common.params import from_record, to_record
 from common.privacy import (PrivacyLedger, SamplingKey, SecureGaussian, adaptive_sum_noise, next_clip_norm,
                             noisy_mean)
@@ -223,6 +223,7 @@ class UserFedAvg(FedAvg):
         self._row: dict[str, float | int] = {}
         self._t0 = time.perf_counter()
         self.secure = secure
+        self.last_checkpoint = round_offset  # the round of the newest checkpoint (0: none)
         self.fail_fast = fail_fast  # a first round in which every node failed stops the run with the first reason
         if secure is not None:  # a sum over one node is that node's update: a secure round needs two
             self.min_nodes = max(self.min_nodes, 2)
@@ -278,10 +279,21 @@ class UserFedAvg(FedAvg):
             self._drop(server_round, phase, node, "no reply within round-timeout (failed, left or too slow)")
         return good
 
+    def _check_stop(self, server_round: int) -> None:
+        """Between rounds: a simulation asked to stop (SIGINT/SIGTERM) ends here, its last checkpoint intact."""
+        signal = stop_requested()
+        if signal is not None:
+            done = self.log.rows[-1]["round"] if self.log.rows else self.round_offset
+            raise Interrupted(f"interrupted by {signal} before round {server_round} ({done} rounds done); "
+                              + (f"the checkpoint of round {self.last_checkpoint} is intact: go on with --set "
+                                 f"resume=true and the same --out" if self.last_checkpoint else
+                                 "no checkpoint was written yet"))
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._t0 = time.perf_counter()
         server_round += self.round_offset
+        self._check_stop(server_round)
         self.current = self.latest = from_record(arrays)
         config["server-round"] = server_round
         config["sample-rate"] = float(self.sample_rate)
@@ -476,4 +488,5 @@ class UserFedAvg(FedAvg):
         if self.on_checkpoint is not None and self.checkpoint_every and (r % self.checkpoint_every == 0
                                                                          or r == self.num_rounds):
             self.on_checkpoint(r)
+            self.last_checkpoint = r
         log(INFO, "round %s done", row.get("round"))

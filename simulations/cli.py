@@ -41,8 +41,10 @@ def _pairs(items: List[str]) -> dict:
 
 
 def _fail(err: Exception) -> None:
+    from common.errors import Interrupted
+
     typer.echo(f"error: {err}", err=True)
-    raise typer.Exit(code=2)
+    raise typer.Exit(code=130 if isinstance(err, Interrupted) else 2)
 
 
 def _config(data: Optional[str], sets: List[str], out: Optional[Path]):

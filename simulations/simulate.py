@@ -8,7 +8,10 @@ import logging
 import os
 import platform
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -46,6 +49,22 @@ def simulation_inputs(cfg: Config) -> Config:
         changes["population"] = int(training_members(np.asarray(ds.user_ids).astype(str), cfg.audit_fraction,
                                                      cfg.seed).sum())
     return cfg.replace(**changes) if changes else cfg
+
+
+def _stop_on_signals(flag: Path) -> None:
+    """SIGINT/SIGTERM ask the ServerApp to stop before its next round (common.errors.stop_requested); a second
+    signal ends the process at once."""
+    def handler(signum, frame) -> None:
+        if flag.exists():
+            print("fedctx: second signal, stopping now", file=sys.stderr, flush=True)
+            os._exit(130)
+        flag.write_text(signal.Signals(signum).name)
+        print(f"fedctx: {signal.Signals(signum).name}: stopping after the current round (again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, handler)
 
 
 def run_flower_simulation(cfg: Config, num_nodes: int, verbose: bool = False) -> None:
@@ -90,6 +109,13 @@ def run_flower_simulation(cfg: Config, num_nodes: int, verbose: bool = False) ->
     fd, error_file = tempfile.mkstemp(prefix="fedctx-server-", suffix=".json")
     os.close(fd)
     os.environ[SERVER_ERROR_ENV] = error_file  # the ServerApp (a thread of this process) writes its error here
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    import ray
+
+    if not ray.is_initialized():  # started here, not by Flower's backend: Ray installs its own SIGTERM handler,
+        ray.init(runtime_env={"env_vars": {"PYTHONPATH": ":".join(sys.path)}},  # which ours must replace
+                 **backend["init_args"])
+    _stop_on_signals(Path(error_file + ".stop"))
     try:
         _run_simulation(
             num_supernodes=num_nodes, server_app_attr="server.app:app", client_app_attr="client.app:app",
@@ -98,8 +124,14 @@ def run_flower_simulation(cfg: Config, num_nodes: int, verbose: bool = False) ->
         )
         raise_recorded(Path(error_file))
     finally:
+        if ray.is_initialized():  # Flower shuts Ray down when the run ends normally
+            ray.shutdown()
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         os.environ.pop(SERVER_ERROR_ENV, None)
         Path(error_file).unlink(missing_ok=True)
+        Path(error_file + ".stop").unlink(missing_ok=True)
 
 
 def _summarise(m: dict[str, np.ndarray], k: int, cold: np.ndarray) -> dict[str, float]:
@@ -191,8 +223,8 @@ def simulate(cfg: Config, num_nodes: int = 2, verbose: bool = False, baselines: 
     try:
         run_flower_simulation(cfg, num_nodes, verbose)
     except BaseException:
-        if created and not cfg.resume:  # nothing half-written: a failed run leaves no run directory behind
-            shutil.rmtree(run_dir, ignore_errors=True)
+        if created and not cfg.resume and not (run_dir / "checkpoint.npz").is_file():
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing half-written (a checkpoint is kept for resume)
         raise
     federated_s = time.perf_counter() - t0
     diag = diagnostics_dir(run_dir, cfg.private)

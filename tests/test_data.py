@@ -210,6 +210,7 @@ def test_cleaning_counts_and_rows_removed(tmp_path: Path) -> None:
         "duplicate_rows": 1,
         "non_utf8_texts": 1,
         "missing_texts": 1,
+        "missing_numeric_context": 0,
         "users_too_few_interactions": 1,
     }
     assert list(data.user_ids) == ["ann", "ben"]
@@ -521,3 +522,63 @@ def test_parquet_integer_ids_become_strings(tmp_path: Path) -> None:
     assert triples(data, data.train) == [("7", "10", 1)]
     assert triples(data, data.val) == [("7", "20", 2)]
     assert triples(data, data.test) == [("7", "10", 3)]
+
+
+# --------------------------------------------------------------------------- loader gaps (issue: one clear message)
+
+CTX_TOML = """
+[dataset]
+interactions = "interactions.csv"
+items = "items.csv"
+time-column = "ts"
+
+[context]
+columns = { device = "categorical", temp = "numeric" }
+"""
+
+
+def _ctx_dataset(root: Path, rows: list[str], items: list[str] | None = None) -> Path:
+    write_toml(root, CTX_TOML)
+    write_csv(root / "items.csv", "item_id,text", ["a,alpha", "b,beta", "c,gamma"] if items is None else items)
+    write_csv(root / "interactions.csv", "user_id,item_id,ts,device,temp", rows)
+    return root
+
+
+def test_an_items_file_with_only_a_header_is_blamed_on_the_items_file(tmp_path):
+    root = _ctx_dataset(tmp_path / "d", ["u,a,1,m,1", "u,b,2,m,1", "u,c,3,m,1"], items=[])
+    with pytest.raises(DataError) as e:
+        load_dataset(root)
+    assert Path(e.value.file).name == "items.csv" and "at least one item" in str(e.value)
+
+
+def test_nan_in_a_numeric_context_column_is_a_counted_missing_value_and_an_all_missing_column_an_error(tmp_path):
+    rows = ["u,a,1,m,NaN", "u,b,2,m,", "u,c,3,m,2.5", "v,a,1,d,1", "v,b,2,d,nan", "v,c,3,d,3"]
+    data = load_dataset(_ctx_dataset(tmp_path / "ok", rows))
+    assert data.cleaning["missing_numeric_context"] == 3
+    rows = ["u,a,1,m,NaN", "u,b,2,m,", "u,c,3,m,nan"]
+    with pytest.raises(DataError) as e:
+        load_dataset(_ctx_dataset(tmp_path / "bad", rows))
+    assert e.value.column == "temp" and "no value in any row" in str(e.value)
+
+
+def test_a_categorical_context_column_with_too_many_values_is_refused(tmp_path):
+    from common.data import MAX_CATEGORIES
+
+    rows = [f"u{k // 3},{'abc'[k % 3]},{k},dev{k},1" for k in range(3 * (MAX_CATEGORIES // 3 + 2))]
+    with pytest.raises(DataError) as e:
+        load_dataset(_ctx_dataset(tmp_path / "d", rows))
+    assert e.value.column == "device" and "distinct values" in str(e.value) and "group rare values" in str(e.value)
+
+
+def test_rows_that_differ_only_in_context_are_not_duplicates(tmp_path):
+    # u: (a, t=1) on mobile and on desktop are two engagements; the exact repeat (a, 1, m, 1) is one duplicate
+    rows = ["u,a,1,m,1", "u,a,1,d,1", "u,a,1,m,1", "u,b,2,m,1", "u,c,3,m,1"]
+    data = load_dataset(_ctx_dataset(tmp_path / "d", rows))
+    assert data.cleaning["duplicate_rows"] == 1
+    assert len(data.train) + len(data.val) + len(data.test) == 4
+
+
+def test_too_few_engagements_names_a_fix_the_user_can_apply(tmp_path):
+    with pytest.raises(DataError) as e:
+        load_dataset(_ctx_dataset(tmp_path / "d", ["u,a,1,m,1", "u,b,2,m,1"]))
+    assert "min_user_interactions" not in str(e.value) and "each user needs 3 engagements" in str(e.value)

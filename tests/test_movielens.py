@@ -297,3 +297,18 @@ def test_rating_of_unknown_movie(tmp_path: Path) -> None:
     src = ml1m(tmp_path, ratings_dat="1::20::5::978300760\n1::99::3::978300000\n")
     with pytest.raises(ValueError, match="99"):
         import_movielens(src, tmp_path / "out")
+
+
+def test_an_empty_ratings_file_is_an_error(tmp_path: Path) -> None:
+    src = ml100k(tmp_path, u_data="")
+    with pytest.raises(ValueError, match=r"u\.data: the ratings file holds no rating"):
+        import_movielens(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_ratings_file_cut_inside_its_last_timestamp_is_an_error_naming_the_line(tmp_path: Path) -> None:
+    whole = "1\t1\t5\t881250949\n1\t2\t3\t881250949\n2\t1\t4\t881250950\n"
+    src = ml100k(tmp_path, u_data=whole[:-6])  # "...\t8812" : a 1970 timestamp, no newline
+    with pytest.raises(ValueError, match=r"u\.data: line 3: time 8812 is before 1995"):
+        import_movielens(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -302,6 +303,36 @@ def test_every_error_is_one_message_with_rc_2_and_no_half_written_run_directory(
     res = _fedctx("simulate", "--data", str(small_synthetic), "--nodes", "1", "--set", "secure-aggregation=true",
                   "--out", str(tmp_path / "one"), *SMALL)
     assert res.returncode == 2 and "needs at least 2 nodes" in res.stderr
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_stops_a_simulation_between_rounds_with_its_checkpoint_intact(small_synthetic, tmp_path, sig):
+    import signal
+    import time
+
+    from server.checkpoint import load_checkpoint
+
+    out = tmp_path / "run"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.Popen([sys.executable, "-m", "simulations.cli", "simulate", "--data", str(small_synthetic),
+                             "--no-baselines", *SMALL, "--set", "num-rounds=500", "--set", "checkpoint-every=1",
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=Path(__file__).resolve().parents[1])
+    seen = ""
+    for line in proc.stdout:  # wait until two rounds are done
+        seen += line
+        if line.lstrip().startswith("round   2/"):
+            break
+    proc.send_signal(getattr(signal, sig))
+    t0 = time.monotonic()
+    out_text, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err[-3000:]
+    assert time.monotonic() - t0 < 120
+    last = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(last) == 1 and f"interrupted by {sig}" in last[0] and "resume=true" in last[0]
+    done = int(re.search(r"the checkpoint of round (\d+) is intact", last[0]).group(1))
+    assert done >= 2 and load_checkpoint(out / "checkpoint.npz").round == done
+    assert "Traceback" not in err
 
 
 def test_generate_and_validate(tmp_path):
