@@ -514,13 +514,38 @@ def _read_table(path: Path, role: str, required: list[str], binary: tuple[str, .
                     convert_options=convert)
             except pa.ArrowInvalid:
                 pass
-        return pa_csv.read_csv(path, parse_options=pa_csv.ParseOptions(newlines_in_values=True),
-                               convert_options=convert)
+        try:
+            return pa_csv.read_csv(path, parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+                                   convert_options=convert)
+        except pa.ArrowInvalid as exc:
+            if "straddl" not in str(exc):
+                raise
+            # one field longer than Arrow's read block (1 MB by default): read the file as one block
+            block = min(max(path.stat().st_size + 1, 1 << 20), 2**31 - 1)
+            return pa_csv.read_csv(path, read_options=pa_csv.ReadOptions(block_size=block),
+                                   parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+                                   convert_options=convert)
     except Exception as exc:  # noqa: BLE001
         kind = "CSV (UTF-8, comma-separated, one header line)" if is_csv else "Parquet"
+        if is_csv and "utf8" in str(exc).lower():
+            row = _non_utf8_row(path)
+            raise DataError(path, "every cell must be UTF-8 text", row=row, value=str(exc),
+                            fix="re-export the file as UTF-8 (e.g. iconv -f latin1 -t utf-8), or correct the row"
+                            ) from None
         row = _ragged_csv_row(path, len(names)) if is_csv else None
         raise DataError(path, f"file must be a readable {kind} file", row=row, value=str(exc),
                         fix="correct the reported row or re-export the file") from None
+
+
+def _non_utf8_row(path: Path) -> int | None:
+    """1-based data row (after the header) holding bytes that are not UTF-8. Error path only."""
+    with path.open("rb") as f:
+        for number, line in enumerate(f):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return number if number > 0 else None
+    return None
 
 
 def _ragged_csv_row(path: Path, n_columns: int) -> int | None:

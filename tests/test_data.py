@@ -582,3 +582,22 @@ def test_too_few_engagements_names_a_fix_the_user_can_apply(tmp_path):
     with pytest.raises(DataError) as e:
         load_dataset(_ctx_dataset(tmp_path / "d", ["u,a,1,m,1", "u,b,2,m,1"]))
     assert "min_user_interactions" not in str(e.value) and "each user needs 3 engagements" in str(e.value)
+
+
+def test_an_item_text_longer_than_arrows_read_block_loads(tmp_path):
+    root = tmp_path / "d"
+    write_toml(root, '[dataset]\ninteractions = "i.csv"\nitems = "items.csv"\n')
+    (root / "items.csv").write_text("item_id,text\na," + "word " * 700_000 + "\nb,short\nc,x\n")  # 3.5 MB
+    write_csv(root / "i.csv", "user_id,item_id", ["u,a", "u,b", "u,c"])
+    data = load_dataset(root)
+    assert len(data.item_texts[0]) > 3_000_000
+
+
+def test_invalid_utf8_in_an_id_column_names_the_row(tmp_path):
+    root = tmp_path / "d"
+    write_toml(root, '[dataset]\ninteractions = "i.csv"\nitems = "items.csv"\n')
+    write_csv(root / "items.csv", "item_id,text", ["a,x", "b,y", "c,z"])
+    (root / "i.csv").write_bytes(b"user_id,item_id\nu,a\nu,b\nu,c\n\xff\xfe,a\n")
+    with pytest.raises(DataError) as e:
+        load_dataset(root)
+    assert e.value.row == 4 and "UTF-8" in str(e.value) and Path(e.value.file).name == "i.csv"
