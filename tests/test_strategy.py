@@ -187,3 +187,40 @@ def test_fail_fast_stops_a_simulation_whose_nodes_all_fail_in_the_first_round():
     s.round_offset = 3
     msgs = _train(s, [11])
     assert s.aggregate_train(2, [Message(error=Error(code=0, reason="boom"), reply_to=msgs[11])]) == (None, None)
+
+
+def test_adaptive_clipping_noises_with_this_round_s_clip_and_sends_the_next_one_to_the_nodes():
+    from server.strategy import AdaptiveClip
+
+    ledger = PrivacyLedger(delta=1e-5, accountant="rdp")
+    dp = CentralDP(clip_norm=1.0, noise_multiplier=1.0, denominator=10.0, ledger=ledger,
+                   adaptive=AdaptiveClip(quantile=0.5, lr=0.2, count_stddev=1.0))
+    s = _strategy(dp=dp)
+    msgs = _train(s, [11, 12])
+    assert msgs[11].content.config_records["config"]["clip-norm"] == 1.0
+    # every user's update far below C: all 4 unclipped, shifted count 4 - 4/2 = 2; C shrinks geometrically
+    s.aggregate_train(1, [_reply(msgs[11], _params(0.01), users=2, **{"clip-shifted-count": 1.0}),
+                          _reply(msgs[12], _params(0.01), users=2, **{"clip-shifted-count": 1.0})])
+    assert ledger.records[0].clip_norm == 1.0 and s._row["clip-norm"] == 1.0  # this round: the old C
+    assert dp.clip_norm < 1.0
+    msgs = _train(s, [11, 12], round_=2)
+    assert msgs[11].content.config_records["config"]["clip-norm"] == pytest.approx(dp.clip_norm)  # next: the new C
+
+
+def test_evaluation_is_skipped_between_eval_every_rounds_and_the_best_round_is_kept():
+    s = _strategy()
+    s.eval_every, s.select_key = 2, "val-hr@10"
+    for round_, value, hr in ((1, 0.0, None), (2, 1.0, 0.4), (3, 2.0, None), (4, 3.0, 0.3)):
+        _train(s, [11], round_=round_, value=value)
+        s.aggregate_train(round_, [])
+        msgs = list(s.configure_evaluate(round_, to_record(_params(value)), ConfigRecord({}), FakeGrid([11])))
+        if hr is None:  # not an evaluation round: no message, the round's row has no metrics
+            assert msgs == [] and s.aggregate_evaluate(round_, []) is None
+            assert "val-hr@10" not in s.log.rows[-1]
+            continue
+        reply = Message(content=RecordDict({METRICS: MetricRecord({"num-users": 1, "val-hr@10": hr})}),
+                        reply_to=msgs[0])
+        s.aggregate_evaluate(round_, [reply])
+    assert [r["round"] for r in s.log.rows] == [1, 2, 3, 4]
+    score, best_round, params = s.best
+    assert (score, best_round) == (0.4, 2) and all(np.all(v == 1.0) for v in params.values())
