@@ -33,3 +33,11 @@ def test_bad_settings_name_the_rule_and_value(items, message):
     with pytest.raises(ConfigError) as err:
         config_from_mapping(parse_overrides(items))
     assert message in str(err.value)
+
+
+def test_every_setting_is_documented_in_the_configuration_page():
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    missing = [k for k in Config().to_flwr() if f"`{k}`" not in page]
+    assert missing == [], f"docs/configuration.md does not name {missing}"
