@@ -715,6 +715,9 @@ class _RawInteractions:
     context: pd.DataFrame  # parsed context columns
 
 
+#: the largest magnitude a context number may have (features are float32)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 #: at most this many distinct values in a categorical context column (one-hot features)
 MAX_CATEGORIES = 1000
 
@@ -751,11 +754,12 @@ def _read_interactions(spec: DatasetSpec) -> _RawInteractions:
             context[column.name] = values.where(~_blank(strings), None)
             continue
         values, unparsable = _numbers(col)
-        bad = unparsable | np.isinf(values)
+        with np.errstate(invalid="ignore"):
+            bad = unparsable | np.isinf(values) | (np.abs(values) > _FLOAT32_MAX)
         if bad.any():
             i = _first(bad)
             raise DataError(path, f"{column.kind} context column {column.name!r} must hold "
-                            "finite numbers (or be empty)", row=i + 1, column=column.name,
+                            "finite numbers within +-3.4e38 (or be empty)", row=i + 1, column=column.name,
                             value=_cell(col, i),
                             fix="correct the value, leave it empty, or declare the column "
                                 "categorical in dataset.toml")

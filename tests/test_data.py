@@ -601,3 +601,10 @@ def test_invalid_utf8_in_an_id_column_names_the_row(tmp_path):
     with pytest.raises(DataError) as e:
         load_dataset(root)
     assert e.value.row == 4 and "UTF-8" in str(e.value) and Path(e.value.file).name == "i.csv"
+
+
+def test_a_numeric_context_value_beyond_float32_is_an_error_naming_its_row(tmp_path):
+    rows = ["u,a,1,m,1", "u,b,2,m,1e39", "u,c,3,m,1"]
+    with pytest.raises(DataError) as e:
+        load_dataset(_ctx_dataset(tmp_path / "d", rows))
+    assert e.value.row == 2 and e.value.column == "temp" and "3.4e38" in str(e.value)

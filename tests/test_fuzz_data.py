@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -94,6 +95,8 @@ def test_every_mutated_dataset_loads_or_fails_with_a_data_error_naming_its_file(
         assert str(err).strip()
         return
     assert ds.n_users >= 1 and len(ds.train) + len(ds.val) + len(ds.test) >= 1
+    for part in (ds.train, ds.val, ds.test):  # what loads is usable: finite float32 features
+        assert np.isfinite(part.context).all()
 
 
 def test_the_unmutated_fixture_loads(tmp_path):
