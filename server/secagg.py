@@ -69,6 +69,7 @@ class SecureRound:
     forward: dict[int, tuple[list[int], list[bytes]]] = field(default_factory=dict)
     contributors: set[int] = field(default_factory=set)
     masked_sum: list[np.ndarray] | None = None
+    _decoded: dict[int, list[np.ndarray]] = field(default_factory=dict)  # masked_problem's arrays, by reply
 
     # -- transport ----------------------------------------------------------------------------------
     def _exchange(self, stage: str, configs: dict[int, dict]) -> dict[int, ConfigRecord]:
@@ -169,15 +170,17 @@ class SecureRound:
             if a.shape != shape or not np.issubdtype(a.dtype, np.integer) or a.min(initial=0) < 0 \
                     or a.max(initial=0) >= MODULUS:
                 return f"a masked array has shape {a.shape} / dtype {a.dtype} / range outside [0, 2^32)"
+        self._decoded[id(content)] = arrays  # collect sums these (a reply is decoded once)
         return None
 
     def collect(self, replies: dict[int, RecordDict]) -> None:
-        """Stage 2's good replies (already checked with masked_problem): their masked vectors are summed."""
+        """Stage 2's good replies (each checked with masked_problem, which decoded it): their masked vectors are
+        summed."""
         total = None
-        for nid, content in replies.items():
-            blobs = content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]
-            vec = [bytes_to_ndarray(b).astype(np.int64) for b in blobs]
+        for content in replies.values():
+            vec = [a.astype(np.int64, copy=False) for a in self._decoded.pop(id(content))]
             total = vec if total is None else parameters_addition(total, vec)
+        self._decoded.clear()
         self.contributors = set(replies)
         self.active &= self.contributors
         self.masked_sum = parameters_mod(total, MODULUS) if total is not None else None

@@ -82,6 +82,55 @@ def _node_round(state_dir: Path) -> int:
         return int(f["round"])
 
 
+def _superlink(cluster: Cluster, tmp: Path, certs: Path, fleet: int, control: int, serverappio: int) -> Proc:
+    """A SuperLink with TLS and SuperNode authentication."""
+    return cluster.start("superlink", [
+        str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(certs / "ca.crt"),
+        "--ssl-certfile", str(certs / "server.pem"), "--ssl-keyfile", str(certs / "server.key"),
+        "--enable-supernode-auth", "--isolation", "subprocess",
+        "--fleet-api-address", f"127.0.0.1:{fleet}", "--control-api-address", f"127.0.0.1:{control}",
+        "--serverappio-api-address", f"127.0.0.1:{serverappio}"], cwd=tmp / "superlink",
+        FLWR_HOME=str(tmp / "superlink" / "flwr"))
+
+
+def _register(app: Path, certs: Path, n: int, env: dict) -> list[int]:
+    """`flwr supernode register` for keys supernode-0..n-1 (in parallel: every flwr CLI call imports TensorFlow);
+    their node ids."""
+    regs = [subprocess.Popen([str(BIN / "flwr"), "supernode", "register", str(certs / f"supernode-{k}.pub"),
+                              str(app), "loopback", "--format", "json"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True) for k in range(n)]
+    node_ids = []
+    for k, reg in enumerate(regs):
+        out, err = reg.communicate(timeout=180)
+        found = re.search(r'"node-id":\s*(\d+)', out)
+        assert found and '"success": true' in out, f"registering supernode-{k} failed:\n{out}\n{err[-2000:]}"
+        node_ids.append(int(found.group(1)))
+    return node_ids
+
+
+def _supernode(cluster: Cluster, tmp: Path, certs: Path, fleet: int, appio: int, k: int, data: Path,
+               extra: str = "", name: str | None = None) -> Proc:
+    """SuperNode k (key supernode-k) serving `data`, its state in tmp/state-k; `extra`: more node-config."""
+    return cluster.start(name or f"supernode-{k}", [
+        str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{fleet}",
+        "--root-certificates", str(certs / "ca.crt"), "--auth-supernode-private-key", str(certs / f"supernode-{k}"),
+        "--clientappio-api-address", f"127.0.0.1:{appio}", "--isolation", "subprocess",
+        "--node-config", f"data-dir='{data}' state-dir='{tmp / f'state-{k}'}'" + (f" {extra}" if extra else "")],
+        cwd=tmp / f"node-{k}", FLWR_HOME=str(tmp / f"node-{k}" / "flwr"))
+
+
+def _without_device_column(src: Path, dst: Path) -> Path:
+    """A copy of device directory src whose interactions lack the declared context column 'device'."""
+    shutil.copytree(src, dst)
+    with (dst / "interactions.csv").open(newline="") as f:
+        table = list(csv.DictReader(f))
+    with (dst / "interactions.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, [c for c in table[0] if c != "device"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(table)
+    return dst
+
+
 @pytest.fixture
 def cluster(tmp_path):
     c = Cluster(tmp_path, cluster_env(tmp_path))
@@ -115,13 +164,7 @@ def _federation_on_loopback(tmp: Path, cluster: Cluster) -> None:
                                             f'root-certificates = "{certs / "ca.crt"}"')
 
     # the SuperLink: TLS and SuperNode authentication
-    link = cluster.start("superlink", [
-        str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(certs / "ca.crt"),
-        "--ssl-certfile", str(certs / "server.pem"), "--ssl-keyfile", str(certs / "server.key"),
-        "--enable-supernode-auth", "--isolation", "subprocess",
-        "--fleet-api-address", f"127.0.0.1:{fleet}", "--control-api-address", f"127.0.0.1:{control}",
-        "--serverappio-api-address", f"127.0.0.1:{serverappio}"], cwd=tmp / "superlink",
-        FLWR_HOME=str(tmp / "superlink" / "flwr"))
+    link = _superlink(cluster, tmp, certs, fleet, control, serverappio)
 
     # meanwhile, the data: 60 users in 3 devices; the server's directory holds the catalogue only
     subprocess.run([str(BIN / "fedctx"), "data", "generate", "--out", str(tmp / "data"), "--users", "60",
@@ -133,35 +176,14 @@ def _federation_on_loopback(tmp: Path, cluster: Cluster) -> None:
     assert not [n for n in server_files if n.startswith("interactions")], server_files
     assert "interactions" not in tomllib.loads((fed / "server" / "dataset.toml").read_text())["dataset"]
     # a device whose interactions lack the declared context column 'device'
-    bad = fed / "device-bad"
-    shutil.copytree(fed / "device-1", bad)
-    with (bad / "interactions.csv").open(newline="") as f:
-        table = list(csv.DictReader(f))
-    with (bad / "interactions.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, [c for c in table[0] if c != "device"], extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(table)
+    bad = _without_device_column(fed / "device-1", fed / "device-bad")
 
     wait_for("the SuperLink's Control API", lambda: f"Control API on 127.0.0.1:{control}" in link.text(), 120, (link,))
 
-    # register SuperNodes 0-3 (in parallel: every flwr CLI call imports TensorFlow)
-    regs = [subprocess.Popen([str(BIN / "flwr"), "supernode", "register", str(certs / f"supernode-{k}.pub"),
-                              str(app), "loopback", "--format", "json"], env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True) for k in range(4)]
-    node_ids = []
-    for k, reg in enumerate(regs):
-        out, err = reg.communicate(timeout=180)
-        found = re.search(r'"node-id":\s*(\d+)', out)
-        assert found and '"success": true' in out, f"registering supernode-{k} failed:\n{out}\n{err[-2000:]}"
-        node_ids.append(int(found.group(1)))
+    node_ids = _register(app, certs, 4, env)  # SuperNodes 0-3
 
     def supernode(k: int, data: Path, name: str | None = None) -> Proc:
-        return cluster.start(name or f"supernode-{k}", [
-            str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{fleet}",
-            "--root-certificates", str(certs / "ca.crt"), "--auth-supernode-private-key", str(certs / f"supernode-{k}"),
-            "--clientappio-api-address", f"127.0.0.1:{appio[k]}", "--isolation", "subprocess",
-            "--node-config", f"data-dir='{data}' state-dir='{tmp / f'state-{k}'}'"],
-            cwd=tmp / f"node-{k}", FLWR_HOME=str(tmp / f"node-{k}" / "flwr"))
+        return _supernode(cluster, tmp, certs, fleet, appio[k], k, data, name=name)
 
     nodes = [supernode(k, fed / f"device-{k}") for k in range(3)]
     malformed = supernode(3, bad)
@@ -295,43 +317,18 @@ def _secure_federation(tmp: Path, cluster: Cluster) -> None:
     fleet, control, serverappio, *appio = free_ports(3 + 3)
     app = copy_app(tmp / "app", "loopback", f'address = "127.0.0.1:{control}"\n'
                                             f'root-certificates = "{certs / "ca.crt"}"')
-    link = cluster.start("superlink", [
-        str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(certs / "ca.crt"),
-        "--ssl-certfile", str(certs / "server.pem"), "--ssl-keyfile", str(certs / "server.key"),
-        "--enable-supernode-auth", "--isolation", "subprocess",
-        "--fleet-api-address", f"127.0.0.1:{fleet}", "--control-api-address", f"127.0.0.1:{control}",
-        "--serverappio-api-address", f"127.0.0.1:{serverappio}"], cwd=tmp / "superlink",
-        FLWR_HOME=str(tmp / "superlink" / "flwr"))
+    link = _superlink(cluster, tmp, certs, fleet, control, serverappio)
     subprocess.run([str(BIN / "fedctx"), "data", "generate", "--out", str(tmp / "data"), "--users", "40",
                     "--items", "150", "--format", "csv"], check=True, env=env, capture_output=True, timeout=300)
     subprocess.run([str(BIN / "fedctx"), "data", "partition", str(tmp / "data"), "--out", str(tmp / "fed"),
                     "--devices", "2"], check=True, env=env, capture_output=True, timeout=300)
     fed = tmp / "fed"
-    bad = fed / "device-bad"  # interactions without the declared context column: training fails on this node
-    shutil.copytree(fed / "device-1", bad)
-    with (bad / "interactions.csv").open(newline="") as f:
-        table = list(csv.DictReader(f))
-    with (bad / "interactions.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, [c for c in table[0] if c != "device"], extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(table)
+    bad = _without_device_column(fed / "device-1", fed / "device-bad")  # training fails on this node
     wait_for("the SuperLink's Control API", lambda: f"Control API on 127.0.0.1:{control}" in link.text(), 120, (link,))
-    regs = [subprocess.Popen([str(BIN / "flwr"), "supernode", "register", str(certs / f"supernode-{k}.pub"),
-                              str(app), "loopback", "--format", "json"], env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True) for k in range(3)]
-    node_ids = []
-    for k, reg in enumerate(regs):
-        out, err = reg.communicate(timeout=180)
-        found = re.search(r'"node-id":\s*(\d+)', out)
-        assert found, f"registering supernode-{k} failed:\n{out}\n{err[-2000:]}"
-        node_ids.append(int(found.group(1)))
+    node_ids = _register(app, certs, 3, env)
     datas = [fed / "device-0", fed / "device-1", bad]
-    nodes = [cluster.start(f"supernode-{k}", [
-        str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{fleet}",
-        "--root-certificates", str(certs / "ca.crt"), "--auth-supernode-private-key", str(certs / f"supernode-{k}"),
-        "--clientappio-api-address", f"127.0.0.1:{appio[k]}", "--isolation", "subprocess",
-        "--node-config", f"data-dir='{datas[k]}' state-dir='{tmp / f'state-{k}'}' require-secure-aggregation=true"],
-        cwd=tmp / f"node-{k}", FLWR_HOME=str(tmp / f"node-{k}" / "flwr")) for k in range(3)]
+    nodes = [_supernode(cluster, tmp, certs, fleet, appio[k], k, datas[k], extra="require-secure-aggregation=true")
+             for k in range(3)]
     wait_for("the 3 SuperNodes to connect", lambda: all(f"Activated node_id={i}" in link.text() for i in node_ids),
              180, (link, *nodes))
     run_dir = tmp / "run"
