@@ -10,7 +10,7 @@ __all__ = ["format_round", "write_rounds_csv", "results_table", "plot_rounds", "
            "DIAGNOSTICS", "diagnostics_dir"]
 
 #: Order of systems in tables and plots.
-SYSTEMS = ("federated", "centralized", "context-free", "popularity")
+SYSTEMS = ("federated", "centralized", "context-free", "als", "bpr", "popularity")
 
 #: What a private run releases (top level of its run directory): the model, the public content vectors and the
 #: privacy statement and ledger. Everything computed from the users' data without noise goes to DIAGNOSTICS.

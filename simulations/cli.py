@@ -157,7 +157,7 @@ def simulate_cmd(
     out: Optional[Path] = typer.Option(None, help="Run directory (default runs/<date-time>)."),
     nodes: int = typer.Option(2, help="Simulated SuperNodes; users are split into this many shards."),
     one_user_per_node: bool = typer.Option(False, help="One SuperNode per user (slow; as on devices)."),
-    baselines: bool = typer.Option(True, help="Also train the centralized, context-free and popularity baselines."),
+    baselines: bool = typer.Option(True, help="Also train the centralized, context-free, ALS, BPR and popularity baselines."),
     verbose: bool = typer.Option(False, help="Show Flower's and Ray's logs."),
 ) -> None:
     """Simulate the federation (real Flower simulation engine), run the baselines, write the report."""

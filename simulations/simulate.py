@@ -148,11 +148,13 @@ def cold_test_users(store: UserStore) -> np.ndarray:
 
 
 def run_baselines(cfg: Config, say: Callable[[str], None] = print) -> tuple[dict, dict]:
-    """Centralized model, context-free centralized model and most-popular, on the same split.
+    """Centralized model, context-free centralized model, implicit ALS and BPR (if installed) and most-popular,
+    on the same split.
 
     Returns ({system: test metrics}, {system: seconds}).
     """
     from common.central import popularity_scores, train_central
+    from common.collaborative import implicit_available, implicit_baselines
     from server.content import content_vectors
 
     ds = load_cached(str(resolve_dataset(cfg)))
@@ -178,10 +180,16 @@ def run_baselines(cfg: Config, say: Callable[[str], None] = print) -> tuple[dict
         timings[f"{name}_epoch_s"] = float(np.mean(epoch_s))
         systems[name]["selected_epoch"] = selected
     store = UserStore.from_prepared(ds, members, use_context=False)
+    cold = cold_test_users(store)
+    if implicit_available():
+        found, found_t = implicit_baselines(store, ds.n_items, cfg, lambda m: _summarise(m, k, cold), say)
+        systems.update(found)
+        timings.update(found_t)
+    else:
+        say("als, bpr: skipped (the optional package `implicit` is not installed: pip install 'fedctx[eval]')")
     pop = popularity_scores(store, ds.n_items)
     systems["popularity"] = _summarise(evaluate_scores(
-        lambda users: np.broadcast_to(pop, (len(users), ds.n_items)), store, ds.n_items, cfg, "test"), k,
-        cold_test_users(store))
+        lambda users: np.broadcast_to(pop, (len(users), ds.n_items)), store, ds.n_items, cfg, "test"), k, cold)
     return systems, timings
 
 

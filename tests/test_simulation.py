@@ -36,7 +36,7 @@ def test_simulate_writes_the_run_directory(small_synthetic, tmp_path):
     last = res.stdout.strip().splitlines()[-1]
     assert last == f"run directory: {out}"
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["systems"]) == {"federated", "centralized", "context-free", "popularity"}
+    assert set(summary["systems"]) == {"federated", "centralized", "context-free", "als", "bpr", "popularity"}
     for metrics in summary["systems"].values():
         for key in ("hr@10", "ndcg@10", "hr@10-sampled", "ndcg@10-sampled"):
             assert 0.0 <= metrics[key] <= 1.0
