@@ -39,6 +39,8 @@ class ServerOptimizer:
     "sgd":  x <- x + lr * Delta
     "adam": m <- b1 m + (1-b1) Delta; v <- b2 v + (1-b2) Delta^2; x <- x + lr * m_hat / (sqrt(v_hat) + eps)
             (bias-corrected moments; per-coordinate step sizes let rarely touched item rows learn).
+    With total_steps T > 0, the step size of step t (1..T) decays on a cosine from lr to lr * final_fraction:
+    lr_t = lr * (f + (1 - f) (1 + cos(pi (t - 1) / (T - 1))) / 2); after T it stays at lr * f.
     """
 
     kind: str = "adam"
@@ -47,16 +49,27 @@ class ServerOptimizer:
     beta2: float = 0.99
     eps: float = 1e-8
     step: int = 0
+    total_steps: int = 0
+    final_fraction: float = 1.0
     m: dict[str, np.ndarray] = field(default_factory=dict)
     v: dict[str, np.ndarray] = field(default_factory=dict)
 
+    def current_lr(self) -> float:
+        """The step size of step `self.step` (1-based)."""
+        if self.total_steps <= 0 or self.final_fraction == 1.0:
+            return self.lr
+        progress = min(max(self.step - 1, 0) / max(self.total_steps - 1, 1), 1.0)
+        f = self.final_fraction
+        return self.lr * (f + (1.0 - f) * 0.5 * (1.0 + np.cos(np.pi * progress)))
+
     def apply(self, params: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.step += 1
+        lr = self.current_lr()
         out = {}
         for k, x in params.items():
             d = np.asarray(delta[k], np.float64)
             if self.kind == "sgd":
-                out[k] = (x + self.lr * d).astype(np.float32)
+                out[k] = (x + lr * d).astype(np.float32)
                 continue
             m = self.m.get(k, np.zeros_like(d))
             v = self.v.get(k, np.zeros_like(d))
@@ -65,5 +78,5 @@ class ServerOptimizer:
             self.m[k], self.v[k] = m, v
             m_hat = m / (1 - self.beta1 ** self.step)
             v_hat = v / (1 - self.beta2 ** self.step)
-            out[k] = (x + self.lr * m_hat / (np.sqrt(v_hat) + self.eps)).astype(np.float32)
+            out[k] = (x + lr * m_hat / (np.sqrt(v_hat) + self.eps)).astype(np.float32)
         return out

@@ -11,7 +11,8 @@ import tensorflow as tf
 
 from common.config import Config
 from common.federated import UserStore, init_theta, item_representations
-from common.model import DENSE_NAMES, ModelShape, candidate_loss, group_logits, init_shared, trainable_dense
+from common.model import (DENSE_NAMES, ModelShape, candidate_loss, context_penalty, group_logits, init_shared,
+                          trainable_dense)
 
 __all__ = ["train_central", "popularity_scores"]
 
@@ -49,6 +50,7 @@ def train_central(store: UserStore, item_h: np.ndarray, cfg: Config,
     opt = tf.keras.optimizers.Adam(learning_rate=cfg.central_lr)
     item_h_t = tf.constant(item_h, tf.float32)
     l2 = tf.constant(cfg.l2, tf.float32)
+    context_l2 = tf.constant(cfg.context_l2, tf.float32)
 
     @tf.function(reduce_retracing=True)
     def step(users, cand, ctx):
@@ -64,7 +66,7 @@ def train_central(store: UserStore, item_h: np.ndarray, cfg: Config,
             reg = tf.reduce_sum(tf.square(th))
             if hybrid:
                 reg += tf.reduce_sum(tf.square(rows_emb)) + tf.reduce_sum(tf.square(rows_bias))
-            total = loss + l2 * reg / tf.cast(tf.shape(users)[0], tf.float32)
+            total = loss + l2 * reg / tf.cast(tf.shape(users)[0], tf.float32) + context_l2 * context_penalty(dense)[0]
         grads = tape.gradient(total, variables)
         opt.apply_gradients(zip(grads, variables))
         return loss

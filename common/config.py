@@ -66,6 +66,7 @@ class Config:
     negatives: int = 16              # sampled negatives per engagement
     loss: str = "softmax"            # "softmax" (sampled softmax; ranks best) | "bce" (sigmoid BCE; calibrated P)
     l2: float = 1e-3                 # L2 penalty on theta_u and the item rows an example touches
+    context_l2: float = 0.0          # L2 penalty pulling the context weights (theta_ctx, W_int) toward 0
     half_life_days: float = 30.0     # time decay of the history that warms up a new theta_u
 
     # federation
@@ -80,6 +81,7 @@ class Config:
     local_grad_clip: float = 1.0     # each local step clips a user's whole gradient to this L2 norm
     server_optimizer: str = "adam"   # "adam" (FedAdam, Reddi et al. 2021) | "sgd" (FedAvg)
     server_lr: float = 0.02
+    server_lr_final: float = 1.0     # the server step size of the last round, as a fraction of server_lr (cosine decay)
     server_adam_eps: float = 1e-8    # Adam's eps at the server (the floor of its per-coordinate step denominator)
     secure_aggregation: bool = False  # SecAgg+ (Flower's): the server learns only the sum of each round's nodes
     secagg_max_users: int = 0        # U: the most users one node trains in a round (a public bound SecAgg+ scales
@@ -150,6 +152,7 @@ class Config:
         need(self.negatives >= 1, "negatives", "must be >= 1")
         need(self.loss in ("bce", "softmax"), "loss", "must be 'bce' or 'softmax'")
         need(self.l2 >= 0, "l2", "must be >= 0")
+        need(self.context_l2 >= 0, "context_l2", "must be >= 0")
         need(self.half_life_days > 0, "half_life_days", "must be > 0")
         need(self.num_rounds >= 1, "num_rounds", "must be >= 1")
         need(self.population >= 0, "population", "must be >= 0 (0 = count the dataset's users, simulation only)")
@@ -164,6 +167,7 @@ class Config:
         need(self.server_optimizer in SERVER_OPTIMIZERS, "server_optimizer",
              f"must be one of {SERVER_OPTIMIZERS}")
         need(self.server_lr > 0, "server_lr", "must be > 0")
+        need(0.0 <= self.server_lr_final <= 1.0, "server_lr_final", "must be in [0, 1] (1 = a constant step size)")
         need(self.server_adam_eps > 0, "server_adam_eps", "must be > 0")
         need(self.privacy in PRIVACY_MODES, "privacy", f"must be one of {PRIVACY_MODES}")
         need(self.secagg_max_users >= 0, "secagg_max_users", "must be >= 0 (0 = the largest shard, simulation only)")

@@ -324,12 +324,12 @@ def user_updates(params: Mapping[str, np.ndarray], theta: np.ndarray, store: Use
                 {k: noise.normal(1.0, v) for k, v in shapes.items()}, steps=steps,
                 lr=cfg.local_lr, theta_lr=cfg.theta_lr, l2=cfg.l2, clip=cfg.local_clip_norm,
                 noise_std=cfg.local_noise_multiplier * cfg.local_clip_norm, denominator=cfg.local_denominator,
-                dp_theta=cfg.local_dp_theta, loss=cfg.loss)
+                dp_theta=cfg.local_dp_theta, loss=cfg.loss, context_l2=cfg.context_l2)
         else:
             d1, th1, emb1, bias1, loss[group] = local_train(
                 dense0, new_theta[group], emb0, bias0, rows_h, row_mask, ctx, cand, ex_mask,
                 steps=cfg.local_steps, lr=cfg.local_lr, theta_lr=cfg.theta_lr, l2=cfg.l2, clip=cfg.local_grad_clip,
-                loss=cfg.loss, optimizer=cfg.local_optimizer)
+                loss=cfg.loss, optimizer=cfg.local_optimizer, context_l2=cfg.context_l2)
         for k in DENSE_NAMES:
             dense_out[k][group] = d1[k] - dense0[k]
         new_theta[group] = th1

@@ -26,6 +26,7 @@ import tensorflow as tf
 __all__ = [
     "ModelShape",
     "DENSE_NAMES",
+    "CONTEXT_NAMES",
     "ITEM_NAMES",
     "SHIFT_INVARIANT",
     "trainable_dense",
@@ -56,6 +57,9 @@ DENSE_NAMES = (
 #: Terms equal for every candidate of an example; a softmax over candidates cannot learn them, so
 #: they are kept fixed under loss="softmax" (numerical-noise gradients would otherwise move them).
 SHIFT_INVARIANT = ("global-bias", "context/shift")
+#: Context weights pulled toward zero by `context-l2` (where the context carries no signal they stay near 0, so
+#: the context-aware model ranks like the context-free one).
+CONTEXT_NAMES = ("context/shift", "context/interaction")
 #: Shared item-id tables of the hybrid model (updated densely: the whole table is sent).
 ITEM_NAMES = ("items/embedding", "items/bias")  # E [n_items, dim], e [n_items]
 
@@ -179,8 +183,16 @@ def candidate_loss(logits: tf.Tensor, kind: str) -> tf.Tensor:
     return bce_with_negatives(logits)
 
 
-def group_loss(dense, theta, rows_emb, rows_bias, rows_h, row_mask, ctx, cand, ex_mask, l2, loss="bce"):
-    """Per-group loss [G]: mean BCE over the group's examples + L2 on theta and touched item rows."""
+def context_penalty(dense: Mapping[str, tf.Tensor]) -> tf.Tensor:
+    """||theta_ctx||^2 + ||W_int||_F^2 of each group copy [G]."""
+    return tf.add_n([tf.reduce_sum(tf.reshape(tf.square(dense[k]), [tf.shape(dense[k])[0], -1]), 1)
+                     for k in CONTEXT_NAMES])
+
+
+def group_loss(dense, theta, rows_emb, rows_bias, rows_h, row_mask, ctx, cand, ex_mask, l2, loss="bce",
+               context_l2=0.0):
+    """Per-group loss [G]: mean candidate loss over the group's examples + l2 * (|theta|^2 + touched item rows)
+    + context_l2 * context_penalty."""
     theta_ex = tf.broadcast_to(theta[:, None, :], tf.concat([tf.shape(cand)[:2], tf.shape(theta)[1:]], 0))
     logits = group_logits(dense, theta_ex, ctx, rows_h, rows_emb, rows_bias, cand)
     per_example = candidate_loss(logits, loss) * ex_mask
@@ -189,12 +201,12 @@ def group_loss(dense, theta, rows_emb, rows_bias, rows_h, row_mask, ctx, cand, e
     reg = tf.reduce_sum(tf.square(theta), axis=1)
     if rows_emb is not None:
         reg += tf.reduce_sum((tf.reduce_sum(tf.square(rows_emb), -1) + tf.square(rows_bias)) * row_mask, 1)
-    return loss + l2 * reg
+    return loss + l2 * reg + context_l2 * context_penalty(dense)
 
 
 @tf.function(reduce_retracing=True, autograph=False)
 def _local_train_tf(dense, theta, rows_emb, rows_bias, rows_h, row_mask, ctx, cand, ex_mask,
-                    steps, lr, theta_lr, l2, clip, hybrid, adam, loss_kind):
+                    steps, lr, theta_lr, l2, clip, hybrid, adam, loss_kind, context_l2):
     """Full-batch SGD or Adam on each group's own loss; groups never share a gradient."""
     names = sorted(dense)
     frozen = set(names) - set(trainable_dense(loss_kind))
@@ -210,7 +222,8 @@ def _local_train_tf(dense, theta, rows_emb, rows_bias, rows_h, row_mask, ctx, ca
             d = dict(zip(names, vars_[: len(names)]))
             th = vars_[len(names)]
             emb, bias = (vars_[-2], vars_[-1]) if hybrid else (None, None)
-            loss = tf.reduce_sum(group_loss(d, th, emb, bias, rows_h, row_mask, ctx, cand, ex_mask, l2, loss_kind))
+            loss = tf.reduce_sum(group_loss(d, th, emb, bias, rows_h, row_mask, ctx, cand, ex_mask, l2, loss_kind,
+                                            context_l2))
         grads = tape.gradient(loss, vars_)
         grads = [tf.zeros_like(g) if i < len(names) and names[i] in frozen else g for i, g in enumerate(grads)]
         # each user's gradient (all its variables together) is clipped to L2 norm <= clip
@@ -233,14 +246,15 @@ def _local_train_tf(dense, theta, rows_emb, rows_bias, rows_h, row_mask, ctx, ca
     out_theta = vars_[len(names)]
     out_emb, out_bias = (vars_[-2], vars_[-1]) if hybrid else (rows_emb, rows_bias)
     final_loss = group_loss(out_dense, out_theta, out_emb if hybrid else None, out_bias if hybrid else None,
-                            rows_h, row_mask, ctx, cand, ex_mask, l2, loss_kind)
+                            rows_h, row_mask, ctx, cand, ex_mask, l2, loss_kind, context_l2)
     return out_dense, out_theta, out_emb, out_bias, final_loss
 
 
 def local_train(dense: Mapping[str, np.ndarray], theta: np.ndarray, rows_emb: np.ndarray | None,
                 rows_bias: np.ndarray | None, rows_h: np.ndarray, row_mask: np.ndarray, ctx: np.ndarray,
                 cand: np.ndarray, ex_mask: np.ndarray, *, steps: int, lr: float, theta_lr: float,
-                l2: float, clip: float = float("inf"), optimizer: str = "sgd", loss: str = "bce"):
+                l2: float, clip: float = float("inf"), optimizer: str = "sgd", loss: str = "bce",
+                context_l2: float = 0.0):
     """Train G users' copies for `steps` full-batch steps of SGD or Adam; returns the final copies.
 
     dense: {name: [G, ...]}; theta [G, dim]; rows_* [G, R, ...] the items each user's examples
@@ -260,7 +274,8 @@ def local_train(dense: Mapping[str, np.ndarray], theta: np.ndarray, rows_emb: np
         tf.constant(row_mask, tf.float32), tf.constant(ctx, tf.float32), tf.constant(cand, tf.int32),
         tf.constant(ex_mask, tf.float32), int(steps), tf.constant(lr, tf.float32),
         tf.constant(theta_lr, tf.float32),
-        tf.constant(l2, tf.float32), tf.constant(min(clip, 3.0e38), tf.float32), hybrid, optimizer == "adam", loss)
+        tf.constant(l2, tf.float32), tf.constant(min(clip, 3.0e38), tf.float32), hybrid, optimizer == "adam", loss,
+        tf.constant(context_l2, tf.float32))
     d, th, e, b, final_loss = out
     return ({k: v.numpy() for k, v in d.items()}, th.numpy(),
             e.numpy() if hybrid else None, b.numpy() if hybrid else None, final_loss.numpy())
@@ -269,7 +284,7 @@ def local_train(dense: Mapping[str, np.ndarray], theta: np.ndarray, rows_emb: np
 @tf.function(reduce_retracing=True, autograph=False)
 def _dp_local_train_tf(dense, theta, rows_emb, rows_bias, rows_h, ctx, cand, ex_mask, noise,
                        steps, row_noise_steps, lr, theta_lr, l2, clip, noise_std, denominator, hybrid, dp_theta,
-                       loss_kind):
+                       loss_kind, context_l2):
     """DP-SGD (Abadi et al. 2016) on each group's examples, full batch: every example's gradient of the
     shared parameters (and of theta_u if dp_theta) is clipped to L2 norm <= clip, the clipped gradients
     are summed, N(0, noise_std^2) is added to every coordinate (noise: standard normals per step),
@@ -326,6 +341,8 @@ def _dp_local_train_tf(dense, theta, rows_emb, rows_bias, rows_h, ctx, cand, ex_
         new_dense = dict(dense)
         for i, k in enumerate(train_names):
             new_dense[k] = step(dense[k], summed(grads[i], True), noise[k][t], lr)
+            if k in CONTEXT_NAMES:  # weight decay: a function of the parameters alone, outside the clipped sum
+                new_dense[k] -= lr * 2.0 * context_l2 * dense[k]
         g_theta = tf.reshape(summed(grads[len(train_names)], dp_theta), tf.shape(theta))
         if dp_theta:
             theta = step(theta, g_theta, noise["theta"][t], theta_lr)
@@ -349,7 +366,7 @@ def dp_local_train(dense: Mapping[str, np.ndarray], theta: np.ndarray, rows_emb:
                    rows_bias: np.ndarray | None, rows_h: np.ndarray, ctx: np.ndarray, cand: np.ndarray,
                    ex_mask: np.ndarray, noise: Mapping[str, np.ndarray], *, steps: int, lr: float,
                    theta_lr: float, l2: float, clip: float, noise_std: float, denominator: float,
-                   dp_theta: bool = False, loss: str = "softmax"):
+                   dp_theta: bool = False, loss: str = "softmax", context_l2: float = 0.0):
     """Local DP-SGD of G users' copies (see `_dp_local_train_tf`); shapes as in `local_train`.
 
     Every example's candidates must be distinct item rows (so a clipped example moves each row once).
@@ -376,7 +393,8 @@ def dp_local_train(dense: Mapping[str, np.ndarray], theta: np.ndarray, rows_emb:
         {k: tf.constant(v, tf.float32) for k, v in noise.items()}, int(steps),
         int(np.shape(noise["items/embedding"])[0]) if hybrid else 0, tf.constant(lr, tf.float32),
         tf.constant(theta_lr, tf.float32), tf.constant(l2, tf.float32), tf.constant(clip, tf.float32),
-        tf.constant(noise_std, tf.float32), tf.constant(denominator, tf.float32), hybrid, bool(dp_theta), loss)
+        tf.constant(noise_std, tf.float32), tf.constant(denominator, tf.float32), hybrid, bool(dp_theta), loss,
+        tf.constant(context_l2, tf.float32))
     return ({k: v.numpy() for k, v in d.items()}, th.numpy(),
             e.numpy() if hybrid else None, b.numpy() if hybrid else None, loss_g.numpy())
 

@@ -143,7 +143,8 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
     strategy = UserFedAvg(
         content=to_record({ITEM_VECTORS: item_h}), schema=schema, min_nodes=cfg.min_nodes, run_token=run_token,
         optimizer=state.optimizer if state else ServerOptimizer(cfg.server_optimizer, cfg.server_lr,
-                                                                eps=cfg.server_adam_eps),
+                                                                eps=cfg.server_adam_eps, total_steps=cfg.num_rounds,
+                                                                final_fraction=cfg.server_lr_final),
         sample_rate=cfg.sample_rate, sampling_key=sampling_key, eval_every=cfg.eval_every, num_rounds=cfg.num_rounds,
         on_round=lambda row: print(format_round(row, cfg.num_rounds, cfg.top_k), flush=True),
         dp=dp, select_key=None if cfg.private else f"val-hr@{cfg.top_k}", round_offset=state.round if state else 0,

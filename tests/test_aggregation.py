@@ -35,3 +35,21 @@ def test_adam_first_step_by_hand():
     # a zero update after a positive one keeps moving in the same direction (momentum)
     out2 = opt.apply(out, {"w": np.zeros(3)})
     assert out2["w"][0] > out["w"][0]
+
+
+def test_cosine_decay_of_the_server_step_size():
+    # SGD with a unit update moves x by exactly the step size of each round: lr at round 1, lr * f at round T,
+    # lr * (1 + f) / 2 half-way (T = 5, round 3), and lr * f after T
+    opt = ServerOptimizer("sgd", lr=1.0, total_steps=5, final_fraction=0.2)
+    x = {"w": np.zeros(1, np.float32)}
+    moves = []
+    for _ in range(6):
+        new = opt.apply(x, {"w": np.ones(1)})
+        moves.append(float(new["w"][0] - x["w"][0]))
+        x = new
+    expected = [0.2 + 0.8 * (1 + np.cos(np.pi * t / 4)) / 2 for t in range(5)] + [0.2]
+    np.testing.assert_allclose(moves, expected, rtol=1e-6)
+    assert moves[2] == pytest.approx(0.6) and moves[0] == pytest.approx(1.0) and moves[4] == pytest.approx(0.2)
+    # final_fraction = 1 (the default) is a constant step
+    const = ServerOptimizer("sgd", lr=0.5, total_steps=5)
+    assert [const.current_lr() for const.step in range(1, 7)] == [0.5] * 6

@@ -140,3 +140,36 @@ def test_local_gradient_clipping_bounds_each_users_step():
     sq += np.square(bias - b["rows_bias"]).sum(1)
     assert (np.sqrt(sq) <= lr * clip * (1 + 1e-4)).all()
     assert (np.sqrt(sq) > 0.5 * lr * clip).all()  # the gradients were large: the clip was active
+
+
+def test_context_l2_adds_its_penalty_and_keeps_noise_context_weights_near_zero():
+    """context_l2 adds c * (|theta_ctx|^2 + |W_int|_F^2) to each user's loss, and with a context that carries no
+    signal (random x, labels independent of it) training leaves W_int much smaller than without the penalty."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(4)
+    G, L, R, text_dim, dim, ctx_dim = 3, 12, 10, 4, 3, 2
+    b = _user_batch(rng, G, L, R, text_dim, dim, ctx_dim, C=5)
+    dense = init_shared(ModelShape(1, text_dim, dim, ctx_dim, False), seed=2)
+    dense["context/interaction"] = rng.normal(0, 0.3, (ctx_dim, dim)).astype(np.float32)
+    dense["context/shift"] = rng.normal(0, 0.3, ctx_dim).astype(np.float32)
+    dense_g = {k: tf.constant(np.broadcast_to(v, (G,) + v.shape)) for k, v in dense.items()}
+    args = [tf.constant(b[k]) for k in ("theta", "rows_emb", "rows_bias", "rows_h", "row_mask", "ctx", "cand",
+                                        "ex_mask")]
+    plain = group_loss(dense_g, *args, 1e-3, "softmax").numpy()
+    with_penalty = group_loss(dense_g, *args, 1e-3, "softmax", context_l2=0.7).numpy()
+    penalty = np.sum(dense["context/interaction"] ** 2) + np.sum(dense["context/shift"] ** 2)
+    np.testing.assert_allclose(with_penalty - plain, 0.7 * penalty, rtol=1e-5)
+
+    start = {k: np.broadcast_to(v, (G,) + v.shape).copy() for k, v in dense.items()}
+    start["context/interaction"][:] = 0.0
+
+    def trained_norm(c):
+        out = local_train(start, b["theta"], b["rows_emb"], b["rows_bias"], b["rows_h"], b["row_mask"], b["ctx"],
+                          b["cand"], b["ex_mask"], steps=60, lr=0.2, theta_lr=0.2, l2=1e-3, loss="softmax",
+                          context_l2=c)
+        return np.linalg.norm(out[0]["context/interaction"].reshape(G, -1), axis=1)
+
+    free, held = trained_norm(0.0), trained_norm(1.0)
+    assert np.all(free > 0.01)          # without the penalty the weights fit the noise
+    assert np.all(held < 0.5 * free)    # with it they stay near zero
