@@ -19,6 +19,7 @@ import numpy as np
 
 from common.config import Config, config_from_mapping, parse_overrides
 from common.datasets import load_cached, resolve_dataset
+from simulations.seeds import mean_sd
 
 __all__ = ["encoding_times", "run_study"]
 
@@ -100,11 +101,7 @@ def run_study(cfg: Config, seeds: list[int], out: Path, federated: bool = True) 
         mine = [r for r in runs if r["encoder"] == name]
         for system in ("federated", "centralized", "context-free", "popularity"):
             def stat(key: str) -> str:
-                values = [r["systems"][system].get(key) for r in mine if system in r["systems"]]
-                values = [v for v in values if v is not None]
-                if not values:
-                    return "-"
-                return f"{np.mean(values):.4f} ± {np.std(values, ddof=1) if len(values) > 1 else 0.0:.4f}"
+                return mean_sd([r["systems"][system].get(key) for r in mine if system in r["systems"]])
             cold_users = [r["systems"][system].get("cold_users") for r in mine if system in r["systems"]]
             users = f" ({'/'.join(str(u) for u in cold_users)})" if cold_users and cold_users[0] is not None else ""
             table.append(f"| {name} | {system} | {stat(f'hr@{k}')} | {stat(f'ndcg@{k}')} | "
