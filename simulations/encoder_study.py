@@ -19,7 +19,7 @@ import numpy as np
 
 from common.config import Config, config_from_mapping, parse_overrides
 from common.datasets import load_cached, resolve_dataset
-from simulations.seeds import mean_sd
+from simulations.seeds import finish_table, mean_sd, study_parser
 
 __all__ = ["encoding_times", "run_study"]
 
@@ -106,19 +106,12 @@ def run_study(cfg: Config, seeds: list[int], out: Path, federated: bool = True) 
             users = f" ({'/'.join(str(u) for u in cold_users)})" if cold_users and cold_users[0] is not None else ""
             table.append(f"| {name} | {system} | {stat(f'hr@{k}')} | {stat(f'ndcg@{k}')} | "
                          f"{stat(f'hr@{k}-cold')}{users} |")
-    text = "\n".join(table)
-    (out / "table.md").write_text(text + "\n")
-    print(text, flush=True)
-    return {"runs": runs, "table": text}
+    return finish_table(out, runs, "\n".join(table))
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default="synthetic")
+    p = study_parser(__doc__)
     p.add_argument("--model", required=True, help="the sentence encoder's model directory (content-model)")
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--set", dest="sets", action="append", default=[])
     p.add_argument("--timing-only", action="store_true")
     p.add_argument("--no-federated", action="store_true", help="the baselines alone (no Flower simulation)")
     p.add_argument("--large", type=int, default=100_000)

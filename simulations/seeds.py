@@ -17,7 +17,7 @@ import numpy as np
 from common.config import Config, config_from_mapping, parse_overrides
 from common.report import SYSTEMS
 
-__all__ = ["mean_sd", "seed_table", "run_seeds"]
+__all__ = ["mean_sd", "seed_table", "run_seeds", "study_parser", "finish_table"]
 
 
 def mean_sd(values: list[float]) -> str:
@@ -67,19 +67,28 @@ def run_seeds(cfg: Config, seeds: list[int], out: Path) -> dict:
         summary = json.loads((run_dir / "summary.json").read_text())
         runs.append({"seed": seed, "seconds": summary["timings"]["total_s"], "systems": summary["systems"]})
         (out / "seeds.json").write_text(json.dumps({"config": cfg.to_flwr(), "runs": runs}, indent=2))
-    text = seed_table(runs, cfg.top_k)
+    return finish_table(out, runs, seed_table(runs, cfg.top_k))
+
+
+def finish_table(out: Path, runs: list[dict], text: str) -> dict:
+    """Write a study's table.md, print it, and return {"runs", "table"}."""
     (out / "table.md").write_text(text + "\n")
     print(text, flush=True)
     return {"runs": runs, "table": text}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def study_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments every study takes: --data, --seeds, --out, --set (repeatable)."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--data", default="synthetic")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--set", dest="sets", action="append", default=[])
-    a = p.parse_args()
+    return p
+
+
+def main() -> None:
+    a = study_parser(__doc__).parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     run_seeds(config_from_mapping({**parse_overrides(a.sets), "data": a.data}),
               [int(s) for s in a.seeds.split(",")], a.out)
