@@ -8,7 +8,6 @@ server's encoding time. Writes study.json and a Markdown table into --out.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
