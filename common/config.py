@@ -80,8 +80,8 @@ class Config:
     theta_lr: float = 0.2            # step size of the private theta_u
     local_grad_clip: float = 1.0     # each local step clips a user's whole gradient to this L2 norm
     server_optimizer: str = "adam"   # "adam" (FedAdam, Reddi et al. 2021) | "sgd" (FedAvg)
-    server_lr: float = 0.02
-    server_lr_final: float = 1.0     # the server step size of the last round, as a fraction of server_lr (cosine decay)
+    server_lr: float = 0.05
+    server_lr_final: float = 0.1     # the server step size of the last round, as a fraction of server_lr (cosine decay)
     server_adam_eps: float = 1e-8    # Adam's eps at the server (the floor of its per-coordinate step denominator)
     secure_aggregation: bool = False  # SecAgg+ (Flower's): the server learns only the sum of each round's nodes
     secagg_max_users: int = 0        # U: the most users one node trains in a round (a public bound SecAgg+ scales
