@@ -140,6 +140,8 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
         if dp is not None:
             dp.ledger.write_csv(run_dir / "privacy_ledger.csv")
 
+    if state is not None:  # a resumed run may have raised num-rounds: the step size decays over the new length
+        state.optimizer.total_steps = cfg.num_rounds
     strategy = UserFedAvg(
         content=to_record({ITEM_VECTORS: item_h}), schema=schema, min_nodes=cfg.min_nodes, run_token=run_token,
         optimizer=state.optimizer if state else ServerOptimizer(cfg.server_optimizer, cfg.server_lr,

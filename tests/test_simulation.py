@@ -169,7 +169,9 @@ def test_an_interrupted_central_dp_run_resumes_from_its_checkpoint(small_synthet
     privacy ledger exactly where an uninterrupted run is; other settings cannot resume it."""
     from common.privacy import SAMPLING_KEY_ENV
 
-    settings = ("privacy=central", "noise-multiplier=1.3", "sample-rate=0.5", "checkpoint-every=1")
+    # a constant server step: a run cut short by num-rounds=2 would otherwise decay its step over 2 rounds, not 4
+    settings = ("privacy=central", "noise-multiplier=1.3", "sample-rate=0.5", "checkpoint-every=1",
+                "server-lr-final=1.0")
     test_key = {SAMPLING_KEY_ENV: "resume-test"}  # the same (not secret) sampling key for both runs
     whole = _private_run(small_synthetic, tmp_path / "whole", "num-rounds=4", *settings, env_extra=test_key)
     assert whole["statement"].startswith("NO valid guarantee") and whole["sampling"]["secret"] is False
@@ -215,7 +217,8 @@ def test_a_resumed_simulation_equals_an_uninterrupted_one(small_synthetic, tmp_p
     theta_u would be warmed up again)."""
     from common.privacy import SAMPLING_KEY_ENV
 
-    settings = ["--set", "checkpoint-every=1", "--set", "sample-rate=0.7", "--set", "eval-every=100"]
+    settings = ["--set", "checkpoint-every=1", "--set", "sample-rate=0.7", "--set", "eval-every=100",
+                "--set", "server-lr-final=1.0"]  # a constant step: the part run's schedule would end at round 2
     key = {SAMPLING_KEY_ENV: "resume-equal"}
 
     def run(out, rounds, *extra):
