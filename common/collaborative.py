@@ -79,11 +79,12 @@ def implicit_baselines(store: UserStore, n_items: int, cfg: Config, summarise: C
         best = None
         for params in grid:
             user, item = fit_implicit(kind, x, params, cfg.seed)
-            val = float(evaluate_scores(lambda u: user[u] @ item.T, store, n_items, cfg, "val")["hr"].mean())
+            score = (lambda u, user=user, item=item: user[u] @ item.T)  # [len(u), n_items]
+            val = float(evaluate_scores(score, store, n_items, cfg, "val")["hr"].mean())
             if best is None or val > best[0]:
-                best = (val, params, user, item)
-        val, params, user, item = best
-        systems[kind] = {**summarise(evaluate_scores(lambda u: user[u] @ item.T, store, n_items, cfg, "test")),
+                best = (val, params, score)
+        val, params, score = best
+        systems[kind] = {**summarise(evaluate_scores(score, store, n_items, cfg, "test")),
                          "selected": dict(params), f"val-hr@{cfg.top_k}": val}
         timings[f"{kind}_total_s"] = time.perf_counter() - t0
         say(f"{kind}: best validation HR@{cfg.top_k} {val:.4f} with {params} ({len(grid)} fits, "
