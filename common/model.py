@@ -43,6 +43,10 @@ __all__ = [
     "warm_start_theta",
     "dp_warm_start_sum",
     "dp_warm_start_theta",
+    "ials_theta",
+    "ials_loss",
+    "ials_solve",
+    "ials_user_gradients",
 ]
 
 #: Shared parameters every user's copy carries (small; trained densely).
@@ -431,3 +435,149 @@ def dp_warm_start_theta(phi_history: np.ndarray, clip: float, noise_std: float, 
     dim = np.shape(noise)[0] - 1
     total = dp_warm_start_sum(np.reshape(phi_history, (-1, dim)), clip) + noise_std * np.asarray(noise, np.float64)
     return (total[:-1] / max(total[-1] / (clip / np.sqrt(2.0)), 1.0)).astype(np.float32)
+
+
+
+def ials_theta(phi: np.ndarray, offsets: np.ndarray, items: np.ndarray, target: np.ndarray, pull: np.ndarray,
+               alpha0: float, lam: float) -> np.ndarray:
+    """Closed-form user vectors [U, dim] of the implicit-ALS objective (Hu et al. 2008, in the form of
+    Rendle et al. 2021): theta_u minimises
+
+        sum_{l in history} (phi_{i_l} . theta - target_l)^2 + alpha0 * sum_{all items i} (phi_i . theta + z_ui)^2
+        + lam * |theta|^2,
+
+    where everything but theta is folded into target [n] (one per engagement) and z_u, given as pull [U, dim] =
+    phi^T z_u. phi [n_items, dim]; the history of user u is items[offsets[u]:offsets[u + 1]]. The all-items term
+    needs only the Gramian phi^T phi: a device solves for its own theta_u from the shared item side alone.
+    Float64 inside.
+    """
+    phi = np.asarray(phi, np.float64)
+    dim = phi.shape[1]
+    base = alpha0 * (phi.T @ phi) + lam * np.eye(dim)
+    out = np.zeros((len(offsets) - 1, dim))
+    for u in range(len(offsets) - 1):
+        f = phi[items[offsets[u]: offsets[u + 1]]]
+        out[u] = np.linalg.solve(base + f.T @ f, f.T @ target[offsets[u]: offsets[u + 1]] - alpha0 * pull[u])
+    return out.astype(np.float32)
+
+
+def ials_loss(theta: tf.Tensor, phi: tf.Tensor, bias: tf.Tensor, pos_user: tf.Tensor, pos_item: tf.Tensor,
+              alpha0: float) -> tf.Tensor:
+    """The implicit-ALS data term summed over U users (scalar; without the L2 terms):
+
+        sum_{(u, i) engaged} (s_ui - 1)^2 + alpha0 * sum_u sum_{all items i} s_ui^2,   s_ui = theta_u . phi_i + b_i
+
+    theta [U, dim]; phi [n_items, dim]; bias [n_items]; pos_user, pos_item [M] the engaged pairs. The
+    all-items term is alpha0 * (tr(phi^T phi theta^T theta) + 2 sum_u theta_u . phi^T b + U |b|^2): no
+    [U, n_items] matrix is formed.
+    """
+    s_pos = tf.reduce_sum(tf.gather(theta, pos_user) * tf.gather(phi, pos_item), -1) + tf.gather(bias, pos_item)
+    gram = tf.matmul(phi, phi, transpose_a=True)
+    all_items = (tf.reduce_sum(gram * tf.matmul(theta, theta, transpose_a=True))
+                 + 2.0 * tf.reduce_sum(tf.linalg.matvec(theta, tf.linalg.matvec(phi, bias, transpose_a=True)))
+                 + tf.cast(tf.shape(theta)[0], theta.dtype) * tf.reduce_sum(tf.square(bias)))
+    return tf.reduce_sum(tf.square(s_pos - 1.0)) + alpha0 * all_items
+
+
+def _ials_parts(params: Mapping[str, np.ndarray], item_h: np.ndarray, offsets: np.ndarray, items: np.ndarray,
+                ctx: np.ndarray) -> dict[str, np.ndarray]:
+    """The pieces both iALS functions share (float64): phi [I, dim], b [I] (item bias, no shift), per engagement
+    the context part of the query xw [n, dim] and the shift [n]; per user the mean context [U, c], its query part
+    xw_mean [U, dim] and shift_mean [U]; ex_user [n]."""
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    h = np.asarray(item_h, np.float64)
+    phi = h @ p["tower/kernel"] + p["tower/bias"]
+    bias = h @ p["text-bias/kernel"]
+    if "items/embedding" in p:
+        phi, bias = phi + p["items/embedding"], bias + p["items/bias"]
+    counts = np.diff(offsets)
+    ex_user = np.repeat(np.arange(len(counts)), counts)
+    x = np.asarray(ctx, np.float64).reshape(len(items), -1)
+    x_mean = np.zeros((len(counts), x.shape[1]))
+    np.add.at(x_mean, ex_user, x)
+    x_mean /= np.maximum(counts, 1)[:, None]
+    return {"phi": phi, "bias": bias, "h": h, "x": x, "ex_user": ex_user, "x_mean": x_mean,
+            "xw": x @ p["context/interaction"], "shift": x @ p["context/shift"] + p["global-bias"][0],
+            "xw_mean": x_mean @ p["context/interaction"], "shift_mean": x_mean @ p["context/shift"] + p["global-bias"][0]}
+
+
+def ials_solve(params: Mapping[str, np.ndarray], item_h: np.ndarray, offsets: np.ndarray, items: np.ndarray,
+               ctx: np.ndarray, alpha0: float, lam: float) -> np.ndarray:
+    """theta_u [U, dim] minimising each user's `ials_user_gradients` loss under the given shared parameters.
+
+    Engagement l (item i_l, context x_l) is scored s_l = (theta + W_int^T x_l) . phi(i_l) + b(i_l) + theta_ctx . x_l
+    + b_0 and pulled to 1; the whole catalogue is scored at the user's mean context x_u and pulled to 0 with
+    weight alpha0. offsets [U + 1] index items [n] and ctx [n, context_dim]."""
+    z = _ials_parts(params, item_h, offsets, items, ctx)
+    phi = z["phi"]
+    target = 1.0 - (z["bias"][items] + z["shift"] + np.sum(z["xw"] * phi[items], axis=1))
+    # pull_u = phi^T (phi xw_u + b + shift_u): the all-items scores without theta, folded through phi
+    pull = z["xw_mean"] @ (phi.T @ phi) + phi.T @ z["bias"] + z["shift_mean"][:, None] * phi.sum(0)
+    return ials_theta(phi, offsets, items, target, pull, alpha0, lam)
+
+
+def ials_user_gradients(params: Mapping[str, np.ndarray], item_h: np.ndarray, theta: np.ndarray, offsets: np.ndarray,
+                        items: np.ndarray, ctx: np.ndarray, alpha0: float, l2: float, context_l2: float = 0.0) -> dict:
+    """Each user's gradient of its own implicit-ALS loss with respect to the shared parameters, theta_u fixed:
+
+        L_u = sum_l (s_l - 1)^2 + alpha0 * sum_{all items i} a_ui^2 + l2 * (|theta_u|^2 + sum_{rows r touched}
+              (|E_r|^2 + e_r^2)) + context_l2 * (|theta_ctx|^2 + |W_int|^2)
+
+    with s_l as in `ials_solve` and a_u = phi (theta_u + W_int^T x_u) + b + theta_ctx . x_u + b_0 [n_items] the
+    catalogue scored at the user's mean context x_u. The gradient of the item table is sparse on the touched rows
+    plus the rank-one dense part coef_u (x) dir_u, coef_u = 2 alpha0 a_u [n_items], dir_u = theta_u + W_int^T x_u
+    [dim] (the item biases get coef_u itself).
+
+    Returns {"dense": {name: [U, ...]}, "row_user" [M], "rows" [M], "rows_emb" [M, dim] | None, "rows_bias" [M] |
+    None, "coef" [U, n_items] | None, "dir" [U, dim] | None, "loss" [U]} (the item parts only for the hybrid
+    model). Float64 inside.
+    """
+    z = _ials_parts(params, item_h, offsets, items, ctx)
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    phi, bias, h, x, ex_user = z["phi"], z["bias"], z["h"], z["x"], z["ex_user"]
+    theta = np.asarray(theta, np.float64)
+    U, hybrid = len(offsets) - 1, "items/embedding" in p
+    q = theta[ex_user] + z["xw"]                                            # [n, dim]
+    rho2 = 2.0 * (np.sum(q * phi[items], 1) + bias[items] + z["shift"] - 1.0)  # 2 (s_l - 1) [n]
+    q_mean = theta + z["xw_mean"]                                            # [U, dim]
+    a = q_mean @ phi.T + bias + z["shift_mean"][:, None]                     # [U, I]
+    coef = 2.0 * alpha0 * a
+    coef_sum = coef.sum(1)
+
+    def per_user(v: np.ndarray) -> np.ndarray:
+        out = np.zeros((U,) + v.shape[1:])
+        np.add.at(out, ex_user, v)
+        return out
+
+    g_phi_rows = rho2[:, None] * q                                           # d L / d phi(i_l) [n, dim]
+    kernel = np.stack([h[items[offsets[u]:offsets[u + 1]]].T @ g_phi_rows[offsets[u]:offsets[u + 1]]
+                       for u in range(U)]) + np.einsum("ut,ud->utd", coef @ h, q_mean)
+    interaction = np.stack([x[offsets[u]:offsets[u + 1]].T @ (rho2[offsets[u]:offsets[u + 1], None]
+                                                               * phi[items[offsets[u]:offsets[u + 1]]])
+                            for u in range(U)]) + np.einsum("uc,ud->ucd", z["x_mean"],
+                                                                                     coef @ phi)
+    dense = {
+        "tower/kernel": kernel,
+        "tower/bias": per_user(g_phi_rows) + coef_sum[:, None] * q_mean,
+        "text-bias/kernel": per_user(rho2[:, None] * h[items]) + coef @ h,
+        "global-bias": (per_user(rho2) + coef_sum)[:, None],
+        "context/shift": per_user(rho2[:, None] * x) + coef_sum[:, None] * z["x_mean"] + 2.0 * context_l2 * p["context/shift"],
+        "context/interaction": interaction + 2.0 * context_l2 * p["context/interaction"],
+    }
+    loss = (per_user(np.square(rho2 / 2.0)) + alpha0 * np.square(a).sum(1) + l2 * np.square(theta).sum(1)
+            + context_l2 * (np.square(p["context/shift"]).sum() + np.square(p["context/interaction"]).sum()))
+    out = {"dense": dense, "row_user": np.zeros(0, np.int64), "rows": np.zeros(0, np.int64), "rows_emb": None,
+           "rows_bias": None, "coef": None, "dir": None}
+    if hybrid:
+        key = ex_user * len(phi) + items
+        pairs, inverse = np.unique(key, return_inverse=True)
+        row_user, rows = pairs // len(phi), pairs % len(phi)
+        rows_emb = np.zeros((len(pairs), phi.shape[1]))
+        np.add.at(rows_emb, inverse, g_phi_rows)
+        rows_bias = np.bincount(inverse, weights=rho2, minlength=len(pairs))
+        emb, ib = p["items/embedding"][rows], p["items/bias"][rows]
+        loss += l2 * np.bincount(row_user, weights=np.square(emb).sum(1) + np.square(ib), minlength=U)
+        out.update(row_user=row_user, rows=rows, rows_emb=rows_emb + 2.0 * l2 * emb, rows_bias=rows_bias + 2.0 * l2 * ib,
+                   coef=coef, dir=q_mean)
+    out["loss"] = loss
+    return out

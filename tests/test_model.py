@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from common.model import (DENSE_NAMES, ModelShape, group_loss, init_shared, local_train, score_items,
-                          warm_start_theta)
+from common.model import (DENSE_NAMES, ModelShape, group_loss, ials_loss, ials_solve, ials_theta, ials_user_gradients,
+                          init_shared, local_train, score_items, warm_start_theta)
 
 
 def _dense(text_dim=2, dim=2, ctx=1):
@@ -173,3 +174,105 @@ def test_context_l2_adds_its_penalty_and_keeps_noise_context_weights_near_zero()
     free, held = trained_norm(0.0), trained_norm(1.0)
     assert np.all(free > 0.01)          # without the penalty the weights fit the noise
     assert np.all(held < 0.5 * free)    # with it they stay near zero
+
+
+
+def _ials_fixture(seed: int = 3, hybrid: bool = True):
+    rng = np.random.default_rng(seed)
+    n_items, text_dim, dim, c = 9, 3, 4, 2
+    shape = ModelShape(n_items, text_dim, dim, c, hybrid)
+    params = {k: rng.normal(0.0, 0.4, s) for k, s in shape.shapes().items()}
+    item_h = rng.normal(size=(n_items, text_dim))
+    offsets = np.array([0, 4, 4, 7])                 # user 1 has no history
+    items = np.array([0, 5, 5, 1, 2, 3, 8])          # user 0 engaged item 5 twice
+    ctx = rng.normal(size=(len(items), c))
+    return params, item_h, offsets, items, ctx
+
+
+def _ials_loss_by_hand(params, item_h, theta, offsets, items, ctx, alpha0, l2, context_l2):
+    """Each user's loss [U], every score formed explicitly (one user, one example at a time)."""
+    phi = tf.matmul(item_h, params["tower/kernel"]) + params["tower/bias"]
+    bias = tf.linalg.matvec(item_h, params["text-bias/kernel"])
+    if "items/embedding" in params:
+        phi, bias = phi + params["items/embedding"], bias + params["items/bias"]
+    W, t, b0 = params["context/interaction"], params["context/shift"], params["global-bias"][0]
+    out = []
+    for u in range(len(offsets) - 1):
+        lo, hi = offsets[u], offsets[u + 1]
+        x_mean = ctx[lo:hi].mean(0) if hi > lo else tf.zeros(ctx.shape[1], tf.float64)
+        loss = 0.0
+        for l in range(lo, hi):
+            s = tf.tensordot(theta[u] + tf.linalg.matvec(W, ctx[l], transpose_a=True), phi[items[l]], 1) \
+                + bias[items[l]] + tf.tensordot(t, ctx[l], 1) + b0
+            loss += (s - 1.0) ** 2
+        a = tf.linalg.matvec(phi, theta[u] + tf.linalg.matvec(W, x_mean, transpose_a=True)) + bias \
+            + tf.tensordot(t, x_mean, 1) + b0
+        loss += alpha0 * tf.reduce_sum(a ** 2) + l2 * tf.reduce_sum(theta[u] ** 2)
+        if "items/embedding" in params:
+            for r in np.unique(items[lo:hi]):
+                loss += l2 * (tf.reduce_sum(params["items/embedding"][r] ** 2) + params["items/bias"][r] ** 2)
+        out.append(loss + context_l2 * (tf.reduce_sum(t ** 2) + tf.reduce_sum(W ** 2)))
+    return out
+
+
+@pytest.mark.parametrize("hybrid", [True, False])
+def test_ials_user_gradients_equal_autodiff_of_each_users_loss(hybrid):
+    params, item_h, offsets, items, ctx = _ials_fixture(hybrid=hybrid)
+    theta = np.random.default_rng(5).normal(size=(3, 4))
+    alpha0, l2, context_l2 = 0.3, 0.05, 0.2
+    got = ials_user_gradients(params, item_h, theta, offsets, items, ctx, alpha0, l2, context_l2)
+    for u in range(3):
+        var = {k: tf.Variable(v) for k, v in params.items()}
+        with tf.GradientTape() as tape:
+            loss = _ials_loss_by_hand(var, item_h, tf.constant(theta), offsets, items, ctx, alpha0, l2, context_l2)[u]
+        grads = dict(zip(var, tape.gradient(loss, list(var.values()))))
+        assert got["loss"][u] == pytest.approx(float(loss), rel=1e-9)
+        for k in DENSE_NAMES:
+            np.testing.assert_allclose(got["dense"][k][u], grads[k].numpy(), rtol=1e-9, atol=1e-12, err_msg=k)
+        if not hybrid:
+            assert got["coef"] is None and got["rows_emb"] is None
+            continue
+        # the item table: sparse touched rows plus the rank-one dense part
+        emb = np.outer(got["coef"][u], got["dir"][u])
+        bias = got["coef"][u].copy()
+        mine = got["row_user"] == u
+        emb[got["rows"][mine]] += got["rows_emb"][mine]
+        bias[got["rows"][mine]] += got["rows_bias"][mine]
+        np.testing.assert_allclose(emb, tf.convert_to_tensor(grads["items/embedding"]).numpy(), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(bias, tf.convert_to_tensor(grads["items/bias"]).numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_ials_solve_gives_each_user_the_minimum_of_its_loss():
+    params, item_h, offsets, items, ctx = _ials_fixture()
+    alpha0, l2 = 0.5, 0.2
+    theta = ials_solve(params, item_h, offsets, items, ctx, alpha0, l2).astype(np.float64)
+    th = tf.Variable(theta)
+    with tf.GradientTape() as tape:
+        total = tf.add_n(_ials_loss_by_hand(params, item_h, th, offsets, items, ctx, alpha0, l2, 0.0))
+    np.testing.assert_allclose(tape.gradient(total, th).numpy(), 0.0, atol=1e-4)
+
+
+def test_ials_theta_is_the_least_squares_solution_of_each_user():
+    rng = np.random.default_rng(3)
+    phi, target, z = rng.normal(size=(12, 4)), rng.normal(size=7), rng.normal(size=(3, 12))
+    offsets, items = np.array([0, 3, 3, 7]), np.array([0, 5, 5, 1, 2, 3, 11])
+    alpha0, lam = 0.5, 0.2
+    theta = ials_theta(phi, offsets, items, target, z @ phi, alpha0, lam)
+    for u in range(3):
+        hist = slice(offsets[u], offsets[u + 1])
+        # the objective as one stacked least-squares problem: engaged rows, all-items rows, ridge rows
+        a = np.vstack([phi[items[hist]], np.sqrt(alpha0) * phi, np.sqrt(lam) * np.eye(4)])
+        y = np.concatenate([target[hist], -np.sqrt(alpha0) * z[u], np.zeros(4)])
+        np.testing.assert_allclose(theta[u], np.linalg.lstsq(a, y, rcond=None)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_ials_loss_equals_the_sum_over_every_user_and_item():
+    rng = np.random.default_rng(3)
+    phi, bias, theta = rng.normal(size=(12, 4)), rng.normal(size=12), rng.normal(size=(3, 4))
+    users, items = np.array([0, 0, 0, 2, 2]), np.array([0, 5, 5, 1, 11])
+    alpha0 = 0.3
+    s = theta @ phi.T + bias                          # [U, n_items] formed explicitly
+    expected = sum((s[u, i] - 1.0) ** 2 for u, i in zip(users, items)) + alpha0 * np.sum(s ** 2)
+    got = ials_loss(tf.constant(theta), tf.constant(phi), tf.constant(bias), tf.constant(users), tf.constant(items),
+                    alpha0)
+    assert float(got) == pytest.approx(expected, rel=1e-10)
