@@ -19,8 +19,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 from common.config import Config, config_from_mapping
 from common.data import load_dataset
 from common.datasets import resolve_dataset
-from common.federated import (UserStore, dp_init_theta, evaluate_users, init_theta, item_representations,
-                              poisson_sample, training_members, user_updates)
+from common.federated import (UserStore, dp_init_theta, evaluate_users, ials_user_theta, init_theta,
+                              item_representations, poisson_sample, training_members, user_updates)
 from common.model import DENSE_NAMES, ITEM_NAMES
 from common.params import from_record, to_record
 from common.privacy import SecureGaussian, clip_factors, local_epsilon, local_report
@@ -212,10 +212,14 @@ class Node:
         params = self._receive(content)
         users = np.flatnonzero(self.members)
         self._warm_start(users, params)
+        theta = self.theta
+        if self.cfg.loss == "ials":  # theta_u is a function of the shared parameters: solved for the ones evaluated
+            theta = self.theta.copy()
+            theta[users] = ials_user_theta(params, self.store, users, self.item_h, self.cfg)
         k = self.cfg.top_k
         out: dict[str, float | int] = {"num-users": int(len(users))}
         for split in ("val", "test"):
-            m = evaluate_users(params, self.theta, self.store, self.item_h, self.cfg, split, users)
+            m = evaluate_users(params, theta, self.store, self.item_h, self.cfg, split, users)
             for name, key in (("hr", f"hr@{k}"), ("ndcg", f"ndcg@{k}"), ("hr-sampled", f"hr@{k}-sampled"),
                               ("ndcg-sampled", f"ndcg@{k}-sampled")):
                 out[f"{split}-{key}"] = float(m[name].mean()) if len(users) else 0.0

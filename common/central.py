@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from common.config import Config
-from common.federated import UserStore, init_theta, item_representations
+from common.federated import UserStore, ials_user_theta, init_theta, item_representations, user_updates
 from common.model import (DENSE_NAMES, ModelShape, candidate_loss, context_penalty, group_logits, init_shared,
                           trainable_dense)
 
@@ -38,6 +38,8 @@ def train_central(store: UserStore, item_h: np.ndarray, cfg: Config,
     shape = ModelShape(n_items=n_items, text_dim=item_h.shape[1], dim=cfg.dim,
                        context_dim=store.ctx.shape[1], item_embedding=cfg.item_embedding)
     params0 = init_shared(shape, cfg.seed)
+    if cfg.loss == "ials":
+        return _train_central_ials(store, item_h, cfg, params0, progress, validate)
     phi0 = item_representations(params0, item_h)
     theta0 = init_theta(store, np.arange(store.n_users), phi0, cfg.half_life_days)
 
@@ -104,3 +106,48 @@ def train_central(store: UserStore, item_h: np.ndarray, cfg: Config,
                 best = (score, epoch, current)
     params, theta_out = best[2] if best[2] is not None else snapshot()
     return params, theta_out, epoch_seconds, best[1]
+
+
+#: loss="ials": full-batch Adam steps of the shared parameters per epoch (theta_u is solved before each one)
+IALS_STEPS_PER_EPOCH = 10
+
+
+def _train_central_ials(store: UserStore, item_h: np.ndarray, cfg: Config, params0: dict[str, np.ndarray],
+                        progress: Callable[[int, float, float], None] | None,
+                        validate: Callable[[dict[str, np.ndarray], np.ndarray], float] | None,
+                        ) -> tuple[dict[str, np.ndarray], np.ndarray, list[float], int]:
+    """loss="ials" on pooled data: every step solves every theta_u in closed form, then takes one Adam step
+    (central-lr) on the mean over users of their gradients (`common.federated.user_updates`, the same
+    computation a device does)."""
+    users = np.arange(store.n_users)
+    names = list(params0)
+    variables = [tf.Variable(params0[k]) for k in names]
+    opt = tf.keras.optimizers.Adam(learning_rate=cfg.central_lr)
+    shapes = {k: v.shape for k, v in params0.items()}
+
+    def current() -> dict[str, np.ndarray]:
+        return {k: v.numpy() for k, v in zip(names, variables)}
+
+    best, epoch_seconds = (-np.inf, cfg.central_epochs, None), []
+    for epoch in range(1, cfg.central_epochs + 1):
+        t0, losses = time.perf_counter(), []
+        for _ in range(IALS_STEPS_PER_EPOCH):
+            updates, theta = user_updates(current(), np.zeros((len(users), cfg.dim), np.float32), store, users,
+                                          item_h, cfg, epoch)
+            total = updates.total(shapes)  # sum_u -local_lr * gradient_u
+            scale = -1.0 / (cfg.local_lr * len(users))
+            opt.apply_gradients([(tf.constant(total[k] * scale, tf.float32), v) for k, v in zip(names, variables)])
+            losses.append(float(updates.loss.mean()))
+        epoch_seconds.append(time.perf_counter() - t0)
+        if progress is not None:
+            progress(epoch, float(np.mean(losses)), epoch_seconds[-1])
+        if validate is not None:
+            params = current()
+            theta = ials_user_theta(params, store, users, item_h, cfg)
+            score = validate(params, theta)
+            if score > best[0]:
+                best = (score, epoch, (params, theta))
+    if best[2] is not None:
+        return best[2][0], best[2][1], epoch_seconds, best[1]
+    params = current()
+    return params, ials_user_theta(params, store, users, item_h, cfg), epoch_seconds, best[1]

@@ -64,7 +64,9 @@ class Config:
     use_context: bool = True         # context shift theta_ctx . x and interaction x^T W phi(c)
     item_embedding: bool = True      # hybrid: add a shared item-id embedding and bias to phi(c)
     negatives: int = 16              # sampled negatives per engagement
-    loss: str = "softmax"            # "softmax" (sampled softmax; ranks best) | "bce" (sigmoid BCE; calibrated P)
+    loss: str = "softmax"            # "softmax" (sampled softmax) | "bce" (sigmoid BCE; calibrated P) | "ials"
+    #                                  (implicit ALS: theta_u in closed form, the whole catalogue as negatives)
+    unobserved_weight: float = 0.5   # ials: weight of the pull of every catalogue item's score toward 0
     l2: float = 1e-3                 # L2 penalty on theta_u and the item rows an example touches
     context_l2: float = 0.0          # L2 penalty pulling the context weights (theta_ctx, W_int) toward 0
     half_life_days: float = 30.0     # time decay of the history that warms up a new theta_u
@@ -150,7 +152,11 @@ class Config:
             need(getattr(self, name) <= top, name, f"must be <= {top:,} (larger does not fit in memory)")
         need(self.dim >= 1, "dim", "must be >= 1")
         need(self.negatives >= 1, "negatives", "must be >= 1")
-        need(self.loss in ("bce", "softmax"), "loss", "must be 'bce' or 'softmax'")
+        need(self.loss in ("bce", "softmax", "ials"), "loss", "must be 'bce', 'softmax' or 'ials'")
+        need(self.unobserved_weight > 0, "unobserved_weight", "must be > 0")
+        need(not (self.loss == "ials" and self.privacy in ("local", "local+central")), "loss",
+             "'ials' is not available with local DP (its closed-form theta_u has no per-example DP-SGD form); "
+             "use 'softmax' or 'bce'")
         need(self.l2 >= 0, "l2", "must be >= 0")
         need(self.context_l2 >= 0, "context_l2", "must be >= 0")
         need(self.half_life_days > 0, "half_life_days", "must be > 0")

@@ -17,12 +17,12 @@ from scipy import sparse
 
 from common.config import Config
 from common.metrics import hit_and_ndcg, rank_of_target, sample_eval_negatives
-from common.model import (DENSE_NAMES, dp_local_train, dp_warm_start_theta, item_side, local_train, score_items,
-                          trainable_dense, warm_start_theta)
+from common.model import (DENSE_NAMES, dp_local_train, dp_warm_start_theta, ials_solve, ials_user_gradients,
+                          item_side, local_train, score_items, trainable_dense, warm_start_theta)
 from common.privacy import SecureGaussian
 
 __all__ = ["UserStore", "UserUpdates", "user_rng", "user_uniforms", "poisson_sample", "training_members", "user_updates", "evaluate_users",
-           "item_representations", "init_theta", "dp_init_theta", "distinct_candidates",
+           "item_representations", "init_theta", "ials_user_theta", "dp_init_theta", "distinct_candidates",
            "evaluate_scores"]
 
 SECONDS_PER_DAY = 86400.0
@@ -125,6 +125,10 @@ class UserUpdates:
     change (hybrid model only; None otherwise). loss [U] local training loss (after the last step; under
     local DP, of the last step's forward pass); n_examples [U].
 
+    loss="ials" (hybrid model): a user's item-table update also has a dense rank-one part over the whole
+    catalogue, item_coef[u] (x) item_dir[u] (item_coef [U, n_items], item_dir [U, dim]); its item-bias update
+    has item_coef[u]. Kept as factors: U dense tables would not fit in memory at 10,000 items.
+
     Local DP (hybrid model): each user's item rows still carry Gaussian noise that is drawn (from
     `noise`) only when an update is materialised by `user_update` or `total`: i.i.d. N(0, s^2) per
     coordinate with s = untouched_std[u] on every row user u did not touch, and s = touched_std[u]
@@ -142,6 +146,8 @@ class UserUpdates:
     untouched_std: np.ndarray | None = None   # [U] local DP: pending noise std of the rows a user did not touch
     touched_std: np.ndarray | None = None     # [U] local DP: pending noise std of the rows a user touched
     noise: SecureGaussian | None = None
+    item_coef: np.ndarray | None = None      # [U, n_items] loss="ials": the dense part's per-item factor
+    item_dir: np.ndarray | None = None       # [U, dim] loss="ials": the dense part's direction
 
     @property
     def n_users(self) -> int:
@@ -170,7 +176,11 @@ class UserUpdates:
         else:
             emb, bias = np.zeros((n_items, dim), np.float32), np.zeros(n_items, np.float32)
         to_items = sparse.csr_matrix((wr, (rows, np.arange(len(rows)))), shape=(n_items, len(rows)))  # [n_items, M]
-        return emb + to_items @ self.rows_emb[sel], bias + to_items @ self.rows_bias[sel]
+        emb, bias = emb + to_items @ self.rows_emb[sel], bias + to_items @ self.rows_bias[sel]
+        if self.item_coef is not None:  # sum_u w[u] coef_u (x) dir_u, without forming U tables
+            emb = emb + self.item_coef.T @ (w[:, None] * self.item_dir)
+            bias = bias + self.item_coef.T @ w
+        return emb.astype(np.float32), bias.astype(np.float32)
 
     def user_update(self, u: int, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
         """The whole shared-parameter update of user u, as dense arrays of the full shapes."""
@@ -198,8 +208,12 @@ class UserUpdates:
         sq = sum(np.square(v.reshape(len(v), -1)).sum(axis=1) for v in self.dense.values())
         if self.rows_emb is not None:
             per_row = np.square(self.rows_emb).sum(-1) + np.square(self.rows_bias)
+            if self.item_coef is not None:  # |sparse + dense|^2 = |sparse|^2 + 2 <sparse, dense> + |dense|^2
+                c = self.item_coef[self.row_user, self.rows]
+                per_row = per_row + 2.0 * c * (np.sum(self.rows_emb * self.item_dir[self.row_user], -1) + self.rows_bias)
+                sq = sq + np.square(self.item_coef).sum(1) * (np.square(self.item_dir).sum(1) + 1.0)
             sq = sq + np.bincount(self.row_user, weights=per_row, minlength=self.n_users)
-        return np.sqrt(sq)
+        return np.sqrt(np.maximum(sq, 0.0))
 
 
 def item_representations(params: Mapping[str, np.ndarray], item_h: np.ndarray) -> np.ndarray:
@@ -257,6 +271,8 @@ def user_updates(params: Mapping[str, np.ndarray], theta: np.ndarray, store: Use
     server, and it assigns other negatives to every later example when one example is added or removed, so the
     per-example sensitivity bound would not hold against the server.
     """
+    if cfg.loss == "ials":
+        return _ials_updates(params, store, np.asarray(users, np.int64), item_h, cfg)
     local_dp = cfg.privacy in ("local", "local+central")
     if local_dp:
         noise = noise or SecureGaussian()
@@ -352,6 +368,55 @@ def user_updates(params: Mapping[str, np.ndarray], theta: np.ndarray, store: Use
                           loss=loss, n_examples=sizes.astype(np.int64), untouched_std=untouched,
                           touched_std=touched, noise=noise)
     return updates, new_theta
+
+
+def _sub_store(store: UserStore, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """offsets [len(users) + 1], items [n] and ctx [n, context_dim] of the given users' histories."""
+    counts = store.offsets[users + 1] - store.offsets[users]
+    take = np.concatenate([np.arange(store.offsets[u], store.offsets[u + 1]) for u in users]) if len(users) else \
+        np.zeros(0, np.int64)
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), store.items[take], store.ctx[take]
+
+
+def ials_user_theta(params: Mapping[str, np.ndarray], store: UserStore, users: np.ndarray, item_h: np.ndarray,
+                    cfg: Config) -> np.ndarray:
+    """loss="ials": each user's closed-form theta_u [len(users), dim] under the given shared parameters."""
+    offsets, items, ctx = _sub_store(store, np.asarray(users, np.int64))
+    return ials_solve(params, item_h, offsets, items, ctx, cfg.unobserved_weight, cfg.l2)
+
+
+def _ials_updates(params: Mapping[str, np.ndarray], store: UserStore, users: np.ndarray, item_h: np.ndarray,
+                  cfg: Config, chunk_cells: int = 4_000_000) -> tuple[UserUpdates, np.ndarray]:
+    """loss="ials": each user solves theta_u in closed form, then takes one gradient step of its own loss on the
+    shared parameters (`common.model.ials_user_gradients`); the update is -local-lr times that gradient."""
+    U, n_items, lr = len(users), item_h.shape[0], cfg.local_lr
+    hybrid = "items/embedding" in params
+    dense = {k: np.zeros((U,) + np.shape(params[k]), np.float32) for k in DENSE_NAMES}
+    theta, loss = np.zeros((U, cfg.dim), np.float32), np.zeros(U, np.float32)
+    coef = np.zeros((U, n_items), np.float32) if hybrid else None
+    direction = np.zeros((U, cfg.dim), np.float32) if hybrid else None
+    parts = []
+    step = max(1, chunk_cells // max(n_items, 1))  # users per chunk: [chunk, n_items] scores at a time
+    for start in range(0, U, step):
+        pos = np.arange(start, min(start + step, U))
+        offsets, items, ctx = _sub_store(store, users[pos])
+        theta[pos] = ials_solve(params, item_h, offsets, items, ctx, cfg.unobserved_weight, cfg.l2)
+        g = ials_user_gradients(params, item_h, theta[pos], offsets, items, ctx, cfg.unobserved_weight, cfg.l2,
+                                cfg.context_l2)
+        for k in DENSE_NAMES:
+            dense[k][pos] = -lr * g["dense"][k]
+        loss[pos] = g["loss"]
+        if hybrid:
+            coef[pos], direction[pos] = -lr * g["coef"], g["dir"]
+            parts.append((pos[g["row_user"]], g["rows"], -lr * g["rows_emb"], -lr * g["rows_bias"]))
+    cat = (lambda i, empty: np.concatenate([p[i] for p in parts]).astype(empty.dtype) if parts else empty)
+    updates = UserUpdates(
+        dense=dense, row_user=cat(0, np.zeros(0, np.int64)), rows=cat(1, np.zeros(0, np.int64)),
+        rows_emb=cat(2, np.zeros((0, cfg.dim), np.float32)) if hybrid else None,
+        rows_bias=cat(3, np.zeros(0, np.float32)) if hybrid else None, loss=loss,
+        n_examples=(store.offsets[users + 1] - store.offsets[users]).astype(np.int64), item_coef=coef,
+        item_dir=direction)
+    return updates, theta
 
 
 def distinct_candidates(rng: np.random.Generator | SecureGaussian, positives: np.ndarray, n_items: int,

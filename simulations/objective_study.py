@@ -19,7 +19,7 @@ import tensorflow as tf
 from common.config import Config, config_from_mapping, parse_overrides
 from common.datasets import load_cached, resolve_dataset
 from common.federated import UserStore, evaluate_users
-from common.model import ITEM_NAMES, ModelShape, ials_loss, ials_theta, init_shared
+from common.model import ITEM_NAMES, ModelShape, ials_loss, ials_solve, init_shared
 from simulations.seeds import finish_table, mean_sd, study_parser
 
 __all__ = ["train_ials"]
@@ -55,8 +55,8 @@ def train_ials(cfg: Config, alpha0: float, lam: float, item_l2: float, lr: float
         return phi, bias
 
     def solve() -> np.ndarray:
-        phi, bias = item_side()
-        return ials_theta(phi.numpy(), bias.numpy(), store.offsets, store.items, alpha0, lam)
+        current = {**params, **{k: v.numpy() for k, v in var.items()}}
+        return ials_solve(current, item_h, store.offsets, store.items, store.ctx, alpha0, lam)
 
     @tf.function
     def step(theta: tf.Tensor) -> tf.Tensor:

@@ -12,7 +12,7 @@ from common.schema import build_schema
 from common.config import Config
 from common.data import load_dataset
 from common.federated import UserStore, distinct_candidates, poisson_sample, user_rng, user_updates
-from common.model import DENSE_NAMES, ModelShape, init_shared
+from common.model import DENSE_NAMES, ModelShape, ials_solve, ials_user_gradients, init_shared
 from common.params import from_record, to_record
 from server.content import ContentEncoder
 
@@ -532,3 +532,32 @@ def test_local_dp_negatives_are_secret_and_not_shifted_by_other_examples(setup):
     # the secure source draws uniform integers in [low, high)
     draws = SecureGaussian().integers(3, 13, (20000,))
     assert draws.min() == 3 and draws.max() == 12 and abs(np.bincount(draws - 3).std() / 2000 - 0) < 0.1
+
+
+def test_ials_updates_are_one_gradient_step_and_their_dense_part_adds_up(setup):
+    """loss=ials: each user's update is -local_lr times its gradient at its closed-form theta_u; the factored
+    dense item part gives the same total and norms as the materialised tables, and touches every row."""
+    cfg, ds, item_h, shape, params = setup
+    c = cfg.replace(loss="ials", local_steps=1, l2=0.01, local_lr=0.1)
+    store = UserStore.from_prepared(ds, np.arange(ds.n_users))
+    users = np.arange(ds.n_users)
+    upd, theta = user_updates(params, np.zeros((ds.n_users, c.dim), np.float32), store, users, item_h, c, 1)
+    np.testing.assert_allclose(theta, ials_solve(params, item_h, store.offsets, store.items, store.ctx,
+                                                 c.unobserved_weight, c.l2), rtol=1e-6)
+    grads = ials_user_gradients(params, item_h, theta, store.offsets, store.items, store.ctx, c.unobserved_weight,
+                                c.l2, c.context_l2)
+    shapes = shape.shapes()
+    by_user = [upd.user_update(u, shapes) for u in range(upd.n_users)]
+    for u in (0, 5):
+        emb = np.outer(grads["coef"][u], grads["dir"][u])
+        mine = grads["row_user"] == u
+        emb[grads["rows"][mine]] += grads["rows_emb"][mine]
+        np.testing.assert_allclose(by_user[u]["items/embedding"], -c.local_lr * emb, rtol=1e-4, atol=1e-7)
+        for k in DENSE_NAMES:
+            np.testing.assert_allclose(by_user[u][k], -c.local_lr * grads["dense"][k][u], rtol=1e-4, atol=1e-7)
+        assert (np.abs(by_user[u]["items/embedding"]).sum(1) > 0).all()  # every row moves, not just the touched
+    total = upd.total(shapes)
+    for k in shapes:
+        np.testing.assert_allclose(total[k], sum(d[k] for d in by_user), rtol=1e-4, atol=1e-6)
+    norms = np.array([np.sqrt(sum(np.square(v.astype(np.float64)).sum() for v in b.values())) for b in by_user])
+    np.testing.assert_allclose(upd.norms(), norms, rtol=1e-4)  # what central DP's per-user clip is computed from
