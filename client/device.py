@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from common.model import DENSE_NAMES, group_loss, item_side
+from common.model import DENSE_NAMES, group_loss, ials_solve, item_side
 
 __all__ = ["ItemTables", "SimilarItem", "Recommendation", "item_tables", "recommend", "format_recommendations",
            "refresh_candidates", "refresh_theta"]
@@ -195,7 +195,7 @@ def refresh_candidates(items: np.ndarray, n_items: int, negatives: int, seed: in
 def refresh_theta(params: Mapping[str, np.ndarray], item_h: np.ndarray, theta_u: np.ndarray,
                   history_items: np.ndarray, history_ctx: np.ndarray, history_age_days: np.ndarray, *,
                   steps: int, lr: float, negatives: int, seed: int, l2: float, half_life_days: float,
-                  loss: str, optimizer: str = "sgd") -> np.ndarray:
+                  loss: str, optimizer: str = "sgd", unobserved_weight: float = 0.5) -> np.ndarray:
     """theta_u [dim] after `steps` full-batch steps on the user's own history with the shared parameters FIXED,
     so new engagements count at once, before any round.
 
@@ -206,6 +206,8 @@ def refresh_theta(params: Mapping[str, np.ndarray], item_h: np.ndarray, theta_u:
     The objective is `common.model.group_loss`, the one `local_train` minimises; `local_train` with lr=0 for the
     shared parameters (and no clipping) gives the same theta_u, but it unrolls its steps (a trace per step count,
     ~0.7 s a step here), so this runs them in one while loop. An empty history returns theta_u unchanged.
+    With loss="ials" theta_u is solved in closed form (`common.model.ials_solve`; steps, lr, negatives, seed,
+    the time weights and optimizer play no part).
     """
     theta_u = np.asarray(theta_u, np.float32)
     items = np.asarray(history_items, np.int64).reshape(-1)
@@ -216,14 +218,16 @@ def refresh_theta(params: Mapping[str, np.ndarray], item_h: np.ndarray, theta_u:
         raise ValueError(f"negatives: must be >= 1. Found {negatives}.")
     if not half_life_days > 0:
         raise ValueError(f"half_life_days: must be > 0. Found {half_life_days}.")
-    if loss not in ("softmax", "bce") or optimizer not in ("sgd", "adam"):
-        raise ValueError(f"loss, optimizer: must be 'softmax' or 'bce', and 'sgd' or 'adam'. Found {loss!r}, "
-                         f"{optimizer!r}.")
+    if loss not in ("softmax", "bce", "ials") or optimizer not in ("sgd", "adam"):
+        raise ValueError(f"loss, optimizer: must be 'softmax', 'bce' or 'ials', and 'sgd' or 'adam'. Found "
+                         f"{loss!r}, {optimizer!r}.")
     context_dim = np.shape(params["context/shift"])[0]
     history_ctx = np.asarray(history_ctx, np.float32).reshape(len(items), context_dim)
     age = np.asarray(history_age_days, np.float64).reshape(-1)
     if len(age) != len(items):
         raise ValueError(f"history_age_days: must have one age per engagement ({len(items)}). Found {len(age)}.")
+    if loss == "ials" and len(items):
+        return ials_solve(params, item_h, np.array([0, len(items)]), items, history_ctx, unobserved_weight, l2)[0]
     if len(items) == 0 or steps == 0:
         return theta_u.copy()
     cand = refresh_candidates(items, n_items, negatives, seed)

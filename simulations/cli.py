@@ -300,7 +300,7 @@ def device_record(
         steps = c.local_steps if steps is None else steps
         new = refresh_theta(dev.params, dev.item_h, theta, items, ctx, (times.max() - times) / SECONDS_PER_DAY,
                             steps=steps, lr=c.theta_lr, negatives=c.negatives, seed=len(items), l2=c.l2,
-                            half_life_days=c.half_life_days, loss=c.loss)
+                            half_life_days=c.half_life_days, loss=c.loss, unobserved_weight=c.unobserved_weight)
         where = dev.store_theta(user, new)
     except (DeviceError, ConfigError, ValueError, OSError) as err:
         _fail(err)

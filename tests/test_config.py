@@ -28,6 +28,8 @@ def test_overrides_are_typed():
     (["sample-rate=1.5"], "sample-rate: must be in (0, 1]. Found 1.5"),
     (["use-context=maybe"], "use-context: must be true or false"),
     (["norounds"], "--set expects key=value"),
+    (["loss=ials", "privacy=local"], "loss: 'ials' is not available with local DP"),
+    (["unobserved-weight=0"], "unobserved-weight: must be > 0. Found 0.0"),
 ])
 def test_bad_settings_name_the_rule_and_value(items, message):
     with pytest.raises(ConfigError) as err:

@@ -11,7 +11,7 @@ import pytest
 from client.device import format_recommendations, recommend, refresh_candidates, refresh_theta
 from client.tflite import TFLiteScorer, export_scorer
 from common.federated import item_representations
-from common.model import DENSE_NAMES, ModelShape, local_train, score_items, warm_start_theta
+from common.model import DENSE_NAMES, ModelShape, ials_solve, local_train, score_items, warm_start_theta
 
 N_ITEMS, TEXT_DIM, DIM = 60, 12, 6
 
@@ -239,3 +239,18 @@ def test_feedback_moves_the_top_10_towards_the_new_topic():
     assert before == 0.0
     assert after >= 0.3
     assert control == 0.0
+
+
+def test_refresh_theta_under_ials_is_the_closed_form_a_node_computes():
+    """loss=ials: the device's theta_u is the one a node solves in training (ials_solve), from the whole history."""
+    rng = np.random.default_rng(12)
+    item_h = rng.normal(size=(N_ITEMS, TEXT_DIM)).astype(np.float32)
+    params = random_params(3, True, seed=13)
+    items, ctx, age = rng.integers(0, N_ITEMS, 6), rng.normal(size=(6, 3)).astype(np.float32), np.arange(6.0)
+    kw = dict(steps=1, lr=0.2, negatives=4, seed=1, l2=0.01, half_life_days=5.0, loss="ials", unobserved_weight=0.3)
+    new = refresh_theta(params, item_h, np.zeros(DIM, np.float32), items, ctx, age, **kw)
+    np.testing.assert_allclose(new, ials_solve(params, item_h, np.array([0, 6]), items, ctx, 0.3, 0.01)[0], rtol=1e-6)
+    # every engagement counts (no time weights, no steps): the order of the history does not matter
+    perm = rng.permutation(6)
+    np.testing.assert_allclose(refresh_theta(params, item_h, new, items[perm], ctx[perm], age[perm], **kw), new,
+                               rtol=1e-5)
