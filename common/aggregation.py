@@ -13,7 +13,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["sum_updates", "ServerOptimizer"]
+from common.config import Config
+
+__all__ = ["sum_updates", "ServerOptimizer", "item_decay"]
 
 
 def sum_updates(sums: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -32,6 +34,11 @@ def sum_updates(sums: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarra
     return out
 
 
+def item_decay(cfg: Config) -> dict[str, float]:
+    """The `decay` of the item-id table and biases under cfg.item_decay (none without the hybrid tables)."""
+    return {k: cfg.item_decay for k in ("items/embedding", "items/bias")} if cfg.item_embedding and cfg.item_decay else {}
+
+
 @dataclass
 class ServerOptimizer:
     """Applies a mean update Delta to the global parameters.
@@ -41,6 +48,8 @@ class ServerOptimizer:
             (bias-corrected moments; per-coordinate step sizes let rarely touched item rows learn).
     With total_steps T > 0, the step size of step t (1..T) decays on a cosine from lr to lr * final_fraction:
     lr_t = lr * (f + (1 - f) (1 + cos(pi (t - 1) / (T - 1))) / 2); after T it stays at lr * f.
+    decay {name: w}: decoupled weight decay (AdamW, Loshchilov & Hutter 2019), x <- x (1 - lr_t w) before the
+    step: an L2 pull of those parameters counted once per round, not once per user who touched them.
     """
 
     kind: str = "adam"
@@ -53,6 +62,7 @@ class ServerOptimizer:
     final_fraction: float = 1.0
     m: dict[str, np.ndarray] = field(default_factory=dict)
     v: dict[str, np.ndarray] = field(default_factory=dict)
+    decay: dict[str, float] = field(default_factory=dict)
 
     def current_lr(self) -> float:
         """The step size of step `self.step` (1-based)."""
@@ -68,6 +78,8 @@ class ServerOptimizer:
         out = {}
         for k, x in params.items():
             d = np.asarray(delta[k], np.float64)
+            if self.decay.get(k, 0.0):
+                x = np.asarray(x, np.float64) * (1.0 - lr * self.decay[k])
             if self.kind == "sgd":
                 out[k] = (x + lr * d).astype(np.float32)
                 continue

@@ -9,6 +9,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from common.aggregation import ServerOptimizer, item_decay
 from common.config import Config
 from common.federated import UserStore, ials_user_theta, init_theta, item_representations, user_updates
 from common.model import (DENSE_NAMES, ModelShape, candidate_loss, context_penalty, group_logits, init_shared,
@@ -116,38 +117,29 @@ def _train_central_ials(store: UserStore, item_h: np.ndarray, cfg: Config, param
                         progress: Callable[[int, float, float], None] | None,
                         validate: Callable[[dict[str, np.ndarray], np.ndarray], float] | None,
                         ) -> tuple[dict[str, np.ndarray], np.ndarray, list[float], int]:
-    """loss="ials" on pooled data: every step solves every theta_u in closed form, then takes one Adam step
-    (central-lr) on the mean over users of their gradients (`common.federated.user_updates`, the same
-    computation a device does)."""
+    """loss="ials" on pooled data: every step solves every theta_u in closed form, then applies the mean of the
+    users' updates (`common.federated.user_updates`, the computation a device does) with the server's Adam at
+    central-lr, item-decay included."""
     users = np.arange(store.n_users)
-    names = list(params0)
-    variables = [tf.Variable(params0[k]) for k in names]
-    opt = tf.keras.optimizers.Adam(learning_rate=cfg.central_lr)
+    params = dict(params0)
+    opt = ServerOptimizer("adam", cfg.central_lr, decay=item_decay(cfg))  # the server's Adam, as in federation
     shapes = {k: v.shape for k, v in params0.items()}
-
-    def current() -> dict[str, np.ndarray]:
-        return {k: v.numpy() for k, v in zip(names, variables)}
-
     best, epoch_seconds = (-np.inf, cfg.central_epochs, None), []
     for epoch in range(1, cfg.central_epochs + 1):
         t0, losses = time.perf_counter(), []
         for _ in range(IALS_STEPS_PER_EPOCH):
-            updates, theta = user_updates(current(), np.zeros((len(users), cfg.dim), np.float32), store, users,
-                                          item_h, cfg, epoch)
-            total = updates.total(shapes)  # sum_u -local_lr * gradient_u
-            scale = -1.0 / (cfg.local_lr * len(users))
-            opt.apply_gradients([(tf.constant(total[k] * scale, tf.float32), v) for k, v in zip(names, variables)])
+            updates, _ = user_updates(params, np.zeros((len(users), cfg.dim), np.float32), store, users, item_h, cfg,
+                                      epoch)
+            params = opt.apply(params, {k: v / len(users) for k, v in updates.total(shapes).items()})
             losses.append(float(updates.loss.mean()))
         epoch_seconds.append(time.perf_counter() - t0)
         if progress is not None:
             progress(epoch, float(np.mean(losses)), epoch_seconds[-1])
         if validate is not None:
-            params = current()
             theta = ials_user_theta(params, store, users, item_h, cfg)
             score = validate(params, theta)
             if score > best[0]:
                 best = (score, epoch, (params, theta))
     if best[2] is not None:
         return best[2][0], best[2][1], epoch_seconds, best[1]
-    params = current()
     return params, ials_user_theta(params, store, users, item_h, cfg), epoch_seconds, best[1]

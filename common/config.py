@@ -84,6 +84,7 @@ class Config:
     server_optimizer: str = "adam"   # "adam" (FedAdam, Reddi et al. 2021) | "sgd" (FedAvg)
     server_lr: float = 0.05
     server_lr_final: float = 0.1     # the server step size of the last round, as a fraction of server_lr (cosine decay)
+    item_decay: float = 0.0          # decoupled weight decay of the item-id table per server step (AdamW)
     server_adam_eps: float = 1e-8    # Adam's eps at the server (the floor of its per-coordinate step denominator)
     secure_aggregation: bool = False  # SecAgg+ (Flower's): the server learns only the sum of each round's nodes
     secagg_max_users: int = 0        # U: the most users one node trains in a round (a public bound SecAgg+ scales
@@ -154,6 +155,7 @@ class Config:
         need(self.negatives >= 1, "negatives", "must be >= 1")
         need(self.loss in ("bce", "softmax", "ials"), "loss", "must be 'bce', 'softmax' or 'ials'")
         need(self.unobserved_weight > 0, "unobserved_weight", "must be > 0")
+        need(0 <= self.item_decay, "item_decay", "must be >= 0")
         need(not (self.loss == "ials" and self.privacy in ("local", "local+central")), "loss",
              "'ials' is not available with local DP (its closed-form theta_u has no per-example DP-SGD form); "
              "use 'softmax' or 'bce'")

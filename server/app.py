@@ -14,7 +14,7 @@ from flwr.app import ConfigRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from common.aggregation import ServerOptimizer
+from common.aggregation import ServerOptimizer, item_decay
 from common.errors import SERVER_ERROR_ENV, message as error_message, record_server_error
 from common.config import Config, ConfigError, config_from_mapping
 from common.data import load_catalogue
@@ -146,7 +146,8 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
         content=to_record({ITEM_VECTORS: item_h}), schema=schema, min_nodes=cfg.min_nodes, run_token=run_token,
         optimizer=state.optimizer if state else ServerOptimizer(cfg.server_optimizer, cfg.server_lr,
                                                                 eps=cfg.server_adam_eps, total_steps=cfg.num_rounds,
-                                                                final_fraction=cfg.server_lr_final),
+                                                                final_fraction=cfg.server_lr_final,
+                                                                decay=item_decay(cfg)),
         sample_rate=cfg.sample_rate, sampling_key=sampling_key, eval_every=cfg.eval_every, num_rounds=cfg.num_rounds,
         on_round=lambda row: print(format_round(row, cfg.num_rounds, cfg.top_k), flush=True),
         dp=dp, select_key=None if cfg.private else f"val-hr@{cfg.top_k}", round_offset=state.round if state else 0,

@@ -53,3 +53,23 @@ def test_cosine_decay_of_the_server_step_size():
     # final_fraction = 1 (the default) is a constant step
     const = ServerOptimizer("sgd", lr=0.5, total_steps=5)
     assert [const.current_lr() for const.step in range(1, 7)] == [0.5] * 6
+
+
+def test_item_decay_shrinks_only_the_named_parameters_once_per_step():
+    # SGD, zero update: x_t = x_0 (1 - lr w)^t for the decayed table, unchanged elsewhere
+    from common.aggregation import item_decay
+    from common.config import Config
+
+    decay = item_decay(Config(item_decay=0.5))
+    assert decay == {"items/embedding": 0.5, "items/bias": 0.5}
+    assert item_decay(Config(item_decay=0.5, item_embedding=False)) == {} and item_decay(Config()) == {}
+    opt = ServerOptimizer("sgd", lr=0.1, decay=decay)
+    x = {"items/embedding": np.full((2, 3), 2.0, np.float32), "tower/bias": np.ones(3, np.float32)}
+    for _ in range(3):
+        x = opt.apply(x, {k: np.zeros_like(v) for k, v in x.items()})
+    np.testing.assert_allclose(x["items/embedding"], 2.0 * 0.95 ** 3, rtol=1e-6)
+    np.testing.assert_array_equal(x["tower/bias"], 1.0)
+    # with an update: the shrink comes before the step, x <- x (1 - lr w) + lr d
+    out = ServerOptimizer("sgd", lr=0.1, decay=decay).apply({"items/bias": np.array([1.0], np.float32)},
+                                                         {"items/bias": np.array([2.0])})
+    assert float(out["items/bias"][0]) == pytest.approx(0.95 + 0.2)
