@@ -28,7 +28,7 @@ from client.node import CONTENT_FILE, DEVICE_FILE, GLOBAL_MODEL_FILE, NODE_STATE
 from common.config import Config, config_from_mapping
 from common.data import DataError, _read_interactions, load_catalogue, read_spec
 from common.federated import SECONDS_PER_DAY
-from common.model import warm_start_theta
+from common.model import ials_solve, warm_start_theta
 from common.schema import SCHEMA_FILE, PublicSchema
 
 __all__ = ["DeviceError", "DeviceState", "SERVING_FILE"]
@@ -125,6 +125,12 @@ class DeviceState:
     def theta_for(self, user: str) -> tuple[np.ndarray, str]:
         """(theta_u [dim], where it came from): the refreshed serving copy, the trained one, or a warm start from
         the user's history under the stored global model (a user new to this device)."""
+        if self.cfg.loss == "ials":  # theta_u is a function of the history and the global model: solved afresh
+            items, ctx, _ = self.history(user)
+            if len(items):
+                theta = ials_solve(self.params, self.item_h, np.array([0, len(items)]), items, ctx,
+                                   self.cfg.unobserved_weight, self.cfg.l2)[0]
+                return theta, f"solved from the history under the global model of round {self.round}"
         serving = self._serving()
         if user in serving:
             return serving[user], "refreshed by recorded feedback"

@@ -16,7 +16,7 @@ from client.device_state import DeviceState
 from client.node import NODE_STATE_FILE, STORE_FILE, node_for
 from common.config import Config
 from common.data import load_dataset
-from common.model import ModelShape, init_shared
+from common.model import ModelShape, ials_solve, init_shared
 from common.params import to_record
 from common.schema import build_schema
 from server.content import ContentEncoder
@@ -24,11 +24,13 @@ from simulations.cli import cli
 
 
 @pytest.fixture()
-def device(small_synthetic, tmp_path):
-    """A device that took part in one round: its own copy of the data (to record into) and its state-dir."""
+def device(small_synthetic, tmp_path, request):
+    """A device that took part in one round: its own copy of the data (to record into) and its state-dir.
+    Indirect parameters: Config settings (e.g. {"loss": "ials"})."""
     data = tmp_path / "data"
     shutil.copytree(small_synthetic, data)
-    cfg = Config(data=str(data), dim=4, text_dim=8, text_epochs=2, negatives=3, local_steps=1)
+    cfg = Config(data=str(data), dim=4, text_dim=8, text_epochs=2, negatives=3, local_steps=1,
+                 **getattr(request, "param", {}))
     ds = load_dataset(data)
     item_h = ContentEncoder(cfg.text_dim, cfg.text_epochs, seed=0).item_vectors(ds.item_texts)
     schema = build_schema(ds.item_ids, ds.context_encoder, {"encoder": "test"}, item_h)
@@ -116,3 +118,23 @@ def test_export_tflite_writes_the_scorer(device, tmp_path):
     code, out = _run("export", "tflite", "--state", state, "--out", tmp_path / "scorer.tflite")
     assert code == 0, out
     assert (tmp_path / "scorer.tflite").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("device", [{"loss": "ials", "l2": 0.01}], indirect=True)
+def test_under_ials_the_device_solves_theta_from_the_history_and_the_global_model(device):
+    """loss=ials: recommend uses theta_u solved from the user's whole history under the stored global model, and
+    a recorded engagement is in the next solve at once."""
+    state, _, ds, _, _ = device
+    user = str(ds.user_ids[0])
+    dev = DeviceState.load(state)
+    items, ctx, _ = dev.history(user)
+    theta, source = dev.theta_for(user)
+    assert source.startswith("solved")
+    np.testing.assert_allclose(theta, ials_solve(dev.params, dev.item_h, np.array([0, len(items)]), items, ctx,
+                                                 dev.cfg.unobserved_weight, 0.01)[0], rtol=1e-6)
+    code, out = _run("device", "recommend", "--state", state, "--user", user, "-k", "3", "--json")
+    assert code == 0 and json.loads(out)["theta"].startswith("solved"), out
+    code, out = _run("device", "record", "--state", state, "--user", user, "--item", str(ds.item_ids[7]))
+    assert code == 0, out
+    again, _ = DeviceState.load(state).theta_for(user)
+    assert len(DeviceState.load(state).history(user)[0]) == len(items) + 1 and not np.allclose(again, theta)
