@@ -4,7 +4,7 @@ shared item side (content tower, item-id embedding and biases) on `common.model.
 Each seed: test HR/NDCG@10 at the iteration with the best validation HR@10. Writes objective.json and table.md.
 
     python -m simulations.objective_study --data data/ml-100k --seeds 0,1,2 --out runs/objective
-    python -m simulations.objective_study --data data/ml-100k --no-text --out runs/objective-mf  # E alone
+    python -m simulations.objective_study --data data/ml-100k --no-text --no-bias --out runs/objective-mf  # E alone
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ TRAINED = ("tower/kernel", "tower/bias", "text-bias/kernel") + ITEM_NAMES
 
 
 def train_ials(cfg: Config, alpha0: float, lam: float, item_l2: float, lr: float, inner: int, outer: int,
-               init_std: float, text: bool) -> dict:
+               init_std: float, text: bool, bias: bool = True) -> dict:
     """One centralized run; returns {"val", "iteration", "test-hr", "test-ndcg", "curve" [outer val HR]}."""
     from server.content import content_vectors
 
@@ -41,18 +41,20 @@ def train_ials(cfg: Config, alpha0: float, lam: float, item_l2: float, lr: float
     params = init_shared(ModelShape(item_h.shape[0], item_h.shape[1], cfg.dim, 0, True), cfg.seed)
     params["items/embedding"] = np.random.default_rng(cfg.seed).normal(
         0.0, init_std, params["items/embedding"].shape).astype(np.float32)
-    var = {k: tf.Variable(params[k]) for k in TRAINED if text or k in ITEM_NAMES}
+    var = {k: tf.Variable(params[k]) for k in TRAINED
+           if (text or k in ITEM_NAMES) and (bias or k not in ("items/bias", "text-bias/kernel"))}
     h = tf.constant(item_h, tf.float32)
     pos_user = tf.constant(np.repeat(np.arange(store.n_users), np.diff(store.offsets)), tf.int32)
     pos_item = tf.constant(store.items, tf.int32)
     opt = tf.keras.optimizers.Adam(lr)
 
     def item_side() -> tuple[tf.Tensor, tf.Tensor]:
-        phi, bias = var["items/embedding"], var["items/bias"]
+        phi = var["items/embedding"]
+        b = var["items/bias"] if bias else tf.zeros(item_h.shape[0], tf.float32)
         if text:
             phi = phi + h @ var["tower/kernel"] + var["tower/bias"]
-            bias = bias + tf.linalg.matvec(h, var["text-bias/kernel"])
-        return phi, bias
+            b = b + tf.linalg.matvec(h, var["text-bias/kernel"]) if bias else b
+        return phi, b
 
     def solve() -> np.ndarray:
         current = {**params, **{k: v.numpy() for k, v in var.items()}}
@@ -61,9 +63,9 @@ def train_ials(cfg: Config, alpha0: float, lam: float, item_l2: float, lr: float
     @tf.function
     def step(theta: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
-            phi, bias = item_side()
-            loss = ials_loss(theta, phi, bias, pos_user, pos_item, alpha0)
-            loss += item_l2 * (tf.reduce_sum(tf.square(var["items/embedding"])) + tf.reduce_sum(tf.square(var["items/bias"])))
+            phi, b = item_side()
+            loss = ials_loss(theta, phi, b, pos_user, pos_item, alpha0)
+            loss += item_l2 * tf.add_n([tf.reduce_sum(tf.square(var[k])) for k in ITEM_NAMES if k in var])
         grads = tape.gradient(loss, list(var.values()))
         opt.apply_gradients(zip(grads, list(var.values())))
         return loss
@@ -97,13 +99,14 @@ def main() -> None:
     p.add_argument("--outer", type=int, default=35, help="solves")
     p.add_argument("--init-std", type=float, default=0.1, help="std of the initial item-id embedding")
     p.add_argument("--no-text", action="store_true", help="the item-id embedding alone (no content tower)")
+    p.add_argument("--no-bias", action="store_true", help="no item biases (with --no-text: plain matrix factorisation)")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     cfg = config_from_mapping({**parse_overrides(a.sets), "data": a.data, "use-context": "false"})
     runs = []
     for seed in (int(s) for s in a.seeds.split(",")):
         r = train_ials(cfg.replace(seed=seed), a.alpha0, a.lam, a.item_l2, a.lr, a.inner, a.outer, a.init_std,
-                       not a.no_text)
+                       not a.no_text, not a.no_bias)
         runs.append({"seed": seed, **r})
         (a.out / "objective.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(a).items()},
                                                           "runs": runs}, indent=2))
