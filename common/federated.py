@@ -354,7 +354,7 @@ def user_updates(params: Mapping[str, np.ndarray], theta: np.ndarray, store: Use
                           (emb1 - emb0)[real] if hybrid else None, (bias1 - bias0)[real] if hybrid else None))
 
     def cat(i: int, empty: np.ndarray) -> np.ndarray:
-        return np.concatenate([p[i] for p in row_parts]) if row_parts else empty
+        return _concat_parts(row_parts, i, empty)
 
     row_user, rows_flat = cat(0, np.zeros(0, np.int64)), cat(1, np.zeros(0, np.int64))
     emb_flat = cat(2, np.zeros((0, dim), np.float32)) if hybrid else None
@@ -368,6 +368,11 @@ def user_updates(params: Mapping[str, np.ndarray], theta: np.ndarray, store: Use
                           loss=loss, n_examples=sizes.astype(np.int64), untouched_std=untouched,
                           touched_std=touched, noise=noise)
     return updates, new_theta
+
+
+def _concat_parts(parts: list[tuple], i: int, empty: np.ndarray) -> np.ndarray:
+    """Field i of every chunk's (row_user, rows, rows_emb, rows_bias) part, joined in empty's dtype (empty if none)."""
+    return np.concatenate([p[i] for p in parts]).astype(empty.dtype, copy=False) if parts else empty
 
 
 def _sub_store(store: UserStore, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -409,7 +414,9 @@ def _ials_updates(params: Mapping[str, np.ndarray], store: UserStore, users: np.
         if hybrid:
             coef[pos], direction[pos] = -lr * g["coef"], g["dir"]
             parts.append((pos[g["row_user"]], g["rows"], -lr * g["rows_emb"], -lr * g["rows_bias"]))
-    cat = (lambda i, empty: np.concatenate([p[i] for p in parts]).astype(empty.dtype) if parts else empty)
+    def cat(i: int, empty: np.ndarray) -> np.ndarray:
+        return _concat_parts(parts, i, empty)
+
     updates = UserUpdates(
         dense=dense, row_user=cat(0, np.zeros(0, np.int64)), rows=cat(1, np.zeros(0, np.int64)),
         rows_emb=cat(2, np.zeros((0, cfg.dim), np.float32)) if hybrid else None,
