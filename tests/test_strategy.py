@@ -3,6 +3,8 @@ dropped and recorded, the round goes on with min-nodes, content reaches the node
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from collections import OrderedDict
@@ -193,16 +195,19 @@ def test_adaptive_clipping_noises_with_this_round_s_clip_and_sends_the_next_one_
     from server.strategy import AdaptiveClip
 
     ledger = PrivacyLedger(delta=1e-5, accountant="rdp")
-    dp = CentralDP(clip_norm=1.0, noise_multiplier=1.0, denominator=10.0, ledger=ledger,
-                   adaptive=AdaptiveClip(quantile=0.5, lr=0.2, count_stddev=1.0))
+    dp = CentralDP(clip_norm=1.0, noise_multiplier=0.1, denominator=10.0, ledger=ledger,
+                   adaptive=AdaptiveClip(quantile=0.5, lr=0.2, count_stddev=0.1))
     s = _strategy(dp=dp)
     msgs = _train(s, [11, 12])
     assert msgs[11].content.config_records["config"]["clip-norm"] == 1.0
-    # every user's update far below C: all 4 unclipped, shifted count 4 - 4/2 = 2; C shrinks geometrically
+    # every user's update far below C: all 4 unclipped, shifted count 4 - 4/2 = 2, noised with sd 0.1 (the
+    # count is 20 sd from 0, so C shrinks on every draw); the noisy unclipped share is 1/2 + (2 + noise)/10
     s.aggregate_train(1, [_reply(msgs[11], _params(0.01), users=2, **{"clip-shifted-count": 1.0}),
                           _reply(msgs[12], _params(0.01), users=2, **{"clip-shifted-count": 1.0})])
     assert ledger.records[0].clip_norm == 1.0 and s._row["clip-norm"] == 1.0  # this round: the old C
-    assert dp.clip_norm < 1.0
+    below = s._row["unclipped-share"]
+    assert abs(below - 0.7) < 0.1  # 10 sd of the count noise / 10
+    assert dp.clip_norm == pytest.approx(math.exp(-0.2 * (below - 0.5))) and dp.clip_norm < 1.0
     msgs = _train(s, [11, 12], round_=2)
     assert msgs[11].content.config_records["config"]["clip-norm"] == pytest.approx(dp.clip_norm)  # next: the new C
 
