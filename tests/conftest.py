@@ -9,6 +9,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# CI (.ci/run) explores the same examples on every run, so that a property test cannot fail there by chance;
+# a local run draws new examples each time and can still find new counterexamples.
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")

@@ -189,8 +189,13 @@ def _ials_fixture(seed: int = 3, hybrid: bool = True):
     return params, item_h, offsets, items, ctx
 
 
-def _ials_loss_by_hand(params, item_h, theta, offsets, items, ctx, alpha0, l2, context_l2):
-    """Each user's loss [U], every score formed explicitly (one user, one example at a time)."""
+def _ials_loss_by_hand(params, item_h, theta, offsets, items, ctx, alpha0, l2, context_l2, catalogue_at_each=None):
+    """Each user's loss [U], every score formed explicitly (one user, one example at a time).
+
+    The catalogue is pulled to 0 at every context the user engaged in; for the gradient that term is split into
+    the catalogue at the mean context plus the spread of the context part around it, in which the item side is
+    held fixed (`ials_user_gradients`). catalogue_at_each: a list that receives each user's term formed directly,
+    alpha0 * mean_l sum_i a_l(i)^2, to check the split's value."""
     phi = tf.matmul(item_h, params["tower/kernel"]) + params["tower/bias"]
     bias = tf.linalg.matvec(item_h, params["text-bias/kernel"])
     if "items/embedding" in params:
@@ -208,6 +213,16 @@ def _ials_loss_by_hand(params, item_h, theta, offsets, items, ctx, alpha0, l2, c
         a = tf.linalg.matvec(phi, theta[u] + tf.linalg.matvec(W, x_mean, transpose_a=True)) + bias \
             + tf.tensordot(t, x_mean, 1) + b0
         loss += alpha0 * tf.reduce_sum(a ** 2) + l2 * tf.reduce_sum(theta[u] ** 2)
+        direct = 0.0
+        for l in range(lo, hi):  # the catalogue at context x_l, and the part of it that moves with x_l - x_mean
+            a_l = tf.linalg.matvec(phi, theta[u] + tf.linalg.matvec(W, ctx[l], transpose_a=True)) + bias \
+                + tf.tensordot(t, ctx[l], 1) + b0
+            direct += alpha0 * tf.reduce_sum(a_l ** 2) / (hi - lo)
+            moved = tf.linalg.matvec(tf.stop_gradient(phi), tf.linalg.matvec(W, ctx[l] - x_mean, transpose_a=True)) \
+                + tf.tensordot(t, ctx[l] - x_mean, 1)
+            loss += alpha0 * tf.reduce_sum(moved ** 2) / (hi - lo)
+        if catalogue_at_each is not None:
+            catalogue_at_each.append(direct if hi > lo else alpha0 * tf.reduce_sum(a ** 2))
         if "items/embedding" in params:
             for r in np.unique(items[lo:hi]):
                 loss += l2 * (tf.reduce_sum(params["items/embedding"][r] ** 2) + params["items/bias"][r] ** 2)
@@ -221,6 +236,11 @@ def test_ials_user_gradients_equal_autodiff_of_each_users_loss(hybrid):
     theta = np.random.default_rng(5).normal(size=(3, 4))
     alpha0, l2, context_l2 = 0.3, 0.05, 0.2
     got = ials_user_gradients(params, item_h, theta, offsets, items, ctx, alpha0, l2, context_l2)
+    direct = []
+    no_pull = _ials_loss_by_hand(params, item_h, theta, offsets, items, ctx, 0.0, l2, context_l2)
+    whole = _ials_loss_by_hand(params, item_h, theta, offsets, items, ctx, alpha0, l2, context_l2, direct)
+    for u in range(3):  # the loss is the catalogue pulled to 0 at each of the user's contexts
+        assert float(whole[u]) == pytest.approx(float(no_pull[u]) + float(direct[u]), rel=1e-9)
     for u in range(3):
         var = {k: tf.Variable(v) for k, v in params.items()}
         with tf.GradientTape() as tape:

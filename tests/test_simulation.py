@@ -120,6 +120,31 @@ def _numbers(text: str) -> set[float]:
     return {float(x) for x in re.findall(r"-?\d+\.?\d*(?:[eE][-+]?\d+)?", text)}
 
 
+def _released_numbers(out) -> set[float]:
+    """Every number in the released privacy.json (its decoded values, so "\\u03b5" is not read as 3 and 5; the
+    ledger's path on this machine left out) and in privacy_ledger.csv."""
+    doc = json.loads((out / "privacy.json").read_text())
+    doc.pop("ledger", None)
+    found: set[float] = set()
+
+    def walk(v) -> None:
+        if isinstance(v, bool):
+            return
+        if isinstance(v, (int, float)):
+            found.add(float(v))
+        elif isinstance(v, str):
+            found.update(_numbers(v))
+        elif isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+
+    walk(doc)
+    return found | _numbers((out / "privacy_ledger.csv").read_text())
+
+
 def test_a_central_dp_run_releases_only_accounted_values_and_secret_sampling(small_synthetic, tmp_path):
     """Central DP: the released files are the last round's model, the public content vectors, privacy.json and
     a ledger of public or DP-released values; every unnoised count, loss and metric sits in diagnostics/; and
@@ -128,7 +153,8 @@ def test_a_central_dp_run_releases_only_accounted_values_and_secret_sampling(sma
 
     settings = ("num-rounds=4", "privacy=central", "noise-multiplier=0.8", "sample-rate=0.5", "eval-every=1",
                 "adaptive-clip=true", "clip-count-stddev=3")
-    users = []
+    public = {0.8, 0.5, 3.0, 0.02, 0.2}  # the settings above and the defaults the statement names (C, clip-lr)
+    run_keys = []
     for name in ("a", "b"):
         out = tmp_path / name
         _private_run(small_synthetic, out, *settings)
@@ -137,7 +163,7 @@ def test_a_central_dp_run_releases_only_accounted_values_and_secret_sampling(sma
                                                         "schema.json"]
         with open(out / "diagnostics" / "rounds.csv") as f:
             rows = list(csv.DictReader(f))
-        users.append([int(r["users"]) for r in rows])
+        users = [int(r["users"]) for r in rows]
         # every data-dependent value of the run (sampled users, examples, losses, validation and test metrics)
         secret = {float(v) for r in rows for k, v in r.items()
                   if k not in ("round", "epsilon", "clip-norm", "seconds", "train-seconds", "unclipped-share") and v}
@@ -145,7 +171,7 @@ def test_a_central_dp_run_releases_only_accounted_values_and_secret_sampling(sma
         secret |= {float(v) for v in summary["systems"]["federated"].values() if v is not None}
         secret -= {0.0, 1.0, 2.0, 3.0, 4.0}  # round numbers and small constants appear legitimately
         released = (out / "privacy.json").read_text() + (out / "privacy_ledger.csv").read_text()
-        leaked = secret & _numbers(released)
+        leaked = (secret & _released_numbers(out)) - public  # a value equal to a public setting reveals nothing
         assert not leaked, f"unnoised data-dependent values in released files: {sorted(leaked)[:5]}"
         assert "users_sampled" not in released and "sampling-seed" not in released
         # the released model is the last round's (no choice made on unnoised validation metrics)
@@ -158,10 +184,17 @@ def test_a_central_dp_run_releases_only_accounted_values_and_secret_sampling(sma
         from common.datasets import load_cached
         from common.federated import poisson_sample
 
+        # the run sampled with its server secret: the logged counts are exactly that key's samples, and the key
+        # is fresh for every run (P(equal keys) = 2^-256; P(equal masks over 4 rounds of 24 users) = 2^-96)
         keys = np.asarray(load_cached(str(small_synthetic)).user_ids).astype(str)
-        replay = [int(poisson_sample(keys, 0.5, summary["config"]["seed"], r).sum()) for r in range(1, 5)]
-        assert replay != users[-1]
-    assert users[0] != users[1]  # P(equal by chance) < 0.001 with 24 users at q = 0.5 over 4 rounds
+        key = last.sampling_key
+        assert key is not None and key.secret
+        mine = [poisson_sample(keys, 0.5, key.round_seed(r), r) for r in range(1, 5)]
+        assert [int(m.sum()) for m in mine] == users
+        public_seed = [poisson_sample(keys, 0.5, summary["config"]["seed"], r) for r in range(1, 5)]
+        assert any((a != b).any() for a, b in zip(mine, public_seed))
+        run_keys.append(key.key)
+    assert run_keys[0] != run_keys[1]
 
 
 def test_an_interrupted_central_dp_run_resumes_from_its_checkpoint(small_synthetic, tmp_path):
