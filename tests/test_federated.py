@@ -534,11 +534,16 @@ def test_local_dp_negatives_are_secret_and_not_shifted_by_other_examples(setup):
     assert draws.min() == 3 and draws.max() == 12 and abs(np.bincount(draws - 3).std() / 2000 - 0) < 0.1
 
 
-def test_ials_updates_are_one_gradient_step_and_their_dense_part_adds_up(setup):
+@pytest.mark.parametrize("hybrid", [True, False])
+def test_ials_updates_are_one_gradient_step_and_their_dense_part_adds_up(setup, hybrid):
     """loss=ials: each user's update is -local_lr times its gradient at its closed-form theta_u; the factored
-    dense item part gives the same total and norms as the materialised tables, and touches every row."""
+    dense item part gives the same total and norms as the materialised tables, and touches every row. Without
+    the item-id table (item-embedding=false) the update is the content tower's, biases and context weights."""
     cfg, ds, item_h, shape, params = setup
-    c = cfg.replace(loss="ials", local_steps=1, l2=0.01, local_lr=0.1)
+    c = cfg.replace(loss="ials", local_steps=1, l2=0.01, local_lr=0.1, item_embedding=hybrid)
+    if not hybrid:
+        shape = ModelShape(ds.n_items, cfg.text_dim, cfg.dim, ds.context_dim, False)
+        params = init_shared(shape, seed=0)
     store = UserStore.from_prepared(ds, np.arange(ds.n_users))
     users = np.arange(ds.n_users)
     upd, theta = user_updates(params, np.zeros((ds.n_users, c.dim), np.float32), store, users, item_h, c, 1)
@@ -548,13 +553,17 @@ def test_ials_updates_are_one_gradient_step_and_their_dense_part_adds_up(setup):
                                 c.l2, c.context_l2)
     shapes = shape.shapes()
     by_user = [upd.user_update(u, shapes) for u in range(upd.n_users)]
+    assert sorted(by_user[0]) == sorted(shapes)
     for u in (0, 5):
+        for k in DENSE_NAMES:
+            np.testing.assert_allclose(by_user[u][k], -c.local_lr * grads["dense"][k][u], rtol=1e-4, atol=1e-7)
+        if not hybrid:
+            assert grads["coef"] is None and upd.item_coef is None
+            continue
         emb = np.outer(grads["coef"][u], grads["dir"][u])
         mine = grads["row_user"] == u
         emb[grads["rows"][mine]] += grads["rows_emb"][mine]
         np.testing.assert_allclose(by_user[u]["items/embedding"], -c.local_lr * emb, rtol=1e-4, atol=1e-7)
-        for k in DENSE_NAMES:
-            np.testing.assert_allclose(by_user[u][k], -c.local_lr * grads["dense"][k][u], rtol=1e-4, atol=1e-7)
         assert (np.abs(by_user[u]["items/embedding"]).sum(1) > 0).all()  # every row moves, not just the touched
     total = upd.total(shapes)
     for k in shapes:
