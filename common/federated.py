@@ -18,7 +18,8 @@ from scipy import sparse
 from common.config import Config
 from common.metrics import hit_and_ndcg, rank_of_target, sample_eval_negatives
 from common.model import (DENSE_NAMES, dp_local_train, dp_warm_start_theta, ials_solve, ials_user_gradients,
-                          item_side, local_train, score_items, trainable_dense, warm_start_theta)
+                          item_side, local_train, score_items, segment_outer_sum, trainable_dense,
+                          warm_start_theta)
 from common.privacy import SecureGaussian
 
 __all__ = ["UserStore", "UserUpdates", "user_rng", "user_uniforms", "poisson_sample", "training_members", "user_updates", "evaluate_users",
@@ -125,9 +126,10 @@ class UserUpdates:
     change (hybrid model only; None otherwise). loss [U] local training loss (after the last step; under
     local DP, of the last step's forward pass); n_examples [U].
 
-    loss="ials" (hybrid model): a user's item-table update also has a dense rank-one part over the whole
-    catalogue, item_coef[u] (x) item_dir[u] (item_coef [U, n_items], item_dir [U, dim]); its item-bias update
-    has item_coef[u]. Kept as factors: U dense tables would not fit in memory at 10,000 items.
+    loss="ials" (hybrid model): a user's item-table update also has two dense parts over the whole catalogue,
+    item_coef[u] (x) item_dir[u] (item_coef [U, n_items], item_dir [U, dim]) and item_basis @ item_spread[u]
+    (item_basis [n_items, dim + 1], the same for every user; item_spread [U, dim + 1, dim]); its item-bias
+    update has item_coef[u]. Kept as factors: U dense tables would not fit in memory at 10,000 items.
 
     Local DP (hybrid model): each user's item rows still carry Gaussian noise that is drawn (from
     `noise`) only when an update is materialised by `user_update` or `total`: i.i.d. N(0, s^2) per
@@ -148,6 +150,8 @@ class UserUpdates:
     noise: SecureGaussian | None = None
     item_coef: np.ndarray | None = None      # [U, n_items] loss="ials": the dense part's per-item factor
     item_dir: np.ndarray | None = None       # [U, dim] loss="ials": the dense part's direction
+    item_basis: np.ndarray | None = None     # [n_items, dim + 1] loss="ials": [phi, 1], shared by all users
+    item_spread: np.ndarray | None = None    # [U, dim + 1, dim] loss="ials": each user's map of item_basis
 
     @property
     def n_users(self) -> int:
@@ -180,6 +184,8 @@ class UserUpdates:
         if self.item_coef is not None:  # sum_u w[u] coef_u (x) dir_u, without forming U tables
             emb = emb + self.item_coef.T @ (w[:, None] * self.item_dir)
             bias = bias + self.item_coef.T @ w
+        if self.item_spread is not None:
+            emb = emb + self.item_basis @ np.tensordot(w, self.item_spread, axes=1)
         return emb.astype(np.float32), bias.astype(np.float32)
 
     def user_update(self, u: int, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
@@ -212,6 +218,14 @@ class UserUpdates:
                 c = self.item_coef[self.row_user, self.rows]
                 per_row = per_row + 2.0 * c * (np.sum(self.rows_emb * self.item_dir[self.row_user], -1) + self.rows_bias)
                 sq = sq + np.square(self.item_coef).sum(1) * (np.square(self.item_dir).sum(1) + 1.0)
+            if self.item_spread is not None:  # + |B S_u|^2 + 2 <coef dir^T, B S_u> + 2 <sparse, B S_u>
+                B, S = self.item_basis.astype(np.float64), self.item_spread.astype(np.float64)
+                sq = sq + np.einsum("uab,ac,ucb->u", S, B.T @ B, S)
+                sq = sq + 2.0 * np.einsum("ua,uab,ub->u", self.item_coef @ B, S, self.item_dir)
+                order = np.argsort(self.row_user, kind="stable")
+                offsets = np.concatenate([[0], np.cumsum(np.bincount(self.row_user, minlength=self.n_users))])
+                touched = segment_outer_sum(B[self.rows[order]], self.rows_emb[order].astype(np.float64), offsets)
+                sq = sq + 2.0 * np.einsum("uab,uab->u", touched, S)
             sq = sq + np.bincount(self.row_user, weights=per_row, minlength=self.n_users)
         return np.sqrt(np.maximum(sq, 0.0))
 
@@ -400,6 +414,8 @@ def _ials_updates(params: Mapping[str, np.ndarray], store: UserStore, users: np.
     theta, loss = np.zeros((U, cfg.dim), np.float32), np.zeros(U, np.float32)
     coef = np.zeros((U, n_items), np.float32) if hybrid else None
     direction = np.zeros((U, cfg.dim), np.float32) if hybrid else None
+    spread = np.zeros((U, cfg.dim + 1, cfg.dim), np.float32) if hybrid else None
+    basis = None
     parts = []
     step = max(1, chunk_cells // max(n_items, 1))  # users per chunk: [chunk, n_items] scores at a time
     for start in range(0, U, step):
@@ -412,7 +428,7 @@ def _ials_updates(params: Mapping[str, np.ndarray], store: UserStore, users: np.
             dense[k][pos] = -lr * g["dense"][k]
         loss[pos] = g["loss"]
         if hybrid:
-            coef[pos], direction[pos] = -lr * g["coef"], g["dir"]
+            coef[pos], direction[pos], spread[pos], basis = -lr * g["coef"], g["dir"], -lr * g["spread"], g["basis"]
             parts.append((pos[g["row_user"]], g["rows"], -lr * g["rows_emb"], -lr * g["rows_bias"]))
     def cat(i: int, empty: np.ndarray) -> np.ndarray:
         return _concat_parts(parts, i, empty)
@@ -422,7 +438,8 @@ def _ials_updates(params: Mapping[str, np.ndarray], store: UserStore, users: np.
         rows_emb=cat(2, np.zeros((0, cfg.dim), np.float32)) if hybrid else None,
         rows_bias=cat(3, np.zeros(0, np.float32)) if hybrid else None, loss=loss,
         n_examples=(store.offsets[users + 1] - store.offsets[users]).astype(np.int64), item_coef=coef,
-        item_dir=direction)
+        item_dir=direction, item_spread=spread,
+        item_basis=(np.zeros((n_items, cfg.dim + 1)) if basis is None else basis).astype(np.float32) if hybrid else None)
     return updates, theta
 
 

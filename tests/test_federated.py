@@ -544,6 +544,9 @@ def test_ials_updates_are_one_gradient_step_and_their_dense_part_adds_up(setup, 
     if not hybrid:
         shape = ModelShape(ds.n_items, cfg.text_dim, cfg.dim, ds.context_dim, False)
         params = init_shared(shape, seed=0)
+    rng = np.random.default_rng(4)  # context weights away from their zero start: every part of the update is used
+    params = {**params, "context/interaction": rng.normal(0.0, 0.3, params["context/interaction"].shape),
+              "context/shift": rng.normal(0.0, 0.3, params["context/shift"].shape)}
     store = UserStore.from_prepared(ds, np.arange(ds.n_users))
     users = np.arange(ds.n_users)
     upd, theta = user_updates(params, np.zeros((ds.n_users, c.dim), np.float32), store, users, item_h, c, 1)
@@ -560,7 +563,8 @@ def test_ials_updates_are_one_gradient_step_and_their_dense_part_adds_up(setup, 
         if not hybrid:
             assert grads["coef"] is None and upd.item_coef is None
             continue
-        emb = np.outer(grads["coef"][u], grads["dir"][u])
+        emb = np.outer(grads["coef"][u], grads["dir"][u]) + grads["basis"] @ grads["spread"][u]
+        assert np.abs(grads["basis"] @ grads["spread"][u]).max() > 1e-3  # the context spread's part is there
         mine = grads["row_user"] == u
         emb[grads["rows"][mine]] += grads["rows_emb"][mine]
         np.testing.assert_allclose(by_user[u]["items/embedding"], -c.local_lr * emb, rtol=1e-4, atol=1e-7)

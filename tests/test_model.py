@@ -192,10 +192,9 @@ def _ials_fixture(seed: int = 3, hybrid: bool = True):
 def _ials_loss_by_hand(params, item_h, theta, offsets, items, ctx, alpha0, l2, context_l2, catalogue_at_each=None):
     """Each user's loss [U], every score formed explicitly (one user, one example at a time).
 
-    The catalogue is pulled to 0 at every context the user engaged in; for the gradient that term is split into
-    the catalogue at the mean context plus the spread of the context part around it, in which the item side is
-    held fixed (`ials_user_gradients`). catalogue_at_each: a list that receives each user's term formed directly,
-    alpha0 * mean_l sum_i a_l(i)^2, to check the split's value."""
+    The catalogue is pulled to 0 at every context the user engaged in, written as the catalogue at the mean
+    context plus the spread of the context part around it. catalogue_at_each: a list that receives each user's
+    term formed directly, alpha0 * mean_l sum_i a_l(i)^2, to check the split's value."""
     phi = tf.matmul(item_h, params["tower/kernel"]) + params["tower/bias"]
     bias = tf.linalg.matvec(item_h, params["text-bias/kernel"])
     if "items/embedding" in params:
@@ -218,7 +217,7 @@ def _ials_loss_by_hand(params, item_h, theta, offsets, items, ctx, alpha0, l2, c
             a_l = tf.linalg.matvec(phi, theta[u] + tf.linalg.matvec(W, ctx[l], transpose_a=True)) + bias \
                 + tf.tensordot(t, ctx[l], 1) + b0
             direct += alpha0 * tf.reduce_sum(a_l ** 2) / (hi - lo)
-            moved = tf.linalg.matvec(tf.stop_gradient(phi), tf.linalg.matvec(W, ctx[l] - x_mean, transpose_a=True)) \
+            moved = tf.linalg.matvec(phi, tf.linalg.matvec(W, ctx[l] - x_mean, transpose_a=True)) \
                 + tf.tensordot(t, ctx[l] - x_mean, 1)
             loss += alpha0 * tf.reduce_sum(moved ** 2) / (hi - lo)
         if catalogue_at_each is not None:
@@ -252,8 +251,8 @@ def test_ials_user_gradients_equal_autodiff_of_each_users_loss(hybrid):
         if not hybrid:
             assert got["coef"] is None and got["rows_emb"] is None
             continue
-        # the item table: sparse touched rows plus the rank-one dense part
-        emb = np.outer(got["coef"][u], got["dir"][u])
+        # the item table: sparse touched rows plus the rank-one dense part and the context spread's dense part
+        emb = np.outer(got["coef"][u], got["dir"][u]) + got["basis"] @ got["spread"][u]
         bias = got["coef"][u].copy()
         mine = got["row_user"] == u
         emb[got["rows"][mine]] += got["rows_emb"][mine]
