@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from common.model import DENSE_NAMES, group_loss, ials_solve, item_side
+from common.model import DENSE_NAMES, group_loss, ials_solve_history, item_side
 
 __all__ = ["ItemTables", "SimilarItem", "Recommendation", "item_tables", "recommend", "format_recommendations",
            "refresh_candidates", "refresh_theta"]
@@ -206,7 +206,7 @@ def refresh_theta(params: Mapping[str, np.ndarray], item_h: np.ndarray, theta_u:
     The objective is `common.model.group_loss`, the one `local_train` minimises; `local_train` with lr=0 for the
     shared parameters (and no clipping) gives the same theta_u, but it unrolls its steps (a trace per step count,
     ~0.7 s a step here), so this runs them in one while loop. An empty history returns theta_u unchanged.
-    With loss="ials" theta_u is solved in closed form (`common.model.ials_solve`; steps, lr, negatives, seed,
+    With loss="ials" theta_u is solved in closed form (`common.model.ials_solve_history`; steps, lr, negatives, seed,
     the time weights and optimizer play no part).
     """
     theta_u = np.asarray(theta_u, np.float32)
@@ -227,7 +227,7 @@ def refresh_theta(params: Mapping[str, np.ndarray], item_h: np.ndarray, theta_u:
     if len(age) != len(items):
         raise ValueError(f"history_age_days: must have one age per engagement ({len(items)}). Found {len(age)}.")
     if loss == "ials" and len(items):
-        return ials_solve(params, item_h, np.array([0, len(items)]), items, history_ctx, unobserved_weight, l2)[0]
+        return ials_solve_history(params, item_h, items, history_ctx, unobserved_weight, l2)
     if len(items) == 0 or steps == 0:
         return theta_u.copy()
     cand = refresh_candidates(items, n_items, negatives, seed)

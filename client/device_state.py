@@ -28,7 +28,7 @@ from client.node import CONTENT_FILE, DEVICE_FILE, GLOBAL_MODEL_FILE, NODE_STATE
 from common.config import Config, config_from_mapping
 from common.data import DataError, _read_interactions, load_catalogue, read_spec
 from common.federated import SECONDS_PER_DAY
-from common.model import ials_solve, warm_start_theta
+from common.model import ials_solve_history, warm_start_theta
 from common.schema import SCHEMA_FILE, PublicSchema
 
 __all__ = ["DeviceError", "DeviceState", "SERVING_FILE"]
@@ -128,8 +128,8 @@ class DeviceState:
         if self.cfg.loss == "ials":  # theta_u is a function of the history and the global model: solved afresh
             items, ctx, _ = self.history(user)
             if len(items):
-                theta = ials_solve(self.params, self.item_h, np.array([0, len(items)]), items, ctx,
-                                   self.cfg.unobserved_weight, self.cfg.l2)[0]
+                theta = ials_solve_history(self.params, self.item_h, items, ctx, self.cfg.unobserved_weight,
+                                           self.cfg.l2)
                 return theta, f"solved from the history under the global model of round {self.round}"
         serving = self._serving()
         if user in serving:

@@ -415,7 +415,7 @@ def _ials_updates(params: Mapping[str, np.ndarray], store: UserStore, users: np.
     coef = np.zeros((U, n_items), np.float32) if hybrid else None
     direction = np.zeros((U, cfg.dim), np.float32) if hybrid else None
     spread = np.zeros((U, cfg.dim + 1, cfg.dim), np.float32) if hybrid else None
-    basis = None
+    basis = np.zeros((n_items, cfg.dim + 1), np.float32) if hybrid else None  # [phi, 1], set by the first chunk
     parts = []
     step = max(1, chunk_cells // max(n_items, 1))  # users per chunk: [chunk, n_items] scores at a time
     for start in range(0, U, step):
@@ -428,7 +428,8 @@ def _ials_updates(params: Mapping[str, np.ndarray], store: UserStore, users: np.
             dense[k][pos] = -lr * g["dense"][k]
         loss[pos] = g["loss"]
         if hybrid:
-            coef[pos], direction[pos], spread[pos], basis = -lr * g["coef"], g["dir"], -lr * g["spread"], g["basis"]
+            coef[pos], direction[pos], spread[pos] = -lr * g["coef"], g["dir"], -lr * g["spread"]
+            basis[:] = g["basis"]
             parts.append((pos[g["row_user"]], g["rows"], -lr * g["rows_emb"], -lr * g["rows_bias"]))
     def cat(i: int, empty: np.ndarray) -> np.ndarray:
         return _concat_parts(parts, i, empty)
@@ -438,8 +439,7 @@ def _ials_updates(params: Mapping[str, np.ndarray], store: UserStore, users: np.
         rows_emb=cat(2, np.zeros((0, cfg.dim), np.float32)) if hybrid else None,
         rows_bias=cat(3, np.zeros(0, np.float32)) if hybrid else None, loss=loss,
         n_examples=(store.offsets[users + 1] - store.offsets[users]).astype(np.int64), item_coef=coef,
-        item_dir=direction, item_spread=spread,
-        item_basis=(np.zeros((n_items, cfg.dim + 1)) if basis is None else basis).astype(np.float32) if hybrid else None)
+        item_dir=direction, item_spread=spread, item_basis=basis)
     return updates, theta
 
 

@@ -46,6 +46,7 @@ __all__ = [
     "ials_theta",
     "ials_loss",
     "ials_solve",
+    "ials_solve_history",
     "ials_user_gradients",
 ]
 
@@ -523,6 +524,12 @@ def ials_solve(params: Mapping[str, np.ndarray], item_h: np.ndarray, offsets: np
     # pull_u = phi^T (phi xw_u + b + shift_u): the all-items scores without theta, folded through phi
     pull = z["xw_mean"] @ (phi.T @ phi) + phi.T @ z["bias"] + z["shift_mean"][:, None] * phi.sum(0)
     return ials_theta(phi, offsets, items, target, pull, alpha0, lam)
+
+
+def ials_solve_history(params: Mapping[str, np.ndarray], item_h: np.ndarray, items: np.ndarray, ctx: np.ndarray,
+                       alpha0: float, lam: float) -> np.ndarray:
+    """theta_u [dim] of one user from its history (items [n], ctx [n, context_dim]): `ials_solve` for one user."""
+    return ials_solve(params, item_h, np.array([0, len(items)]), items, ctx, alpha0, lam)[0]
 
 
 def ials_user_gradients(params: Mapping[str, np.ndarray], item_h: np.ndarray, theta: np.ndarray, offsets: np.ndarray,
