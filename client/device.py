@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from common.model import DENSE_NAMES, group_loss, ials_solve_history, item_side
+from common.model import DENSE_NAMES, group_loss, ials_solve_history, item_side, negative_shift
 
 __all__ = ["ItemTables", "SimilarItem", "Recommendation", "item_tables", "recommend", "format_recommendations",
            "refresh_candidates", "refresh_theta"]
@@ -243,12 +243,13 @@ def refresh_theta(params: Mapping[str, np.ndarray], item_h: np.ndarray, theta_u:
                         tf.constant(np.asarray(item_h, np.float32)[rows][None]), tf.constant(history_ctx[None]),
                         tf.constant(local.reshape(cand.shape)[None], tf.int32), tf.constant(weight[None]),
                         tf.constant(steps), tf.constant(lr, tf.float32), tf.constant(l2, tf.float32),
-                        optimizer == "adam", loss)
+                        optimizer == "adam", loss, tf.constant(negative_shift(n_items, negatives), tf.float32))
     return theta.numpy()[0]
 
 
 @tf.function(reduce_retracing=True, autograph=False)
-def _refresh_tf(dense, theta, rows_emb, rows_bias, rows_h, ctx, cand, weight, steps, lr, l2, adam, loss_kind):
+def _refresh_tf(dense, theta, rows_emb, rows_bias, rows_h, ctx, cand, weight, steps, lr, l2, adam, loss_kind,
+                neg_shift):
     """`steps` SGD or Adam steps on theta [1, dim] alone of `common.model.group_loss` (the loss `local_train`
     minimises, weight as its example mask); a while loop, so one trace serves any number of steps."""
     row_mask = tf.ones(tf.shape(rows_h)[:2])
@@ -258,7 +259,7 @@ def _refresh_tf(dense, theta, rows_emb, rows_bias, rows_h, ctx, cand, weight, st
         with tf.GradientTape() as tape:
             tape.watch(th)
             loss = tf.reduce_sum(group_loss(dense, th, rows_emb, rows_bias, rows_h, row_mask, ctx, cand, weight, l2,
-                                            loss_kind))
+                                            loss_kind, neg_shift=neg_shift))
         g = tape.gradient(loss, th)
         if not adam:
             return t + 1, th - lr * g, m, v

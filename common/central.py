@@ -13,7 +13,7 @@ from common.aggregation import ServerOptimizer, item_decay
 from common.config import Config
 from common.federated import UserStore, ials_user_theta, init_theta, item_representations, user_updates
 from common.model import (DENSE_NAMES, ModelShape, candidate_loss, context_penalty, group_logits, init_shared,
-                          trainable_dense)
+                          negative_shift, trainable_dense)
 
 __all__ = ["train_central", "popularity_scores"]
 
@@ -54,6 +54,7 @@ def train_central(store: UserStore, item_h: np.ndarray, cfg: Config,
     item_h_t = tf.constant(item_h, tf.float32)
     l2 = tf.constant(cfg.l2, tf.float32)
     context_l2 = tf.constant(cfg.context_l2, tf.float32)
+    shift = tf.constant(negative_shift(n_items, cfg.negatives), tf.float32)
 
     @tf.function(reduce_retracing=True)
     def step(users, cand, ctx):
@@ -65,7 +66,7 @@ def train_central(store: UserStore, item_h: np.ndarray, cfg: Config,
             local = tf.reshape(tf.range(tf.size(flat)), tf.shape(cand))[None]
             th = tf.gather(theta, users)
             logits = group_logits(dense, th[None], ctx[None], rows_h, rows_emb, rows_bias, local)
-            loss = tf.reduce_mean(candidate_loss(logits, cfg.loss))
+            loss = tf.reduce_mean(candidate_loss(logits, cfg.loss, shift))
             reg = tf.reduce_sum(tf.square(th))
             if hybrid:
                 reg += tf.reduce_sum(tf.square(rows_emb)) + tf.reduce_sum(tf.square(rows_bias))

@@ -18,7 +18,7 @@ from scipy import sparse
 from common.config import Config
 from common.metrics import hit_and_ndcg, rank_of_target, sample_eval_negatives
 from common.model import (DENSE_NAMES, dp_local_train, dp_warm_start_theta, ials_solve, ials_user_gradients,
-                          item_side, local_train, score_items, segment_outer_sum, trainable_dense,
+                          item_side, local_train, negative_shift, score_items, segment_outer_sum, trainable_dense,
                           warm_start_theta)
 from common.privacy import SecureGaussian
 
@@ -305,6 +305,7 @@ def user_updates(params: Mapping[str, np.ndarray], theta: np.ndarray, store: Use
     row_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]] = []  # flat (user, row)
     loss = np.zeros(U, np.float32)
     K = cfg.negatives
+    shift = negative_shift(n_items, K)
     for group in _chunks(sizes, max_cells):
         G = len(group)
         L = int(sizes[group].max())
@@ -354,12 +355,12 @@ def user_updates(params: Mapping[str, np.ndarray], theta: np.ndarray, store: Use
                 {k: noise.normal(1.0, v) for k, v in shapes.items()}, steps=steps,
                 lr=cfg.local_lr, theta_lr=cfg.theta_lr, l2=cfg.l2, clip=cfg.local_clip_norm,
                 noise_std=cfg.local_noise_multiplier * cfg.local_clip_norm, denominator=cfg.local_denominator,
-                dp_theta=cfg.local_dp_theta, loss=cfg.loss, context_l2=cfg.context_l2)
+                dp_theta=cfg.local_dp_theta, loss=cfg.loss, context_l2=cfg.context_l2, neg_shift=shift)
         else:
             d1, th1, emb1, bias1, loss[group] = local_train(
                 dense0, new_theta[group], emb0, bias0, rows_h, row_mask, ctx, cand, ex_mask,
                 steps=cfg.local_steps, lr=cfg.local_lr, theta_lr=cfg.theta_lr, l2=cfg.l2, clip=cfg.local_grad_clip,
-                loss=cfg.loss, optimizer=cfg.local_optimizer, context_l2=cfg.context_l2)
+                loss=cfg.loss, optimizer=cfg.local_optimizer, context_l2=cfg.context_l2, neg_shift=shift)
         for k in DENSE_NAMES:
             dense_out[k][group] = d1[k] - dense0[k]
         new_theta[group] = th1

@@ -37,6 +37,7 @@ __all__ = [
     "score_items",
     "bce_with_negatives",
     "candidate_loss",
+    "negative_shift",
     "group_loss",
     "local_train",
     "dp_local_train",
@@ -177,14 +178,27 @@ def bce_with_negatives(logits: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels, logits), axis=-1)
 
 
-def candidate_loss(logits: tf.Tensor, kind: str) -> tf.Tensor:
+def negative_shift(n_items: int, negatives: int) -> float:
+    """log((n_items - 1) / negatives): the sampled softmax's correction for K uniform negatives.
+
+    Each of K negatives drawn uniformly from the other n - 1 items stands for (n - 1) / K of them, so adding
+    this to the negatives' logits makes the sampled partition sum estimate the full softmax's (Bengio and
+    Senecal 2008; Jean et al. 2015, the log Q correction with Q uniform). Without it the K negatives weigh as if
+    they were the whole catalogue, and the softmax learns far less from each engagement.
+    """
+    return float(np.log(max(n_items - 1, 1) / negatives)) if negatives > 0 else 0.0
+
+
+def candidate_loss(logits: tf.Tensor, kind: str, neg_shift: float | tf.Tensor = 0.0) -> tf.Tensor:
     """Per-example loss [...] of logits [..., 1 + negatives] (candidate 0 engaged).
 
     "bce": sigmoid cross-entropy, positives vs sampled negatives (calibrated P(engage)).
-    "softmax": sampled softmax, -log(exp(s_0) / sum_c exp(s_c)) (ranking only; bounded gradient for any K).
+    "softmax": sampled softmax, -log(exp(s_0) / (exp(s_0) + sum_{c>0} exp(s_c + neg_shift))) (ranking only;
+    bounded gradient for any K); neg_shift = `negative_shift(n_items, K)` estimates the full softmax.
     """
     if kind == "softmax":
-        return tf.reduce_logsumexp(logits, axis=-1) - logits[..., 0]
+        shifted = tf.concat([logits[..., :1], logits[..., 1:] + neg_shift], axis=-1)
+        return tf.reduce_logsumexp(shifted, axis=-1) - logits[..., 0]
     return bce_with_negatives(logits)
 
 
@@ -195,12 +209,12 @@ def context_penalty(dense: Mapping[str, tf.Tensor]) -> tf.Tensor:
 
 
 def group_loss(dense, theta, rows_emb, rows_bias, rows_h, row_mask, ctx, cand, ex_mask, l2, loss="bce",
-               context_l2=0.0):
+               context_l2=0.0, neg_shift=0.0):
     """Per-group loss [G]: mean candidate loss over the group's examples + l2 * (|theta|^2 + touched item rows)
     + context_l2 * context_penalty."""
     theta_ex = tf.broadcast_to(theta[:, None, :], tf.concat([tf.shape(cand)[:2], tf.shape(theta)[1:]], 0))
     logits = group_logits(dense, theta_ex, ctx, rows_h, rows_emb, rows_bias, cand)
-    per_example = candidate_loss(logits, loss) * ex_mask
+    per_example = candidate_loss(logits, loss, neg_shift) * ex_mask
     n = tf.maximum(tf.reduce_sum(ex_mask, axis=1), 1.0)
     loss = tf.reduce_sum(per_example, axis=1) / n
     reg = tf.reduce_sum(tf.square(theta), axis=1)
@@ -211,7 +225,7 @@ def group_loss(dense, theta, rows_emb, rows_bias, rows_h, row_mask, ctx, cand, e
 
 @tf.function(reduce_retracing=True, autograph=False)
 def _local_train_tf(dense, theta, rows_emb, rows_bias, rows_h, row_mask, ctx, cand, ex_mask,
-                    steps, lr, theta_lr, l2, clip, hybrid, adam, loss_kind, context_l2):
+                    steps, lr, theta_lr, l2, clip, hybrid, adam, loss_kind, context_l2, neg_shift):
     """Full-batch SGD or Adam on each group's own loss; groups never share a gradient."""
     names = sorted(dense)
     frozen = set(names) - set(trainable_dense(loss_kind))
@@ -228,7 +242,7 @@ def _local_train_tf(dense, theta, rows_emb, rows_bias, rows_h, row_mask, ctx, ca
             th = vars_[len(names)]
             emb, bias = (vars_[-2], vars_[-1]) if hybrid else (None, None)
             loss = tf.reduce_sum(group_loss(d, th, emb, bias, rows_h, row_mask, ctx, cand, ex_mask, l2, loss_kind,
-                                            context_l2))
+                                            context_l2, neg_shift))
         grads = tape.gradient(loss, vars_)
         grads = [tf.zeros_like(g) if i < len(names) and names[i] in frozen else g for i, g in enumerate(grads)]
         # each user's gradient (all its variables together) is clipped to L2 norm <= clip
@@ -251,7 +265,7 @@ def _local_train_tf(dense, theta, rows_emb, rows_bias, rows_h, row_mask, ctx, ca
     out_theta = vars_[len(names)]
     out_emb, out_bias = (vars_[-2], vars_[-1]) if hybrid else (rows_emb, rows_bias)
     final_loss = group_loss(out_dense, out_theta, out_emb if hybrid else None, out_bias if hybrid else None,
-                            rows_h, row_mask, ctx, cand, ex_mask, l2, loss_kind, context_l2)
+                            rows_h, row_mask, ctx, cand, ex_mask, l2, loss_kind, context_l2, neg_shift)
     return out_dense, out_theta, out_emb, out_bias, final_loss
 
 
@@ -259,13 +273,14 @@ def local_train(dense: Mapping[str, np.ndarray], theta: np.ndarray, rows_emb: np
                 rows_bias: np.ndarray | None, rows_h: np.ndarray, row_mask: np.ndarray, ctx: np.ndarray,
                 cand: np.ndarray, ex_mask: np.ndarray, *, steps: int, lr: float, theta_lr: float,
                 l2: float, clip: float = float("inf"), optimizer: str = "sgd", loss: str = "bce",
-                context_l2: float = 0.0):
+                context_l2: float = 0.0, neg_shift: float = 0.0):
     """Train G users' copies for `steps` full-batch steps of SGD or Adam; returns the final copies.
 
     dense: {name: [G, ...]}; theta [G, dim]; rows_* [G, R, ...] the items each user's examples
     touch (row_mask [G, R] marks real rows); ctx [G, L, context_dim]; cand [G, L, 1+negatives]
     (column 0 the engaged item); ex_mask [G, L] marks real examples. Every step, each user's
     gradient is clipped to L2 norm <= clip (all of the user's variables together).
+    neg_shift: the sampled softmax's correction (`negative_shift`).
     Returns (dense [G, ...], theta [G, dim], rows_emb [G, R, dim] | None, rows_bias [G, R] | None,
     loss [G] of the final parameters).
     """
@@ -280,7 +295,7 @@ def local_train(dense: Mapping[str, np.ndarray], theta: np.ndarray, rows_emb: np
         tf.constant(ex_mask, tf.float32), int(steps), tf.constant(lr, tf.float32),
         tf.constant(theta_lr, tf.float32),
         tf.constant(l2, tf.float32), tf.constant(min(clip, 3.0e38), tf.float32), hybrid, optimizer == "adam", loss,
-        tf.constant(context_l2, tf.float32))
+        tf.constant(context_l2, tf.float32), tf.constant(neg_shift, tf.float32))
     d, th, e, b, final_loss = out
     return ({k: v.numpy() for k, v in d.items()}, th.numpy(),
             e.numpy() if hybrid else None, b.numpy() if hybrid else None, final_loss.numpy())
@@ -289,7 +304,7 @@ def local_train(dense: Mapping[str, np.ndarray], theta: np.ndarray, rows_emb: np
 @tf.function(reduce_retracing=True, autograph=False)
 def _dp_local_train_tf(dense, theta, rows_emb, rows_bias, rows_h, ctx, cand, ex_mask, noise,
                        steps, row_noise_steps, lr, theta_lr, l2, clip, noise_std, denominator, hybrid, dp_theta,
-                       loss_kind, context_l2):
+                       loss_kind, context_l2, neg_shift):
     """DP-SGD (Abadi et al. 2016) on each group's examples, full batch: every example's gradient of the
     shared parameters (and of theta_u if dp_theta) is clipped to L2 norm <= clip, the clipped gradients
     are summed, N(0, noise_std^2) is added to every coordinate (noise: standard normals per step),
@@ -324,7 +339,7 @@ def _dp_local_train_tf(dense, theta, rows_emb, rows_bias, rows_h, ctx, cand, ex_
             tape.watch(watched)
             logits = group_logits(d_ex, th_ex, ctx_ex, rows_h_ex, emb_ex if hybrid else None,
                                   bias_ex if hybrid else None, local)[:, 0, :]  # [G*L, C]
-            per_ex = candidate_loss(logits, loss_kind)
+            per_ex = candidate_loss(logits, loss_kind, neg_shift)
             if hybrid:  # the candidate rows' L2 penalty belongs to the example (clipped with it)
                 per_ex += l2 * (tf.reduce_sum(tf.square(emb_ex), [1, 2]) + tf.reduce_sum(tf.square(bias_ex), 1))
             total = tf.reduce_sum(per_ex * flat_mask)
@@ -371,7 +386,7 @@ def dp_local_train(dense: Mapping[str, np.ndarray], theta: np.ndarray, rows_emb:
                    rows_bias: np.ndarray | None, rows_h: np.ndarray, ctx: np.ndarray, cand: np.ndarray,
                    ex_mask: np.ndarray, noise: Mapping[str, np.ndarray], *, steps: int, lr: float,
                    theta_lr: float, l2: float, clip: float, noise_std: float, denominator: float,
-                   dp_theta: bool = False, loss: str = "softmax", context_l2: float = 0.0):
+                   dp_theta: bool = False, loss: str = "softmax", context_l2: float = 0.0, neg_shift: float = 0.0):
     """Local DP-SGD of G users' copies (see `_dp_local_train_tf`); shapes as in `local_train`.
 
     Every example's candidates must be distinct item rows (so a clipped example moves each row once).
@@ -399,7 +414,7 @@ def dp_local_train(dense: Mapping[str, np.ndarray], theta: np.ndarray, rows_emb:
         int(np.shape(noise["items/embedding"])[0]) if hybrid else 0, tf.constant(lr, tf.float32),
         tf.constant(theta_lr, tf.float32), tf.constant(l2, tf.float32), tf.constant(clip, tf.float32),
         tf.constant(noise_std, tf.float32), tf.constant(denominator, tf.float32), hybrid, bool(dp_theta), loss,
-        tf.constant(context_l2, tf.float32))
+        tf.constant(context_l2, tf.float32), tf.constant(neg_shift, tf.float32))
     return ({k: v.numpy() for k, v in d.items()}, th.numpy(),
             e.numpy() if hybrid else None, b.numpy() if hybrid else None, loss_g.numpy())
 

@@ -10,7 +10,9 @@ __all__ = ["format_round", "write_rounds_csv", "results_table", "plot_rounds", "
            "DIAGNOSTICS", "diagnostics_dir"]
 
 #: Order of systems in tables and plots.
-SYSTEMS = ("federated", "centralized", "context-free", "als", "bpr", "popularity")
+#: On generated data the ceiling follows (`common.ceiling`): the planted truth and the planted structure.
+SYSTEMS = ("federated", "centralized", "context-free", "als", "bpr", "popularity", "oracle", "structure",
+           "structure-context-free")
 
 #: What a private run releases (top level of its run directory): the model, the public content vectors and the
 #: privacy statement and ledger. Everything computed from the users' data without noise goes to DIAGNOSTICS.
@@ -50,11 +52,13 @@ def write_rounds_csv(rows: Sequence[Mapping[str, float | int]], path: Path) -> N
 def results_table(systems: Mapping[str, Mapping[str, float]], k: int) -> str:
     """Fixed-width table of the final test metrics of each system."""
     cols = [f"hr@{k}", f"ndcg@{k}", f"hr@{k}-sampled", f"ndcg@{k}-sampled"]
-    head = f"{'system':<14}" + "".join(f"{c:>17}" for c in cols)
+    names = [s for s in SYSTEMS if s in systems] + [s for s in systems if s not in SYSTEMS]
+    w = max([14] + [len(n) + 2 for n in names])
+    head = f"{'system':<{w}}" + "".join(f"{c:>17}" for c in cols)
     lines = [head, "-" * len(head)]
-    for name in [s for s in SYSTEMS if s in systems] + [s for s in systems if s not in SYSTEMS]:
+    for name in names:
         m = systems[name]
-        lines.append(f"{name:<14}" + "".join(
+        lines.append(f"{name:<{w}}" + "".join(
             f"{m[c]:>17.4f}" if m.get(c) is not None else f"{'-':>17}" for c in cols))
     return "\n".join(lines)
 

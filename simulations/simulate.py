@@ -161,7 +161,7 @@ def run_baselines(cfg: Config, say: Callable[[str], None] = print) -> tuple[dict
     item_h = content_vectors(cfg, ds.item_texts, ds.item_ids)  # the server's h(c) (from the cache it filled)
     k = cfg.top_k
     members = np.flatnonzero(training_members(np.asarray(ds.user_ids).astype(str), cfg.audit_fraction, cfg.seed))
-    systems, timings = {}, {}
+    systems, timings, per_user = {}, {}, {}
     for name, c in (("centralized", cfg), ("context-free", cfg.replace(use_context=False))):
         store = UserStore.from_prepared(ds, members, use_context=c.use_context)
         t0 = time.perf_counter()
@@ -175,7 +175,8 @@ def run_baselines(cfg: Config, say: Callable[[str], None] = print) -> tuple[dict
 
         params, theta, epoch_s, selected = train_central(store, item_h, c, progress, validate)
         say(f"{name}: best validation HR@{k} at epoch {selected}")
-        systems[name] = _summarise(evaluate_users(params, theta, store, item_h, c, "test"), k, cold_test_users(store))
+        per_user[name] = evaluate_users(params, theta, store, item_h, c, "test")
+        systems[name] = _summarise(per_user[name], k, cold_test_users(store))
         timings[f"{name}_total_s"] = time.perf_counter() - t0
         timings[f"{name}_epoch_s"] = float(np.mean(epoch_s))
         systems[name]["selected_epoch"] = selected
@@ -190,7 +191,33 @@ def run_baselines(cfg: Config, say: Callable[[str], None] = print) -> tuple[dict
     pop = popularity_scores(store, ds.n_items)
     systems["popularity"] = _summarise(evaluate_scores(
         lambda users: np.broadcast_to(pop, (len(users), ds.n_items)), store, ds.n_items, cfg, "test"), k, cold)
+    if cfg.data == "synthetic":  # the generator's truth is known: the ceiling of this data
+        t0 = time.perf_counter()
+        ceiling = ceiling_metrics(cfg, ds, members)
+        systems.update({name: _summarise(m, k, cold) for name, m in ceiling.items()})
+        per_user.update(ceiling)
+        timings["ceiling_s"] = time.perf_counter() - t0
+    for aware, free in (("centralized", "context-free"), ("structure", "structure-context-free")):
+        if aware in per_user and free in per_user and cfg.use_context:
+            systems[aware]["context_gain"] = paired_difference(per_user[aware]["hr"], per_user[free]["hr"])
     return systems, timings
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Mean of a - b over users (per-user HR of two systems on the same users) and its standard error."""
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    return {"mean": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")}
+
+
+def ceiling_metrics(cfg: Config, ds, members: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    """Per-user test metrics of the ceiling rankings (`common.ceiling`) of the embedded generator's data."""
+    from common.ceiling import ceiling_scorers, planted_inputs
+    from common.synthetic import SyntheticConfig, generate
+
+    synthetic = SyntheticConfig(users=cfg.synthetic_users, items=cfg.synthetic_items, seed=cfg.seed)
+    store = UserStore.from_prepared(ds, members, use_context=True)
+    scorers = ceiling_scorers(**planted_inputs(ds, store, synthetic, generate(synthetic)[2]))
+    return {name: evaluate_scores(score, store, ds.n_items, cfg, "test") for name, score in scorers.items()}
 
 
 def simulate(cfg: Config, num_nodes: int = 2, verbose: bool = False, baselines: bool = True,

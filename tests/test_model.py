@@ -295,3 +295,27 @@ def test_ials_loss_equals_the_sum_over_every_user_and_item():
     got = ials_loss(tf.constant(theta), tf.constant(phi), tf.constant(bias), tf.constant(users), tf.constant(items),
                     alpha0)
     assert float(got) == pytest.approx(expected, rel=1e-10)
+
+
+def test_sampled_softmax_correction_estimates_the_full_partition_sum():
+    """With the shift log((n - 1) / K), K uniform negatives' exp-sum is an unbiased estimate of the other
+    n - 1 items' exp-sum, so exp(-loss) averages to about the full softmax's probability of the engaged item."""
+    import tensorflow as tf
+
+    from common.model import candidate_loss, negative_shift
+
+    # by hand: logits [2, 0], shift log(9 / 1) -> -log(e^2 / (e^2 + 9))
+    shift = negative_shift(10, 1)
+    np.testing.assert_allclose(shift, np.log(9.0))
+    np.testing.assert_allclose(candidate_loss(tf.constant([[2.0, 0.0]]), "softmax", shift).numpy(),
+                               [np.log(np.exp(2.0) + 9.0) - 2.0], rtol=1e-6)
+    assert negative_shift(17, 16) == 0.0  # K = n - 1: every other item is a negative, nothing to correct
+    rng = np.random.default_rng(0)
+    n, k = 200, 8
+    scores = rng.normal(0.0, 1.0, n)
+    others = np.exp(scores[1:])
+    negs = rng.integers(1, n, size=(20000, k))
+    estimate = np.exp(scores[negs] + negative_shift(n, k)).sum(axis=1).mean()
+    assert abs(estimate / others.sum() - 1.0) < 0.02
+    uncorrected = np.exp(scores[negs]).sum(axis=1).mean()
+    assert uncorrected / others.sum() < 0.1  # without the shift the negatives stand for K items, not n - 1
