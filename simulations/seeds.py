@@ -43,7 +43,8 @@ def seed_table(runs: list[dict], k: int) -> str:
                 if a in r["systems"] and b in r["systems"]]
 
     notes = []
-    for a, b in (("federated", "centralized"), ("federated", "als"), ("federated", "bpr")):
+    for a, b in (("federated", "centralized"), ("federated", "als"), ("federated", "bpr"),
+                 ("federated", "structure"), ("federated", "oracle")):
         ratio = per_seed(a, b, lambda x, y: x / y)
         if ratio:
             notes.append(f"{a} / {b} HR@{k}: {np.mean(ratio):.3f} (per seed {', '.join(f'{v:.2f}' for v in ratio)})")
@@ -52,6 +53,13 @@ def seed_table(runs: list[dict], k: int) -> str:
         se = np.std(diff, ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
         notes.append(f"context-aware - context-free (centralized) HR@{k}: {np.mean(diff):+.4f} "
                      f"(standard error over seeds {se:.4f}; per seed {', '.join(f'{v:+.4f}' for v in diff)})")
+    for system in ("centralized", "structure"):  # paired over users within each seed (simulate's context_gain)
+        gains = [r["systems"][system]["context_gain"] for r in runs if "context_gain" in r["systems"].get(system, {})]
+        if gains:
+            se = np.sqrt(sum(g["se"] ** 2 for g in gains)) / len(gains)
+            means = [g["mean"] for g in gains]
+            notes.append(f"{system}: context-aware - context-free HR@{k}, paired over users: {np.mean(means):+.4f} "
+                         f"(standard error {se:.4f}; per seed {', '.join(f'{m:+.4f}' for m in means)})")
     return "\n".join(lines + [""] + [f"* {n}" for n in notes])
 
 
