@@ -40,7 +40,7 @@ def public_inputs(cfg: Config) -> tuple[PublicSchema, np.ndarray]:
     """The public schema and h(c) [n_items, text_dim], from the catalogue (dataset.toml and the items file) and
     the context declaration only: the server never opens an interactions file."""
     spec, item_ids, item_texts = load_catalogue(resolve_dataset(cfg))
-    context = declared_context(spec, cfg.context_declaration)
+    context = declared_context(spec, cfg.context_declaration, cfg.privacy)
     content = item_content(cfg, item_texts, item_ids)
     return build_schema(item_ids, context, content.descriptor, content.h), content.h
 

@@ -352,3 +352,18 @@ def _secure_federation(tmp: Path, cluster: Cluster) -> None:
     assert summary["nodes_dropped_after_sharing_keys"] == 2 and summary["rounds_skipped"] == 0
     assert _node_round(tmp / "state-0") == 2 and _node_round(tmp / "state-1") == 2
     print(f"secure federation on loopback: {time.monotonic() - t_start:.0f} s")
+
+
+@pytest.mark.slow
+def test_flwr_run_works_on_the_default_data(tmp_path):
+    """The README's `flwr run . --run-config "num-rounds=1"`, as a new user types it (with .venv/bin on PATH): on
+    the default (generated) data the server publishes the schema from dataset.toml alone, nothing is fitted."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([str(BIN / "flwr"), "run", ".", "--run-config", f"num-rounds=1 run-dir='{run_dir}'"],
+                          cwd=ROOT, env=cluster_env(tmp_path), capture_output=True, text=True, timeout=900)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "Traceback" not in out, out[-4000:]
+    assert (run_dir / "global_model.npz").is_file() and (run_dir / "schema.json").is_file(), out[-4000:]
+    schema = json.loads((run_dir / "schema.json").read_text())
+    assert [c["vocabulary"] for c in schema["context"]["columns"] if c["name"] == "device"] == [
+        ["desktop", "mobile", "tablet"]]
