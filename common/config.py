@@ -92,6 +92,8 @@ class Config:
     secagg_shares: int = 0           # SecAgg+ k: a node's secrets are shared with k - 1 neighbours (0 = all nodes
                                      # up to 2 ceil(log2 n) + 1)
     secagg_threshold: int = 0        # SecAgg+ t: shares that rebuild a secret (0 = a majority of k, at least 2)
+    secagg_accept_two_nodes: bool = False  # run a secure round of 2 nodes although Flower's 32-bit mask seed
+                                     # (flwrlabs/flower#7522) lets the server recover each node's vector in hours
     privacy: str = "none"            # "none" | "central" (user-level DP-FedAvg: clip per user, noise at the server)
                                      # | "local" (example-level DP-SGD on the device) | "local+central" (both)
     target_epsilon: float = 0.0      # > 0: calibrate noise-multiplier so all planned rounds stay within it

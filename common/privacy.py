@@ -27,6 +27,8 @@ import dp_accounting
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from common.secagg import MASK_SEED_WEAKNESS
+
 __all__ = [
     "clip_factors",
     "SecureGaussian",
@@ -553,7 +555,8 @@ def central_statement(ledger: PrivacyLedger, sampling_secret: bool, item_table: 
     if secure:
         server = ("Not covered: what the server itself receives before it adds the noise. With secure aggregation "
                   "(SecAgg+, against a server that follows the protocol and fewer than threshold colluding nodes; "
-                  "see docs/privacy.md for the strength of Flower's masks) that is each round's exact sum over the "
+                  "and within the limit of Flower's masks: " + MASK_SEED_WEAKNESS + ") that is each round's exact "
+                  "sum over the "
                   "nodes that replied, of the clipped updates, the user count and the evaluation metrics, never one "
                   "node's; a round whose sum covers a single node (e.g. all but one dropped) reveals that node's sum "
                   "to the server. ")

@@ -27,6 +27,7 @@ from common.report import RELEASED_FILES, diagnostics_dir, format_round, write_r
 from common.privacy import (PrivacyLedger, RoundRecord, SamplingKey, SecureGaussian, calibrate_noise,
                             central_statement, local_guarantee)
 from server.checkpoint import CHECKPOINT_FILE, ServerState, check_resumable, load_checkpoint, save_checkpoint
+from common.secagg import MASK_SEED_WEAKNESS
 from common.schema import SCHEMA_FILE, PublicSchema, build_schema, declared_context
 from server.content import item_content
 from server.strategy import AdaptiveClip, CentralDP, SecureAggregation, UserFedAvg
@@ -125,11 +126,13 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
                               "devices that serve one user (a simulation sets it itself).")
         secure = SecureAggregation(max_users=cfg.secagg_max_users, clip_norm=cfg.clip_norm,
                                    metric_keys=tuple(evaluation_keys(cfg.top_k)), shares=cfg.secagg_shares,
-                                   threshold=cfg.secagg_threshold, timeout=cfg.round_timeout)
-        print(f"secure aggregation: SecAgg+ (Flower's secaggplus_mod on the nodes); the server learns only each "
-              f"round's sum over nodes; each user's update is clipped to {cfg.clip_norm}"
-              + (" (the first round's; it adapts)" if cfg.adaptive_clip and cfg.central_dp else "")
+                                   threshold=cfg.secagg_threshold, timeout=cfg.round_timeout,
+                                   accept_two_nodes=cfg.secagg_accept_two_nodes)
+        print(f"secure aggregation: SecAgg+ (Flower's secaggplus_mod on the nodes); the server learns each "
+              f"round's sum over nodes, not one node's, within the limit below; each user's update is clipped to "
+              f"{cfg.clip_norm}" + (" (the first round's; it adapts)" if cfg.adaptive_clip and cfg.central_dp else "")
               + f" and a node trains at most secagg-max-users = {cfg.secagg_max_users} users a round", flush=True)
+        print(f"WARNING: {MASK_SEED_WEAKNESS}", flush=True)
 
     def write_checkpoint(round_: int) -> None:
         save_checkpoint(checkpoint, ServerState(
@@ -213,13 +216,16 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
             "what_the_server_receives": "per round, the sum over the nodes that sent a masked vector: the clipped "
                                         "updates, the user count (and the clipped-user count), the evaluation metrics",
             "max_users": secure.max_users, "clip_norm": cfg.clip_norm, "shares": secure.shares or "auto",
-            "threshold": secure.threshold or "auto"}
-        if privacy is not None:  # the settings only: the counts below depend on the nodes (diagnostics)
-            privacy["secure_aggregation"] = dict(out["secure_aggregation"])
+            "threshold": secure.threshold or "auto", "accept_two_nodes": secure.accept_two_nodes,
+            "mask_strength": MASK_SEED_WEAKNESS}
+        if privacy is None:  # privacy=none: no guarantee, but the secure aggregation's limit is still stated
+            privacy = {"guarantee": "none (privacy=none): everything is released"}
+        privacy["secure_aggregation"] = dict(out["secure_aggregation"])  # the settings only: the counts below
+        # depend on the nodes (diagnostics)
         out["secure_aggregation"].update({
             "rounds_skipped": sum(1 for r in rows if r.get("skipped")),
             "nodes_dropped_after_sharing_keys": sum(int(r.get("secagg-dropped", 0)) for r in rows)})
-    if privacy is not None:
+    if privacy is not None and cfg.private:
         privacy["released"] = "the last round's global model; nothing chosen by unnoised metrics"
     out["privacy"] = privacy
     if run_dir is not None:
@@ -247,7 +253,9 @@ def write_outputs(run_dir: Path, cfg: Config, out: dict, item_h: np.ndarray, sch
     schema.write(run_dir / SCHEMA_FILE)  # public: catalogue ids, context declaration, content encoder
     if out["final_arrays"] is not None:  # the released global model (shared parameters only)
         np.savez(run_dir / "global_model.npz", **{k.replace("/", "."): v for k, v in out["final_arrays"].items()})
-    if privacy is not None:
+    if privacy is not None and not cfg.private:
+        (run_dir / "privacy.json").write_text(json.dumps(privacy, indent=2))
+    elif privacy is not None:
         released = [f for f in RELEASED_FILES if (run_dir / f).is_file() or f == "privacy.json"]
         doc = {**privacy, "files": {
             "released": released,

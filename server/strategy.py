@@ -152,6 +152,7 @@ class SecureAggregation:
     shares: int = 0
     threshold: int = 0
     timeout: float = 600.0
+    accept_two_nodes: bool = False  # run rounds where each node has a single neighbour (MASK_SEED_WEAKNESS)
 
 
 @dataclass
@@ -318,7 +319,8 @@ class UserFedAvg(FedAvg):
         self._round = SecureRound(
             grid=grid, nodes=list(self._asked), server_round=server_round, shapes=shapes, timeout=sec.timeout,
             drop=lambda nid, stage, reason: self._drop(server_round, f"secagg-{stage}", nid, reason),
-            source=self._source, shares=sec.shares, threshold=sec.threshold)
+            source=self._source, shares=sec.shares, threshold=sec.threshold,
+            accept_single_neighbour=sec.accept_two_nodes)
         try:
             self._round.setup()
             self._round.share_keys()

@@ -102,6 +102,11 @@ def run_flower_simulation(cfg: Config, num_nodes: int, verbose: bool = False) ->
     if cfg.secure_aggregation and num_nodes < 2:
         raise ConfigError(f"secure-aggregation: needs at least 2 nodes (the sum over one node is its update); "
                           f"got --nodes {num_nodes}. Use --nodes 2 or more.")
+    if cfg.secure_aggregation and num_nodes == 2 and not cfg.secagg_accept_two_nodes:
+        raise ConfigError("secure-aggregation: with --nodes 2 each node has a single neighbour, and Flower's 32-bit "
+                          "mask seed (flwrlabs/flower#7522) lets the server recover each node's vector by trying "
+                          "all 2^32 seeds (about 2 hours on one core). Use --nodes 3 or more, or accept it with "
+                          "--set secagg-accept-two-nodes=true.")
     cfg = simulation_inputs(cfg)
     if cfg.secure_aggregation and not cfg.secagg_max_users:  # the largest shard (client.node.build_store)
         cfg = cfg.replace(secagg_max_users=-(-load_cached(str(resolve_dataset(cfg))).n_users // num_nodes))

@@ -4,6 +4,8 @@ can insist on it. The nodes are the real ClientApp (with Flower's secaggplus_mod
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -294,3 +296,42 @@ def test_evaluation_metrics_are_summed_securely_too(fed):
     for k in keys:
         assert abs(metrics[k] - sums[k] / users) <= bound + 1e-9
     assert s.log.rows[-1][keys[0]] == pytest.approx(metrics[keys[0]])
+
+
+def test_a_round_of_two_nodes_is_skipped_unless_accepted(fed):
+    """Flower's 32-bit mask seed (flwrlabs/flower#7522): in a round of 2 nodes each node's vector is hidden by one
+    32-bit-seeded pairwise mask. Such a round is skipped before any masked vector is asked for, unless the
+    operator accepts it (secagg-accept-two-nodes)."""
+    cfg, schema, h, params = fed
+    cfg = cfg.replace(secagg_max_users=12)  # 24 users in 2 shards
+    for accept in (False, True):
+        ledger = PrivacyLedger(delta=1e-3)
+        dp = CentralDP(clip_norm=cfg.clip_norm, noise_multiplier=1.0, denominator=24.0, ledger=ledger)
+        s = UserFedAvg(content=to_record({ITEM_VECTORS: h}), schema=schema, optimizer=ServerOptimizer("sgd", 1.0),
+                       sample_rate=1.0, sampling_key=SamplingKey(b"k" * 32, secret=False), eval_every=1,
+                       num_rounds=3, select_key=None, dp=dp,
+                       secure=SecureAggregation(max_users=12, clip_norm=cfg.clip_norm, accept_two_nodes=accept))
+        sent: list[Message] = []  # every message the server sends, in every stage
+        grid = InProcessGrid(app, node_contexts(cfg, 2), lost=lambda m: sent.append(m) or False)
+        msgs = list(s.configure_train(1, to_record(params), ConfigRecord({}), grid))
+        arrays, _ = s.aggregate_train(1, grid.send_and_receive(msgs))
+        stages = {m.content.config_records.get(RECORD_KEY_CONFIGS, {}).get(Key.STAGE) for m in sent}
+        if accept:
+            assert arrays is not None and s._row["users"] == 24 and len(ledger.records) == 1
+        else:
+            assert arrays is None and s._row["skipped"] == 1 and ledger.records == []
+            assert Stage.COLLECT_MASKED_VECTORS not in stages and Stage.UNMASK not in stages
+
+
+def test_every_secure_run_states_the_mask_seed_limit_even_without_privacy(fed, tmp_path, capsys):
+    """privacy=none + SecAgg: privacy.json is written and, like the console, states the 32-bit seed and its cost."""
+    from server.app import run_federated
+
+    cfg = fed[0].replace(num_rounds=1, checkpoint_every=0)
+    run_federated(InProcessGrid(app, node_contexts(cfg, NODES)), cfg, tmp_path)
+    doc = json.loads((tmp_path / "privacy.json").read_text())
+    limit = doc["secure_aggregation"]["mask_strength"]
+    assert "flwrlabs/flower#7522" in limit and "2^32" in limit and "hours" in limit
+    assert doc["guarantee"].startswith("none")
+    console = capsys.readouterr().out
+    assert "WARNING: " + limit in console and "learns only" not in console

@@ -106,6 +106,7 @@ def test_secure_aggregation_through_flower_with_central_dp_and_adaptive_clipping
                            "adaptive-clip=true", "secure-aggregation=true", "--nodes=3")
     assert privacy["secure_aggregation"]["max_users"] == 8  # 24 users in 3 shards
     assert "secure aggregation" in privacy["statement"] and "never one node's" in privacy["statement"]
+    assert "flwrlabs/flower#7522" in privacy["statement"] and "2^32" in privacy["secure_aggregation"]["mask_strength"]
     with open(out / "diagnostics" / "rounds.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["users"]) for r in rows] == [24, 24] and [int(r["nodes-replied"]) for r in rows] == [3, 3]
@@ -340,6 +341,10 @@ def test_every_error_is_one_message_with_rc_2_and_no_half_written_run_directory(
     res = _fedctx("simulate", "--data", str(small_synthetic), "--nodes", "1", "--set", "secure-aggregation=true",
                   "--out", str(tmp_path / "one"), *SMALL)
     assert res.returncode == 2 and "needs at least 2 nodes" in res.stderr
+    # over two nodes each node's vector is hidden by one 32-bit-seeded mask (flwrlabs/flower#7522)
+    res = _fedctx("simulate", "--data", str(small_synthetic), "--nodes", "2", "--set", "secure-aggregation=true",
+                  "--out", str(tmp_path / "two"), *SMALL)
+    assert res.returncode == 2 and "secagg-accept-two-nodes=true" in res.stderr and "2^32" in res.stderr
 
 
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
