@@ -232,10 +232,14 @@ class SamplingKey:
     def hex(self) -> str:
         return self.key.hex()
 
-    def round_seed(self, round_: int) -> int:
-        """Sampling seed of round `round_` (63 bits: fits Flower's int64 config values)."""
-        digest = hashlib.blake2b(int(round_).to_bytes(8, "little", signed=False), key=self.key, digest_size=8,
-                                 person=b"fedctx-sampling").digest()
+    def round_seed(self, round_: int, attempt: int = 0) -> int:
+        """Sampling seed of round `round_` (63 bits: fits Flower's int64 config values). `attempt` > 0: a round
+        that a resumed run replays (it had begun before the interruption) draws a fresh, independent sample, so
+        that its release composes with the lost one as the ledger accounts it."""
+        message = int(round_).to_bytes(8, "little", signed=False)
+        if attempt:
+            message += int(attempt).to_bytes(8, "little", signed=False)
+        digest = hashlib.blake2b(message, key=self.key, digest_size=8, person=b"fedctx-sampling").digest()
         return int.from_bytes(digest, "little") >> 1
 
     def __repr__(self) -> str:  # never print the key
@@ -485,10 +489,11 @@ class PrivacyLedger:
         rounds_more = _check_rounds(rounds_more)
         return self._epsilon(self._pairs() + [(q, z)] * rounds_more)
 
-    def append(self, round: int, q: float, z: float, C: float) -> RoundRecord:
-        """Record one round (round numbers strictly increasing) and return its entry."""
+    def append(self, round: int, q: float, z: float, C: float, replay: bool = False) -> RoundRecord:
+        """Record one round (round numbers strictly increasing, except a round that a resumed run replays,
+        `replay`, with a fresh sample) and return its entry."""
         round = _check_rounds(round, "Round")
-        if self.records and round <= self.records[-1].round:
+        if self.records and round <= self.records[-1].round and not replay:
             raise ValueError(f"Round must be greater than the last recorded round {self.records[-1].round}. "
                              f"Found {round}.")
         q, z, C = _check_q(q), _check_z(z), _check_clip(C)

@@ -26,7 +26,8 @@ from common.protocol import ITEM_VECTORS
 from common.report import RELEASED_FILES, diagnostics_dir, format_round, write_rounds_csv
 from common.privacy import (PrivacyLedger, RoundRecord, SamplingKey, SecureGaussian, calibrate_noise,
                             central_statement, local_guarantee)
-from server.checkpoint import CHECKPOINT_FILE, ServerState, check_resumable, load_checkpoint, save_checkpoint
+from server.checkpoint import (CHECKPOINT_FILE, ServerState, check_resumable, load_checkpoint, read_journal,
+                               save_checkpoint, write_journal, JOURNAL_FILE)
 from common.secagg import MASK_SEED_WEAKNESS
 from common.schema import SCHEMA_FILE, PublicSchema, build_schema, declared_context
 from server.content import item_content
@@ -97,6 +98,9 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
                     else SamplingKey.fresh())
     run_token = state.run_token if state is not None and state.run_token else secrets.token_hex(8)
     starts = state.starts + 1 if state is not None else 1  # a resumed simulation's nodes warm theta_u up again
+    journal = read_journal(run_dir, run_token) if state is not None else None
+    begun = {"rounds": journal["rounds_begun"] if journal else (state.round if state else 0),
+             "last": journal["last_round_begun"] if journal else 0}
     if not sampling_key.secret:
         print("WARNING: the sampling key comes from FEDCTX_TEST_ONLY_SAMPLING_KEY: the sampling is NOT secret and "
               "no privacy guarantee of this run holds (tests only).", flush=True)
@@ -109,8 +113,9 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
         expected = cfg.sample_rate * n_members
         adaptive = AdaptiveClip(cfg.clip_quantile, cfg.clip_lr, cfg.clip_count_stddev or expected / 20.0
                                 ) if cfg.adaptive_clip else None
-        ledger = PrivacyLedger(delta=delta, accountant=cfg.accountant,
-                               records=[RoundRecord(**r) for r in state.ledger] if state else [])
+        # releases made after the checkpoint and before the interruption (the journal's) stay accounted
+        rows = (state.ledger + (journal["ledger"][len(state.ledger):] if journal else [])) if state else []
+        ledger = PrivacyLedger(delta=delta, accountant=cfg.accountant, records=[RoundRecord(**r) for r in rows])
         dp = CentralDP(clip_norm=state.clip_norm if state else cfg.clip_norm, noise_multiplier=z,
                        denominator=expected, ledger=ledger, adaptive=adaptive)
         _ = dp.sum_noise_multiplier  # fails early, with the fix, if the count noise is too small
@@ -143,6 +148,12 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
         if dp is not None:
             dp.ledger.write_csv(run_dir / "privacy_ledger.csv")
 
+    def begin_round(round_: int, train: bool) -> None:
+        if train:
+            begun["rounds"] += 1
+            begun["last"] = max(begun["last"], round_)
+        write_journal(run_dir, run_token, begun["rounds"], begun["last"], dp.ledger.to_rows() if dp else [])
+
     if state is not None:  # a resumed run may have raised num-rounds: the step size decays over the new length
         state.optimizer.total_steps = cfg.num_rounds
     strategy = UserFedAvg(
@@ -156,6 +167,7 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
         dp=dp, select_key=None if cfg.private else f"val-hr@{cfg.top_k}", round_offset=state.round if state else 0,
         checkpoint_every=cfg.checkpoint_every if checkpoint is not None else 0, on_checkpoint=write_checkpoint,
         secure=secure, fail_fast=bool(os.environ.get(SERVER_ERROR_ENV)),  # a simulation's nodes share one dataset
+        on_begin=begin_round if run_dir is not None else None, replayed_until=begun["last"], attempt=starts,
     )
     if state is not None:
         strategy.log.rows = list(state.rows)
@@ -204,7 +216,9 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
                 "note": "the ledger's noise multiplier z covers the noised sum and the noised clipped count together"}
         print(f"privacy: {privacy['statement']}", flush=True)
     if cfg.local_dp:  # a bound that needs nobody's sampling: each device reports its own users' epsilon
-        local = local_guarantee(cfg.local_noise_multiplier, cfg.local_steps, cfg.num_rounds, cfg.local_delta,
+        # the rounds actually run, a resumed run's replays included (each one may be a release of every client)
+        local = local_guarantee(cfg.local_noise_multiplier, cfg.local_steps, max(begun["rounds"], cfg.num_rounds),
+                                cfg.local_delta,
                                 cfg.local_clip_norm, cfg.accountant, cfg.local_dp_theta, cfg.local_denominator,
                                 warm_starts=starts)
         local["noise_source"] = repr(SecureGaussian())
@@ -259,7 +273,7 @@ def write_outputs(run_dir: Path, cfg: Config, out: dict, item_h: np.ndarray, sch
         released = [f for f in RELEASED_FILES if (run_dir / f).is_file() or f == "privacy.json"]
         doc = {**privacy, "files": {
             "released": released,
-            "server_secret": ["checkpoint.npz"] if checkpoint is not None else [],
+            "server_secret": [f for f in (CHECKPOINT_FILE, JOURNAL_FILE) if (run_dir / f).is_file()],
             "diagnostics": f"{diag.name}/ (computed from the users' data without noise, for the experimenter; "
                            f"not covered by the guarantee and not produced by a deployment's server)",
             **({"device_state": "devices/ (each simulated device's private state: theta_u, round counts, its "

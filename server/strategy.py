@@ -183,6 +183,10 @@ class UserFedAvg(FedAvg):
     num_rounds: rounds of the whole run; round_offset: rounds already done (a resumed run), so Flower's
     round r is the run's round r + round_offset (the nodes' sampling and the ledger use the latter).
     on_checkpoint(round): called after every checkpoint_every-th round and the last one (0 = never).
+    on_begin(round, train): called before a round's training (train) or evaluation messages leave, which carry
+    the global model (the server's journal).
+    replayed_until, attempt: rounds up to `replayed_until` had begun before this resume (start `attempt`); their
+    sampling seeds are fresh (SamplingKey.round_seed(r, attempt)).
     sampling_key: the run's secret; round r's sampling seed is sampling_key.round_seed(r).
     select_key: the evaluated round with the best value of this metric is kept (early stopping); None keeps
     nothing (a private run releases its last round: a choice made on unnoised metrics is not accounted).
@@ -195,6 +199,7 @@ class UserFedAvg(FedAvg):
                  on_round: Callable[[dict], None] | None = None,
                  dp: CentralDP | None = None, select_key: str | None = "val-hr@10", round_offset: int = 0,
                  checkpoint_every: int = 0, on_checkpoint: Callable[[int], None] | None = None,
+                 on_begin: Callable[[int, bool], None] | None = None, replayed_until: int = 0, attempt: int = 0,
                  secure: SecureAggregation | None = None, fail_fast: bool = False) -> None:
         super().__init__(fraction_train=1.0, fraction_evaluate=1.0, weighted_by_key="num-users",
                          min_train_nodes=min_nodes, min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes)
@@ -225,6 +230,8 @@ class UserFedAvg(FedAvg):
         self._t0 = time.perf_counter()
         self.secure = secure
         self.last_checkpoint = round_offset  # the round of the newest checkpoint (0: none)
+        self.on_begin = on_begin
+        self.replayed_until, self.attempt = replayed_until, attempt
         self.fail_fast = fail_fast  # a first round in which every node failed stops the run with the first reason
         if secure is not None:  # a sum over one node is that node's update: a secure round needs two
             self.min_nodes = max(self.min_nodes, 2)
@@ -298,10 +305,14 @@ class UserFedAvg(FedAvg):
         self.current = self.latest = from_record(arrays)
         config["server-round"] = server_round
         config["sample-rate"] = float(self.sample_rate)
-        config["sampling-seed"] = self.sampling_key.round_seed(server_round)  # secret; this round only
+        # secret; this round only. A round begun before a resume is replayed with a fresh sample (accounted again)
+        config["sampling-seed"] = self.sampling_key.round_seed(
+            server_round, self.attempt if server_round <= self.replayed_until else 0)
         if self.dp is not None:
             config["clip-norm"] = float(self.dp.clip_norm)  # this round's C (it moves with adaptive clipping)
         self._asked = wait_for_nodes(grid, self.min_nodes)
+        if self.on_begin is not None:  # before any message leaves: the server's count of rounds run
+            self.on_begin(server_round, True)
         if self.secure is None:
             return self._messages(self._asked, arrays, config, MessageType.TRAIN)
         return self._secure_messages(server_round, arrays, config, grid)
@@ -369,7 +380,7 @@ class UserFedAvg(FedAvg):
             mean = noisy_mean(total, self.dp.clip_norm, self.dp.sum_noise_multiplier, self.dp.denominator,
                               self.dp.noise)
             record = self.dp.ledger.append(server_round, self.sample_rate, self.dp.noise_multiplier,
-                                           self.dp.clip_norm)
+                                           self.dp.clip_norm, replay=server_round <= self.replayed_until)
             self._row["epsilon"] = record.epsilon
             self._row["clip-norm"] = self.dp.clip_norm
             if self.dp.adaptive is not None:
@@ -451,6 +462,8 @@ class UserFedAvg(FedAvg):
         self._eval_arrays = arrays
         config["server-round"] = server_round
         self._asked = wait_for_nodes(grid, self.min_nodes)
+        if self.on_begin is not None:  # the round's (noised) model leaves now: journal its ledger row
+            self.on_begin(server_round, False)
         self._evaluating = True
         if self.secure is not None:  # the metric sums go through SecAgg+ too
             config["secagg-phase"] = "evaluate"

@@ -161,7 +161,7 @@ def test_a_central_dp_run_releases_only_accounted_values_and_secret_sampling(sma
         _private_run(small_synthetic, out, *settings)
         assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz", "devices", "diagnostics", "global_model.npz",
                                                         "item_vectors.npy", "privacy.json", "privacy_ledger.csv",
-                                                        "schema.json"]
+                                                        "round-journal.json", "schema.json"]
         with open(out / "diagnostics" / "rounds.csv") as f:
             rows = list(csv.DictReader(f))
         users = [int(r["users"]) for r in rows]
