@@ -170,8 +170,7 @@ class Node:
         params = self._receive(content)
         conf = content.config_records[CONFIG]
         round_ = int(conf["server-round"])
-        sampled = np.flatnonzero(poisson_sample(self.store.user_keys, float(conf["sample-rate"]),
-                                                int(conf["sampling-seed"]), round_) & self.members)
+        sampled = self.sampled(conf)
         secure = "secagg-max-users" in conf  # secure aggregation: a public bound on every value (common.secagg)
         if secure:
             check_users(len(sampled), int(conf["secagg-max-users"]))
@@ -194,6 +193,11 @@ class Node:
         total = updates.total(shapes, scale)
         return to_record({k: total[k] for k in params}), {
             **self._train_metrics(len(sampled), int(updates.n_examples.sum()), float(updates.loss.sum())), **extra}
+
+    def sampled(self, conf) -> np.ndarray:
+        """The node's users sampled in the round of the train config `conf` (its seed, rate and round)."""
+        return np.flatnonzero(poisson_sample(self.store.user_keys, float(conf["sample-rate"]),
+                                             int(conf["sampling-seed"]), int(conf["server-round"])) & self.members)
 
     def _train_metrics(self, users: int, examples: int, loss_sum: float) -> dict[str, float | int]:
         """The scalars a training reply carries. Under local DP only the user count: the example count and the

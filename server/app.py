@@ -132,7 +132,7 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
         secure = SecureAggregation(max_users=cfg.secagg_max_users, clip_norm=cfg.clip_norm,
                                    metric_keys=tuple(evaluation_keys(cfg.top_k)), shares=cfg.secagg_shares,
                                    threshold=cfg.secagg_threshold, timeout=cfg.round_timeout,
-                                   accept_two_nodes=cfg.secagg_accept_two_nodes)
+                                   accept_two_nodes=cfg.secagg_accept_two_nodes, min_users=cfg.secagg_min_users)
         print(f"secure aggregation: SecAgg+ (Flower's secaggplus_mod on the nodes); the server learns each "
               f"round's sum over nodes, not one node's, within the limit below; each user's update is clipped to "
               f"{cfg.clip_norm}" + (" (the first round's; it adapts)" if cfg.adaptive_clip and cfg.central_dp else "")

@@ -152,6 +152,7 @@ class SecureAggregation:
     shares: int = 0
     threshold: int = 0
     timeout: float = 600.0
+    min_users: int = 1  # unmask a round's update sum only when it holds this many users (counted securely first)
     accept_two_nodes: bool = False  # run rounds where each node has a single neighbour (MASK_SEED_WEAKNESS)
 
 
@@ -236,6 +237,7 @@ class UserFedAvg(FedAvg):
         if secure is not None:  # a sum over one node is that node's update: a secure round needs two
             self.min_nodes = max(self.min_nodes, 2)
         self._round: SecureRound | None = None  # this round's SecAgg+ state
+        self._counted: set[int] | None = None  # the nodes whose users were counted for this round's floor
         self._abort: str | None = None  # why this secure round cannot finish
 
     def _messages(self, node_ids: list[int], arrays: ArrayRecord, config: ConfigRecord,
@@ -324,14 +326,20 @@ class UserFedAvg(FedAvg):
         sec = self.secure
         config["clip-norm"] = float(self.dp.clip_norm if self.dp is not None else sec.clip_norm)
         config["secagg-max-users"] = int(sec.max_users)
+        self._abort, self._counted = None, None
         if shapes is None:
             shapes = [self.current[k].shape for k in sorted(self.current or {})] + [(2,)]
-        self._abort = None
-        self._round = SecureRound(
-            grid=grid, nodes=list(self._asked), server_round=server_round, shapes=shapes, timeout=sec.timeout,
-            drop=lambda nid, stage, reason: self._drop(server_round, f"secagg-{stage}", nid, reason),
-            source=self._source, shares=sec.shares, threshold=sec.threshold,
-            accept_single_neighbour=sec.accept_two_nodes)
+            if sec.min_users > 1:  # the floor: the users are counted (securely) before any update is collected
+                try:
+                    self._asked, users = self._secure_user_count(server_round, arrays, config, grid)
+                    if users < sec.min_users:
+                        raise SecAggAbort(f"the round's sampled users ({users}) are fewer than secagg-min-users = "
+                                          f"{sec.min_users}; no update was collected or unmasked")
+                except SecAggAbort as exc:
+                    self._abort, self._round, self._sent = f"user count: {exc}", None, []
+                    return []
+                self._counted = set(self._asked)
+        self._round = self._secure_round(server_round, shapes, grid)
         try:
             self._round.setup()
             self._round.share_keys()
@@ -343,6 +351,35 @@ class UserFedAvg(FedAvg):
         for msg in msgs:
             msg.content.config_records[RECORD_KEY_CONFIGS] = self._round.collect_record(msg.metadata.dst_node_id)
         return msgs
+
+    def _secure_round(self, server_round: int, shapes: list[tuple[int, ...]], grid: Grid) -> SecureRound:
+        sec = self.secure
+        return SecureRound(
+            grid=grid, nodes=list(self._asked), server_round=server_round, shapes=shapes, timeout=sec.timeout,
+            drop=lambda nid, stage, reason: self._drop(server_round, f"secagg-{stage}", nid, reason),
+            source=self._source, shares=sec.shares, threshold=sec.threshold,
+            accept_single_neighbour=sec.accept_two_nodes)
+
+    def _secure_user_count(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> tuple[list[int], int]:
+        """A whole SecAgg+ round over each node's sampled-user count alone ([users] / U, common.secagg
+        .pack_metrics without metrics), before any update: (the nodes whose count is in the sum, the sum)."""
+        count_config = ConfigRecord(dict(config))
+        count_config["secagg-phase"] = "count"
+        sr = self._secure_round(server_round, [(1,)], grid)
+        sr.setup()
+        sr.share_keys()
+        msgs = self._messages(sorted(sr.active), arrays, count_config, MessageType.TRAIN)
+        for msg in msgs:
+            msg.content.config_records[RECORD_KEY_CONFIGS] = sr.collect_record(msg.metadata.dst_node_id)
+        replies = grid.send_and_receive(msgs, timeout=self.secure.timeout)
+        valid = self._sort(server_round, "secagg-count", replies, [m.metadata.dst_node_id for m in msgs],
+                           sr.masked_problem)
+        if len(valid) < self.min_nodes:
+            raise SecAggAbort(f"{len(valid)} of {len(msgs)} nodes sent a masked count, min-nodes is {self.min_nodes}")
+        sr.collect({self._source(m): m.content for m in valid})
+        users = int(unpack_metrics(sr.unmask(), (), self.secure.max_users)["num-users"])
+        return sorted(sr.contributors), users
 
     def _secure_unmask(self, server_round: int, phase: str, replies: Iterable[Message]) -> list[np.ndarray] | None:
         """SecAgg+'s collect and unmask stages: the dequantised packed sum, or None (self._abort says why).
@@ -356,6 +393,11 @@ class UserFedAvg(FedAvg):
             if len(valid) < self.min_nodes:
                 raise SecAggAbort(f"{len(valid)} of {len(self._asked)} nodes sent a masked vector, min-nodes is "
                                   f"{self.min_nodes}")
+            missing = (self._counted or set()) - {self._source(m) for m in valid}
+            if phase == "train" and missing:  # the counted floor holds only if every counted node is in the sum
+                raise SecAggAbort(f"node(s) {sorted(missing)} were counted but sent no masked update: the sum could "
+                                  f"hold fewer than secagg-min-users = {self.secure.min_users} users; nothing is "
+                                  f"unmasked")
             sr.collect({self._source(m): m.content for m in valid})
             return sr.unmask()
         except SecAggAbort as exc:

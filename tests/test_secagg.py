@@ -335,3 +335,65 @@ def test_every_secure_run_states_the_mask_seed_limit_even_without_privacy(fed, t
     assert doc["guarantee"].startswith("none")
     console = capsys.readouterr().out
     assert "WARNING: " + limit in console and "learns only" not in console
+
+
+def _stage(m: Message) -> tuple:
+    """(SecAgg+ stage, secagg-phase) of a message as the server sends it (secaggplus_mod consumes its record on
+    delivery, so it is read before)."""
+    conf = m.content.config_records
+    return conf.get(RECORD_KEY_CONFIGS, {}).get(Key.STAGE), conf.get(CONFIG, {}).get("secagg-phase")
+
+
+def test_no_secure_update_sum_is_unmasked_below_the_user_floor_with_one_user_devices(fed):
+    """24 one-user devices, q = 0.08: some rounds sample a single user. The users are counted securely first; a
+    round below secagg-min-users = 2 is skipped before any update is collected (no training message carries the
+    collect stage), nothing is accounted; the others sum exactly the users counted."""
+    from common.federated import poisson_sample
+
+    cfg, schema, h, params = fed
+    cfg = cfg.replace(secagg_max_users=1)
+    contexts = node_contexts(cfg, 24)
+    key, q = SamplingKey(b"f" * 32, secret=False), 0.08
+    from common.datasets import load_cached
+
+    user_keys = np.asarray(load_cached(cfg.data).user_ids).astype(str)  # one per device
+    ledger = PrivacyLedger(delta=1e-3)
+    dp = CentralDP(clip_norm=cfg.clip_norm, noise_multiplier=1.0, denominator=24 * q, ledger=ledger)
+    s = UserFedAvg(content=to_record({ITEM_VECTORS: h}), schema=schema, optimizer=ServerOptimizer("sgd", 1.0),
+                   sample_rate=q, sampling_key=key, eval_every=100, num_rounds=20, select_key=None, dp=dp,
+                   secure=SecureAggregation(max_users=1, clip_norm=cfg.clip_norm, min_users=2))
+    seen = set()
+    for r in range(1, 9):
+        expected = int(poisson_sample(user_keys, q, key.round_seed(r), r).sum())  # computed apart from the nodes
+        sent: list[tuple] = []
+        grid = InProcessGrid(app, contexts, lost=lambda m: sent.append(_stage(m)) or False)
+        accounted = len(ledger.records)
+        arrays, _ = s.aggregate_train(r, grid.send_and_receive(s.configure_train(r, to_record(params),
+                                                                                 ConfigRecord({}), grid)))
+        assert (Stage.COLLECT_MASKED_VECTORS, "count") in sent  # the users were counted first
+        collected = [x for x in sent if x == (Stage.COLLECT_MASKED_VECTORS, None)]  # an update asked for
+        if expected < 2:
+            assert arrays is None and s._row["skipped"] == 1 and len(ledger.records) == accounted
+            assert collected == []  # no update was asked for, so none could be unmasked
+        else:
+            assert arrays is not None and s._row["users"] == expected and len(ledger.records) == accounted + 1
+        seen.add(min(expected, 2))
+    assert {1, 2} <= seen  # rounds of a single sampled user and rounds above the floor were both met
+
+
+def test_a_node_counted_for_the_floor_that_sends_no_update_stops_the_unmasking(fed):
+    """The floor holds for the unmasked sum only if every counted node is in it: a node that drops between the
+    count and its masked update makes the round skip before the unmask stage."""
+    s = _strategy(fed, min_users=2)
+    victim, sent = 101, []
+
+    def lost(m):
+        sent.append(_stage(m))
+        return m.metadata.dst_node_id == victim and sent[-1] == (Stage.COLLECT_MASKED_VECTORS, None)
+
+    new, _, _ = _round(fed, s, lost=lost)
+    assert new is None and s._row["skipped"] == 1
+    # stages without a phase are the protocol's own messages; an unmask after the update's collect would unmask it
+    update = sent.index((Stage.COLLECT_MASKED_VECTORS, None))
+    assert (Stage.COLLECT_MASKED_VECTORS, "count") in sent[:update] and (Stage.UNMASK, None) in sent[:update]
+    assert (Stage.UNMASK, None) not in sent[update:]  # the update sum was never unmasked
