@@ -195,6 +195,11 @@ class SecureRound:
     def unmask(self) -> list[np.ndarray]:
         """Stage 3: shares back, masks removed; the dequantised sum of the contributors' packed arrays."""
         dead = self.sampled - self.contributors
+        alone = sorted(n for n in self.contributors if len((self.neighbours[n] & self.contributors) - {n}) < 2)
+        if alone and not self.accept_single_neighbour:  # after dropouts: one pairwise mask of a 32-bit seed
+            raise SecAggAbort(f"unmask: node(s) {alone} have a single live neighbour; Flower's 32-bit mask seed "
+                              "(flwrlabs/flower#7522) would let the server recover their vectors in about 2 hours; "
+                              "nothing is unmasked. Fix: more nodes, or secagg-accept-two-nodes=true")
         configs = {nid: {Key.ACTIVE_NODE_ID_LIST: sorted(self.neighbours[nid] & self.contributors),
                          Key.DEAD_NODE_ID_LIST: sorted(self.neighbours[nid] & dead)} for nid in sorted(self.active)}
         records = self._exchange(Stage.UNMASK, configs)
