@@ -232,13 +232,16 @@ class SamplingKey:
     def hex(self) -> str:
         return self.key.hex()
 
-    def round_seed(self, round_: int, attempt: int = 0) -> int:
+    def round_seed(self, round_: int, attempt: int = 0, node: int | None = None) -> int:
         """Sampling seed of round `round_` (63 bits: fits Flower's int64 config values). `attempt` > 0: a round
         that a resumed run replays (it had begun before the interruption) draws a fresh, independent sample, so
-        that its release composes with the lost one as the ledger accounts it."""
+        that its release composes with the lost one as the ledger accounts it. `node`: the seed of that node
+        alone (a keyed PRF of the node id), so that no node can compute another node's users' sample."""
         message = int(round_).to_bytes(8, "little", signed=False)
         if attempt:
             message += int(attempt).to_bytes(8, "little", signed=False)
+        if node is not None:
+            message += b"node" + int(node).to_bytes(8, "little", signed=False)
         digest = hashlib.blake2b(message, key=self.key, digest_size=8, person=b"fedctx-sampling").digest()
         return int.from_bytes(digest, "little") >> 1
 
@@ -570,8 +573,8 @@ def central_statement(ledger: PrivacyLedger, sampling_secret: bool, item_table: 
                   f"sum{seen} and the counts and losses nodes report; the evaluation metrics; ")
     return (base + " It holds against anyone who sees the released outputs (global_model.npz, privacy_ledger.csv, "
             "privacy.json) and everything computed from them; the Poisson sample of each round is drawn from a "
-            "server secret that appears in no output (each round's seed goes to the federation's nodes: a node that "
-            "knew another device's user ids could tell whether those users took part). " + server +
+            "server secret that appears in no output; each node receives only its own seed of each round, from which "
+            "it can compute its own users' sample and no other node's. " + server +
             "The diagnostics/ folder of a simulation is not covered. The number of users N (in the denominator q N "
             "and the default delta) is treated as public.")
 

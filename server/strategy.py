@@ -238,6 +238,7 @@ class UserFedAvg(FedAvg):
             self.min_nodes = max(self.min_nodes, 2)
         self._round: SecureRound | None = None  # this round's SecAgg+ state
         self._counted: set[int] | None = None  # the nodes whose users were counted for this round's floor
+        self._seeding: tuple[int, int] = (0, 0)  # this training round and its attempt (node_seed)
         self._abort: str | None = None  # why this secure round cannot finish
 
     def _messages(self, node_ids: list[int], arrays: ArrayRecord, config: ConfigRecord,
@@ -247,13 +248,25 @@ class UserFedAvg(FedAvg):
         config[RUN_TOKEN] = self.run_token
         out = []
         for node_id in node_ids:
-            record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+            node_config = config
+            if message_type == MessageType.TRAIN and "sample-rate" in config:  # its own sampling seed
+                node_config = ConfigRecord(dict(config))
+                node_config["sampling-seed"] = self.node_seed(node_id)
+            record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: node_config})
             if node_id not in self.has_content:
                 record[CONTENT] = self.content
                 record[SCHEMA] = ConfigRecord({SCHEMA_JSON: self.schema.to_json()})
             out.append(Message(content=record, message_type=message_type, dst_node_id=node_id))
         self._sent = out  # the grid sets their message ids when it pushes them (see _source)
         return out
+
+    def node_seed(self, node_id: int) -> int:
+        """The sampling seed of this training round for node `node_id` only (SamplingKey.round_seed with the node):
+        a node learns whether its own users are sampled, never another node's. With a test-only (public) key
+        every node gets the round's common seed, so that a user is sampled alike whichever node holds it (the
+        simulation tests that compare partitionings and resumes)."""
+        round_, attempt = self._seeding
+        return self.sampling_key.round_seed(round_, attempt, node_id if self.sampling_key.secret else None)
 
     def _source(self, msg: Message, sent: list[Message] | None = None) -> int:
         """The node a reply speaks for. An error reply the SuperLink makes for an unreachable node ("Node
@@ -307,9 +320,9 @@ class UserFedAvg(FedAvg):
         self.current = self.latest = from_record(arrays)
         config["server-round"] = server_round
         config["sample-rate"] = float(self.sample_rate)
-        # secret; this round only. A round begun before a resume is replayed with a fresh sample (accounted again)
-        config["sampling-seed"] = self.sampling_key.round_seed(
-            server_round, self.attempt if server_round <= self.replayed_until else 0)
+        # secret; this round and this node only (_messages). A round begun before a resume is replayed with a
+        # fresh sample (accounted again)
+        self._seeding = (server_round, self.attempt if server_round <= self.replayed_until else 0)
         if self.dp is not None:
             config["clip-norm"] = float(self.dp.clip_norm)  # this round's C (it moves with adaptive clipping)
         self._asked = wait_for_nodes(grid, self.min_nodes)
