@@ -23,7 +23,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 __all__ = ["MASK_SEED_WEAKNESS", "MODULUS", "CLIPPING_RANGE", "MAX_BITS", "quantization_range", "shares_and_threshold", "pack",
-           "unpack", "check_users", "pack_metrics", "unpack_metrics", "error_bound", "value_names"]
+           "unpack", "check_users", "pack_metrics", "unpack_metrics", "error_bound",
+           "rounding_sensitivity", "value_names"]
 
 #: What Flower 1.23's masks cost an attacker, stated in every secure run's privacy.json and console.
 MASK_SEED_WEAKNESS = (
@@ -120,6 +121,13 @@ def unpack_metrics(sums: Sequence[np.ndarray], keys: Sequence[str], max_users: i
     values = np.asarray(sums[0], np.float64) * max_users
     users = int(round(values[0]))
     return {"num-users": users, **{k: float(v / users) if users else 0.0 for k, v in zip(keys, values[1:])}}
+
+
+def rounding_sensitivity(n_coords: int, max_users: int, clip: float, levels: int) -> float:
+    """What stochastic rounding adds to the L2 sensitivity of a secure sum: adding or removing one user moves its
+    node's packed values by at most C in L2 before rounding, and each rounded value is off by less than one step
+    2/T (times U C) either way, so the rounded vectors differ by less than C + 2 sqrt(d) x 2 U C / T."""
+    return 2.0 * math.sqrt(n_coords) * 2.0 * CLIPPING_RANGE / levels * max_users * clip
 
 
 def error_bound(n_nodes: int, max_users: int, clip: float, levels: int) -> float:

@@ -119,6 +119,12 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
         dp = CentralDP(clip_norm=state.clip_norm if state else cfg.clip_norm, noise_multiplier=z,
                        denominator=expected, ledger=ledger, adaptive=adaptive)
         _ = dp.sum_noise_multiplier  # fails early, with the fix, if the count noise is too small
+        delta_warning = (f"delta = {delta:.3g} is large (the default 0.1/N, a small federation): a mechanism that publishes one user's data "
+                         f"outright with probability delta meets (0, delta)-DP, so delta should be well below 1/N and "
+                         f"small in absolute terms. Set delta=<e.g. 1e-6>, or federate more users."
+                         if delta > 1e-3 or delta * n_members > 0.1 + 1e-12 else None)
+        if delta_warning:
+            print(f"WARNING: {delta_warning}", flush=True)
         print(f"privacy: user-level DP-FedAvg, clip norm {cfg.clip_norm}"
               + (f" (adaptive, target quantile {cfg.clip_quantile})" if adaptive else "")
               + f", noise multiplier {z:.4f}, Poisson sampling q = {cfg.sample_rate}, delta = {delta:.3g}", flush=True)
@@ -163,7 +169,7 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
                                                                 final_fraction=cfg.server_lr_final,
                                                                 decay=item_decay(cfg)),
         sample_rate=cfg.sample_rate, sampling_key=sampling_key, eval_every=cfg.eval_every, num_rounds=cfg.num_rounds,
-        on_round=lambda row: print(format_round(row, cfg.num_rounds, cfg.top_k), flush=True),
+        on_round=lambda row: print(format_round(row, cfg.num_rounds, cfg.top_k, private=cfg.private), flush=True),
         dp=dp, select_key=None if cfg.private else f"val-hr@{cfg.top_k}", round_offset=state.round if state else 0,
         checkpoint_every=cfg.checkpoint_every if checkpoint is not None else 0, on_checkpoint=write_checkpoint,
         secure=secure, fail_fast=bool(os.environ.get(SERVER_ERROR_ENV)),  # a simulation's nodes share one dataset
@@ -206,6 +212,7 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
             "rounds": len(dp.ledger.records),
             "statement": central_statement(dp.ledger, sampling_key.secret, cfg.item_embedding, secure is not None),
             "noise_source": repr(dp.noise),
+            **({"warnings": [delta_warning]} if delta_warning else {}),
         }
         if dp.adaptive is not None:
             privacy["clip_norm"] = cfg.clip_norm
@@ -259,7 +266,7 @@ def write_outputs(run_dir: Path, cfg: Config, out: dict, item_h: np.ndarray, sch
     privacy = out["privacy"]
     if ledger is not None:
         ledger.write_csv(run_dir / "privacy_ledger.csv")
-        privacy["ledger"] = str(run_dir / "privacy_ledger.csv")
+        privacy["ledger"] = "privacy_ledger.csv"  # beside privacy.json (no path of the server's machine)
     if checkpoint is not None:
         out["checkpoint"] = str(checkpoint)
     write_rounds_csv(out["rounds"], diag / "rounds.csv")
@@ -274,8 +281,9 @@ def write_outputs(run_dir: Path, cfg: Config, out: dict, item_h: np.ndarray, sch
         doc = {**privacy, "files": {
             "released": released,
             "server_secret": [f for f in (CHECKPOINT_FILE, JOURNAL_FILE) if (run_dir / f).is_file()],
-            "diagnostics": f"{diag.name}/ (computed from the users' data without noise, for the experimenter; "
-                           f"not covered by the guarantee and not produced by a deployment's server)",
+            "diagnostics": f"{diag.name}/ (computed from the users' data without noise; written by the server in "
+                           f"every run, simulation or deployment; not covered by the guarantee: keep it with the "
+                           f"server, never publish it)",
             **({"device_state": "devices/ (each simulated device's private state: theta_u, round counts, its "
                                 "encoded data; a device keeps it and never sends it; not released)"}
                if (run_dir / "devices").is_dir() else {})}}

@@ -31,7 +31,7 @@ from common.privacy import (PrivacyLedger, SamplingKey, SecureGaussian, adaptive
                             noisy_mean)
 from common.protocol import CONTENT, METRICS, RUN_TOKEN, SCHEMA, SCHEMA_HASH, SCHEMA_JSON, UPDATE
 from common.schema import PublicSchema
-from common.secagg import error_bound, unpack, unpack_metrics
+from common.secagg import error_bound, rounding_sensitivity, unpack, unpack_metrics
 from server.secagg import SecAggAbort, SecureRound
 
 __all__ = ["UserFedAvg", "RoundLog", "CentralDP", "AdaptiveClip", "SecureAggregation", "reply_problem",
@@ -239,6 +239,7 @@ class UserFedAvg(FedAvg):
         self._round: SecureRound | None = None  # this round's SecAgg+ state
         self._counted: set[int] | None = None  # the nodes whose users were counted for this round's floor
         self._seeding: tuple[int, int] = (0, 0)  # this training round and its attempt (node_seed)
+        self._rounding = 0.0  # this secure round's rounding_sensitivity (0 without secure aggregation)
         self._abort: str | None = None  # why this secure round cannot finish
 
     def _messages(self, node_ids: list[int], arrays: ArrayRecord, config: ConfigRecord,
@@ -432,8 +433,9 @@ class UserFedAvg(FedAvg):
             return None, MetricRecord({"num-users": 0})
         if self.dp is not None:  # a DP round counts (and is noised) even if nobody was sampled
             total = sum_updates(sums) if sums else {k: np.zeros_like(v, np.float64) for k, v in self.current.items()}
-            mean = noisy_mean(total, self.dp.clip_norm, self.dp.sum_noise_multiplier, self.dp.denominator,
-                              self.dp.noise)
+            # the noise is z times the sensitivity: C, plus what SecAgg's stochastic rounding can add (_secure_sum)
+            mean = noisy_mean(total, self.dp.clip_norm + self._rounding, self.dp.sum_noise_multiplier,
+                              self.dp.denominator, self.dp.noise)
             record = self.dp.ledger.append(server_round, self.sample_rate, self.dp.noise_multiplier,
                                            self.dp.clip_norm, replay=server_round <= self.replayed_until)
             self._row["epsilon"] = record.epsilon
@@ -506,6 +508,8 @@ class UserFedAvg(FedAvg):
         n = len(sr.contributors)
         nodes.update({"nodes-replied": n, "nodes-failed": len(asked) - n, "secagg-dropped": len(sr.sampled) - n,
                       "secagg-error-bound": error_bound(n, self.secure.max_users, clip, sr.levels)})
+        self._rounding = rounding_sensitivity(sum(v.size for v in total.values()), self.secure.max_users, clip,
+                                              sr.levels)
         return ([total] if users > 0 else []), users, shifted, nodes
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

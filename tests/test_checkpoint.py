@@ -150,6 +150,14 @@ def test_an_interrupted_central_dp_run_accounts_the_releases_made_before_the_res
     seeds = [int(c["sampling-seed"]) for c in next(iter(received.values()))]
     assert seeds[2] != seeds[3] and len(set(seeds)) == 5  # the replayed round 3 is sampled afresh
     assert out["privacy"]["rounds"] == 5
+    import json
+
+    doc = json.loads((tmp_path / "run" / "privacy.json").read_text())
+    assert doc["ledger"] == "privacy_ledger.csv" and str(tmp_path) not in json.dumps(doc)  # no server path
+    assert doc["files"]["server_secret"] == ["checkpoint.npz", "round-journal.json"]
+    assert "every run" in doc["files"]["diagnostics"] and "not produced" not in doc["files"]["diagnostics"]
+    assert any("delta = 0.00417 is large" in w for w in doc["warnings"])  # the default 0.1/N for N = 24
+    assert (tmp_path / "run" / "round-journal.json").stat().st_mode & 0o777 == 0o600
     import dp_accounting  # 5 rounds of the Poisson-subsampled Gaussian, composed by dp-accounting directly
 
     accountant = dp_accounting.rdp.RdpAccountant()

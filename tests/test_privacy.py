@@ -439,3 +439,16 @@ def test_dp_warm_start_without_noise_is_the_mean_of_the_clipped_vectors():
     np.testing.assert_allclose(dp_warm_start_theta(phi, 1.0, 0.0, np.zeros(3)), expected, rtol=1e-6)
     noisy = dp_warm_start_theta(phi, 1.0, 1.0, np.random.default_rng(0).standard_normal(3))
     assert not np.allclose(noisy, expected)
+
+
+def test_a_private_runs_console_line_carries_no_unnoised_count_loss_or_metric():
+    """Under DP the per-round console line (and so the SuperLink's log in a deployment) shows the round, epsilon
+    and time only; the user count, loss and metrics stay in diagnostics/."""
+    from common.report import format_round
+
+    row = {"round": 3, "users": 7777, "train-loss": 1.2345, "val-hr@10": 0.4321, "val-ndcg@10": 0.2109,
+           "val-hr@10-sampled": 0.6543, "epsilon": 2.5, "seconds": 1.0}
+    public = format_round(row, 10, 10)
+    assert "7777" in public and "1.2345" in public and "0.4321" in public  # the non-private line shows them
+    line = format_round(row, 10, 10, private=True)
+    assert "epsilon 2.500" in line and not any(x in line for x in ("7777", "1.2345", "0.4321", "0.2109", "0.6543"))

@@ -397,3 +397,28 @@ def test_a_node_counted_for_the_floor_that_sends_no_update_stops_the_unmasking(f
     update = sent.index((Stage.COLLECT_MASKED_VECTORS, None))
     assert (Stage.COLLECT_MASKED_VECTORS, "count") in sent[:update] and (Stage.UNMASK, None) in sent[:update]
     assert (Stage.UNMASK, None) not in sent[update:]  # the update sum was never unmasked
+
+
+def test_central_noise_covers_the_rounding_of_the_secure_sum(fed):
+    """SecAgg's stochastic rounding can move one user's contribution by up to 2 sqrt(d) steps beyond C: the
+    central noise std is z (C + that), computed here from the round's shapes, U, C and T."""
+    from common.privacy import SecureGaussian
+
+    class Recording(SecureGaussian):
+        stds: list = []
+
+        def normal(self, std, shape):
+            Recording.stds.append(std)
+            return np.zeros(shape)
+
+    cfg, _, _, params = fed
+    ledger = PrivacyLedger(delta=1e-3)
+    dp = CentralDP(clip_norm=cfg.clip_norm, noise_multiplier=1.0, denominator=24.0, ledger=ledger)
+    dp.noise = Recording()
+    s = _strategy(fed, dp=dp)
+    _round(fed, s)
+    d = sum(v.size for v in params.values())
+    step = 2.0 / quantization_range(NODES) * MAX_USERS * cfg.clip_norm  # one quantisation step, update units
+    assert Recording.stds and Recording.stds == pytest.approx([cfg.clip_norm + 2 * np.sqrt(d) * step]
+                                                              * len(Recording.stds), rel=1e-12)
+    assert 2 * np.sqrt(d) * step > 1e-9 * cfg.clip_norm  # the term is really there

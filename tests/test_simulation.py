@@ -58,7 +58,11 @@ def _private_run(data: Path, out: Path, *settings: str, env_extra: dict | None =
     res = _fedctx("simulate", "--data", str(data), "--no-baselines", *SMALL, *sets, "--out", str(out),
                   env_extra=env_extra)
     assert res.returncode == 0, res.stderr[-3000:]
-    return json.loads((out / "privacy.json").read_text())
+    privacy = json.loads((out / "privacy.json").read_text())
+    assert str(out) not in json.dumps(privacy)  # no path of the server's machine is released
+    if "ledger" in privacy:  # beside privacy.json
+        privacy["ledger"] = str(out / privacy["ledger"])
+    return privacy
 
 
 def test_local_plus_central_dp_run_reports_both_guarantees(small_synthetic, tmp_path):
