@@ -253,7 +253,7 @@ class Node:
         if self.params is not None:
             _atomic_savez(d / GLOBAL_MODEL_FILE, **{k.replace("/", "."): v for k, v in self.params.items()})
         device = json.dumps({"settings": self.cfg.to_flwr(), "data-dir": str(self.data_dir) if self.data_dir else None,
-                             "simulated": self.simulated}, indent=1)
+                             "simulated": self.simulated, "node-id": int(context.node_id)}, indent=1)
         if not (d / DEVICE_FILE).is_file() or (d / DEVICE_FILE).read_text() != device:
             tmp = d / f".{DEVICE_FILE}.tmp-{os.getpid()}"
             tmp.write_text(device)

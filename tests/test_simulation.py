@@ -194,7 +194,14 @@ def test_a_central_dp_run_releases_only_accounted_values_and_secret_sampling(sma
         keys = np.asarray(load_cached(str(small_synthetic)).user_ids).astype(str)
         key = last.sampling_key
         assert key is not None and key.secret
-        mine = [poisson_sample(keys, 0.5, key.round_seed(r), r) for r in range(1, 5)]
+        # each node sampled its own users with its own seed (the key and its node id, kept in its device.json)
+        nodes = [(json.loads((d / "device.json").read_text())["node-id"],
+                  np.load(d / "node-state.npz")["user_keys"].astype(str))
+                 for d in sorted((out / "devices").iterdir(), key=lambda d: int(d.name.split("-")[1]))]
+        assert np.array_equal(np.concatenate([u for _, u in nodes]), keys) and len({n for n, _ in nodes}) == 2
+        mine = [np.concatenate([poisson_sample(u, 0.5, key.round_seed(r, 0, n), r) for n, u in nodes])
+                for r in range(1, 5)]
+        assert any((m != poisson_sample(keys, 0.5, key.round_seed(r), r)).any() for r, m in enumerate(mine, 1))
         assert [int(m.sum()) for m in mine] == users
         public_seed = [poisson_sample(keys, 0.5, summary["config"]["seed"], r) for r in range(1, 5)]
         assert any((a != b).any() for a, b in zip(mine, public_seed))
