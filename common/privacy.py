@@ -204,8 +204,9 @@ class SamplingKey:
     """The server's secret for Poisson sampling (amplification by subsampling needs the sample to be secret).
 
     key: 32 bytes from os.urandom, drawn when a run starts; it never appears in an output (only in the
-    server-secret checkpoint, for resume). Round r's sampling seed is BLAKE2b keyed by it (a PRF), sent only to
-    the nodes of round r; a node samples its users with `common.federated.poisson_sample(..., seed, r)`.
+    server-secret checkpoint and round journal, for resume). Node n's sampling seed of round r is BLAKE2b keyed by
+    it (a PRF of r and n), sent only to node n in round r; a node samples its users with
+    `common.federated.poisson_sample(..., seed, r)`.
     secret: False when the key came from SAMPLING_KEY_ENV (tests only).
     """
 

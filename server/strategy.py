@@ -188,7 +188,8 @@ class UserFedAvg(FedAvg):
     the global model (the server's journal).
     replayed_until, attempt: rounds up to `replayed_until` had begun before this resume (start `attempt`); their
     sampling seeds are fresh (SamplingKey.round_seed(r, attempt)).
-    sampling_key: the run's secret; round r's sampling seed is sampling_key.round_seed(r).
+    sampling_key: the run's secret; node n's sampling seed of round r is sampling_key.round_seed(r, attempt, n)
+    (node_seed).
     select_key: the evaluated round with the best value of this metric is kept (early stopping); None keeps
     nothing (a private run releases its last round: a choice made on unnoised metrics is not accounted).
     secure: SecAgg+ on every round (server.secagg); fail_fast: a simulation's first round in which every node
