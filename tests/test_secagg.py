@@ -422,3 +422,29 @@ def test_central_noise_covers_the_rounding_of_the_secure_sum(fed):
     assert Recording.stds and Recording.stds == pytest.approx([cfg.clip_norm + 2 * np.sqrt(d) * step]
                                                               * len(Recording.stds), rel=1e-12)
     assert 2 * np.sqrt(d) * step > 1e-9 * cfg.clip_norm  # the term is really there
+
+
+def test_a_round_left_with_two_nodes_after_a_dropout_is_not_unmasked_unless_accepted(fed):
+    """3 nodes share keys, one drops before sending its masked update: each of the other two has one live
+    neighbour, whose pairwise mask (32-bit seed) is all that hides its vector once the dropped node's masks are
+    rebuilt. Nothing is unmasked unless the operator accepts it."""
+    cfg, schema, h, params = fed
+    cfg = cfg.replace(secagg_max_users=8)  # 24 users in 3 shards
+    for accept in (False, True):
+        s = UserFedAvg(content=to_record({ITEM_VECTORS: h}), schema=schema, optimizer=ServerOptimizer("sgd", 1.0),
+                       sample_rate=1.0, sampling_key=SamplingKey(b"k" * 32, secret=False), eval_every=1,
+                       num_rounds=3, select_key=None,
+                       secure=SecureAggregation(max_users=8, clip_norm=cfg.clip_norm, accept_two_nodes=accept))
+        sent: list[tuple] = []
+
+        def lost(m):
+            sent.append(_stage(m))
+            return m.metadata.dst_node_id == 101 and sent[-1] == (Stage.COLLECT_MASKED_VECTORS, None)
+
+        grid = InProcessGrid(app, node_contexts(cfg, 3), lost=lost)
+        arrays, _ = s.aggregate_train(1, grid.send_and_receive(s.configure_train(1, to_record(params),
+                                                                                 ConfigRecord({}), grid)))
+        if accept:
+            assert arrays is not None and s._row["users"] == 16
+        else:
+            assert arrays is None and s._row["skipped"] == 1 and (Stage.UNMASK, None) not in sent
