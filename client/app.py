@@ -88,6 +88,14 @@ def secure_evaluate_reply(node: Node, content: RecordDict) -> RecordDict:
                                        int(conf["secagg-max-users"])))
 
 
+def secure_count_reply(node: Node, content: RecordDict) -> RecordDict:
+    """The user-count round of a secure training round (server config "secagg-phase" = "count", for the
+    server's secagg-min-users floor): the number of this node's users the round samples, [users] / U, for
+    secaggplus_mod to mask. Nothing is trained."""
+    conf = content.config_records[CONFIG]
+    return _masked_layout(pack_metrics({"num-users": len(node.sampled(conf))}, (), int(conf["secagg-max-users"])))
+
+
 def _masked_layout(packed: list) -> RecordDict:
     """Flower's FitRes layout, which secaggplus_mod reads (weight 1: the server gets the plain sum)."""
     fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(packed), num_examples=1, metrics={})
@@ -147,8 +155,11 @@ def _reply(msg: Message, context: Context, handler, training: bool = False) -> M
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    if msg.content.config_records[CONFIG].get("secagg-phase") == "evaluate":  # SecAgg+ runs on train messages
+    phase = msg.content.config_records[CONFIG].get("secagg-phase")
+    if phase == "evaluate":  # SecAgg+ runs on train messages
         return _reply(msg, context, secure_evaluate_reply)
+    if phase == "count":
+        return _reply(msg, context, secure_count_reply)
     return _reply(msg, context, train_reply, training=True)
 
 

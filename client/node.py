@@ -170,8 +170,7 @@ class Node:
         params = self._receive(content)
         conf = content.config_records[CONFIG]
         round_ = int(conf["server-round"])
-        sampled = np.flatnonzero(poisson_sample(self.store.user_keys, float(conf["sample-rate"]),
-                                                int(conf["sampling-seed"]), round_) & self.members)
+        sampled = self.sampled(conf)
         secure = "secagg-max-users" in conf  # secure aggregation: a public bound on every value (common.secagg)
         if secure:
             check_users(len(sampled), int(conf["secagg-max-users"]))
@@ -194,6 +193,11 @@ class Node:
         total = updates.total(shapes, scale)
         return to_record({k: total[k] for k in params}), {
             **self._train_metrics(len(sampled), int(updates.n_examples.sum()), float(updates.loss.sum())), **extra}
+
+    def sampled(self, conf) -> np.ndarray:
+        """The node's users sampled in the round of the train config `conf` (its seed, rate and round)."""
+        return np.flatnonzero(poisson_sample(self.store.user_keys, float(conf["sample-rate"]),
+                                             int(conf["sampling-seed"]), int(conf["server-round"])) & self.members)
 
     def _train_metrics(self, users: int, examples: int, loss_sum: float) -> dict[str, float | int]:
         """The scalars a training reply carries. Under local DP only the user count: the example count and the
@@ -249,7 +253,7 @@ class Node:
         if self.params is not None:
             _atomic_savez(d / GLOBAL_MODEL_FILE, **{k.replace("/", "."): v for k, v in self.params.items()})
         device = json.dumps({"settings": self.cfg.to_flwr(), "data-dir": str(self.data_dir) if self.data_dir else None,
-                             "simulated": self.simulated}, indent=1)
+                             "simulated": self.simulated, "node-id": int(context.node_id)}, indent=1)
         if not (d / DEVICE_FILE).is_file() or (d / DEVICE_FILE).read_text() != device:
             tmp = d / f".{DEVICE_FILE}.tmp-{os.getpid()}"
             tmp.write_text(device)
@@ -260,7 +264,9 @@ class Node:
     def snapshot(self, round_: int) -> None:
         """Keep the state at the end of `round_` (a server checkpoint round) so a resumed run starts from it."""
         if self.state_dir is not None and (self.state_dir / NODE_STATE_FILE).is_file():
-            shutil.copyfile(self.state_dir / NODE_STATE_FILE, self.state_dir / f"checkpoint-{round_}.npz")
+            # theta_u and the counts: private (0600, mkstemp's mode) like node-state.npz
+            atomic_write(self.state_dir / f"checkpoint-{round_}.npz",
+                         lambda tmp: shutil.copyfile(self.state_dir / NODE_STATE_FILE, tmp))
             for old in self.state_dir.glob("checkpoint-*.npz"):
                 if old.stem != f"checkpoint-{round_}":
                     old.unlink(missing_ok=True)
@@ -337,24 +343,31 @@ def _saved_state(context: Context, state_dir: Path | None, user_keys: np.ndarray
                        taken=saved["taken"].astype(np.int64), warmed=saved["warmed"].astype(np.int64),
                        round=int(saved["round"][0]), run_token=str(context.state.config_records["run"]["token"]))
         return out
+    released: dict[str, np.ndarray] = {}  # the newest state's counts when a resumed run goes back to a snapshot
     for candidate in (state_dir / NODE_STATE_FILE, state_dir / f"checkpoint-{(round_ or 1) - 1}.npz"):
         if not candidate.is_file():
             continue
         with np.load(candidate, allow_pickle=False) as f:
             at = int(f["round"]) if "round" in f.files else 0
             same_run = not token or ("run_token" in f.files and str(f["run_token"]) in ("", token))
-            if round_ is not None and at >= round_ and same_run:
-                continue  # ahead of this round of the same run: a resumed run; try the snapshot
-            if f["theta"].shape[1] != dim:
-                break
             pos = pd.Index(f["user_keys"].astype(str)).get_indexer(user_keys)
             hit = pos >= 0
+            if round_ is not None and at >= round_ and same_run:
+                # ahead of this round of the same run: a resumed run goes back to the snapshot for theta_u, but
+                # the releases made since stay counted (a participation count only grows)
+                released = {key: np.where(hit, f[key][np.maximum(pos, 0)], 0) for key in ("taken", "warmed")
+                            if key in f.files}
+                continue
+            if f["theta"].shape[1] != dim:
+                break
             for key in ("theta", "ready", "taken", "warmed"):
                 if key in f.files:
                     out[key][hit] = f[key][pos[hit]]
             out["round"] = at
             out["run_token"] = str(f["run_token"]) if "run_token" in f.files else ""
-            return out
+            break
+    for key, counts in released.items():
+        out[key] = np.maximum(out[key], counts.astype(np.int64))
     return out
 
 

@@ -92,6 +92,10 @@ class Config:
     secagg_shares: int = 0           # SecAgg+ k: a node's secrets are shared with k - 1 neighbours (0 = all nodes
                                      # up to 2 ceil(log2 n) + 1)
     secagg_threshold: int = 0        # SecAgg+ t: shares that rebuild a secret (0 = a majority of k, at least 2)
+    secagg_min_users: int = 2        # a secure round's update sum is unmasked only if it holds this many users
+                                     # (their count is summed securely first; 1 = no floor)
+    secagg_accept_two_nodes: bool = False  # run a secure round of 2 nodes although Flower's 32-bit mask seed
+                                     # (flwrlabs/flower#7522) lets the server recover each node's vector in hours
     privacy: str = "none"            # "none" | "central" (user-level DP-FedAvg: clip per user, noise at the server)
                                      # | "local" (example-level DP-SGD on the device) | "local+central" (both)
     target_epsilon: float = 0.0      # > 0: calibrate noise-multiplier so all planned rounds stay within it
@@ -180,6 +184,8 @@ class Config:
         need(self.privacy in PRIVACY_MODES, "privacy", f"must be one of {PRIVACY_MODES}")
         need(self.secagg_max_users >= 0, "secagg_max_users", "must be >= 0 (0 = the largest shard, simulation only)")
         need(self.secagg_shares >= 0, "secagg_shares", "must be >= 0 (0 = automatic)")
+        need(self.secagg_min_users >= 1, "secagg_min_users", "must be >= 1 (1 = no floor; default 2: never one user's "
+             "update alone)")
         need(self.secagg_threshold == 0 or self.secagg_threshold >= 2, "secagg_threshold",
              "must be 0 (automatic) or >= 2 (one share would let the server rebuild a node's secret alone)")
         need(self.secagg_threshold == 0 or self.secagg_shares == 0 or self.secagg_threshold <= self.secagg_shares,

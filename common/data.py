@@ -65,7 +65,7 @@ FROM_TIME_FEATURES: tuple[str, ...] = ("hour", "weekday", "weekend")
 MAX_TIMESTAMP: int = 4_133_980_800
 
 _DATASET_KEYS = ("name", "interactions", "items", "time-column", "label-column", "min-label")
-_CONTEXT_KEYS = ("columns", "from-time")
+_CONTEXT_KEYS = ("columns", "from-time", "fitted-on-private-rows")
 _ID_COLUMNS = ("user_id", "item_id")
 _FORMAT_DOC = "see docs/dataset-format.md"
 
@@ -181,6 +181,7 @@ class DatasetSpec:
     min_label: float | None
     context_columns: tuple[ContextColumn, ...]
     from_time: tuple[str, ...]
+    fitted: bool = False  # [context] fitted-on-private-rows: the values were fitted on interactions, not public
 
 
 def _is_number(value: object) -> bool:
@@ -284,6 +285,10 @@ def read_spec(root: str | Path, *, catalogue_only: bool = False) -> DatasetSpec:
             raise err(f"unknown key {key!r} in [context]", key,
                       f"remove it; allowed keys are {', '.join(_CONTEXT_KEYS)}")
 
+    fitted = context.get("fitted-on-private-rows", False)
+    if not isinstance(fitted, bool):
+        raise err("[context] fitted-on-private-rows must be true or false", fitted,
+                  "remove it once the values come from public knowledge")
     from_time_raw = context.get("from-time", [])
     if not isinstance(from_time_raw, list):
         raise err("[context] from-time must be a list", from_time_raw,
@@ -373,6 +378,7 @@ def read_spec(root: str | Path, *, catalogue_only: bool = False) -> DatasetSpec:
         min_label=min_label,
         context_columns=tuple(columns),
         from_time=tuple(from_time),
+        fitted=fitted,
     )
 
 

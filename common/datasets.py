@@ -12,7 +12,7 @@ from common.data import PreparedDataset, load_dataset
 __all__ = ["cache_dir", "resolve_dataset", "load_cached", "GENERATOR_VERSION"]
 
 #: Bumped whenever the synthetic generator's output changes, so cached data is never stale.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3  # 3: dataset.toml declares the device vocabulary
 
 
 def cache_dir() -> Path:

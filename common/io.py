@@ -191,6 +191,7 @@ def dataset_toml(
     min_label: float | None = None,
     context_columns: Mapping[str, object] | None = None,
     from_time: Sequence[str] | None = None,
+    fitted: bool = False,
 ) -> str:
     """The text of a ``dataset.toml`` (see ``docs/dataset-format.md``).
 
@@ -217,6 +218,8 @@ def dataset_toml(
             lines.append(f"columns = {_toml_value(dict(context_columns))}")
         if from_time:
             lines.append(f"from-time = {_toml_value(list(from_time))}")
+        if fitted:  # the declared values were fitted on users' interactions: refused under a privacy mode
+            lines.append("fitted-on-private-rows = true")
     return "\n".join(lines) + "\n"
 
 

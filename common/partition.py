@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from common.context import ContextEncoder
 from common.data import DatasetSpec, load_dataset, read_spec
 from common.io import atomic_output_dir, write_dataset_toml, write_table
 
@@ -47,9 +48,9 @@ def _read_raw(path: Path) -> pd.DataFrame:
     return table.to_pandas()
 
 
-def _toml_fields(spec: DatasetSpec, columns: dict[str, dict]) -> dict:
+def _toml_fields(spec: DatasetSpec, columns: dict[str, dict], fitted: bool) -> dict:
     return {"time_column": spec.time_column, "label_column": spec.label_column, "min_label": spec.min_label,
-            "context_columns": columns, "from_time": list(spec.from_time)}
+            "context_columns": columns, "from_time": list(spec.from_time), "fitted": fitted}
 
 
 def partition_dataset(src: Path, out: Path, devices: int, overwrite: bool = False) -> dict:
@@ -59,6 +60,11 @@ def partition_dataset(src: Path, out: Path, devices: int, overwrite: bool = Fals
     spec = read_spec(src)
     ds = load_dataset(src)  # validates everything, and fits the declaration the way a simulation does
     columns = declaration_columns(ds.context_encoder)
+    try:  # complete in the source: public; else fitted on the rows, and marked so (refused under a privacy mode)
+        ContextEncoder.declared(spec.context_columns, spec.from_time)
+        fitted = spec.fitted
+    except ValueError:
+        fitted = True
     raw = _read_raw(spec.interactions_file)
     users = np.asarray(ds.user_ids).astype(str)  # users that survive cleaning, sorted
     if devices > len(users):
@@ -72,7 +78,7 @@ def partition_dataset(src: Path, out: Path, devices: int, overwrite: bool = Fals
         server.mkdir()
         shutil.copyfile(spec.items_file, server / items_name)
         write_dataset_toml(server, name=f"{spec.name}-catalogue", interactions=None, items=items_name,
-                           **_toml_fields(spec, columns))
+                           **_toml_fields(spec, columns, fitted))
         user_col = raw["user_id"].astype(str)
         for k, block in enumerate(blocks):
             d = tmp / f"device-{k}"
@@ -80,7 +86,7 @@ def partition_dataset(src: Path, out: Path, devices: int, overwrite: bool = Fals
             write_table(raw[user_col.isin(set(block))], d / f"interactions.{fmt}")
             shutil.copyfile(spec.items_file, d / items_name)
             write_dataset_toml(d, name=f"{spec.name}-device-{k}", interactions=f"interactions.{fmt}",
-                               items=items_name, **_toml_fields(spec, columns))
+                               items=items_name, **_toml_fields(spec, columns, fitted))
             federation["devices"].append({"dir": f"device-{k}", "users": int(len(block))})
         (tmp / "federation.json").write_text(json.dumps(federation, indent=2))
     return federation

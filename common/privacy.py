@@ -27,6 +27,8 @@ import dp_accounting
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from common.secagg import MASK_SEED_WEAKNESS
+
 __all__ = [
     "clip_factors",
     "SecureGaussian",
@@ -202,8 +204,9 @@ class SamplingKey:
     """The server's secret for Poisson sampling (amplification by subsampling needs the sample to be secret).
 
     key: 32 bytes from os.urandom, drawn when a run starts; it never appears in an output (only in the
-    server-secret checkpoint, for resume). Round r's sampling seed is BLAKE2b keyed by it (a PRF), sent only to
-    the nodes of round r; a node samples its users with `common.federated.poisson_sample(..., seed, r)`.
+    server-secret checkpoint and round journal, for resume). Node n's sampling seed of round r is BLAKE2b keyed by
+    it (a PRF of r and n), sent only to node n in round r; a node samples its users with
+    `common.federated.poisson_sample(..., seed, r)`.
     secret: False when the key came from SAMPLING_KEY_ENV (tests only).
     """
 
@@ -230,10 +233,17 @@ class SamplingKey:
     def hex(self) -> str:
         return self.key.hex()
 
-    def round_seed(self, round_: int) -> int:
-        """Sampling seed of round `round_` (63 bits: fits Flower's int64 config values)."""
-        digest = hashlib.blake2b(int(round_).to_bytes(8, "little", signed=False), key=self.key, digest_size=8,
-                                 person=b"fedctx-sampling").digest()
+    def round_seed(self, round_: int, attempt: int = 0, node: int | None = None) -> int:
+        """Sampling seed of round `round_` (63 bits: fits Flower's int64 config values). `attempt` > 0: a round
+        that a resumed run replays (it had begun before the interruption) draws a fresh, independent sample, so
+        that its release composes with the lost one as the ledger accounts it. `node`: the seed of that node
+        alone (a keyed PRF of the node id), so that no node can compute another node's users' sample."""
+        message = int(round_).to_bytes(8, "little", signed=False)
+        if attempt:
+            message += int(attempt).to_bytes(8, "little", signed=False)
+        if node is not None:
+            message += b"node" + int(node).to_bytes(8, "little", signed=False)
+        digest = hashlib.blake2b(message, key=self.key, digest_size=8, person=b"fedctx-sampling").digest()
         return int.from_bytes(digest, "little") >> 1
 
     def __repr__(self) -> str:  # never print the key
@@ -483,10 +493,11 @@ class PrivacyLedger:
         rounds_more = _check_rounds(rounds_more)
         return self._epsilon(self._pairs() + [(q, z)] * rounds_more)
 
-    def append(self, round: int, q: float, z: float, C: float) -> RoundRecord:
-        """Record one round (round numbers strictly increasing) and return its entry."""
+    def append(self, round: int, q: float, z: float, C: float, replay: bool = False) -> RoundRecord:
+        """Record one round (round numbers strictly increasing, except a round that a resumed run replays,
+        `replay`, with a fresh sample) and return its entry."""
         round = _check_rounds(round, "Round")
-        if self.records and round <= self.records[-1].round:
+        if self.records and round <= self.records[-1].round and not replay:
             raise ValueError(f"Round must be greater than the last recorded round {self.records[-1].round}. "
                              f"Found {round}.")
         q, z, C = _check_q(q), _check_z(z), _check_clip(C)
@@ -553,7 +564,8 @@ def central_statement(ledger: PrivacyLedger, sampling_secret: bool, item_table: 
     if secure:
         server = ("Not covered: what the server itself receives before it adds the noise. With secure aggregation "
                   "(SecAgg+, against a server that follows the protocol and fewer than threshold colluding nodes; "
-                  "see docs/privacy.md for the strength of Flower's masks) that is each round's exact sum over the "
+                  "and within the limit of Flower's masks: " + MASK_SEED_WEAKNESS + ") that is each round's exact "
+                  "sum over the "
                   "nodes that replied, of the clipped updates, the user count and the evaluation metrics, never one "
                   "node's; a round whose sum covers a single node (e.g. all but one dropped) reveals that node's sum "
                   "to the server. ")
@@ -562,8 +574,8 @@ def central_statement(ledger: PrivacyLedger, sampling_secret: bool, item_table: 
                   f"sum{seen} and the counts and losses nodes report; the evaluation metrics; ")
     return (base + " It holds against anyone who sees the released outputs (global_model.npz, privacy_ledger.csv, "
             "privacy.json) and everything computed from them; the Poisson sample of each round is drawn from a "
-            "server secret that appears in no output (each round's seed goes to the federation's nodes: a node that "
-            "knew another device's user ids could tell whether those users took part). " + server +
+            "server secret that appears in no output; each node receives only its own seed of each round, from which "
+            "it can compute its own users' sample and no other node's. " + server +
             "The diagnostics/ folder of a simulation is not covered. The number of users N (in the denominator q N "
             "and the default delta) is treated as public.")
 

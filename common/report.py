@@ -26,8 +26,12 @@ def diagnostics_dir(run_dir: Path, private: bool) -> Path:
     return Path(run_dir) / DIAGNOSTICS if private else Path(run_dir)
 
 
-def format_round(row: Mapping[str, float | int], num_rounds: int, k: int) -> str:
-    """One progress line per round."""
+def format_round(row: Mapping[str, float | int], num_rounds: int, k: int, private: bool = False) -> str:
+    """One progress line per round. `private` (a DP run): the round, epsilon and time only; the unnoised user
+    count, loss and metrics would reach the console and the SuperLink's log, so they stay in diagnostics/."""
+    if private:
+        eps = f"  epsilon {row['epsilon']:.3f}" if "epsilon" in row else ""
+        return f"round {int(row['round']):>3}/{num_rounds}{eps}  {row.get('seconds', 0.0):.1f}s  (diagnostics/rounds.csv)"
     loss = f"{row['train-loss']:.4f}" if "train-loss" in row else "-"  # under local DP nodes send no loss
     text = f"round {int(row['round']):>3}/{num_rounds}  users {int(row.get('users', 0)):>6}  loss {loss:>6}"
     if f"val-hr@{k}" in row:

@@ -25,9 +25,17 @@ from common.context import ContextEncoder
 from common.data import DataError, DatasetSpec
 
 __all__ = ["PublicSchema", "SCHEMA_FILE", "build_schema", "content_digest", "declared_context",
-           "SchemaMismatch"]
+           "fitted_declaration", "FITTED_KEY", "SchemaMismatch"]
 
 SCHEMA_FILE = "schema.json"
+#: Key of a declaration file fitted on users' interactions without noise (`fedctx data declare`, a non-private
+#: simulation): its vocabularies, scales and width are exact functions of private rows, so a run with a privacy
+#: mode refuses it (its schema.json and model shapes are released).
+FITTED_KEY = "fitted-on-private-rows"
+_DECLARE_FIX = ("declare values = [...] for each categorical column and mean/std for each numeric column in "
+                "dataset.toml's [context] (from public knowledge: the product's list of devices, a published "
+                "range), or pass context-declaration=<a JSON declaration you write from public knowledge, "
+                "docs/deployment.md>")
 _FORMAT = "fedctx.public-schema"
 _VERSION = 1
 
@@ -108,15 +116,22 @@ def build_schema(item_ids, context: ContextEncoder, content: Mapping[str, Any], 
     return PublicSchema(tuple(str(i) for i in item_ids), context, dict(content), content_digest(item_h))
 
 
-def declared_context(spec: DatasetSpec, declaration: str = "") -> ContextEncoder:
+def fitted_declaration(encoder: ContextEncoder) -> str:
+    """The JSON text of a declaration fitted on interactions without noise, marked as such (FITTED_KEY)."""
+    return json.dumps({**encoder.to_dict(), FITTED_KEY: True}, sort_keys=True, indent=1)
+
+
+def declared_context(spec: DatasetSpec, declaration: str = "", privacy: str = "none") -> ContextEncoder:
     """The context encoder the server publishes: from the `declaration` file (JSON, as written by
-    `fedctx data declare`) if given, else from dataset.toml's [context] table, which must then fix every
-    categorical column's `values` and every numeric column's `mean` and `std`."""
+    `fedctx data declare` or by hand) if given, else from dataset.toml's [context] table, which must then fix
+    every categorical column's `values` and every numeric column's `mean` and `std`. Under a privacy mode
+    (`privacy` other than "none") a declaration marked as fitted on private rows is refused."""
     toml = spec.root / "dataset.toml"
     if declaration:
         path = Path(declaration)
         try:
-            encoder = ContextEncoder.from_dict(json.loads(path.read_text()))
+            document = json.loads(path.read_text())
+            encoder = ContextEncoder.from_dict(document)
         except OSError as exc:
             raise DataError(path, "the context declaration must be a readable file", value=str(exc),
                             fix="pass the file written by `fedctx data declare`") from None
@@ -130,11 +145,19 @@ def declared_context(spec: DatasetSpec, declaration: str = "") -> ContextEncoder
                             value={"declaration": got + list(encoder.from_time),
                                    "dataset.toml": want + list(spec.from_time)},
                             fix="write the declaration again from this dataset (`fedctx data declare`)")
+        if privacy != "none" and document.get(FITTED_KEY):
+            raise DataError(path, f"under privacy={privacy} the context declaration must come from public "
+                            "knowledge, not be fitted on users' interactions without noise (its vocabularies, "
+                            "scales and width are released in schema.json and shape global_model.npz, so one "
+                            "user's rare value would show)", value={FITTED_KEY: True}, fix=_DECLARE_FIX)
         return encoder
+    if privacy != "none" and spec.fitted:
+        raise DataError(toml, f"under privacy={privacy} the context declaration must come from public knowledge, "
+                        "not be fitted on users' interactions without noise", value={FITTED_KEY: True},
+                        fix=_DECLARE_FIX + ", then remove fitted-on-private-rows")
     try:
         return ContextEncoder.declared(spec.context_columns, spec.from_time)
     except ValueError as exc:
         raise DataError(toml, "the server publishes the context schema, so dataset.toml must fix it", value=str(exc),
-                        fix="declare values = [...] for each categorical column and mean/std for each numeric "
-                            "column in [context], or pass context-declaration=<file written by "
-                            "`fedctx data declare`>") from None
+                        fix=_DECLARE_FIX + ("" if privacy != "none" else "; without a privacy mode also a file "
+                                            "written by `fedctx data declare DATASET`")) from None

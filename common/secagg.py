@@ -22,8 +22,18 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["MODULUS", "CLIPPING_RANGE", "MAX_BITS", "quantization_range", "shares_and_threshold", "pack",
-           "unpack", "check_users", "pack_metrics", "unpack_metrics", "error_bound", "value_names"]
+__all__ = ["MASK_SEED_WEAKNESS", "MODULUS", "CLIPPING_RANGE", "MAX_BITS", "quantization_range", "shares_and_threshold", "pack",
+           "unpack", "check_users", "pack_metrics", "unpack_metrics", "error_bound",
+           "rounding_sensitivity", "value_names"]
+
+#: What Flower 1.23's masks cost an attacker, stated in every secure run's privacy.json and console.
+MASK_SEED_WEAKNESS = (
+    "Flower 1.23's SecAgg+ derives every mask from a 32-bit seed (pseudo_rand_gen folds the 256-bit key; "
+    "flwrlabs/flower#7522): the server can test a seed guess against a masked vector at about 1.5 microseconds "
+    "a guess on one core, so all 2^32 seeds of one mask take about 2 hours. A node with a single neighbour (a "
+    "round of 2 nodes) loses its protection to a curious server within hours; with k neighbours the search is "
+    "2^(32 k) guesses, out of reach for k >= 2, but below the protocol's intended 128-bit strength. Rounds of 2 "
+    "nodes are skipped unless secagg-accept-two-nodes=true.")
 
 #: SecAgg+ sums mod this (Flower's `modulus_range`; its masks are uniform below it)
 MODULUS = 2**32
@@ -111,6 +121,13 @@ def unpack_metrics(sums: Sequence[np.ndarray], keys: Sequence[str], max_users: i
     values = np.asarray(sums[0], np.float64) * max_users
     users = int(round(values[0]))
     return {"num-users": users, **{k: float(v / users) if users else 0.0 for k, v in zip(keys, values[1:])}}
+
+
+def rounding_sensitivity(n_coords: int, max_users: int, clip: float, levels: int) -> float:
+    """What stochastic rounding adds to the L2 sensitivity of a secure sum: adding or removing one user moves its
+    node's packed values by at most C in L2 before rounding, and each rounded value is off by less than one step
+    2/T (times U C) either way, so the rounded vectors differ by less than C + 2 sqrt(d) x 2 U C / T."""
+    return 2.0 * math.sqrt(n_coords) * 2.0 * CLIPPING_RANGE / levels * max_users * clip
 
 
 def error_bound(n_nodes: int, max_users: int, clip: float, levels: int) -> float:

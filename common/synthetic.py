@@ -476,5 +476,8 @@ def write_synthetic(
     non-empty directory and ``overwrite`` is false (before generating anything).
     """
     return write_dataset(out, lambda: ("synthetic", *generate(cfg)[:2]), fmt=fmt, overwrite=overwrite,
-                         time_column="timestamp", context_columns={"device": "categorical"},
+                         time_column="timestamp",
+                         # declared, not fitted: the vocabulary is the generator's own (public), in the sorted order
+                         # a fit on rows with every device would give
+                         context_columns={"device": {"kind": "categorical", "values": sorted(DEVICES)}},
                          from_time=["hour", "weekday", "weekend"])

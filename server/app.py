@@ -26,7 +26,9 @@ from common.protocol import ITEM_VECTORS
 from common.report import RELEASED_FILES, diagnostics_dir, format_round, write_rounds_csv
 from common.privacy import (PrivacyLedger, RoundRecord, SamplingKey, SecureGaussian, calibrate_noise,
                             central_statement, local_guarantee)
-from server.checkpoint import CHECKPOINT_FILE, ServerState, check_resumable, load_checkpoint, save_checkpoint
+from server.checkpoint import (CHECKPOINT_FILE, ServerState, check_resumable, load_checkpoint, read_journal,
+                               save_checkpoint, write_journal, JOURNAL_FILE)
+from common.secagg import MASK_SEED_WEAKNESS
 from common.schema import SCHEMA_FILE, PublicSchema, build_schema, declared_context
 from server.content import item_content
 from server.strategy import AdaptiveClip, CentralDP, SecureAggregation, UserFedAvg
@@ -40,7 +42,7 @@ def public_inputs(cfg: Config) -> tuple[PublicSchema, np.ndarray]:
     """The public schema and h(c) [n_items, text_dim], from the catalogue (dataset.toml and the items file) and
     the context declaration only: the server never opens an interactions file."""
     spec, item_ids, item_texts = load_catalogue(resolve_dataset(cfg))
-    context = declared_context(spec, cfg.context_declaration)
+    context = declared_context(spec, cfg.context_declaration, cfg.privacy)
     content = item_content(cfg, item_texts, item_ids)
     return build_schema(item_ids, context, content.descriptor, content.h), content.h
 
@@ -96,6 +98,9 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
                     else SamplingKey.fresh())
     run_token = state.run_token if state is not None and state.run_token else secrets.token_hex(8)
     starts = state.starts + 1 if state is not None else 1  # a resumed simulation's nodes warm theta_u up again
+    journal = read_journal(run_dir, run_token) if state is not None else None
+    begun = {"rounds": journal["rounds_begun"] if journal else (state.round if state else 0),
+             "last": journal["last_round_begun"] if journal else 0}
     if not sampling_key.secret:
         print("WARNING: the sampling key comes from FEDCTX_TEST_ONLY_SAMPLING_KEY: the sampling is NOT secret and "
               "no privacy guarantee of this run holds (tests only).", flush=True)
@@ -108,11 +113,18 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
         expected = cfg.sample_rate * n_members
         adaptive = AdaptiveClip(cfg.clip_quantile, cfg.clip_lr, cfg.clip_count_stddev or expected / 20.0
                                 ) if cfg.adaptive_clip else None
-        ledger = PrivacyLedger(delta=delta, accountant=cfg.accountant,
-                               records=[RoundRecord(**r) for r in state.ledger] if state else [])
+        # releases made after the checkpoint and before the interruption (the journal's) stay accounted
+        rows = (state.ledger + (journal["ledger"][len(state.ledger):] if journal else [])) if state else []
+        ledger = PrivacyLedger(delta=delta, accountant=cfg.accountant, records=[RoundRecord(**r) for r in rows])
         dp = CentralDP(clip_norm=state.clip_norm if state else cfg.clip_norm, noise_multiplier=z,
                        denominator=expected, ledger=ledger, adaptive=adaptive)
         _ = dp.sum_noise_multiplier  # fails early, with the fix, if the count noise is too small
+        delta_warning = (f"delta = {delta:.3g} is large (the default 0.1/N, a small federation): a mechanism that publishes one user's data "
+                         f"outright with probability delta meets (0, delta)-DP, so delta should be well below 1/N and "
+                         f"small in absolute terms. Set delta=<e.g. 1e-6>, or federate more users."
+                         if delta > 1e-3 or delta * n_members > 0.1 + 1e-12 else None)
+        if delta_warning:
+            print(f"WARNING: {delta_warning}", flush=True)
         print(f"privacy: user-level DP-FedAvg, clip norm {cfg.clip_norm}"
               + (f" (adaptive, target quantile {cfg.clip_quantile})" if adaptive else "")
               + f", noise multiplier {z:.4f}, Poisson sampling q = {cfg.sample_rate}, delta = {delta:.3g}", flush=True)
@@ -125,11 +137,13 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
                               "devices that serve one user (a simulation sets it itself).")
         secure = SecureAggregation(max_users=cfg.secagg_max_users, clip_norm=cfg.clip_norm,
                                    metric_keys=tuple(evaluation_keys(cfg.top_k)), shares=cfg.secagg_shares,
-                                   threshold=cfg.secagg_threshold, timeout=cfg.round_timeout)
-        print(f"secure aggregation: SecAgg+ (Flower's secaggplus_mod on the nodes); the server learns only each "
-              f"round's sum over nodes; each user's update is clipped to {cfg.clip_norm}"
-              + (" (the first round's; it adapts)" if cfg.adaptive_clip and cfg.central_dp else "")
+                                   threshold=cfg.secagg_threshold, timeout=cfg.round_timeout,
+                                   accept_two_nodes=cfg.secagg_accept_two_nodes, min_users=cfg.secagg_min_users)
+        print(f"secure aggregation: SecAgg+ (Flower's secaggplus_mod on the nodes); the server learns each "
+              f"round's sum over nodes, not one node's, within the limit below; each user's update is clipped to "
+              f"{cfg.clip_norm}" + (" (the first round's; it adapts)" if cfg.adaptive_clip and cfg.central_dp else "")
               + f" and a node trains at most secagg-max-users = {cfg.secagg_max_users} users a round", flush=True)
+        print(f"WARNING: {MASK_SEED_WEAKNESS}", flush=True)
 
     def write_checkpoint(round_: int) -> None:
         save_checkpoint(checkpoint, ServerState(
@@ -140,6 +154,12 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
         if dp is not None:
             dp.ledger.write_csv(run_dir / "privacy_ledger.csv")
 
+    def begin_round(round_: int, train: bool) -> None:
+        if train:
+            begun["rounds"] += 1
+            begun["last"] = max(begun["last"], round_)
+        write_journal(run_dir, run_token, begun["rounds"], begun["last"], dp.ledger.to_rows() if dp else [])
+
     if state is not None:  # a resumed run may have raised num-rounds: the step size decays over the new length
         state.optimizer.total_steps = cfg.num_rounds
     strategy = UserFedAvg(
@@ -149,10 +169,11 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
                                                                 final_fraction=cfg.server_lr_final,
                                                                 decay=item_decay(cfg)),
         sample_rate=cfg.sample_rate, sampling_key=sampling_key, eval_every=cfg.eval_every, num_rounds=cfg.num_rounds,
-        on_round=lambda row: print(format_round(row, cfg.num_rounds, cfg.top_k), flush=True),
+        on_round=lambda row: print(format_round(row, cfg.num_rounds, cfg.top_k, private=cfg.private), flush=True),
         dp=dp, select_key=None if cfg.private else f"val-hr@{cfg.top_k}", round_offset=state.round if state else 0,
         checkpoint_every=cfg.checkpoint_every if checkpoint is not None else 0, on_checkpoint=write_checkpoint,
         secure=secure, fail_fast=bool(os.environ.get(SERVER_ERROR_ENV)),  # a simulation's nodes share one dataset
+        on_begin=begin_round if run_dir is not None else None, replayed_until=begun["last"], attempt=starts,
     )
     if state is not None:
         strategy.log.rows = list(state.rows)
@@ -191,6 +212,7 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
             "rounds": len(dp.ledger.records),
             "statement": central_statement(dp.ledger, sampling_key.secret, cfg.item_embedding, secure is not None),
             "noise_source": repr(dp.noise),
+            **({"warnings": [delta_warning]} if delta_warning else {}),
         }
         if dp.adaptive is not None:
             privacy["clip_norm"] = cfg.clip_norm
@@ -201,7 +223,9 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
                 "note": "the ledger's noise multiplier z covers the noised sum and the noised clipped count together"}
         print(f"privacy: {privacy['statement']}", flush=True)
     if cfg.local_dp:  # a bound that needs nobody's sampling: each device reports its own users' epsilon
-        local = local_guarantee(cfg.local_noise_multiplier, cfg.local_steps, cfg.num_rounds, cfg.local_delta,
+        # the rounds actually run, a resumed run's replays included (each one may be a release of every client)
+        local = local_guarantee(cfg.local_noise_multiplier, cfg.local_steps, max(begun["rounds"], cfg.num_rounds),
+                                cfg.local_delta,
                                 cfg.local_clip_norm, cfg.accountant, cfg.local_dp_theta, cfg.local_denominator,
                                 warm_starts=starts)
         local["noise_source"] = repr(SecureGaussian())
@@ -213,13 +237,16 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
             "what_the_server_receives": "per round, the sum over the nodes that sent a masked vector: the clipped "
                                         "updates, the user count (and the clipped-user count), the evaluation metrics",
             "max_users": secure.max_users, "clip_norm": cfg.clip_norm, "shares": secure.shares or "auto",
-            "threshold": secure.threshold or "auto"}
-        if privacy is not None:  # the settings only: the counts below depend on the nodes (diagnostics)
-            privacy["secure_aggregation"] = dict(out["secure_aggregation"])
+            "threshold": secure.threshold or "auto", "accept_two_nodes": secure.accept_two_nodes,
+            "mask_strength": MASK_SEED_WEAKNESS}
+        if privacy is None:  # privacy=none: no guarantee, but the secure aggregation's limit is still stated
+            privacy = {"guarantee": "none (privacy=none): everything is released"}
+        privacy["secure_aggregation"] = dict(out["secure_aggregation"])  # the settings only: the counts below
+        # depend on the nodes (diagnostics)
         out["secure_aggregation"].update({
             "rounds_skipped": sum(1 for r in rows if r.get("skipped")),
             "nodes_dropped_after_sharing_keys": sum(int(r.get("secagg-dropped", 0)) for r in rows)})
-    if privacy is not None:
+    if privacy is not None and cfg.private:
         privacy["released"] = "the last round's global model; nothing chosen by unnoised metrics"
     out["privacy"] = privacy
     if run_dir is not None:
@@ -239,7 +266,7 @@ def write_outputs(run_dir: Path, cfg: Config, out: dict, item_h: np.ndarray, sch
     privacy = out["privacy"]
     if ledger is not None:
         ledger.write_csv(run_dir / "privacy_ledger.csv")
-        privacy["ledger"] = str(run_dir / "privacy_ledger.csv")
+        privacy["ledger"] = "privacy_ledger.csv"  # beside privacy.json (no path of the server's machine)
     if checkpoint is not None:
         out["checkpoint"] = str(checkpoint)
     write_rounds_csv(out["rounds"], diag / "rounds.csv")
@@ -247,13 +274,16 @@ def write_outputs(run_dir: Path, cfg: Config, out: dict, item_h: np.ndarray, sch
     schema.write(run_dir / SCHEMA_FILE)  # public: catalogue ids, context declaration, content encoder
     if out["final_arrays"] is not None:  # the released global model (shared parameters only)
         np.savez(run_dir / "global_model.npz", **{k.replace("/", "."): v for k, v in out["final_arrays"].items()})
-    if privacy is not None:
+    if privacy is not None and not cfg.private:
+        (run_dir / "privacy.json").write_text(json.dumps(privacy, indent=2))
+    elif privacy is not None:
         released = [f for f in RELEASED_FILES if (run_dir / f).is_file() or f == "privacy.json"]
         doc = {**privacy, "files": {
             "released": released,
-            "server_secret": ["checkpoint.npz"] if checkpoint is not None else [],
-            "diagnostics": f"{diag.name}/ (computed from the users' data without noise, for the experimenter; "
-                           f"not covered by the guarantee and not produced by a deployment's server)",
+            "server_secret": [f for f in (CHECKPOINT_FILE, JOURNAL_FILE) if (run_dir / f).is_file()],
+            "diagnostics": f"{diag.name}/ (computed from the users' data without noise; written by the server in "
+                           f"every run, simulation or deployment; not covered by the guarantee: keep it with the "
+                           f"server, never publish it)",
             **({"device_state": "devices/ (each simulated device's private state: theta_u, round counts, its "
                                 "encoded data; a device keeps it and never sends it; not released)"}
                if (run_dir / "devices").is_dir() else {})}}

@@ -23,9 +23,15 @@ from common.aggregation import ServerOptimizer
 from common.config import Config, ConfigError
 from common.privacy import SamplingKey
 
-__all__ = ["ServerState", "save_checkpoint", "load_checkpoint", "check_resumable", "CHECKPOINT_FILE"]
+__all__ = ["ServerState", "save_checkpoint", "load_checkpoint", "check_resumable", "CHECKPOINT_FILE",
+           "JOURNAL_FILE", "read_journal", "write_journal"]
 
 CHECKPOINT_FILE = "checkpoint.npz"
+#: Server-secret, rewritten when every training round begins: how many rounds the run has begun over all its
+#: starts, the highest round begun, and the central-DP ledger so far. A resume goes back to the checkpoint, but
+#: what was sent after it stays counted: its ledger rows are kept, its replayed rounds draw fresh samples, and
+#: the local-DP bound counts every round begun.
+JOURNAL_FILE = "round-journal.json"
 #: settings a resumed run may change (everything else must equal the checkpoint's)
 RESUMABLE_CHANGES = ("num_rounds", "resume", "checkpoint_every", "content_batch")
 
@@ -168,3 +174,31 @@ def check_resumable(state: ServerState, cfg: Config, path: Path, content: dict[s
         raise ConfigError(f"resume: the noise was calibrated so that {planned} rounds stay within target-epsilon="
                          f"{cfg.target_epsilon}; num-rounds={cfg.num_rounds} would exceed it. Keep num-rounds="
                          f"{planned}, or set noise-multiplier instead of target-epsilon in a new run.")
+
+
+def write_journal(run_dir: Path, run_token: str, rounds_begun: int, last_round_begun: int, ledger: list[dict]) -> None:
+    """RUN_DIR/round-journal.json (JOURNAL_FILE), atomically, 0600."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".round-journal-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump({"run_token": run_token, "rounds_begun": int(rounds_begun),
+                       "last_round_begun": int(last_round_begun), "ledger": ledger}, f, default=_plain)
+        os.replace(tmp, run_dir / JOURNAL_FILE)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_journal(run_dir: Path | None, run_token: str) -> dict | None:
+    """The journal of run `run_token` in run_dir, or None (none written, another run's, or unreadable)."""
+    path = Path(run_dir) / JOURNAL_FILE if run_dir is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("run_token") == run_token and run_token else None
+

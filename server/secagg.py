@@ -59,6 +59,7 @@ class SecureRound:
     source: Callable[[Message, list[Message]], int]
     shares: int = 0
     threshold: int = 0
+    accept_single_neighbour: bool = False  # secagg-accept-two-nodes (common.secagg.MASK_SEED_WEAKNESS)
     k: int = 0
     t: int = 0
     levels: int = 0
@@ -112,6 +113,11 @@ class SecureRound:
             self.k, self.t = shares_and_threshold(n, self.shares, self.threshold)
         except ValueError as exc:  # e.g. secagg-threshold above this round's node count
             raise SecAggAbort(f"setup: {exc}") from None
+        if self.k <= 2 and not self.accept_single_neighbour:  # one pairwise mask of a 32-bit seed per node
+            raise SecAggAbort(f"setup: {n} nodes, {self.k - 1} neighbour(s) each: Flower's 32-bit mask seed "
+                              "(flwrlabs/flower#7522) would let the server recover each node's vector in about 2 "
+                              "hours; the round is skipped. Fix: more nodes (or secagg-shares >= 3), or accept it "
+                              "with secagg-accept-two-nodes=true")
         self.levels = quantization_range(n)
         order = list(self.nodes)
         random.SystemRandom().shuffle(order)
@@ -189,6 +195,11 @@ class SecureRound:
     def unmask(self) -> list[np.ndarray]:
         """Stage 3: shares back, masks removed; the dequantised sum of the contributors' packed arrays."""
         dead = self.sampled - self.contributors
+        alone = sorted(n for n in self.contributors if len((self.neighbours[n] & self.contributors) - {n}) < 2)
+        if alone and not self.accept_single_neighbour:  # after dropouts: one pairwise mask of a 32-bit seed
+            raise SecAggAbort(f"unmask: node(s) {alone} have a single live neighbour; Flower's 32-bit mask seed "
+                              "(flwrlabs/flower#7522) would let the server recover their vectors in about 2 hours; "
+                              "nothing is unmasked. Fix: more nodes, or secagg-accept-two-nodes=true")
         configs = {nid: {Key.ACTIVE_NODE_ID_LIST: sorted(self.neighbours[nid] & self.contributors),
                          Key.DEAD_NODE_ID_LIST: sorted(self.neighbours[nid] & dead)} for nid in sorted(self.active)}
         records = self._exchange(Stage.UNMASK, configs)

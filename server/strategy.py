@@ -31,7 +31,7 @@ from common.privacy import (PrivacyLedger, SamplingKey, SecureGaussian, adaptive
                             noisy_mean)
 from common.protocol import CONTENT, METRICS, RUN_TOKEN, SCHEMA, SCHEMA_HASH, SCHEMA_JSON, UPDATE
 from common.schema import PublicSchema
-from common.secagg import error_bound, unpack, unpack_metrics
+from common.secagg import error_bound, rounding_sensitivity, unpack, unpack_metrics
 from server.secagg import SecAggAbort, SecureRound
 
 __all__ = ["UserFedAvg", "RoundLog", "CentralDP", "AdaptiveClip", "SecureAggregation", "reply_problem",
@@ -152,6 +152,8 @@ class SecureAggregation:
     shares: int = 0
     threshold: int = 0
     timeout: float = 600.0
+    min_users: int = 1  # unmask a round's update sum only when it holds this many users (counted securely first)
+    accept_two_nodes: bool = False  # run rounds where each node has a single neighbour (MASK_SEED_WEAKNESS)
 
 
 @dataclass
@@ -182,7 +184,12 @@ class UserFedAvg(FedAvg):
     num_rounds: rounds of the whole run; round_offset: rounds already done (a resumed run), so Flower's
     round r is the run's round r + round_offset (the nodes' sampling and the ledger use the latter).
     on_checkpoint(round): called after every checkpoint_every-th round and the last one (0 = never).
-    sampling_key: the run's secret; round r's sampling seed is sampling_key.round_seed(r).
+    on_begin(round, train): called before a round's training (train) or evaluation messages leave, which carry
+    the global model (the server's journal).
+    replayed_until, attempt: rounds up to `replayed_until` had begun before this resume (start `attempt`); their
+    sampling seeds are fresh (SamplingKey.round_seed(r, attempt)).
+    sampling_key: the run's secret; node n's sampling seed of round r is sampling_key.round_seed(r, attempt, n)
+    (node_seed).
     select_key: the evaluated round with the best value of this metric is kept (early stopping); None keeps
     nothing (a private run releases its last round: a choice made on unnoised metrics is not accounted).
     secure: SecAgg+ on every round (server.secagg); fail_fast: a simulation's first round in which every node
@@ -194,6 +201,7 @@ class UserFedAvg(FedAvg):
                  on_round: Callable[[dict], None] | None = None,
                  dp: CentralDP | None = None, select_key: str | None = "val-hr@10", round_offset: int = 0,
                  checkpoint_every: int = 0, on_checkpoint: Callable[[int], None] | None = None,
+                 on_begin: Callable[[int, bool], None] | None = None, replayed_until: int = 0, attempt: int = 0,
                  secure: SecureAggregation | None = None, fail_fast: bool = False) -> None:
         super().__init__(fraction_train=1.0, fraction_evaluate=1.0, weighted_by_key="num-users",
                          min_train_nodes=min_nodes, min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes)
@@ -224,10 +232,15 @@ class UserFedAvg(FedAvg):
         self._t0 = time.perf_counter()
         self.secure = secure
         self.last_checkpoint = round_offset  # the round of the newest checkpoint (0: none)
+        self.on_begin = on_begin
+        self.replayed_until, self.attempt = replayed_until, attempt
         self.fail_fast = fail_fast  # a first round in which every node failed stops the run with the first reason
         if secure is not None:  # a sum over one node is that node's update: a secure round needs two
             self.min_nodes = max(self.min_nodes, 2)
         self._round: SecureRound | None = None  # this round's SecAgg+ state
+        self._counted: set[int] | None = None  # the nodes whose users were counted for this round's floor
+        self._seeding: tuple[int, int] = (0, 0)  # this training round and its attempt (node_seed)
+        self._rounding = 0.0  # this secure round's rounding_sensitivity (0 without secure aggregation)
         self._abort: str | None = None  # why this secure round cannot finish
 
     def _messages(self, node_ids: list[int], arrays: ArrayRecord, config: ConfigRecord,
@@ -237,13 +250,25 @@ class UserFedAvg(FedAvg):
         config[RUN_TOKEN] = self.run_token
         out = []
         for node_id in node_ids:
-            record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+            node_config = config
+            if message_type == MessageType.TRAIN and "sample-rate" in config:  # its own sampling seed
+                node_config = ConfigRecord(dict(config))
+                node_config["sampling-seed"] = self.node_seed(node_id)
+            record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: node_config})
             if node_id not in self.has_content:
                 record[CONTENT] = self.content
                 record[SCHEMA] = ConfigRecord({SCHEMA_JSON: self.schema.to_json()})
             out.append(Message(content=record, message_type=message_type, dst_node_id=node_id))
         self._sent = out  # the grid sets their message ids when it pushes them (see _source)
         return out
+
+    def node_seed(self, node_id: int) -> int:
+        """The sampling seed of this training round for node `node_id` only (SamplingKey.round_seed with the node):
+        a node learns whether its own users are sampled, never another node's. With a test-only (public) key
+        every node gets the round's common seed, so that a user is sampled alike whichever node holds it (the
+        simulation tests that compare partitionings and resumes)."""
+        round_, attempt = self._seeding
+        return self.sampling_key.round_seed(round_, attempt, node_id if self.sampling_key.secret else None)
 
     def _source(self, msg: Message, sent: list[Message] | None = None) -> int:
         """The node a reply speaks for. An error reply the SuperLink makes for an unreachable node ("Node
@@ -297,10 +322,14 @@ class UserFedAvg(FedAvg):
         self.current = self.latest = from_record(arrays)
         config["server-round"] = server_round
         config["sample-rate"] = float(self.sample_rate)
-        config["sampling-seed"] = self.sampling_key.round_seed(server_round)  # secret; this round only
+        # secret; this round and this node only (_messages). A round begun before a resume is replayed with a
+        # fresh sample (accounted again)
+        self._seeding = (server_round, self.attempt if server_round <= self.replayed_until else 0)
         if self.dp is not None:
             config["clip-norm"] = float(self.dp.clip_norm)  # this round's C (it moves with adaptive clipping)
         self._asked = wait_for_nodes(grid, self.min_nodes)
+        if self.on_begin is not None:  # before any message leaves: the server's count of rounds run
+            self.on_begin(server_round, True)
         if self.secure is None:
             return self._messages(self._asked, arrays, config, MessageType.TRAIN)
         return self._secure_messages(server_round, arrays, config, grid)
@@ -312,13 +341,20 @@ class UserFedAvg(FedAvg):
         sec = self.secure
         config["clip-norm"] = float(self.dp.clip_norm if self.dp is not None else sec.clip_norm)
         config["secagg-max-users"] = int(sec.max_users)
+        self._abort, self._counted = None, None
         if shapes is None:
             shapes = [self.current[k].shape for k in sorted(self.current or {})] + [(2,)]
-        self._abort = None
-        self._round = SecureRound(
-            grid=grid, nodes=list(self._asked), server_round=server_round, shapes=shapes, timeout=sec.timeout,
-            drop=lambda nid, stage, reason: self._drop(server_round, f"secagg-{stage}", nid, reason),
-            source=self._source, shares=sec.shares, threshold=sec.threshold)
+            if sec.min_users > 1:  # the floor: the users are counted (securely) before any update is collected
+                try:
+                    self._asked, users = self._secure_user_count(server_round, arrays, config, grid)
+                    if users < sec.min_users:
+                        raise SecAggAbort(f"the round's sampled users ({users}) are fewer than secagg-min-users = "
+                                          f"{sec.min_users}; no update was collected or unmasked")
+                except SecAggAbort as exc:
+                    self._abort, self._round, self._sent = f"user count: {exc}", None, []
+                    return []
+                self._counted = set(self._asked)
+        self._round = self._secure_round(server_round, shapes, grid)
         try:
             self._round.setup()
             self._round.share_keys()
@@ -330,6 +366,35 @@ class UserFedAvg(FedAvg):
         for msg in msgs:
             msg.content.config_records[RECORD_KEY_CONFIGS] = self._round.collect_record(msg.metadata.dst_node_id)
         return msgs
+
+    def _secure_round(self, server_round: int, shapes: list[tuple[int, ...]], grid: Grid) -> SecureRound:
+        sec = self.secure
+        return SecureRound(
+            grid=grid, nodes=list(self._asked), server_round=server_round, shapes=shapes, timeout=sec.timeout,
+            drop=lambda nid, stage, reason: self._drop(server_round, f"secagg-{stage}", nid, reason),
+            source=self._source, shares=sec.shares, threshold=sec.threshold,
+            accept_single_neighbour=sec.accept_two_nodes)
+
+    def _secure_user_count(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> tuple[list[int], int]:
+        """A whole SecAgg+ round over each node's sampled-user count alone ([users] / U, common.secagg
+        .pack_metrics without metrics), before any update: (the nodes whose count is in the sum, the sum)."""
+        count_config = ConfigRecord(dict(config))
+        count_config["secagg-phase"] = "count"
+        sr = self._secure_round(server_round, [(1,)], grid)
+        sr.setup()
+        sr.share_keys()
+        msgs = self._messages(sorted(sr.active), arrays, count_config, MessageType.TRAIN)
+        for msg in msgs:
+            msg.content.config_records[RECORD_KEY_CONFIGS] = sr.collect_record(msg.metadata.dst_node_id)
+        replies = grid.send_and_receive(msgs, timeout=self.secure.timeout)
+        valid = self._sort(server_round, "secagg-count", replies, [m.metadata.dst_node_id for m in msgs],
+                           sr.masked_problem)
+        if len(valid) < self.min_nodes:
+            raise SecAggAbort(f"{len(valid)} of {len(msgs)} nodes sent a masked count, min-nodes is {self.min_nodes}")
+        sr.collect({self._source(m): m.content for m in valid})
+        users = int(unpack_metrics(sr.unmask(), (), self.secure.max_users)["num-users"])
+        return sorted(sr.contributors), users
 
     def _secure_unmask(self, server_round: int, phase: str, replies: Iterable[Message]) -> list[np.ndarray] | None:
         """SecAgg+'s collect and unmask stages: the dequantised packed sum, or None (self._abort says why).
@@ -343,6 +408,11 @@ class UserFedAvg(FedAvg):
             if len(valid) < self.min_nodes:
                 raise SecAggAbort(f"{len(valid)} of {len(self._asked)} nodes sent a masked vector, min-nodes is "
                                   f"{self.min_nodes}")
+            missing = (self._counted or set()) - {self._source(m) for m in valid}
+            if phase == "train" and missing:  # the counted floor holds only if every counted node is in the sum
+                raise SecAggAbort(f"node(s) {sorted(missing)} were counted but sent no masked update: the sum could "
+                                  f"hold fewer than secagg-min-users = {self.secure.min_users} users; nothing is "
+                                  f"unmasked")
             sr.collect({self._source(m): m.content for m in valid})
             return sr.unmask()
         except SecAggAbort as exc:
@@ -364,10 +434,11 @@ class UserFedAvg(FedAvg):
             return None, MetricRecord({"num-users": 0})
         if self.dp is not None:  # a DP round counts (and is noised) even if nobody was sampled
             total = sum_updates(sums) if sums else {k: np.zeros_like(v, np.float64) for k, v in self.current.items()}
-            mean = noisy_mean(total, self.dp.clip_norm, self.dp.sum_noise_multiplier, self.dp.denominator,
-                              self.dp.noise)
+            # the noise is z times the sensitivity: C, plus what SecAgg's stochastic rounding can add (_secure_sum)
+            mean = noisy_mean(total, self.dp.clip_norm + self._rounding, self.dp.sum_noise_multiplier,
+                              self.dp.denominator, self.dp.noise)
             record = self.dp.ledger.append(server_round, self.sample_rate, self.dp.noise_multiplier,
-                                           self.dp.clip_norm)
+                                           self.dp.clip_norm, replay=server_round <= self.replayed_until)
             self._row["epsilon"] = record.epsilon
             self._row["clip-norm"] = self.dp.clip_norm
             if self.dp.adaptive is not None:
@@ -438,6 +509,8 @@ class UserFedAvg(FedAvg):
         n = len(sr.contributors)
         nodes.update({"nodes-replied": n, "nodes-failed": len(asked) - n, "secagg-dropped": len(sr.sampled) - n,
                       "secagg-error-bound": error_bound(n, self.secure.max_users, clip, sr.levels)})
+        self._rounding = rounding_sensitivity(sum(v.size for v in total.values()), self.secure.max_users, clip,
+                                              sr.levels)
         return ([total] if users > 0 else []), users, shifted, nodes
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -449,6 +522,8 @@ class UserFedAvg(FedAvg):
         self._eval_arrays = arrays
         config["server-round"] = server_round
         self._asked = wait_for_nodes(grid, self.min_nodes)
+        if self.on_begin is not None:  # the round's (noised) model leaves now: journal its ledger row
+            self.on_begin(server_round, False)
         self._evaluating = True
         if self.secure is not None:  # the metric sums go through SecAgg+ too
             config["secagg-phase"] = "evaluate"

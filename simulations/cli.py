@@ -113,18 +113,28 @@ def data_declare(
     path: Path = typer.Argument(..., help="Dataset directory."),
     out: Path = typer.Option(..., help="JSON file to write (the server's context-declaration setting)."),
 ) -> None:
-    """Write the context declaration (vocabularies, scales, width) fitted on a dataset's training rows: the
-    public schema's context part, for a server that must not read the interactions."""
-    from common.data import DataError, load_dataset
+    """Write the context declaration (vocabularies, scales, width) for a server's context-declaration setting.
+    When dataset.toml fixes it (values, mean/std), that public declaration is written and no interactions are read;
+    otherwise it is fitted on the training rows and marked fitted-on-private-rows: a run with a privacy mode
+    refuses such a file (write the values from public knowledge instead, docs/deployment.md)."""
+    from common.context import ContextEncoder
+    from common.data import DataError, load_dataset, read_spec
+    from common.schema import fitted_declaration
 
     try:
-        ds = load_dataset(path)
+        spec = read_spec(path, catalogue_only=True)  # a server's catalogue directory works too
+        try:
+            encoder, fitted = ContextEncoder.declared(spec.context_columns, spec.from_time), spec.fitted
+        except ValueError:
+            encoder, fitted = load_dataset(path).context_encoder, True
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(ds.context_encoder.to_dict(), indent=1))
+        out.write_text(fitted_declaration(encoder) if fitted else json.dumps(encoder.to_dict(), indent=1))
     except (DataError, FileNotFoundError, ValueError, OSError) as err:
         _fail(err)
-    typer.echo(f"context declaration: {out} ({ds.context_encoder.dim} features: "
-               f"{', '.join(ds.context_encoder.feature_names)})")
+    typer.echo(f"context declaration: {out} ({encoder.dim} features: {', '.join(encoder.feature_names)})")
+    if fitted:
+        typer.echo("  fitted on the users' training rows without noise: fine without a privacy mode; a run with "
+                   "privacy=central/local refuses it (declare the values from public knowledge in dataset.toml)")
 
 
 @data_cli.command("partition")

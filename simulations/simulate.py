@@ -19,6 +19,9 @@ from typing import Callable
 import numpy as np
 
 from common.config import Config, ConfigError
+from common.context import ContextEncoder
+from common.data import read_spec
+from common.schema import declared_context, fitted_declaration
 from common.errors import SERVER_ERROR_ENV, raise_recorded
 from common.datasets import cache_dir, load_cached, resolve_dataset
 from common.federated import UserStore, evaluate_scores, evaluate_users, training_members
@@ -32,20 +35,31 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 def simulation_inputs(cfg: Config) -> Config:
     """What the experimenter gives the server of a simulation, as a deployment's operator would: the context
-    declaration (fitted on the training rows when dataset.toml does not fix it; content-addressed under the
-    cache dir) and N, the number of training users. The server itself reads only the catalogue."""
-    ds = load_cached(str(resolve_dataset(cfg)))
+    declaration and N, the number of training users. The server itself reads only the catalogue.
+
+    When dataset.toml does not fix the declaration: without a privacy mode it is fitted on the training rows
+    (marked as such, content-addressed under the cache dir); under a privacy mode it is refused (schema.json and
+    the model's shapes are released, and a fit on private rows without noise would show one user's rare value).
+    """
+    path = resolve_dataset(cfg)
     changes: dict = {}
-    if not cfg.context_declaration and ds.context_encoder is not None:
-        text = json.dumps(ds.context_encoder.to_dict(), sort_keys=True)
-        path = cache_dir() / "declarations" / f"{hashlib.sha256(text.encode()).hexdigest()[:20]}.json"
-        if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}")
-            tmp.write_text(text)
-            tmp.replace(path)
-        changes["context_declaration"] = str(path)
+    if not cfg.context_declaration:
+        spec = read_spec(path)
+        try:
+            ContextEncoder.declared(spec.context_columns, spec.from_time)
+        except ValueError:  # incomplete: fitted below without privacy, refused with it (same message as a server)
+            if cfg.privacy != "none":
+                declared_context(spec, "", cfg.privacy)
+            text = fitted_declaration(load_cached(str(path)).context_encoder)
+            target = cache_dir() / "declarations" / f"{hashlib.sha256(text.encode()).hexdigest()[:20]}.json"
+            if not target.is_file():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(f".{target.name}.{os.getpid()}")
+                tmp.write_text(text)
+                tmp.replace(target)
+            changes["context_declaration"] = str(target)
     if not cfg.population:
+        ds = load_cached(str(path))
         changes["population"] = int(training_members(np.asarray(ds.user_ids).astype(str), cfg.audit_fraction,
                                                      cfg.seed).sum())
     return cfg.replace(**changes) if changes else cfg
@@ -88,6 +102,11 @@ def run_flower_simulation(cfg: Config, num_nodes: int, verbose: bool = False) ->
     if cfg.secure_aggregation and num_nodes < 2:
         raise ConfigError(f"secure-aggregation: needs at least 2 nodes (the sum over one node is its update); "
                           f"got --nodes {num_nodes}. Use --nodes 2 or more.")
+    if cfg.secure_aggregation and num_nodes == 2 and not cfg.secagg_accept_two_nodes:
+        raise ConfigError("secure-aggregation: with --nodes 2 each node has a single neighbour, and Flower's 32-bit "
+                          "mask seed (flwrlabs/flower#7522) lets the server recover each node's vector by trying "
+                          "all 2^32 seeds (about 2 hours on one core). Use --nodes 3 or more, or accept it with "
+                          "--set secagg-accept-two-nodes=true.")
     cfg = simulation_inputs(cfg)
     if cfg.secure_aggregation and not cfg.secagg_max_users:  # the largest shard (client.node.build_store)
         cfg = cfg.replace(secagg_max_users=-(-load_cached(str(resolve_dataset(cfg))).n_users // num_nodes))

@@ -29,6 +29,24 @@ def small_synthetic(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def undeclared_synthetic(small_synthetic, tmp_path_factory) -> Path:
+    """small_synthetic with a dataset.toml that declares the context columns' kinds only (no `device` values), as
+    a dataset whose owner declared nothing public: its vocabulary can only be fitted on the rows."""
+    import shutil
+
+    from common.data import read_spec
+    from common.io import write_dataset_toml
+
+    out = tmp_path_factory.mktemp("data") / "undeclared"
+    shutil.copytree(small_synthetic, out)
+    spec = read_spec(out)
+    write_dataset_toml(out, name=spec.name, interactions=spec.interactions_file.name, items=spec.items_file.name,
+                       time_column=spec.time_column, context_columns={c.name: c.kind for c in spec.context_columns},
+                       from_time=list(spec.from_time))
+    return out
+
+
+@pytest.fixture(scope="session")
 def small_cache(tmp_path_factory) -> Path:
     """FEDCTX_CACHE for tests that use data=synthetic."""
     return tmp_path_factory.mktemp("cache")

@@ -78,3 +78,88 @@ def test_resume_only_the_same_run(tmp_path):
         load_checkpoint(path)
     with pytest.raises(ConfigError, match="needs run-dir"):
         Config(resume=True)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _interrupt_and_resume(data, tmp_path, **settings):
+    """4 rounds, checkpoint every 2, the server stopped while round 3's model is out for evaluation (round 3 was
+    trained and, under central DP, noised and sent), then resumed. Returns (cfg, the train messages each node
+    received, in order, over both starts; federated result of the resumed start)."""
+    from client.app import app
+    from common.protocol import CONFIG
+    from server.app import run_federated
+    from simulations.inprocess import InProcessGrid, node_contexts
+
+    cfg = Config(data=str(data), dim=4, text_dim=8, text_epochs=2, negatives=3, local_steps=2, num_rounds=4,
+                 checkpoint_every=2, sample_rate=0.5, population=24, run_dir=str(tmp_path / "run"), **settings)
+    received: dict[int, list[dict]] = {}
+
+    def lost(msg) -> bool:
+        conf = dict(msg.content.config_records[CONFIG]) if CONFIG in msg.content.config_records else {}
+        if msg.metadata.message_type == "train":
+            received.setdefault(msg.metadata.dst_node_id, []).append(conf)
+        elif conf.get("server-round") == 3 and not interrupted:
+            interrupted.append(True)
+            raise _Interrupted()
+        return False
+
+    interrupted: list[bool] = []
+    with pytest.raises(_Interrupted):
+        run_federated(InProcessGrid(app, node_contexts(cfg, 3), lost=lost), cfg, tmp_path / "run")
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.npz").round == 2
+    resumed = cfg.replace(resume=True)
+    out = run_federated(InProcessGrid(app, node_contexts(resumed, 3), lost=lost), resumed, tmp_path / "run")
+    return cfg, received, out
+
+
+def _sampled_counts(cfg, received, node_index, user_keys):
+    """How many of the delivered training messages sampled each user (the releases the device made)."""
+    from common.federated import poisson_sample, training_members
+
+    members = training_members(user_keys, cfg.audit_fraction, cfg.seed)
+    return sum((poisson_sample(user_keys, float(c["sample-rate"]), int(c["sampling-seed"]), int(c["server-round"]))
+                & members).astype(int) for c in received[node_index])
+
+
+def test_an_interrupted_local_dp_run_counts_every_release_on_the_devices_and_the_server(small_synthetic, tmp_path):
+    """Rounds 3 is run twice (before the interruption and after the resume): each device's local_privacy.json
+    counts every round its users trained in (they never go back to the snapshot's counts), and the server's bound
+    counts the 5 training rounds run, not num-rounds."""
+    import json
+
+    cfg, received, out = _interrupt_and_resume(small_synthetic, tmp_path, privacy="local", local_noise_multiplier=1.0)
+    assert [[int(c["server-round"]) for c in msgs] for msgs in received.values()] == [[1, 2, 3, 3, 4]] * 3
+    assert out["privacy"]["rounds"] == 5
+    for k, node_id in enumerate(sorted(received)):
+        report = json.loads((tmp_path / "run" / "devices" / f"node-{k}" / "local_privacy.json").read_text())
+        keys = np.array([u["user"] for u in report["users"]])
+        assert {u["user"]: u["rounds"] for u in report["users"]} == dict(
+            zip(keys, _sampled_counts(cfg, received, node_id, keys).tolist()))
+        for snap in (tmp_path / "run" / "devices" / f"node-{k}").glob("checkpoint-*.npz"):
+            assert snap.stat().st_mode & 0o777 == 0o600
+
+
+def test_an_interrupted_central_dp_run_accounts_the_releases_made_before_the_resume(small_synthetic, tmp_path):
+    """Round 3's noised model reached the nodes before the interruption: the ledger keeps it, and the replayed
+    round 3 draws a fresh sample (its own seed), so the ledger's 5 rows are 5 independent Poisson-sampled
+    releases: the releases actually made."""
+    cfg, received, out = _interrupt_and_resume(small_synthetic, tmp_path, privacy="central", noise_multiplier=1.0)
+    seeds = [int(c["sampling-seed"]) for c in next(iter(received.values()))]
+    assert seeds[2] != seeds[3] and len(set(seeds)) == 5  # the replayed round 3 is sampled afresh
+    assert out["privacy"]["rounds"] == 5
+    import json
+
+    doc = json.loads((tmp_path / "run" / "privacy.json").read_text())
+    assert doc["ledger"] == "privacy_ledger.csv" and str(tmp_path) not in json.dumps(doc)  # no server path
+    assert doc["files"]["server_secret"] == ["checkpoint.npz", "round-journal.json"]
+    assert "every run" in doc["files"]["diagnostics"] and "not produced" not in doc["files"]["diagnostics"]
+    assert any("delta = 0.00417 is large" in w for w in doc["warnings"])  # the default 0.1/N for N = 24
+    assert (tmp_path / "run" / "round-journal.json").stat().st_mode & 0o777 == 0o600
+    import dp_accounting  # 5 rounds of the Poisson-subsampled Gaussian, composed by dp-accounting directly
+
+    accountant = dp_accounting.rdp.RdpAccountant()
+    accountant.compose(dp_accounting.PoissonSampledDpEvent(0.5, dp_accounting.GaussianDpEvent(1.0)), 5)
+    assert out["privacy"]["epsilon"] == pytest.approx(accountant.get_epsilon(out["privacy"]["delta"]), rel=1e-6)

@@ -363,12 +363,57 @@ def test_the_server_sends_each_round_its_own_secret_sampling_seed():
         for r in (1, 2, 3):
             msgs = list(strategy.configure_train(r, to_record({"w": np.zeros(2, np.float32)}), ConfigRecord({}), Grid()))
             assert len(msgs) == 3
-            assert {int(m.content.config_records["config"]["sampling-seed"]) for m in msgs} == {key.round_seed(r)}
-            out.append(key.round_seed(r))
+            got = {m.metadata.dst_node_id: int(m.content.config_records["config"]["sampling-seed"]) for m in msgs}
+            assert got == {n: key.round_seed(r, 0, n) for n in (11, 12, 13)}  # each node its own seed
+            assert len(set(got.values())) == 3 and key.round_seed(r) not in got.values()
+            out.extend(sorted(got.values()))
         return out
 
     a, b = SamplingKey.fresh(), SamplingKey.fresh()
-    assert seeds(a) != seeds(b) and len(set(seeds(a))) == 3 and 0 not in seeds(a)
+    assert seeds(a) != seeds(b) and len(set(seeds(a))) == 9 and 0 not in seeds(a)
+
+
+def test_a_node_cannot_compute_another_nodes_users_sampling():
+    """With a secret key each node receives only its own seed, a keyed PRF of (round, node id): the seeds of
+    one node over many rounds carry nothing about another's (no seed appears in another node's messages, and
+    another node's users' sample computed with one's own seed agrees with the true one only at the rate of two
+    independent samples). The simulation property that changes: with a secret key, a user's sample depends on
+    the node holding it; with the test-only key every node gets the round's common seed."""
+    from flwr.app import ArrayRecord, ConfigRecord
+
+    from common.aggregation import ServerOptimizer
+    from common.context import ContextEncoder
+    from common.federated import poisson_sample
+    from common.params import to_record
+    from common.privacy import SamplingKey
+    from common.schema import build_schema
+    from server.strategy import UserFedAvg
+
+    schema = build_schema(["a"], ContextEncoder([], []), {"encoder": "test"}, np.zeros((1, 2), np.float32))
+
+    class Grid:
+        def get_node_ids(self):
+            return [11, 12]
+
+    q, rounds = 0.5, 200
+    users_b = np.array([f"u{i:06d}" for i in range(50, 100)])  # node 12's users (sequential, guessable ids)
+    for key in (SamplingKey.fresh(), SamplingKey(b"t" * 32, secret=False)):
+        strategy = UserFedAvg(content=ArrayRecord(), schema=schema, optimizer=ServerOptimizer("adam", 0.1),
+                              sample_rate=q, sampling_key=key, eval_every=1, num_rounds=rounds)
+        agree, texts = [], {11: [], 12: []}
+        for r in range(1, rounds + 1):
+            msgs = strategy.configure_train(r, to_record({"w": np.zeros(2, np.float32)}), ConfigRecord({}), Grid())
+            seed = {m.metadata.dst_node_id: int(m.content.config_records["config"]["sampling-seed"]) for m in msgs}
+            for m in msgs:
+                texts[m.metadata.dst_node_id].append(repr(dict(m.content.config_records["config"])))
+            truth = poisson_sample(users_b, q, seed[12], r)  # what node 12 trains
+            agree.append(np.mean(poisson_sample(users_b, q, seed[11], r) == truth))  # node 11's best guess
+            if key.secret:
+                assert str(seed[12]) not in " ".join(texts[11]) and str(seed[11]) not in " ".join(texts[12])
+        if key.secret:  # independent samples at q = 1/2 agree on half the users: 0.5 +- 4 sd of the mean
+            assert abs(np.mean(agree) - 0.5) < 4 * 0.5 / np.sqrt(len(users_b) * rounds)
+        else:
+            assert np.mean(agree) == 1.0  # the test-only key: one public seed a round
 
 
 # -- DP warm start of theta_u (exact local DP) ---------------------------------------------------------------
@@ -394,3 +439,16 @@ def test_dp_warm_start_without_noise_is_the_mean_of_the_clipped_vectors():
     np.testing.assert_allclose(dp_warm_start_theta(phi, 1.0, 0.0, np.zeros(3)), expected, rtol=1e-6)
     noisy = dp_warm_start_theta(phi, 1.0, 1.0, np.random.default_rng(0).standard_normal(3))
     assert not np.allclose(noisy, expected)
+
+
+def test_a_private_runs_console_line_carries_no_unnoised_count_loss_or_metric():
+    """Under DP the per-round console line (and so the SuperLink's log in a deployment) shows the round, epsilon
+    and time only; the user count, loss and metrics stay in diagnostics/."""
+    from common.report import format_round
+
+    row = {"round": 3, "users": 7777, "train-loss": 1.2345, "val-hr@10": 0.4321, "val-ndcg@10": 0.2109,
+           "val-hr@10-sampled": 0.6543, "epsilon": 2.5, "seconds": 1.0}
+    public = format_round(row, 10, 10)
+    assert "7777" in public and "1.2345" in public and "0.4321" in public  # the non-private line shows them
+    line = format_round(row, 10, 10, private=True)
+    assert "epsilon 2.500" in line and not any(x in line for x in ("7777", "1.2345", "0.4321", "0.2109", "0.6543"))

@@ -4,6 +4,8 @@ can insist on it. The nodes are the real ClientApp (with Flower's secaggplus_mod
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -294,3 +296,155 @@ def test_evaluation_metrics_are_summed_securely_too(fed):
     for k in keys:
         assert abs(metrics[k] - sums[k] / users) <= bound + 1e-9
     assert s.log.rows[-1][keys[0]] == pytest.approx(metrics[keys[0]])
+
+
+def test_a_round_of_two_nodes_is_skipped_unless_accepted(fed):
+    """Flower's 32-bit mask seed (flwrlabs/flower#7522): in a round of 2 nodes each node's vector is hidden by one
+    32-bit-seeded pairwise mask. Such a round is skipped before any masked vector is asked for, unless the
+    operator accepts it (secagg-accept-two-nodes)."""
+    cfg, schema, h, params = fed
+    cfg = cfg.replace(secagg_max_users=12)  # 24 users in 2 shards
+    for accept in (False, True):
+        ledger = PrivacyLedger(delta=1e-3)
+        dp = CentralDP(clip_norm=cfg.clip_norm, noise_multiplier=1.0, denominator=24.0, ledger=ledger)
+        s = UserFedAvg(content=to_record({ITEM_VECTORS: h}), schema=schema, optimizer=ServerOptimizer("sgd", 1.0),
+                       sample_rate=1.0, sampling_key=SamplingKey(b"k" * 32, secret=False), eval_every=1,
+                       num_rounds=3, select_key=None, dp=dp,
+                       secure=SecureAggregation(max_users=12, clip_norm=cfg.clip_norm, accept_two_nodes=accept))
+        sent: list[Message] = []  # every message the server sends, in every stage
+        grid = InProcessGrid(app, node_contexts(cfg, 2), lost=lambda m: sent.append(m) or False)
+        msgs = list(s.configure_train(1, to_record(params), ConfigRecord({}), grid))
+        arrays, _ = s.aggregate_train(1, grid.send_and_receive(msgs))
+        stages = {m.content.config_records.get(RECORD_KEY_CONFIGS, {}).get(Key.STAGE) for m in sent}
+        if accept:
+            assert arrays is not None and s._row["users"] == 24 and len(ledger.records) == 1
+        else:
+            assert arrays is None and s._row["skipped"] == 1 and ledger.records == []
+            assert Stage.COLLECT_MASKED_VECTORS not in stages and Stage.UNMASK not in stages
+
+
+def test_every_secure_run_states_the_mask_seed_limit_even_without_privacy(fed, tmp_path, capsys):
+    """privacy=none + SecAgg: privacy.json is written and, like the console, states the 32-bit seed and its cost."""
+    from server.app import run_federated
+
+    cfg = fed[0].replace(num_rounds=1, checkpoint_every=0)
+    run_federated(InProcessGrid(app, node_contexts(cfg, NODES)), cfg, tmp_path)
+    doc = json.loads((tmp_path / "privacy.json").read_text())
+    limit = doc["secure_aggregation"]["mask_strength"]
+    assert "flwrlabs/flower#7522" in limit and "2^32" in limit and "hours" in limit
+    assert doc["guarantee"].startswith("none")
+    console = capsys.readouterr().out
+    assert "WARNING: " + limit in console and "learns only" not in console
+
+
+def _stage(m: Message) -> tuple:
+    """(SecAgg+ stage, secagg-phase) of a message as the server sends it (secaggplus_mod consumes its record on
+    delivery, so it is read before)."""
+    conf = m.content.config_records
+    return conf.get(RECORD_KEY_CONFIGS, {}).get(Key.STAGE), conf.get(CONFIG, {}).get("secagg-phase")
+
+
+def test_no_secure_update_sum_is_unmasked_below_the_user_floor_with_one_user_devices(fed):
+    """24 one-user devices, q = 0.08: some rounds sample a single user. The users are counted securely first; a
+    round below secagg-min-users = 2 is skipped before any update is collected (no training message carries the
+    collect stage), nothing is accounted; the others sum exactly the users counted."""
+    from common.federated import poisson_sample
+
+    cfg, schema, h, params = fed
+    cfg = cfg.replace(secagg_max_users=1)
+    contexts = node_contexts(cfg, 24)
+    key, q = SamplingKey(b"f" * 32, secret=False), 0.08
+    from common.datasets import load_cached
+
+    user_keys = np.asarray(load_cached(cfg.data).user_ids).astype(str)  # one per device
+    ledger = PrivacyLedger(delta=1e-3)
+    dp = CentralDP(clip_norm=cfg.clip_norm, noise_multiplier=1.0, denominator=24 * q, ledger=ledger)
+    s = UserFedAvg(content=to_record({ITEM_VECTORS: h}), schema=schema, optimizer=ServerOptimizer("sgd", 1.0),
+                   sample_rate=q, sampling_key=key, eval_every=100, num_rounds=20, select_key=None, dp=dp,
+                   secure=SecureAggregation(max_users=1, clip_norm=cfg.clip_norm, min_users=2))
+    seen = set()
+    for r in range(1, 9):
+        expected = int(poisson_sample(user_keys, q, key.round_seed(r), r).sum())  # computed apart from the nodes
+        sent: list[tuple] = []
+        grid = InProcessGrid(app, contexts, lost=lambda m: sent.append(_stage(m)) or False)
+        accounted = len(ledger.records)
+        arrays, _ = s.aggregate_train(r, grid.send_and_receive(s.configure_train(r, to_record(params),
+                                                                                 ConfigRecord({}), grid)))
+        assert (Stage.COLLECT_MASKED_VECTORS, "count") in sent  # the users were counted first
+        collected = [x for x in sent if x == (Stage.COLLECT_MASKED_VECTORS, None)]  # an update asked for
+        if expected < 2:
+            assert arrays is None and s._row["skipped"] == 1 and len(ledger.records) == accounted
+            assert collected == []  # no update was asked for, so none could be unmasked
+        else:
+            assert arrays is not None and s._row["users"] == expected and len(ledger.records) == accounted + 1
+        seen.add(min(expected, 2))
+    assert {1, 2} <= seen  # rounds of a single sampled user and rounds above the floor were both met
+
+
+def test_a_node_counted_for_the_floor_that_sends_no_update_stops_the_unmasking(fed):
+    """The floor holds for the unmasked sum only if every counted node is in it: a node that drops between the
+    count and its masked update makes the round skip before the unmask stage."""
+    s = _strategy(fed, min_users=2)
+    victim, sent = 101, []
+
+    def lost(m):
+        sent.append(_stage(m))
+        return m.metadata.dst_node_id == victim and sent[-1] == (Stage.COLLECT_MASKED_VECTORS, None)
+
+    new, _, _ = _round(fed, s, lost=lost)
+    assert new is None and s._row["skipped"] == 1
+    # stages without a phase are the protocol's own messages; an unmask after the update's collect would unmask it
+    update = sent.index((Stage.COLLECT_MASKED_VECTORS, None))
+    assert (Stage.COLLECT_MASKED_VECTORS, "count") in sent[:update] and (Stage.UNMASK, None) in sent[:update]
+    assert (Stage.UNMASK, None) not in sent[update:]  # the update sum was never unmasked
+
+
+def test_central_noise_covers_the_rounding_of_the_secure_sum(fed):
+    """SecAgg's stochastic rounding can move one user's contribution by up to 2 sqrt(d) steps beyond C: the
+    central noise std is z (C + that), computed here from the round's shapes, U, C and T."""
+    from common.privacy import SecureGaussian
+
+    class Recording(SecureGaussian):
+        stds: list = []
+
+        def normal(self, std, shape):
+            Recording.stds.append(std)
+            return np.zeros(shape)
+
+    cfg, _, _, params = fed
+    ledger = PrivacyLedger(delta=1e-3)
+    dp = CentralDP(clip_norm=cfg.clip_norm, noise_multiplier=1.0, denominator=24.0, ledger=ledger)
+    dp.noise = Recording()
+    s = _strategy(fed, dp=dp)
+    _round(fed, s)
+    d = sum(v.size for v in params.values())
+    step = 2.0 / quantization_range(NODES) * MAX_USERS * cfg.clip_norm  # one quantisation step, update units
+    assert Recording.stds and Recording.stds == pytest.approx([cfg.clip_norm + 2 * np.sqrt(d) * step]
+                                                              * len(Recording.stds), rel=1e-12)
+    assert 2 * np.sqrt(d) * step > 1e-9 * cfg.clip_norm  # the term is really there
+
+
+def test_a_round_left_with_two_nodes_after_a_dropout_is_not_unmasked_unless_accepted(fed):
+    """3 nodes share keys, one drops before sending its masked update: each of the other two has one live
+    neighbour, whose pairwise mask (32-bit seed) is all that hides its vector once the dropped node's masks are
+    rebuilt. Nothing is unmasked unless the operator accepts it."""
+    cfg, schema, h, params = fed
+    cfg = cfg.replace(secagg_max_users=8)  # 24 users in 3 shards
+    for accept in (False, True):
+        s = UserFedAvg(content=to_record({ITEM_VECTORS: h}), schema=schema, optimizer=ServerOptimizer("sgd", 1.0),
+                       sample_rate=1.0, sampling_key=SamplingKey(b"k" * 32, secret=False), eval_every=1,
+                       num_rounds=3, select_key=None,
+                       secure=SecureAggregation(max_users=8, clip_norm=cfg.clip_norm, accept_two_nodes=accept))
+        sent: list[tuple] = []
+
+        def lost(m):
+            sent.append(_stage(m))
+            return m.metadata.dst_node_id == 101 and sent[-1] == (Stage.COLLECT_MASKED_VECTORS, None)
+
+        grid = InProcessGrid(app, node_contexts(cfg, 3), lost=lost)
+        arrays, _ = s.aggregate_train(1, grid.send_and_receive(s.configure_train(1, to_record(params),
+                                                                                 ConfigRecord({}), grid)))
+        if accept:
+            assert arrays is not None and s._row["users"] == 16
+        else:
+            assert arrays is None and s._row["skipped"] == 1 and (Stage.UNMASK, None) not in sent

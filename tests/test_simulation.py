@@ -58,7 +58,11 @@ def _private_run(data: Path, out: Path, *settings: str, env_extra: dict | None =
     res = _fedctx("simulate", "--data", str(data), "--no-baselines", *SMALL, *sets, "--out", str(out),
                   env_extra=env_extra)
     assert res.returncode == 0, res.stderr[-3000:]
-    return json.loads((out / "privacy.json").read_text())
+    privacy = json.loads((out / "privacy.json").read_text())
+    assert str(out) not in json.dumps(privacy)  # no path of the server's machine is released
+    if "ledger" in privacy:  # beside privacy.json
+        privacy["ledger"] = str(out / privacy["ledger"])
+    return privacy
 
 
 def test_local_plus_central_dp_run_reports_both_guarantees(small_synthetic, tmp_path):
@@ -106,6 +110,7 @@ def test_secure_aggregation_through_flower_with_central_dp_and_adaptive_clipping
                            "adaptive-clip=true", "secure-aggregation=true", "--nodes=3")
     assert privacy["secure_aggregation"]["max_users"] == 8  # 24 users in 3 shards
     assert "secure aggregation" in privacy["statement"] and "never one node's" in privacy["statement"]
+    assert "flwrlabs/flower#7522" in privacy["statement"] and "2^32" in privacy["secure_aggregation"]["mask_strength"]
     with open(out / "diagnostics" / "rounds.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["users"]) for r in rows] == [24, 24] and [int(r["nodes-replied"]) for r in rows] == [3, 3]
@@ -160,7 +165,7 @@ def test_a_central_dp_run_releases_only_accounted_values_and_secret_sampling(sma
         _private_run(small_synthetic, out, *settings)
         assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz", "devices", "diagnostics", "global_model.npz",
                                                         "item_vectors.npy", "privacy.json", "privacy_ledger.csv",
-                                                        "schema.json"]
+                                                        "round-journal.json", "schema.json"]
         with open(out / "diagnostics" / "rounds.csv") as f:
             rows = list(csv.DictReader(f))
         users = [int(r["users"]) for r in rows]
@@ -189,7 +194,14 @@ def test_a_central_dp_run_releases_only_accounted_values_and_secret_sampling(sma
         keys = np.asarray(load_cached(str(small_synthetic)).user_ids).astype(str)
         key = last.sampling_key
         assert key is not None and key.secret
-        mine = [poisson_sample(keys, 0.5, key.round_seed(r), r) for r in range(1, 5)]
+        # each node sampled its own users with its own seed (the key and its node id, kept in its device.json)
+        nodes = [(json.loads((d / "device.json").read_text())["node-id"],
+                  np.load(d / "node-state.npz")["user_keys"].astype(str))
+                 for d in sorted((out / "devices").iterdir(), key=lambda d: int(d.name.split("-")[1]))]
+        assert np.array_equal(np.concatenate([u for _, u in nodes]), keys) and len({n for n, _ in nodes}) == 2
+        mine = [np.concatenate([poisson_sample(u, 0.5, key.round_seed(r, 0, n), r) for n, u in nodes])
+                for r in range(1, 5)]
+        assert any((m != poisson_sample(keys, 0.5, key.round_seed(r), r)).any() for r, m in enumerate(mine, 1))
         assert [int(m.sum()) for m in mine] == users
         public_seed = [poisson_sample(keys, 0.5, summary["config"]["seed"], r) for r in range(1, 5)]
         assert any((a != b).any() for a, b in zip(mine, public_seed))
@@ -340,6 +352,10 @@ def test_every_error_is_one_message_with_rc_2_and_no_half_written_run_directory(
     res = _fedctx("simulate", "--data", str(small_synthetic), "--nodes", "1", "--set", "secure-aggregation=true",
                   "--out", str(tmp_path / "one"), *SMALL)
     assert res.returncode == 2 and "needs at least 2 nodes" in res.stderr
+    # over two nodes each node's vector is hidden by one 32-bit-seeded mask (flwrlabs/flower#7522)
+    res = _fedctx("simulate", "--data", str(small_synthetic), "--nodes", "2", "--set", "secure-aggregation=true",
+                  "--out", str(tmp_path / "two"), *SMALL)
+    assert res.returncode == 2 and "secagg-accept-two-nodes=true" in res.stderr and "2^32" in res.stderr
 
 
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.synthetic import SyntheticConfig, SyntheticTruth, generate, write_synthetic
+from common.synthetic import DEVICES, SyntheticConfig, SyntheticTruth, generate, write_synthetic
 
 CFG = SyntheticConfig(users=200, items=500, topics=20, min_events=10, mean_events=20.0, seed=7)
 
@@ -265,7 +265,7 @@ def test_write_synthetic(tmp_path: Path, fmt: str, data) -> None:
                 "time-column": "timestamp",
             },
             "context": {
-                "columns": {"device": "categorical"},
+                "columns": {"device": {"kind": "categorical", "values": sorted(DEVICES)}},
                 "from-time": ["hour", "weekday", "weekend"],
             },
         }
