@@ -6,8 +6,10 @@ query (theta_u, x) is the model's (`common.model`):
     score(c) = theta_u . phi(c) + (W_int^T x) . phi(c) + (theta_ctx . x + b_0) + b(c)
                `----- user ----'  `- context_interaction -' `--- context_shift --'  `item_bias'
 
-phi(c) and b(c) come from `common.model.item_side` (the one place the item formula lives); this module only
-splits the query side into its parts, so each recommendation can say where its score comes from.
+phi(c) and b(c) come from `common.scoring.item_side_np` (the numpy twin of `common.model.item_side`; a test holds
+them equal); this module only splits the query side into its parts, so each recommendation can say where its score
+comes from. No TensorFlow at import: a device command answers without paying its start (the gradient steps of
+`refresh_theta` under bce/softmax import it when they run, from `client.device_tf`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,8 @@ from dataclasses import asdict, dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
-import tensorflow as tf
 
-from common.model import DENSE_NAMES, group_loss, ials_solve_history, item_side
+from common.scoring import ials_solve_history, item_side_np
 
 __all__ = ["ItemTables", "SimilarItem", "Recommendation", "item_tables", "recommend", "format_recommendations",
            "refresh_candidates", "refresh_theta"]
@@ -40,13 +41,9 @@ class ItemTables:
 
 def item_tables(params: Mapping[str, np.ndarray], item_h: np.ndarray) -> ItemTables:
     """phi(c) [n_items, dim] and b(c) [n_items] of every item; params: shared parameters (DENSE_NAMES, and
-    ITEM_NAMES for the hybrid model); item_h [n_items, text_dim]."""
-    dense = {k: tf.convert_to_tensor(np.asarray(params[k], np.float32))[None] for k in DENSE_NAMES}
-    emb, bias = params.get("items/embedding"), params.get("items/bias")
-    phi, b = item_side(dense, tf.convert_to_tensor(np.asarray(item_h, np.float32))[None],
-                       None if emb is None else tf.convert_to_tensor(np.asarray(emb, np.float32))[None],
-                       None if bias is None else tf.convert_to_tensor(np.asarray(bias, np.float32))[None])
-    return ItemTables(phi=phi[0].numpy().astype(np.float64), bias=b[0].numpy().astype(np.float64))
+    ITEM_NAMES for the hybrid model); item_h [n_items, text_dim]. numpy only (`common.scoring.item_side_np`)."""
+    phi, bias = item_side_np(params, item_h)
+    return ItemTables(phi=phi.astype(np.float64), bias=bias.astype(np.float64))
 
 
 @dataclass(frozen=True)
@@ -231,42 +228,8 @@ def refresh_theta(params: Mapping[str, np.ndarray], item_h: np.ndarray, theta_u:
     if len(items) == 0 or steps == 0:
         return theta_u.copy()
     cand = refresh_candidates(items, n_items, negatives, seed)
-    rows, local = np.unique(cand, return_inverse=True)
     weight = np.exp2(-(age - age.min()) / half_life_days).astype(np.float32)
-    dense = {k: tf.constant(np.asarray(params[k], np.float32)[None]) for k in DENSE_NAMES}
-    if "items/embedding" in params:
-        emb = tf.constant(np.asarray(params["items/embedding"], np.float32)[rows][None])
-        bias = tf.constant(np.asarray(params["items/bias"], np.float32)[rows][None])
-    else:
-        emb = bias = None
-    theta = _refresh_tf(dense, tf.constant(theta_u[None]), emb, bias,
-                        tf.constant(np.asarray(item_h, np.float32)[rows][None]), tf.constant(history_ctx[None]),
-                        tf.constant(local.reshape(cand.shape)[None], tf.int32), tf.constant(weight[None]),
-                        tf.constant(steps), tf.constant(lr, tf.float32), tf.constant(l2, tf.float32),
-                        optimizer == "adam", loss)
-    return theta.numpy()[0]
+    from client.device_tf import refresh_steps  # TensorFlow: imported only when gradient steps run
 
-
-@tf.function(reduce_retracing=True, autograph=False)
-def _refresh_tf(dense, theta, rows_emb, rows_bias, rows_h, ctx, cand, weight, steps, lr, l2, adam, loss_kind):
-    """`steps` SGD or Adam steps on theta [1, dim] alone of `common.model.group_loss` (the loss `local_train`
-    minimises, weight as its example mask); a while loop, so one trace serves any number of steps."""
-    row_mask = tf.ones(tf.shape(rows_h)[:2])
-    b1, b2, eps = 0.9, 0.999, 1e-8
-
-    def body(t, th, m, v):
-        with tf.GradientTape() as tape:
-            tape.watch(th)
-            loss = tf.reduce_sum(group_loss(dense, th, rows_emb, rows_bias, rows_h, row_mask, ctx, cand, weight, l2,
-                                            loss_kind))
-        g = tape.gradient(loss, th)
-        if not adam:
-            return t + 1, th - lr * g, m, v
-        m = b1 * m + (1 - b1) * g
-        v = b2 * v + (1 - b2) * tf.square(g)
-        n = tf.cast(t + 1, tf.float32)
-        return t + 1, th - lr * (m / (1 - b1 ** n)) / (tf.sqrt(v / (1 - b2 ** n)) + eps), m, v
-
-    zeros = tf.zeros_like(theta)
-    _, theta, _, _ = tf.while_loop(lambda t, *_: t < steps, body, (tf.constant(0), theta, zeros, zeros))
-    return theta
+    return refresh_steps(params, item_h, theta_u, cand, history_ctx, weight, steps=steps, lr=lr, l2=l2,
+                         adam=optimizer == "adam", loss=loss)

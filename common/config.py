@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from common.errors import FedctxError
+
 __all__ = ["Config", "ConfigError", "config_from_mapping", "parse_overrides"]
 
 PRIVACY_MODES = ("none", "central", "local", "local+central")
@@ -24,7 +26,7 @@ _SIZE_LIMITS = {"dim": 4096, "text_dim": 4096, "negatives": 10_000, "eval_negati
                 "synthetic_users": 10_000_000, "synthetic_items": 10_000_000, "content_max_length": 8192}
 
 
-class ConfigError(ValueError):
+class ConfigError(FedctxError, ValueError):
     """A setting has a bad name or value; the message names the setting, the rule and the value."""
 
 
