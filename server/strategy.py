@@ -190,7 +190,8 @@ class UserFedAvg(FedAvg):
     """
 
     def __init__(self, *, content: ArrayRecord, schema: PublicSchema, optimizer: ServerOptimizer,
-                 sample_rate: float, sampling_key: SamplingKey, eval_every: int, num_rounds: int, min_nodes: int = 1, run_token: str = "",
+                 sample_rate: float, sampling_key: SamplingKey, eval_every: int, num_rounds: int, min_nodes: int = 1, min_connected: int = 0,
+                 run_token: str = "",
                  on_round: Callable[[dict], None] | None = None,
                  dp: CentralDP | None = None, select_key: str | None = "val-hr@10", round_offset: int = 0,
                  checkpoint_every: int = 0, on_checkpoint: Callable[[int], None] | None = None,
@@ -201,6 +202,7 @@ class UserFedAvg(FedAvg):
         self.schema = schema
         self.run_token = run_token
         self.min_nodes = min_nodes
+        self.min_connected = min_connected  # a round starts once this many nodes are connected (and min_nodes)
         self.has_content: set[int] = set()  # nodes that replied well under this schema (they hold h(c))
         self.failures: list[dict] = []  # every dropped reply: round, node, phase, reason
         self._sent: list[Message] = []  # this phase's messages
@@ -300,7 +302,7 @@ class UserFedAvg(FedAvg):
         config["sampling-seed"] = self.sampling_key.round_seed(server_round)  # secret; this round only
         if self.dp is not None:
             config["clip-norm"] = float(self.dp.clip_norm)  # this round's C (it moves with adaptive clipping)
-        self._asked = wait_for_nodes(grid, self.min_nodes)
+        self._asked = wait_for_nodes(grid, max(self.min_nodes, self.min_connected))
         if self.secure is None:
             return self._messages(self._asked, arrays, config, MessageType.TRAIN)
         return self._secure_messages(server_round, arrays, config, grid)
@@ -448,7 +450,7 @@ class UserFedAvg(FedAvg):
             return []
         self._eval_arrays = arrays
         config["server-round"] = server_round
-        self._asked = wait_for_nodes(grid, self.min_nodes)
+        self._asked = wait_for_nodes(grid, max(self.min_nodes, self.min_connected))
         self._evaluating = True
         if self.secure is not None:  # the metric sums go through SecAgg+ too
             config["secagg-phase"] = "evaluate"
