@@ -182,7 +182,7 @@ def simulate_cmd(
 def sweep_cmd(
     config: Optional[Path] = typer.Option(None, help="TOML with settings (top level) and a [sweep] table "
                                                      "(epsilons, seeds, audit-users)."),
-    data: Optional[str] = typer.Option(None, help="Dataset directory, or 'synthetic' (default, 10,000 users)."),
+    data: Optional[str] = typer.Option(None, help="Dataset directory, or 'synthetic' (default, 60,000 users)."),
     set_: List[str] = typer.Option([], "--set", help="Setting override key=value; also epsilons=0.5,1,inf, "
                                                      "seeds=0,1,2, audit-users=N."),
     out: Optional[Path] = typer.Option(None, help="Sweep directory (default runs/sweep-<date-time>)."),
