@@ -141,9 +141,9 @@ def _fedctx(*args, tmp_path) -> tuple[int, str, str, list[str]]:
     return done.returncode, done.stdout, done.stderr, json.loads(seen.read_text())
 
 
-def test_device_recommend_answers_without_importing_tensorflow(device, tmp_path):
-    """The device's answer is numpy only: a fresh `fedctx device recommend` never imports TensorFlow (nor Flower,
-    which imports it), and its scores are the model's (common.model.score_items, in this process)."""
+def test_device_commands_run_without_importing_tensorflow(device, tmp_path):
+    """The device's answer is numpy only: a fresh `fedctx device recommend` (and `record`) never imports
+    TensorFlow (nor Flower, which imports it), and its scores are the model's (common.model.score_items, here)."""
     state, _, ds, _, _ = device
     user = str(ds.user_ids[0])
     code, out, err, modules = _fedctx("device", "recommend", "--state", state, "--user", user, "--context",
@@ -160,6 +160,12 @@ def test_device_recommend_answers_without_importing_tensorflow(device, tmp_path)
     ref[dev.history(user)[0]] = -np.inf
     assert [r["item"] for r in doc["recommendations"]] == np.argsort(-ref, kind="stable")[:4].tolist()
     np.testing.assert_allclose([r["score"] for r in doc["recommendations"]], np.sort(ref)[::-1][:4], rtol=1e-5)
+    # feedback too: the refresh's gradient steps are numpy (tests/test_device.py holds them equal to local_train)
+    code, out, err, modules = _fedctx("device", "record", "--state", state, "--user", user, "--item",
+                                      str(ds.item_ids[7]), tmp_path=tmp_path)
+    assert code == 0 and "refreshed" in out, err
+    assert modules == []
+    assert not np.allclose(DeviceState.load(state).theta_for(user)[0], theta)
 
 
 def test_an_unknown_user_is_an_error_unless_new_user(device):
