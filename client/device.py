@@ -6,8 +6,9 @@ query (theta_u, x) is the model's (`common.model`):
     score(c) = theta_u . phi(c) + (W_int^T x) . phi(c) + (theta_ctx . x + b_0) + b(c)
                `----- user ----'  `- context_interaction -' `--- context_shift --'  `item_bias'
 
-phi(c) and b(c) come from `common.model.item_side` (the one place the item formula lives); this module only
-splits the query side into its parts, so each recommendation can say where its score comes from.
+phi(c) and b(c) come from `common.scoring.item_side_np` (the numpy twin of `common.model.item_side`; a test holds
+them equal); this module only splits the query side into its parts, so each recommendation can say where its score
+comes from. No TensorFlow here: a device command answers without paying its start.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ from dataclasses import asdict, dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
-import tensorflow as tf
 
-from common.model import DENSE_NAMES, group_loss, ials_solve_history, item_side, negative_shift
+from common.scoring import ials_solve_history, item_side_np, negative_shift
 
 __all__ = ["ItemTables", "SimilarItem", "Recommendation", "item_tables", "recommend", "format_recommendations",
            "refresh_candidates", "refresh_theta"]
@@ -40,13 +40,9 @@ class ItemTables:
 
 def item_tables(params: Mapping[str, np.ndarray], item_h: np.ndarray) -> ItemTables:
     """phi(c) [n_items, dim] and b(c) [n_items] of every item; params: shared parameters (DENSE_NAMES, and
-    ITEM_NAMES for the hybrid model); item_h [n_items, text_dim]."""
-    dense = {k: tf.convert_to_tensor(np.asarray(params[k], np.float32))[None] for k in DENSE_NAMES}
-    emb, bias = params.get("items/embedding"), params.get("items/bias")
-    phi, b = item_side(dense, tf.convert_to_tensor(np.asarray(item_h, np.float32))[None],
-                       None if emb is None else tf.convert_to_tensor(np.asarray(emb, np.float32))[None],
-                       None if bias is None else tf.convert_to_tensor(np.asarray(bias, np.float32))[None])
-    return ItemTables(phi=phi[0].numpy().astype(np.float64), bias=b[0].numpy().astype(np.float64))
+    ITEM_NAMES for the hybrid model); item_h [n_items, text_dim]. numpy only (`common.scoring.item_side_np`)."""
+    phi, bias = item_side_np(params, item_h)
+    return ItemTables(phi=phi.astype(np.float64), bias=bias.astype(np.float64))
 
 
 @dataclass(frozen=True)
@@ -203,9 +199,10 @@ def refresh_theta(params: Mapping[str, np.ndarray], item_h: np.ndarray, theta_u:
     only differences count). Example i weighs w_i = 2^(-(age_i - min age) / half_life_days) (newest 1), so the
     loss is the w-weighted mean of the training loss (`loss`: "softmax" | "bce", each engagement against
     `negatives` uniform items drawn from `seed`) plus l2 |theta_u|^2. Step size lr (SGD or Adam).
-    The objective is `common.model.group_loss`, the one `local_train` minimises; `local_train` with lr=0 for the
-    shared parameters (and no clipping) gives the same theta_u, but it unrolls its steps (a trace per step count,
-    ~0.7 s a step here), so this runs them in one while loop. An empty history returns theta_u unchanged.
+    The objective is `common.model.group_loss`, the one `local_train` minimises (`local_train` with lr=0 for the
+    shared parameters and no clipping gives the same theta_u; a test holds them equal). Only theta_u moves and
+    d score(c) / d theta_u = phi(c), so its gradient is written out here in numpy (float64; the model's float32
+    phi and b): a device refreshes without TensorFlow. An empty history returns theta_u unchanged.
     With loss="ials" theta_u is solved in closed form (`common.model.ials_solve_history`; steps, lr, negatives, seed,
     the time weights and optimizer play no part).
     """
@@ -231,43 +228,54 @@ def refresh_theta(params: Mapping[str, np.ndarray], item_h: np.ndarray, theta_u:
     if len(items) == 0 or steps == 0:
         return theta_u.copy()
     cand = refresh_candidates(items, n_items, negatives, seed)
+    weight = np.exp2(-(age - age.min()) / half_life_days)
+    return _refresh_steps(params, item_h, theta_u, cand, history_ctx, weight, steps=steps, lr=lr, l2=l2,
+                          neg_shift=negative_shift(n_items, negatives),
+                          adam=optimizer == "adam", loss=loss)
+
+
+def _refresh_steps(params: Mapping[str, np.ndarray], item_h: np.ndarray, theta_u: np.ndarray, cand: np.ndarray,
+                   history_ctx: np.ndarray, weight: np.ndarray, *, steps: int, lr: float, l2: float, adam: bool,
+                   loss: str, neg_shift: float = 0.0) -> np.ndarray:
+    """`steps` SGD or Adam steps on theta_u [dim] alone of `common.model.group_loss` over the candidates cand
+    [n, 1 + negatives] (column 0 engaged), contexts history_ctx [n, context_dim] and example weights weight [n]:
+
+        L(theta) = sum_i w_i l(s_i) / max(sum_i w_i, 1) + l2 |theta|^2,   s_ic = (theta + W_int^T x_i) . phi(c_ic)
+                   + b(c_ic) + theta_ctx . x_i + b_0
+        dL/dtheta = sum_i w_i sum_c r_ic phi(c_ic) / max(sum_i w_i, 1) + 2 l2 theta,
+        r_ic = softmax(s_i + shift)_c - [c = 0] (loss "softmax"; neg_shift added to the negatives' logits, as
+        `common.model.candidate_loss`) or sigmoid(s_ic) - [c = 0] (loss "bce").
+    Adam as `common.model.local_train` (beta1 0.9, beta2 0.999, eps 1e-8, bias-corrected)."""
     rows, local = np.unique(cand, return_inverse=True)
-    weight = np.exp2(-(age - age.min()) / half_life_days).astype(np.float32)
-    dense = {k: tf.constant(np.asarray(params[k], np.float32)[None]) for k in DENSE_NAMES}
-    if "items/embedding" in params:
-        emb = tf.constant(np.asarray(params["items/embedding"], np.float32)[rows][None])
-        bias = tf.constant(np.asarray(params["items/bias"], np.float32)[rows][None])
-    else:
-        emb = bias = None
-    theta = _refresh_tf(dense, tf.constant(theta_u[None]), emb, bias,
-                        tf.constant(np.asarray(item_h, np.float32)[rows][None]), tf.constant(history_ctx[None]),
-                        tf.constant(local.reshape(cand.shape)[None], tf.int32), tf.constant(weight[None]),
-                        tf.constant(steps), tf.constant(lr, tf.float32), tf.constant(l2, tf.float32),
-                        optimizer == "adam", loss, tf.constant(negative_shift(n_items, negatives), tf.float32))
-    return theta.numpy()[0]
-
-
-@tf.function(reduce_retracing=True, autograph=False)
-def _refresh_tf(dense, theta, rows_emb, rows_bias, rows_h, ctx, cand, weight, steps, lr, l2, adam, loss_kind,
-                neg_shift):
-    """`steps` SGD or Adam steps on theta [1, dim] alone of `common.model.group_loss` (the loss `local_train`
-    minimises, weight as its example mask); a while loop, so one trace serves any number of steps."""
-    row_mask = tf.ones(tf.shape(rows_h)[:2])
-    b1, b2, eps = 0.9, 0.999, 1e-8
-
-    def body(t, th, m, v):
-        with tf.GradientTape() as tape:
-            tape.watch(th)
-            loss = tf.reduce_sum(group_loss(dense, th, rows_emb, rows_bias, rows_h, row_mask, ctx, cand, weight, l2,
-                                            loss_kind, neg_shift=neg_shift))
-        g = tape.gradient(loss, th)
+    local = local.reshape(cand.shape)
+    sub = {k: params[k] for k in ("tower/kernel", "tower/bias", "text-bias/kernel")}
+    if params.get("items/embedding") is not None:
+        sub.update({"items/embedding": np.asarray(params["items/embedding"])[rows],
+                    "items/bias": np.asarray(params["items/bias"])[rows]})
+    phi, bias = (a.astype(np.float64) for a in item_side_np(sub, np.asarray(item_h)[rows]))
+    x = np.asarray(history_ctx, np.float64)
+    phi_c = phi[local]                                                                     # [n, C, dim]
+    shift = x @ np.asarray(params["context/shift"], np.float64) + np.float64(params["global-bias"][0])
+    fixed = np.einsum("nd,ncd->nc", x @ np.asarray(params["context/interaction"], np.float64), phi_c) + \
+        bias[local] + shift[:, None]                                                       # s without theta
+    w = np.asarray(weight, np.float64)
+    denom = max(w.sum(), 1.0)
+    theta = np.asarray(theta_u, np.float64).copy()
+    m, v = np.zeros_like(theta), np.zeros_like(theta)
+    for t in range(steps):
+        s = fixed + phi_c @ theta                                                          # [n, C]
+        if loss == "softmax":
+            s = np.concatenate([s[:, :1], s[:, 1:] + neg_shift], axis=1)
+            r = np.exp(s - s.max(axis=1, keepdims=True))
+            r /= r.sum(axis=1, keepdims=True)
+        else:
+            r = 0.5 * (1.0 + np.tanh(0.5 * s))                                             # sigmoid, stable
+        r[:, 0] -= 1.0
+        g = np.einsum("n,nc,ncd->d", w, r, phi_c) / denom + 2.0 * l2 * theta
         if not adam:
-            return t + 1, th - lr * g, m, v
-        m = b1 * m + (1 - b1) * g
-        v = b2 * v + (1 - b2) * tf.square(g)
-        n = tf.cast(t + 1, tf.float32)
-        return t + 1, th - lr * (m / (1 - b1 ** n)) / (tf.sqrt(v / (1 - b2 ** n)) + eps), m, v
-
-    zeros = tf.zeros_like(theta)
-    _, theta, _, _ = tf.while_loop(lambda t, *_: t < steps, body, (tf.constant(0), theta, zeros, zeros))
-    return theta
+            theta = theta - lr * g
+            continue
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        theta = theta - lr * (m / (1 - 0.9 ** (t + 1))) / (np.sqrt(v / (1 - 0.999 ** (t + 1))) + 1e-8)
+    return theta.astype(np.float32)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time as _time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,20 +25,27 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from client.node import CONTENT_FILE, DEVICE_FILE, GLOBAL_MODEL_FILE, NODE_STATE_FILE, _atomic_savez, atomic_write
+from client.state_files import CONTENT_FILE, DEVICE_FILE, GLOBAL_MODEL_FILE, NODE_STATE_FILE, _atomic_savez, atomic_write
 from common.config import Config, config_from_mapping
 from common.data import DataError, _read_interactions, load_catalogue, read_spec
-from common.federated import SECONDS_PER_DAY
-from common.model import ials_solve_history, warm_start_theta
-from common.schema import SCHEMA_FILE, PublicSchema
+from common.errors import FedctxError
+from common.schema import SCHEMA_FILE, PublicSchema, SchemaMismatch
+from common.scoring import SECONDS_PER_DAY, ials_solve_history, item_side_np, warm_start_theta
 
 __all__ = ["DeviceError", "DeviceState", "SERVING_FILE"]
 
 SERVING_FILE = "serving.npz"  # theta_u refreshed by feedback under local DP: for recommendations only
 
 
-class DeviceError(ValueError):
+class DeviceError(FedctxError, ValueError):
     """A device command cannot run: the message says what is missing and how to fix it."""
+
+
+def _damaged(path: Path, exc: BaseException) -> DeviceError:
+    """A file of the state directory that cannot be read as what the node wrote."""
+    return DeviceError(f"{path}: damaged, or not written by a fedctx node ({type(exc).__name__}: {exc}). Fix: "
+                       f"restore it from a copy, or delete it and let the SuperNode take part in one more round "
+                       f"with this state-dir (it writes the file again).")
 
 
 @dataclass
@@ -67,18 +75,54 @@ class DeviceState:
             raise DeviceError(f"{d}: not a device state directory with a global model (missing {', '.join(missing)}). "
                               f"Fix: pass the state-dir of a SuperNode (--node-config \"state-dir='...'\") that has "
                               f"taken part in at least one round.")
-        info = json.loads((d / DEVICE_FILE).read_text())
-        schema = PublicSchema.read(d / SCHEMA_FILE)
-        with np.load(d / CONTENT_FILE) as f:
-            item_h = f["item_h"]
-        with np.load(d / GLOBAL_MODEL_FILE) as f:
-            params = {k.replace(".", "/"): f[k] for k in f.files}
-        with np.load(d / NODE_STATE_FILE) as f:
-            keys, theta = f["user_keys"].astype(str), f["theta"]
-            ready, taken = f["ready"].astype(bool), f["taken"].astype(np.int64)
-            round_ = int(f["round"]) if "round" in f.files else 0
-        return cls(d, config_from_mapping(info["settings"]), Path(info["data-dir"]) if info.get("data-dir") else None,
-                   schema, item_h, params, keys, theta, ready, taken, round_, bool(info.get("simulated", False)))
+        try:
+            info = json.loads((d / DEVICE_FILE).read_text())
+            cfg = config_from_mapping(info["settings"])
+            data_dir = Path(info["data-dir"]) if info.get("data-dir") else None
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # ConfigError is a ValueError
+            raise _damaged(d / DEVICE_FILE, exc) from None
+        try:
+            schema = PublicSchema.read(d / SCHEMA_FILE)
+        except SchemaMismatch as exc:
+            raise _damaged(d / SCHEMA_FILE, exc) from None
+        try:
+            with np.load(d / CONTENT_FILE, allow_pickle=False) as f:
+                item_h = f["item_h"]
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            raise _damaged(d / CONTENT_FILE, exc) from None
+        try:
+            with np.load(d / GLOBAL_MODEL_FILE, allow_pickle=False) as f:
+                params = {k.replace(".", "/"): f[k] for k in f.files}
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            raise _damaged(d / GLOBAL_MODEL_FILE, exc) from None
+        try:
+            with np.load(d / NODE_STATE_FILE, allow_pickle=False) as f:
+                keys, theta = f["user_keys"].astype(str), f["theta"]
+                ready, taken = f["ready"].astype(bool), f["taken"].astype(np.int64)
+                round_ = int(f["round"]) if "round" in f.files else 0
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            raise _damaged(d / NODE_STATE_FILE, exc) from None
+        return cls(d, cfg, data_dir, schema, item_h, params, keys, theta, ready, taken, round_,
+                   bool(info.get("simulated", False)))
+
+    # -- the users it holds ---------------------------------------------------------------------
+    def knows(self, user: str) -> bool:
+        """True if the device holds `user`: a theta_u (trained or refreshed) or an engagement in its data."""
+        return bool(np.any(self.user_keys == str(user))) or str(user) in self._serving() or len(self.history(user)[0]) > 0
+
+    def check_user(self, user: str, new_user: bool = False) -> None:
+        """Refuse a user id the device does not hold (a typo must not read as a cold start) unless new_user; and
+        new_user for an id it does hold. The message names how many users it holds and one of their ids."""
+        known = self.knows(user)
+        if known and new_user:
+            raise DeviceError(f"user {user!r}: --new-user asks for a user this device does not hold, but it holds "
+                              f"{user!r}. Fix: leave out --new-user.")
+        if not known and not new_user:
+            held = sorted(set(self.user_keys.tolist()) | set(self._serving()))
+            holds = f"it holds {len(held)} users, e.g. {held[0]!r}" if held else "it holds no users yet"
+            raise DeviceError(f"user {user!r}: not on this device ({holds}; ids are compared as text). Fix: check "
+                              f"the id, or pass --new-user for a user new to this device (no history: no personal "
+                              f"term).")
 
     # -- what the user did, and the context now -------------------------------------------------
     def history(self, user: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -140,9 +184,7 @@ class DeviceState:
         items, _, times = self.history(user)
         if len(items) == 0:
             return np.zeros(self.cfg.dim, np.float32), "new user without history (no personal term)"
-        from common.federated import item_representations
-
-        phi = item_representations(self.params, self.item_h)
+        phi, _ = item_side_np(self.params, self.item_h)
         age = ((times.max() - times) / SECONDS_PER_DAY).astype(np.float32)
         return warm_start_theta(phi[items], age, self.cfg.half_life_days), "warm start from history"
 

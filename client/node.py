@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,17 +26,11 @@ from common.privacy import SecureGaussian, clip_factors, local_epsilon, local_re
 from common.protocol import ARRAYS, CONFIG, CONTENT, ITEM_VECTORS, RUN_TOKEN, SCHEMA, SCHEMA_HASH, SCHEMA_JSON
 from common.secagg import check_users
 from common.schema import SCHEMA_FILE, PublicSchema, SchemaMismatch, content_digest
+from client.state_files import (CONTENT_FILE, DEVICE_FILE, DEVICES_DIR, GLOBAL_MODEL_FILE, NODE_STATE_FILE, STORE_FILE,
+                                _atomic_savez, atomic_write)
 
 __all__ = ["Node", "node_for", "build_store", "NODE_STATE_FILE", "CONTENT_FILE", "GLOBAL_MODEL_FILE", "STORE_FILE",
            "DEVICES_DIR", "DEVICE_FILE"]
-
-#: A node's state directory (a device's state-dir; a simulated node's RUN_DIR/devices/node-<partition>):
-NODE_STATE_FILE = "node-state.npz"      # theta_u [U, dim], ready, taken (rounds per user), user keys, round reached
-CONTENT_FILE = "content.npz"            # h(c) [n_items, text_dim] of the schema in schema.json
-GLOBAL_MODEL_FILE = "global_model.npz"  # the latest global shared parameters received
-STORE_FILE = "store.npz"                # the device's data encoded with the schema (rebuilt when either changes)
-DEVICE_FILE = "device.json"             # the run's settings and the device's data-dir (for `fedctx device ...`)
-DEVICES_DIR = "devices"                 # simulated devices' state under a run directory
 
 
 @functools.lru_cache(maxsize=4)
@@ -84,23 +77,6 @@ def _load_store(path: Path, key: str) -> UserStore | None:
             return UserStore(**{fl.name: f[fl.name] for fl in dataclasses.fields(UserStore)})
     except (OSError, KeyError, ValueError):
         return None
-
-
-def atomic_write(path: Path, write) -> None:
-    """write(tmp) into a temporary file beside `path`, then rename it over `path` (never half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    atomic_write(path, lambda tmp: np.savez(tmp, **arrays))
 
 
 _MEMBERS: dict[tuple[int, float, int], tuple[UserStore, np.ndarray]] = {}

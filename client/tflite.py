@@ -14,8 +14,11 @@ Builtin ops only (no Flex/select TF ops).
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -64,12 +67,39 @@ def export_scorer(params: Mapping[str, np.ndarray], item_h: np.ndarray, path: st
                      np.asarray(params["context/shift"], np.float32), float(params["global-bias"][0]), k)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([module.score.get_concrete_function()], module)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    blob = converter.convert()
+    with _quiet_output():  # the converter's summary lines, `(f32: 3)` ...
+        blob = converter.convert()
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(blob)
     os.replace(tmp, path)
     return path
+
+
+@contextmanager
+def _quiet_output() -> Iterator[None]:
+    """Send what is written to file descriptors 1 and 2 to a temporary file for the duration (the converter's C++
+    side prints its op summary and lines such as `(f32: 3)` there, past Python's sys.stdout); on an exception,
+    the captured text goes to stderr before the exception goes on."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    failed = False
+    with tempfile.TemporaryFile() as log:
+        try:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            for fd, copy in ((1, saved[0]), (2, saved[1])):
+                os.dup2(copy, fd)
+                os.close(copy)
+            if failed:
+                log.seek(0)
+                sys.stderr.write(log.read().decode(errors="replace"))
 
 
 class TFLiteScorer:

@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from common.errors import FedctxError
+
 __all__ = ["Config", "ConfigError", "config_from_mapping", "parse_overrides"]
 
 PRIVACY_MODES = ("none", "central", "local", "local+central")
@@ -24,7 +26,7 @@ _SIZE_LIMITS = {"dim": 4096, "text_dim": 4096, "negatives": 10_000, "eval_negati
                 "synthetic_users": 10_000_000, "synthetic_items": 10_000_000, "content_max_length": 8192}
 
 
-class ConfigError(ValueError):
+class ConfigError(FedctxError, ValueError):
     """A setting has a bad name or value; the message names the setting, the rule and the value."""
 
 
@@ -74,6 +76,7 @@ class Config:
     # federation
     num_rounds: int = 40
     min_nodes: int = 1               # a round goes on when at least this many nodes replied (failed ones dropped)
+    min_connected: int = 0           # a round starts once this many nodes are connected (and min_nodes)
     round_timeout: float = 600.0     # seconds the server waits for a round's replies; late nodes are dropped
     sample_rate: float = 1.0         # q: each user takes part in a round independently with prob. q
     local_steps: int = 2             # full-batch local steps (SGD by default) per sampled user and round
@@ -169,6 +172,7 @@ class Config:
         need(self.num_rounds >= 1, "num_rounds", "must be >= 1")
         need(self.population >= 0, "population", "must be >= 0 (0 = count the dataset's users, simulation only)")
         need(self.min_nodes >= 1, "min_nodes", "must be >= 1")
+        need(self.min_connected >= 0, "min_connected", "must be >= 0")
         need(self.round_timeout > 0, "round_timeout", "must be > 0 seconds")
         need(0.0 < self.sample_rate <= 1.0, "sample_rate", "must be in (0, 1]")
         need(self.local_steps >= 1, "local_steps", "must be >= 1")

@@ -38,6 +38,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from common.errors import FedctxError
+
 if TYPE_CHECKING:  # pragma: no cover - import cycle guard (context imports data)
     from common.context import ContextEncoder
     from common.schema import PublicSchema
@@ -91,7 +93,7 @@ def _rebuild_data_error(
     return DataError(file, rule, row=row, column=column, value=value, fix=fix)
 
 
-class DataError(ValueError):
+class DataError(FedctxError, ValueError):
     """Bad input: names the file, the row (1-based data row, header excluded) and/or column,
     the rule, the value found, and the fix.
 

@@ -18,13 +18,20 @@ import time
 import traceback
 from pathlib import Path
 
-__all__ = ["RunFailed", "Interrupted", "SERVER_ERROR_ENV", "stop_requested", "anticipated", "record_server_error", "raise_recorded", "trace_file"]
+__all__ = ["FedctxError", "RunFailed", "Interrupted", "SERVER_ERROR_ENV", "stop_requested", "anticipated", "record_server_error", "raise_recorded", "trace_file"]
 
 #: the file a simulated ServerApp writes its exception to (set by the simulation harness only)
 SERVER_ERROR_ENV = "FEDCTX_SERVER_ERROR_FILE"
 
 
-class RunFailed(RuntimeError):
+class FedctxError(Exception):
+    """The base of every anticipated error: its message is written for the user (the file or setting, the rule,
+    the value found, the fix), so a command prints it as one line and exits with 2. ConfigError, DataError,
+    ContentError, SchemaMismatch, DeviceError and RunFailed derive from it (each also keeps its builtin base,
+    ValueError or RuntimeError, for code that catches those)."""
+
+
+class RunFailed(FedctxError, RuntimeError):
     """A run stopped on an error; the message is the whole story (and, for a bug, where its trace is)."""
 
 
@@ -46,12 +53,9 @@ def stop_requested() -> str | None:
 
 
 def anticipated(exc: BaseException) -> bool:
-    """Errors whose message is written for the user (the rule, the value, the fix); everything else is a bug."""
-    from common.config import ConfigError
-    from common.data import DataError
-
-    return isinstance(exc, (ConfigError, DataError, RunFailed, ValueError, FileExistsError, FileNotFoundError,
-                            NotADirectoryError, IsADirectoryError, PermissionError, MemoryError))
+    """Errors whose message is written for the user (FedctxError, and the builtin errors of a bad argument or
+    of a file, whose messages name the value or the path); everything else is a bug."""
+    return isinstance(exc, (FedctxError, ValueError, OSError, MemoryError))
 
 
 def trace_file(exc: BaseException) -> Path:

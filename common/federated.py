@@ -21,12 +21,12 @@ from common.model import (DENSE_NAMES, dp_local_train, dp_warm_start_theta, ials
                           item_side, local_train, negative_shift, score_items, segment_outer_sum, trainable_dense,
                           warm_start_theta)
 from common.privacy import SecureGaussian
+from common.scoring import SECONDS_PER_DAY
 
 __all__ = ["UserStore", "UserUpdates", "user_rng", "user_uniforms", "poisson_sample", "training_members", "user_updates", "evaluate_users",
            "item_representations", "init_theta", "ials_user_theta", "dp_init_theta", "distinct_candidates",
            "evaluate_scores"]
 
-SECONDS_PER_DAY = 86400.0
 
 
 def user_rng(seed: int, round_: int, user_key: str, purpose: str) -> np.random.Generator:

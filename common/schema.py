@@ -23,6 +23,7 @@ import numpy as np
 
 from common.context import ContextEncoder
 from common.data import DataError, DatasetSpec
+from common.errors import FedctxError
 
 __all__ = ["PublicSchema", "SCHEMA_FILE", "build_schema", "content_digest", "declared_context",
            "fitted_declaration", "FITTED_KEY", "SchemaMismatch"]
@@ -40,7 +41,7 @@ _FORMAT = "fedctx.public-schema"
 _VERSION = 1
 
 
-class SchemaMismatch(RuntimeError):
+class SchemaMismatch(FedctxError, RuntimeError):
     """A node's stored schema or data does not fit the server's schema."""
 
 

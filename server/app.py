@@ -163,7 +163,8 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
     if state is not None:  # a resumed run may have raised num-rounds: the step size decays over the new length
         state.optimizer.total_steps = cfg.num_rounds
     strategy = UserFedAvg(
-        content=to_record({ITEM_VECTORS: item_h}), schema=schema, min_nodes=cfg.min_nodes, run_token=run_token,
+        content=to_record({ITEM_VECTORS: item_h}), schema=schema, min_nodes=cfg.min_nodes, min_connected=cfg.min_connected,
+        run_token=run_token,
         optimizer=state.optimizer if state else ServerOptimizer(cfg.server_optimizer, cfg.server_lr,
                                                                 eps=cfg.server_adam_eps, total_steps=cfg.num_rounds,
                                                                 final_fraction=cfg.server_lr_final,

@@ -197,7 +197,8 @@ class UserFedAvg(FedAvg):
     """
 
     def __init__(self, *, content: ArrayRecord, schema: PublicSchema, optimizer: ServerOptimizer,
-                 sample_rate: float, sampling_key: SamplingKey, eval_every: int, num_rounds: int, min_nodes: int = 1, run_token: str = "",
+                 sample_rate: float, sampling_key: SamplingKey, eval_every: int, num_rounds: int, min_nodes: int = 1, min_connected: int = 0,
+                 run_token: str = "",
                  on_round: Callable[[dict], None] | None = None,
                  dp: CentralDP | None = None, select_key: str | None = "val-hr@10", round_offset: int = 0,
                  checkpoint_every: int = 0, on_checkpoint: Callable[[int], None] | None = None,
@@ -209,6 +210,7 @@ class UserFedAvg(FedAvg):
         self.schema = schema
         self.run_token = run_token
         self.min_nodes = min_nodes
+        self.min_connected = min_connected  # a round starts once this many nodes are connected (and min_nodes)
         self.has_content: set[int] = set()  # nodes that replied well under this schema (they hold h(c))
         self.failures: list[dict] = []  # every dropped reply: round, node, phase, reason
         self._sent: list[Message] = []  # this phase's messages
@@ -327,7 +329,7 @@ class UserFedAvg(FedAvg):
         self._seeding = (server_round, self.attempt if server_round <= self.replayed_until else 0)
         if self.dp is not None:
             config["clip-norm"] = float(self.dp.clip_norm)  # this round's C (it moves with adaptive clipping)
-        self._asked = wait_for_nodes(grid, self.min_nodes)
+        self._asked = wait_for_nodes(grid, max(self.min_nodes, self.min_connected))
         if self.on_begin is not None:  # before any message leaves: the server's count of rounds run
             self.on_begin(server_round, True)
         if self.secure is None:
@@ -521,7 +523,7 @@ class UserFedAvg(FedAvg):
             return []
         self._eval_arrays = arrays
         config["server-round"] = server_round
-        self._asked = wait_for_nodes(grid, self.min_nodes)
+        self._asked = wait_for_nodes(grid, max(self.min_nodes, self.min_connected))
         if self.on_begin is not None:  # the round's (noised) model leaves now: journal its ledger row
             self.on_begin(server_round, False)
         self._evaluating = True

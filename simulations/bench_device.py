@@ -116,7 +116,7 @@ def device_bench(n_items: int = 10000, dim: int = 32, text_dim: int = 64, contex
                         ("tf", "TF score_items + top_k"), ("recommend", "recommend (explained)")):
         say(f"  {label:28s} {out[name]['p50_ms']:8.3f} {out[name]['p99_ms']:8.3f}")
     say(f"  refresh_theta ({history} engagements, {refresh_steps} steps): first call {out['refresh_first_s']:.2f} s "
-        f"(with trace), then p50 {out['refresh']['p50_ms']:.1f} ms, p99 {out['refresh']['p99_ms']:.1f} ms")
+        f"(numpy: no trace), then p50 {out['refresh']['p50_ms']:.1f} ms, p99 {out['refresh']['p99_ms']:.1f} ms")
     return out
 
 

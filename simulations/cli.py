@@ -41,8 +41,12 @@ def _pairs(items: List[str]) -> dict:
 
 
 def _fail(err: Exception) -> None:
-    from common.errors import Interrupted
+    """An anticipated error (common.errors.anticipated) as one line and rc 2 (130 for an interrupted run);
+    anything else is raised again, for main()'s error boundary (a bug: its trace goes to a file)."""
+    from common.errors import Interrupted, anticipated
 
+    if not anticipated(err):
+        raise err
     typer.echo(f"error: {err}", err=True)
     raise typer.Exit(code=130 if isinstance(err, Interrupted) else 2)
 
@@ -73,7 +77,7 @@ def data_generate(
     try:
         path = write_synthetic(out, SyntheticConfig(users=users, items=items, seed=seed), fmt=fmt,
                                overwrite=overwrite)
-    except (ValueError, FileExistsError, OSError) as err:
+    except Exception as err:  # anticipated: one line and rc 2; else a bug, raised again
         _fail(err)
     typer.echo(f"dataset: {path}")
 
@@ -90,7 +94,7 @@ def data_import_movielens(
 
     try:
         path = import_movielens(src, out, fmt=fmt, overwrite=overwrite)
-    except (ValueError, FileExistsError, FileNotFoundError, OSError) as err:
+    except Exception as err:  # anticipated: one line and rc 2; else a bug, raised again
         _fail(err)
     typer.echo(f"dataset: {path}")
 
@@ -98,11 +102,11 @@ def data_import_movielens(
 @data_cli.command("validate")
 def data_validate(path: Path = typer.Argument(..., help="Dataset directory.")) -> None:
     """Check a dataset directory; print what cleaning would remove and the split sizes."""
-    from common.data import DataError, validate_dataset
+    from common.data import validate_dataset
 
     try:
         report = validate_dataset(path)
-    except (DataError, FileNotFoundError, ValueError) as err:
+    except Exception as err:  # anticipated: one line and rc 2; else a bug, raised again
         _fail(err)
     typer.echo(json.dumps(report, indent=2, default=str))
     typer.echo(f"valid: {path}")
@@ -118,7 +122,7 @@ def data_declare(
     otherwise it is fitted on the training rows and marked fitted-on-private-rows: a run with a privacy mode
     refuses such a file (write the values from public knowledge instead, docs/deployment.md)."""
     from common.context import ContextEncoder
-    from common.data import DataError, load_dataset, read_spec
+    from common.data import load_dataset, read_spec
     from common.schema import fitted_declaration
 
     try:
@@ -129,7 +133,7 @@ def data_declare(
             encoder, fitted = load_dataset(path).context_encoder, True
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(fitted_declaration(encoder) if fitted else json.dumps(encoder.to_dict(), indent=1))
-    except (DataError, FileNotFoundError, ValueError, OSError) as err:
+    except Exception as err:  # anticipated: one line and rc 2; else a bug, raised again
         _fail(err)
     typer.echo(f"context declaration: {out} ({encoder.dim} features: {', '.join(encoder.feature_names)})")
     if fitted:
@@ -146,12 +150,11 @@ def data_partition(
     overwrite: bool = typer.Option(False, help="Replace an existing directory."),
 ) -> None:
     """Split a dataset into a federation to try on one machine (see docs/deployment.md)."""
-    from common.data import DataError
     from common.partition import partition_dataset
 
     try:
         fed = partition_dataset(path, out, devices, overwrite=overwrite)
-    except (DataError, FileExistsError, FileNotFoundError, ValueError, OSError) as err:
+    except Exception as err:  # anticipated: one line and rc 2; else a bug, raised again
         _fail(err)
     typer.echo(f"server catalogue: {out / 'server'} (no interactions)")
     for d in fed["devices"]:
@@ -171,9 +174,6 @@ def simulate_cmd(
     verbose: bool = typer.Option(False, help="Show Flower's and Ray's logs."),
 ) -> None:
     """Simulate the federation (real Flower simulation engine), run the baselines, write the report."""
-    from common.config import ConfigError
-    from common.data import DataError
-    from common.errors import RunFailed
     from simulations.simulate import simulate
 
     try:
@@ -183,7 +183,7 @@ def simulate_cmd(
 
             nodes = load_cached(str(resolve_dataset(cfg))).n_users
         run_dir = simulate(cfg, num_nodes=nodes, verbose=verbose, baselines=baselines)
-    except (ConfigError, DataError, RunFailed, FileExistsError, FileNotFoundError, NotADirectoryError) as err:
+    except Exception as err:  # anticipated: one line and rc 2; else a bug, raised again
         _fail(err)
     typer.echo(f"run directory: {run_dir}")
 
@@ -192,7 +192,7 @@ def simulate_cmd(
 def sweep_cmd(
     config: Optional[Path] = typer.Option(None, help="TOML with settings (top level) and a [sweep] table "
                                                      "(epsilons, seeds, audit-users)."),
-    data: Optional[str] = typer.Option(None, help="Dataset directory, or 'synthetic' (default, 10,000 users)."),
+    data: Optional[str] = typer.Option(None, help="Dataset directory, or 'synthetic' (default, 60,000 users)."),
     set_: List[str] = typer.Option([], "--set", help="Setting override key=value; also epsilons=0.5,1,inf, "
                                                      "seeds=0,1,2, audit-users=N."),
     out: Optional[Path] = typer.Option(None, help="Sweep directory (default runs/sweep-<date-time>)."),
@@ -201,16 +201,14 @@ def sweep_cmd(
     """Privacy/accuracy trade-off: central DP at several epsilons and seeds, with a membership audit."""
     import time
 
-    from common.config import ConfigError, parse_overrides
-    from common.data import DataError
-    from common.errors import RunFailed
+    from common.config import parse_overrides
     from simulations.sweep import run_sweep, sweep_config
 
     try:
         base, plan = sweep_config(config, parse_overrides(set_ or []), data)
         out_dir = out or Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
         path = run_sweep(base, plan, out_dir, nodes=nodes)
-    except (ConfigError, DataError, RunFailed, FileExistsError, FileNotFoundError, NotADirectoryError) as err:
+    except Exception as err:  # anticipated: one line and rc 2; else a bug, raised again
         _fail(err)
     typer.echo(f"run directory: {path}")
 
@@ -229,8 +227,6 @@ def bench_cmd(
                                                      "+secagg runs with secure aggregation (central+secagg)."),
 ) -> None:
     """Centralized epoch time vs federated round time on the same users; prints JSON last."""
-    from common.config import ConfigError
-    from common.errors import RunFailed
     from simulations.bench import bench
 
     try:
@@ -240,7 +236,7 @@ def bench_cmd(
         for mode in privacy:
             mode_config(cfg, mode)  # validates the mode with this config
         results = bench(cfg, users=users, items=items, rounds=rounds, nodes=nodes, privacy=privacy)
-    except (ConfigError, RunFailed, FileExistsError) as err:
+    except Exception as err:  # anticipated: one line and rc 2; else a bug, raised again
         _fail(err)
     typer.echo(json.dumps(results[-1] if len(results) == 1 else {**results[-1], "all": results}))
 
@@ -254,19 +250,21 @@ def device_recommend(
     time: Optional[int] = typer.Option(None, help="Unix seconds for time-derived context (default: now)."),
     k: int = typer.Option(10, "-k", help="How many items."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    new_user: bool = typer.Option(False, "--new-user", help="The user is new to this device: recommend without a "
+                                                            "personal term (an unknown id is an error otherwise)."),
 ) -> None:
     """Top-k items for a user in a context, from the latest global model the device received, with why."""
     from client.device import format_recommendations, recommend
-    from client.device_state import DeviceError, DeviceState, catalogue_titles
-    from common.config import ConfigError
+    from client.device_state import DeviceState, catalogue_titles
 
     try:
         dev = DeviceState.load(state)
+        dev.check_user(user, new_user)
         theta, source = dev.theta_for(user)
         items, _, _ = dev.history(user)
         x = dev.context_vector(_pairs(context), time)
         recs = recommend(dev.params, dev.item_h, theta, x, items, k=k)
-    except (DeviceError, ConfigError, ValueError, OSError) as err:
+    except Exception as err:  # anticipated: one line and rc 2; else a bug, raised again
         _fail(err)
     titles = catalogue_titles(dev)
     if as_json:
@@ -285,7 +283,7 @@ def device_recommend(
 @device_cli.command("record")
 def device_record(
     state: Path = typer.Option(..., help="The device's state directory."),
-    user: str = typer.Option(..., help="User id (a new id adds a user)."),
+    user: str = typer.Option(..., help="User id (as in the device's data)."),
     item: str = typer.Option(..., help="Item id of the catalogue."),
     context: List[str] = typer.Option([], "--context", help="Context column=value (repeat)."),
     time: Optional[int] = typer.Option(None, help="Unix seconds of the engagement (default: now)."),
@@ -293,15 +291,17 @@ def device_record(
                                                      "(default: min-label)."),
     steps: Optional[int] = typer.Option(None, help="Local steps that refresh theta_u against the stored global "
                                                    "model (default: local-steps, as in a round)."),
+    new_user: bool = typer.Option(False, "--new-user", help="Add the user to this device (an unknown id is an "
+                                                            "error otherwise)."),
 ) -> None:
     """Record one engagement in the device's data (the next round trains on it) and refresh theta_u at once."""
     from client.device import refresh_theta
-    from client.device_state import DeviceError, DeviceState
-    from common.config import ConfigError
-    from common.federated import SECONDS_PER_DAY
+    from client.device_state import DeviceState
+    from common.scoring import SECONDS_PER_DAY
 
     try:
         dev = DeviceState.load(state)
+        dev.check_user(user, new_user)
         pairs = _pairs(context)
         row = dev.append_engagement(user, item, pairs, time, label)
         theta, _ = dev.theta_for(user)
@@ -312,7 +312,7 @@ def device_record(
                             steps=steps, lr=c.theta_lr, negatives=c.negatives, seed=len(items), l2=c.l2,
                             half_life_days=c.half_life_days, loss=c.loss, unobserved_weight=c.unobserved_weight)
         where = dev.store_theta(user, new)
-    except (DeviceError, ConfigError, ValueError, OSError) as err:
+    except Exception as err:  # anticipated: one line and rc 2; else a bug, raised again
         _fail(err)
     typer.echo(f"recorded: {json.dumps(row)}")
     typer.echo(f"theta_u of {user} refreshed on {len(items)} engagements ({steps} steps): {where}")
@@ -326,13 +326,13 @@ def export_tflite(
 ) -> None:
     """The on-device scorer as TFLite: theta_u [dim] and context x [context_dim] in; scores over the catalogue
     and the top-k out (see docs/device.md)."""
-    from client.device_state import DeviceError, DeviceState
+    from client.device_state import DeviceState
     from client.tflite import export_scorer
 
     try:
         dev = DeviceState.load(state)
         path = export_scorer(dev.params, dev.item_h, out, k=k)
-    except (DeviceError, ValueError, OSError) as err:
+    except Exception as err:  # anticipated: one line and rc 2; else a bug, raised again
         _fail(err)
     typer.echo(f"tflite: {path} ({path.stat().st_size / 1e6:.2f} MB; {dev.schema.n_items} items, "
                f"dim {dev.cfg.dim}, context {dev.context_dim})")

@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["BIN", "ROOT", "APP_PACKAGES", "Proc", "Cluster", "free_ports", "wait_for", "copy_app", "cluster_env"]
+__all__ = ["BIN", "ROOT", "APP_PACKAGES", "Proc", "Cluster", "free_ports", "start_listening", "wait_for", "copy_app",
+           "cluster_env"]
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's console scripts: flower-superlink, flower-supernode, flwr, fedctx
@@ -84,6 +85,33 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+#: what a Flower server process says when a port it must bind is taken (flwr.common.grpc), then it exits
+PORT_IN_USE = "is already in use"
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def start_listening(start, n_ports: int, timeout: float, attempts: int = 5) -> tuple[Proc, list[int]]:
+    """Start a process that binds n_ports loopback ports, and return it with its ports once it listens on all.
+
+    start(ports, attempt) -> Proc starts it on the given ports. Ports picked free (`free_ports`) can be taken by
+    another process before this one binds them; Flower then exits saying the port is in use, and the whole
+    start is made again on new ports. Returns once every port accepts connections with the process alive, or
+    once it exited for another reason (then the caller's next `wait_for` on it says so)."""
+    for attempt in range(attempts):
+        ports = free_ports(n_ports)
+        proc = start(ports, attempt)
+        wait_for(f"{proc.name} to listen on {ports}", lambda: proc.popen.poll() is not None
+                 or all(_listening(p) for p in ports), timeout)
+        if proc.popen.poll() is None or PORT_IN_USE not in proc.text():
+            return proc, ports  # listening, or exited for another reason (the caller's next wait reports it)
+    raise AssertionError(f"{proc.name}: a port was taken by another process on each of {attempts} starts")
 
 
 def wait_for(what: str, check, timeout: float, procs: tuple[Proc, ...] = ()):

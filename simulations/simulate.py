@@ -81,6 +81,21 @@ def _stop_on_signals(flag: Path) -> None:
             signal.signal(sig, handler)
 
 
+def _apps():
+    """The ServerApp and the ClientApp, imported in the calling thread before Flower starts any thread of its own.
+
+    Given as module:attribute strings instead, Flower's engine checks the ClientApp's module by parsing its source
+    with `ast` (flwr.common.object_ref.validate) in the main thread while the ServerApp thread already runs, and
+    TensorFlow there converts functions with autograph, which parses with `ast` too; on CPython 3.11 two threads
+    building AST objects at once can fail with "SystemError: AST constructor recursion depth mismatch"
+    (python/cpython#106905). Loaded objects are never parsed (docs/architecture.md, "Tests that cannot fail by
+    chance"). The objects reach Ray's workers as references to these modules, as before."""
+    from client.app import app as client_app
+    from server.app import app as server_app
+
+    return server_app, client_app
+
+
 def run_flower_simulation(cfg: Config, num_nodes: int, verbose: bool = False) -> None:
     """Run the ServerApp and ClientApp of this project in Flower's simulation engine (Ray backend).
 
@@ -135,9 +150,10 @@ def run_flower_simulation(cfg: Config, num_nodes: int, verbose: bool = False) ->
         ray.init(runtime_env={"env_vars": {"PYTHONPATH": ":".join(sys.path)}},  # which ours must replace
                  **backend["init_args"])
     _stop_on_signals(Path(error_file + ".stop"))
+    server_app, client_app = _apps()
     try:
         _run_simulation(
-            num_supernodes=num_nodes, server_app_attr="server.app:app", client_app_attr="client.app:app",
+            num_supernodes=num_nodes, server_app=server_app, client_app=client_app,
             backend_name="ray", backend_config=backend, app_dir=str(PROJECT_ROOT), run=run,
             server_app_context=context, verbose_logging=verbose, exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE, is_app=True,
         )

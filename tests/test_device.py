@@ -11,7 +11,8 @@ import pytest
 from client.device import format_recommendations, recommend, refresh_candidates, refresh_theta
 from client.tflite import TFLiteScorer, export_scorer
 from common.federated import item_representations
-from common.model import DENSE_NAMES, ModelShape, ials_solve, local_train, score_items, warm_start_theta
+from common.model import DENSE_NAMES, ModelShape, ials_solve, item_side, local_train, score_items, warm_start_theta
+from common.scoring import item_side_np
 
 N_ITEMS, TEXT_DIM, DIM = 60, 12, 6
 
@@ -57,6 +58,20 @@ def test_parts_add_up_to_the_models_score(query, hybrid, context_dim):
     if context_dim == 0:
         assert all(r.context_interaction == 0.0 for r in recs)
         assert recs[0].context_shift == pytest.approx(float(params["global-bias"][0]))
+
+
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_the_numpy_item_side_is_the_models(query, hybrid):
+    """common.scoring.item_side_np (what a device scores with, no TensorFlow) against common.model.item_side."""
+    item_h, _, _ = query
+    params = random_params(3, hybrid)
+    phi, bias = item_side_np(params, item_h)
+    g = {k: params[k][None] for k in DENSE_NAMES}
+    ref_phi, ref_bias = item_side(g, item_h[None], params["items/embedding"][None] if hybrid else None,
+                                  params["items/bias"][None] if hybrid else None)
+    assert phi.dtype == np.float32 and bias.dtype == np.float32
+    np.testing.assert_allclose(phi, ref_phi[0].numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(bias, ref_bias[0].numpy(), rtol=1e-6, atol=1e-6)
 
 
 def test_top_k_excludes_history_and_follows_the_scores(query):

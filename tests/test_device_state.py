@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -16,7 +19,7 @@ from client.device_state import DeviceState
 from client.node import NODE_STATE_FILE, STORE_FILE, node_for
 from common.config import Config
 from common.data import load_dataset
-from common.model import ModelShape, ials_solve, init_shared
+from common.model import DENSE_NAMES, ModelShape, ials_solve, init_shared, score_items
 from common.params import to_record
 from common.schema import build_schema
 from server.content import ContentEncoder
@@ -91,6 +94,8 @@ def test_record_appends_one_row_refreshes_theta_and_leaves_other_users_alone(dev
     np.testing.assert_array_equal(after.theta[j], before.theta[j])
     # a new user joins the device's data; the next round's store holds it, and everyone else keeps theta_u
     code, out = _run("device", "record", "--state", state, "--user", "newcomer", "--item", item)
+    assert code == 2 and "'newcomer': not on this device" in out  # a typo must not add a user
+    code, out = _run("device", "record", "--state", state, "--user", "newcomer", "--item", item, "--new-user")
     assert code == 0, out
     content["config"]["server-round"] = 2
     node = node_for(ctx, content, training=True)  # the next round
@@ -103,9 +108,10 @@ def test_record_appends_one_row_refreshes_theta_and_leaves_other_users_alone(dev
 def test_record_refuses_what_does_not_fit_the_schema(device):
     state, data, ds, _, _ = device
     before = (data / "interactions.parquet").read_bytes()
-    code, out = _run("device", "record", "--state", state, "--user", "u", "--item", "no-such-item")
+    user = str(ds.user_ids[0])
+    code, out = _run("device", "record", "--state", state, "--user", user, "--item", "no-such-item")
     assert code == 2 and "not in the catalogue" in out
-    code, out = _run("device", "record", "--state", state, "--user", "u", "--item", str(ds.item_ids[0]),
+    code, out = _run("device", "record", "--state", state, "--user", user, "--item", str(ds.item_ids[0]),
                      "--context", "weather=rain")
     assert code == 2 and "weather" in out and "device" in out
     assert (data / "interactions.parquet").read_bytes() == before  # nothing half-written
@@ -118,6 +124,79 @@ def test_export_tflite_writes_the_scorer(device, tmp_path):
     code, out = _run("export", "tflite", "--state", state, "--out", tmp_path / "scorer.tflite")
     assert code == 0, out
     assert (tmp_path / "scorer.tflite").stat().st_size > 1000
+
+
+def _fedctx(*args, tmp_path) -> tuple[int, str, str, list[str]]:
+    """The real command line in a fresh interpreter (as the `fedctx` console script runs it): rc, stdout, stderr,
+    and which of tensorflow / flwr the process had imported when it exited."""
+    seen = tmp_path / "modules.json"
+    code = ("import atexit, json, sys\n"
+            f"atexit.register(lambda: open({str(seen)!r}, 'w').write(json.dumps("
+            "[m for m in ('tensorflow', 'flwr') if m in sys.modules])))\n"
+            "from simulations.cli import main\n"
+            f"sys.argv = ['fedctx', *{[str(a) for a in args]!r}]\n"
+            "main()\n")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a user's shell has it
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
+    return done.returncode, done.stdout, done.stderr, json.loads(seen.read_text())
+
+
+def test_device_commands_run_without_importing_tensorflow(device, tmp_path):
+    """The device's answer is numpy only: a fresh `fedctx device recommend` (and `record`) never imports
+    TensorFlow (nor Flower, which imports it), and its scores are the model's (common.model.score_items, here)."""
+    state, _, ds, _, _ = device
+    user = str(ds.user_ids[0])
+    code, out, err, modules = _fedctx("device", "recommend", "--state", state, "--user", user, "--context",
+                                      "device=mobile", "--time", "1700000000", "-k", "4", "--json", tmp_path=tmp_path)
+    assert code == 0, err
+    assert modules == []
+    doc = json.loads(out)
+    dev = DeviceState.load(state)
+    theta, _ = dev.theta_for(user)
+    x = dev.context_vector({"device": "mobile"}, 1700000000)
+    dense = {k: dev.params[k] for k in DENSE_NAMES}
+    ref = score_items(dense, theta[None], x[None], dev.item_h, dev.params.get("items/embedding"),
+                      dev.params.get("items/bias"))[0].astype(np.float64)
+    ref[dev.history(user)[0]] = -np.inf
+    assert [r["item"] for r in doc["recommendations"]] == np.argsort(-ref, kind="stable")[:4].tolist()
+    np.testing.assert_allclose([r["score"] for r in doc["recommendations"]], np.sort(ref)[::-1][:4], rtol=1e-5)
+    # feedback too: the refresh's gradient steps are numpy (tests/test_device.py holds them equal to local_train)
+    code, out, err, modules = _fedctx("device", "record", "--state", state, "--user", user, "--item",
+                                      str(ds.item_ids[7]), tmp_path=tmp_path)
+    assert code == 0 and "refreshed" in out, err
+    assert modules == []
+    assert not np.allclose(DeviceState.load(state).theta_for(user)[0], theta)
+
+
+def test_an_unknown_user_is_an_error_unless_new_user(device):
+    """A misspelt id must not read as a cold start: the error says how many users the device holds and shows
+    one of their ids; --new-user asks for the cold start on purpose, and is refused for an id the device holds."""
+    state, _, ds, _, _ = device
+    held = sorted(set(DeviceState.load(state).user_keys.tolist()))
+    typo = str(ds.user_ids[0]) + "x"
+    code, out = _run("device", "recommend", "--state", state, "--user", typo)
+    assert code == 2
+    assert out.startswith(f"error: user '{typo}': not on this device (it holds {len(held)} users, e.g. "
+                          f"'{held[0]}'") and "--new-user" in out and len(out.strip().splitlines()) == 1
+    code, out = _run("device", "recommend", "--state", state, "--user", typo, "--new-user", "--json")
+    assert code == 0, out
+    assert json.loads(out)["theta"].startswith("new user without history")
+    code, out = _run("device", "recommend", "--state", state, "--user", held[0], "--new-user")
+    assert code == 2 and "leave out --new-user" in out
+
+
+@pytest.mark.parametrize("damaged", ["schema.json", "content.npz", "global_model.npz", "node-state.npz",
+                                     "device.json"])
+def test_a_damaged_state_file_is_one_line_and_rc_2(device, tmp_path, damaged):
+    """Through the real command line: a state file cut short is one line naming the file and the fix, rc 2 (no
+    "unexpected ... bug" and no trace)."""
+    state, _, ds, _, _ = device
+    path = state / damaged
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    code, out, err, _ = _fedctx("device", "recommend", "--state", state, "--user", str(ds.user_ids[0]),
+                                tmp_path=tmp_path)
+    assert code == 2 and out == ""
+    assert err.startswith(f"error: {path}: damaged") and "Fix:" in err and len(err.strip().splitlines()) == 1, err
 
 
 @pytest.mark.parametrize("device", [{"loss": "ials", "l2": 0.01}], indirect=True)
@@ -138,3 +217,13 @@ def test_under_ials_the_device_solves_theta_from_the_history_and_the_global_mode
     assert code == 0, out
     again, _ = DeviceState.load(state).theta_for(user)
     assert len(DeviceState.load(state).history(user)[0]) == len(items) + 1 and not np.allclose(again, theta)
+
+
+def test_export_tflite_prints_only_its_result(device, tmp_path):
+    """The converter's own lines (`(f32: 3)` ... from its C++ side) do not reach the terminal: stdout is the one
+    result line, stderr is empty."""
+    state, _, _, _, _ = device
+    code, out, err, _ = _fedctx("export", "tflite", "--state", state, "--out", tmp_path / "s.tflite", tmp_path=tmp_path)
+    assert code == 0, err
+    assert out.splitlines() == [out.strip()] and out.startswith(f"tflite: {tmp_path / 's.tflite'} (")
+    assert err == ""

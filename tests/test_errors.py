@@ -42,3 +42,21 @@ def test_a_simulated_server_records_its_error_for_the_harness(tmp_path, monkeypa
     assert json.loads(path.read_text())["type"] == "ConfigError"
     with pytest.raises(RunFailed, match="population: must be set"):
         raise_recorded(path)
+
+
+def test_every_anticipated_error_shares_one_base_and_is_its_own_message():
+    """One base class: whatever command meets one of these prints its message as one line and exits with 2."""
+    from client.device_state import DeviceError
+    from common.data import DataError
+    from common.errors import FedctxError, Interrupted, anticipated
+    from common.schema import SchemaMismatch
+    from server.content import ContentError
+
+    errors = [ConfigError("dim: must be >= 1. Found 0."), DataError("items.csv", "item_id must be unique", value="7", fix="remove the row"),
+              ContentError("content-path: no such file"), SchemaMismatch("schema hash 1 does not match"),
+              DeviceError("user 'x': not on this device"), RunFailed("round 3 failed"), Interrupted("SIGTERM")]
+    for exc in errors:
+        assert isinstance(exc, FedctxError) and anticipated(exc)
+        assert message(exc) == str(exc) and "\n" not in message(exc)
+    assert isinstance(errors[3], RuntimeError) and isinstance(errors[4], ValueError)  # builtin bases kept
+    assert not anticipated(KeyError("x")) and not anticipated(RuntimeError("x"))

@@ -229,3 +229,21 @@ def test_evaluation_is_skipped_between_eval_every_rounds_and_the_best_round_is_k
     assert [r["round"] for r in s.log.rows] == [1, 2, 3, 4]
     score, best_round, params = s.best
     assert (score, best_round) == (0.4, 2) and all(np.all(v == 1.0) for v in params.values())
+
+
+def test_a_round_starts_once_min_connected_nodes_are_connected():
+    """min-connected=3: while 2 nodes are connected the round waits (the server polls the grid once a second); it
+    starts, asking all 3, when the third connects. A failed node that must come back is waited for."""
+
+    class Joining(FakeGrid):
+        polls = 0
+
+        def get_node_ids(self):
+            self.polls += 1
+            return [11, 12] + ([13] if self.polls > 2 else [])
+
+    s = _strategy(min_nodes=1)
+    s.min_connected = 3
+    grid = Joining([])
+    msgs = list(s.configure_train(1, to_record(_params()), ConfigRecord({}), grid))
+    assert grid.polls == 3 and sorted(m.metadata.dst_node_id for m in msgs) == [11, 12, 13]
