@@ -11,7 +11,8 @@ import pytest
 from client.device import format_recommendations, recommend, refresh_candidates, refresh_theta
 from client.tflite import TFLiteScorer, export_scorer
 from common.federated import item_representations
-from common.model import DENSE_NAMES, ModelShape, ials_solve, item_side, local_train, score_items, warm_start_theta
+from common.model import (DENSE_NAMES, ModelShape, ials_solve, item_side, local_train, negative_shift, score_items,
+                          warm_start_theta)
 from common.scoring import item_side_np
 
 N_ITEMS, TEXT_DIM, DIM = 60, 12, 6
@@ -166,7 +167,8 @@ def test_tflite_rejects_k_beyond_the_catalogue(tmp_path):
 def test_refresh_theta_one_step_is_the_weighted_gradient_step(loss):
     """One SGD step: theta' = theta - lr * g, with (w_i = 2^-(age_i - min age)/half_life, p = candidate probs)
     bce:     g = sum_i w_i sum_c (sigmoid(s_ic) - y_ic) phi(c) / sum_i w_i + 2 l2 theta
-    softmax: g = sum_i w_i (sum_c softmax(s_i)_c phi(c) - phi(c_i)) / sum_i w_i + 2 l2 theta."""
+    softmax: g = sum_i w_i (sum_c softmax(s_i')_c phi(c) - phi(c_i)) / sum_i w_i + 2 l2 theta, where s_i' adds
+             log((N - 1) / k) to the k negatives' scores (each negative stands for (N - 1) / k items)."""
     rng = np.random.default_rng(7)
     item_h = rng.normal(size=(N_ITEMS, TEXT_DIM)).astype(np.float32)
     params = random_params(3, True, seed=8)
@@ -189,6 +191,7 @@ def test_refresh_theta_one_step_is_the_weighted_gradient_step(loss):
         y[:, 0] = 1.0
         per_ex = np.einsum("ic,icd->id", 1.0 / (1.0 + np.exp(-s)) - y, phi)
     else:
+        s = s + np.r_[0.0, np.full(k, np.log((N_ITEMS - 1) / k))]
         p = np.exp(s - s.max(1, keepdims=True))
         p /= p.sum(1, keepdims=True)
         per_ex = np.einsum("ic,icd->id", p, phi) - phi[:, 0]
@@ -217,7 +220,8 @@ def test_refresh_theta_is_local_train_with_the_shared_parameters_frozen(optimize
     d, ref, _, _, _ = local_train(dense, theta[None], params["items/embedding"][rows][None],
                                   params["items/bias"][rows][None], item_h[rows][None], np.ones((1, len(rows)), np.float32),
                                   ctx[None], local.reshape(cand.shape)[None], (2.0 ** (-age / 5.0))[None].astype(np.float32),
-                                  steps=2, lr=0.0, theta_lr=0.2, l2=0.01, loss="softmax", optimizer=optimizer)
+                                  steps=2, lr=0.0, theta_lr=0.2, l2=0.01, loss="softmax", optimizer=optimizer,
+                                  neg_shift=negative_shift(N_ITEMS, 4))
     assert all(np.array_equal(d[n][0], params[n]) for n in DENSE_NAMES)  # lr=0 froze them
     np.testing.assert_allclose(new, ref[0], rtol=1e-5, atol=2e-5)  # float32 rounding of Adam's bias terms
     assert not np.allclose(new, theta)
