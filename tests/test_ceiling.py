@@ -84,3 +84,33 @@ def test_ceiling_rankings_order_as_their_knowledge(generated):
     users = user[last]
     loglik = {name: float(np.log(f(users)[np.arange(len(users)), item[last]]).mean()) for name, f in scorers.items()}
     assert loglik["oracle"] > loglik["structure"] > loglik["structure-context-free"], loglik
+
+
+def test_report_glue_maps_users_items_and_contexts_to_the_generator(small_cache, monkeypatch):
+    """planted_inputs reads the prepared dataset (dense indices, encoded contexts): its test context codes, training
+    rows and items must be the generator's own, found through the ids; ceiling_metrics reports every member."""
+    from common.ceiling import planted_inputs
+    from common.config import Config
+    from common.datasets import load_cached, resolve_dataset
+    from common.federated import UserStore
+    from simulations.simulate import ceiling_metrics
+
+    monkeypatch.setenv("FEDCTX_CACHE", str(small_cache))
+    cfg = Config().replace(synthetic_users=40, synthetic_items=300, seed=5)
+    ds = load_cached(str(resolve_dataset(cfg)))
+    members = np.arange(ds.n_users)
+    store = UserStore.from_prepared(ds, members, use_context=True)
+    synthetic = SyntheticConfig(users=40, items=300, seed=5)
+    inter, _, truth = generate(synthetic)
+    got = planted_inputs(ds, store, synthetic, truth)
+    last = inter.groupby("user_id").tail(1)  # rows are sorted by (user, time): the test engagement
+    raw = context_codes(last["timestamp"].to_numpy(), (last["device"] == "mobile").to_numpy())
+    users = [int(u[1:]) for u in store.user_keys]
+    np.testing.assert_array_equal(got["test_code"], raw[users])
+    np.testing.assert_array_equal(got["true_pref"], np.asarray(truth.user_topic_pref)[users])
+    items = np.array([int(i[1:]) for i in np.asarray(ds.item_ids).astype(str)])
+    np.testing.assert_array_equal(got["planted"].item_topic, np.asarray(truth.item_topic)[items])
+    assert len(got["train_code"]) == len(store.items)
+    metrics = ceiling_metrics(cfg, ds, members)
+    assert list(metrics) == ["oracle", "structure", "structure-context-free"]
+    assert all(m["hr"].shape == (ds.n_users,) for m in metrics.values())
