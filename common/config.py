@@ -23,7 +23,8 @@ CONTENT_ENCODERS = ("word2vec", "precomputed", "sentence-encoder")
 
 #: upper bounds of the settings that size arrays (beyond them a run cannot allocate its tables)
 _SIZE_LIMITS = {"dim": 4096, "text_dim": 4096, "negatives": 10_000, "eval_negatives": 100_000,
-                "synthetic_users": 10_000_000, "synthetic_items": 10_000_000, "content_max_length": 8192}
+                "synthetic_users": 10_000_000, "synthetic_items": 10_000_000, "content_max_length": 8192,
+                "content_dims": 4096}
 
 
 class ConfigError(FedctxError, ValueError):
@@ -56,6 +57,8 @@ class Config:
     content_max_length: int = 256    # sentence-encoder: tokens per item text (longer texts are cut)
     content_batch: int = 32          # sentence-encoder: texts per forward pass (speed only)
     content_standardize: bool = True  # standardise h(c) per dimension over the catalogue (mean 0, std 1)
+    content_dims: int = 64           # an encoder wider than this is PCA-whitened over the catalogue to its top
+                                     # content-dims axes (unit variance each); 0 = keep every dimension
     text_dim: int = 64               # word2vec only: vector size (the other encoders have their own width)
     text_epochs: int = 15            # word2vec only
     text_window: int = 5             # word2vec only
@@ -153,6 +156,7 @@ class Config:
              "must name a local model directory or a model name with content-encoder=sentence-encoder")
         need(self.content_max_length >= 2, "content_max_length", "must be >= 2 (tokens, [CLS] and [SEP] included)")
         need(self.content_batch >= 1, "content_batch", "must be >= 1")
+        need(self.content_dims >= 0, "content_dims", "must be >= 0 (0 = keep every dimension of the encoder)")
         need(self.text_dim >= 2, "text_dim", "must be >= 2")
         need(self.text_epochs >= 1, "text_epochs", "must be >= 1")
         need(self.text_pooling in TEXT_POOLING, "text_pooling", f"must be one of {TEXT_POOLING}")

@@ -34,7 +34,7 @@ from common.config import Config, ConfigError
 
 __all__ = ["tokenize", "ContentEncoder", "SentenceEncoder", "ContentError", "ItemContent", "content_vectors",
            "item_content", "content_descriptor", "read_precomputed", "align_precomputed", "catalogue_sha256",
-           "DESCRIPTOR_VERSION"]
+           "DESCRIPTOR_VERSION", "whitening"]
 
 #: Bumped whenever the computation of h(c) changes for the same settings (descriptor and cache key).
 DESCRIPTOR_VERSION = 1
@@ -408,7 +408,8 @@ def content_descriptor(cfg: Config) -> dict[str, Any]:
     """Which encoder makes h(c) under cfg (JSON-able): kind, model name or path, sha256 of the model files or
     of the vectors file (None for word2vec, which is trained on the catalogue itself), the library, and every
     setting that shapes h(c). Equal descriptors and equal catalogues give equal h(c)."""
-    common = {"version": DESCRIPTOR_VERSION, "encoder": cfg.content_encoder, "standardize": cfg.content_standardize}
+    common = {"version": DESCRIPTOR_VERSION, "encoder": cfg.content_encoder, "standardize": cfg.content_standardize,
+              "dims": cfg.content_dims}
     if cfg.content_encoder == "word2vec":
         import gensim
 
@@ -439,9 +440,10 @@ def catalogue_sha256(item_ids: Sequence[str], texts: Sequence[str]) -> str:
 class ItemContent:
     """h(c) of a catalogue, and the means to encode new items the same way.
 
-    h [n_items, width] float32, standardised with mean, std [width] (zeros and ones with
-    content-standardize=false); descriptor: content_descriptor of the settings. encode(texts, item_ids) ->
-    [m, width]: new items through the same encoder and the catalogue's standardisation.
+    h [n_items, width] float32, standardised with mean, std [raw width] (zeros and ones with
+    content-standardize=false), then, where the encoder is wider than content-dims, PCA-whitened: centred with
+    centre [raw width] and projected by proj [raw width, width]. descriptor: content_descriptor of the settings.
+    encode(texts, item_ids) -> [m, width]: new items through the same encoder and the catalogue's transform.
     """
 
     h: np.ndarray
@@ -449,13 +451,29 @@ class ItemContent:
     std: np.ndarray
     descriptor: dict[str, Any]
     raw: "RawEncoder" = field(repr=False)
+    centre: np.ndarray | None = None
+    proj: np.ndarray | None = None
 
     @property
     def width(self) -> int:
         return int(self.h.shape[1])
 
     def encode(self, texts: Sequence[str], item_ids: Sequence[str] | None = None) -> np.ndarray:
-        return _standardized(self.raw(texts, item_ids), self.mean, self.std)
+        z = _standardized(self.raw(texts, item_ids), self.mean, self.std)
+        return z if self.proj is None else ((z - self.centre) @ self.proj).astype(np.float32)
+
+
+def whitening(z: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
+    """PCA whitening of z [n, width] to its top `dims` principal axes: (centre [width], proj [width, dims]) with
+    (z - centre) @ proj of unit variance and uncorrelated per output dimension over the n rows. Each axis's sign is
+    fixed (its largest-magnitude loading positive), so the same z gives the same proj on any LAPACK."""
+    z = np.asarray(z, np.float64)
+    centre = z.mean(axis=0)
+    _, s, vt = np.linalg.svd(z - centre, full_matrices=False)
+    axes = vt[:dims]
+    axes *= np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(axis=1)])[:, None]
+    scale = s[:dims] / np.sqrt(len(z))
+    return centre, axes.T / np.where(scale > 1e-12, scale, 1.0)
 
 
 RawEncoder = Callable[[Sequence[str], "Sequence[str] | None"], np.ndarray]
@@ -521,7 +539,12 @@ def item_content(cfg: Config, texts: Sequence[str], item_ids: Sequence[str] | No
             _save_atomic(cached, h)
     width = h.shape[1]
     mean, std = _moments(h) if cfg.content_standardize else (np.zeros(width), np.ones(width))
-    return ItemContent(h=_standardized(h, mean, std), mean=mean, std=std, descriptor=descriptor, raw=raw)
+    z = _standardized(h, mean, std)
+    if not 0 < cfg.content_dims < min(width, len(z)):
+        return ItemContent(h=z, mean=mean, std=std, descriptor=descriptor, raw=raw)
+    centre, proj = whitening(z, cfg.content_dims)  # a wide encoder: its top content-dims axes, whitened
+    return ItemContent(h=((z - centre) @ proj).astype(np.float32), mean=mean, std=std, descriptor=descriptor,
+                       raw=raw, centre=centre, proj=proj)
 
 
 def content_vectors(cfg: Config, texts: Sequence[str], item_ids: Sequence[str] | None = None) -> np.ndarray:

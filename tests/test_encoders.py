@@ -66,6 +66,37 @@ def test_precomputed_vectors_are_standardised_like_word2vec_by_default(tmp_path)
     np.testing.assert_allclose(h.std(axis=0), 1.0, atol=1e-5)
 
 
+def test_a_wide_encoder_is_whitened_to_content_dims_and_new_items_follow(tmp_path):
+    n, width, dims = 40, 12, 3
+    ids = np.array([f"m{i}" for i in range(n)])
+    texts = [f"text {i}" for i in range(n)]
+    rng = np.random.default_rng(1)
+    # three strong directions plus small noise: the whitened h(c) must keep exactly those three
+    signal = rng.normal(size=(n, 3)) * np.array([9.0, 5.0, 3.0])
+    raw = signal @ np.linalg.qr(rng.normal(size=(width, width)))[0][:3] + 0.01 * rng.normal(size=(n, width)) + 4.0
+    path = tmp_path / "wide.npz"
+    np.savez(path, item_ids=np.append(ids, "new"), vectors=np.vstack([raw, raw[:1] * 2]))
+    content = item_content(_precomputed(path, content_dims=dims), texts, ids)
+    h = content.h
+    assert h.shape == (n, dims) and h.dtype == np.float32
+    # unit variance, uncorrelated, centred: the covariance over the catalogue is the identity
+    np.testing.assert_allclose(np.cov(h.T, bias=True), np.eye(dims), atol=1e-4)
+    np.testing.assert_allclose(h.mean(axis=0), 0.0, atol=1e-5)
+    # the three kept axes span the planted signal: a least-squares fit of the signal from h(c) is near exact
+    coef, *_ = np.linalg.lstsq(h, signal - signal.mean(axis=0), rcond=None)
+    residual = signal - signal.mean(axis=0) - h @ coef
+    assert np.abs(residual).max() < 0.05 * np.abs(signal).max()
+    # a catalogue item encoded again equals its row; a new item goes through the same transform
+    np.testing.assert_allclose(content.encode(texts[:2], ids[:2]), h[:2], atol=1e-5)
+    new = content.encode(["a new film"], ["new"])
+    np.testing.assert_allclose(new, ((raw[:1] * 2 - content.centre) @ content.proj), rtol=1e-5)
+    # an encoder no wider than content-dims is left as it is, and content-dims=0 keeps every dimension
+    assert item_content(_precomputed(path, content_dims=width), texts, ids).h.shape == (n, width)
+    assert item_content(_precomputed(path, content_dims=0), texts, ids).h.shape == (n, width)
+    with pytest.raises(ConfigError, match="content-dims: must be >= 0"):
+        Config(content_dims=-1)
+
+
 def _write_bad(tmp_path: Path, case: str) -> Path:
     v = _vectors()
     if case == "missing item":
