@@ -51,10 +51,12 @@ def _results(out: Path) -> dict:
 @slow
 def test_a_simulation_on_a_two_raylet_cluster_uses_both_and_equals_the_local_run(small_synthetic, tmp_path):
     """2 SuperNodes' shards on a cluster of 2 raylets of 1 CPU each: Flower's pool puts one ClientApp actor on
-    each raylet, both train, and the run's model, rounds and metrics equal a run on a local Ray (same seed and
-    sampling key). Bit-equal, not close: each node's work is the same computation whichever process runs it
-    (one TensorFlow thread per actor in both runs), and the server adds the 2 nodes' sums, which float addition
-    does in either order with the same result."""
+    each raylet, both train, and the run's users, examples, losses, metrics and global model equal a run on a
+    local Ray (same seed and sampling key). Equal up to float32 rounding, not bit for bit: two runs on a local Ray
+    are bit-equal, but a node's float32 update computed in another process can differ in the last bits (at 1000
+    users and dim 32, python -m simulations.bench_ray: max abs 3e-6 to 6e-6 on entries up to 0.2 after 4 rounds,
+    with identical per-round losses and HR), and server Adam's division by sqrt(v) magnifies that on near-zero
+    coordinates; the server's sum of 2 replies itself is order-free."""
     from simulations.raycluster import LoopbackRay, actor_nodes
 
     local = _simulate(small_synthetic, tmp_path / "local")
@@ -74,11 +76,23 @@ def test_a_simulation_on_a_two_raylet_cluster_uses_both_and_equals_the_local_run
     assert json.loads((tmp_path / "local" / "summary.json").read_text())["ray"]["ray-address"] == "local"
 
     a, b = _results(tmp_path / "local"), _results(tmp_path / "cluster")
-    assert a["rounds"] == b["rounds"] and len(a["rounds"]) == 3
-    assert a["metrics"] == b["metrics"]
+    assert len(a["rounds"]) == len(b["rounds"]) == 3
+    for ra, rb in zip(a["rounds"], b["rounds"]):
+        assert ra.keys() == rb.keys()
+        for key in ra:  # counts exactly, losses and metrics to float32 rounding
+            if key in ("round", "users", "nodes-asked", "nodes-replied", "nodes-failed", "examples"):
+                assert ra[key] == rb[key], key
+            elif ra[key] != "":
+                assert float(ra[key]) == pytest.approx(float(rb[key]), rel=1e-5, abs=1e-6), key
+    assert a["metrics"]["federated"].keys() == b["metrics"]["federated"].keys()
+    for key, value in a["metrics"]["federated"].items():
+        if isinstance(value, float):
+            assert value == pytest.approx(b["metrics"]["federated"][key], rel=1e-5, abs=1e-6), key
+        else:
+            assert value == b["metrics"]["federated"][key], key
     assert set(a["model"]) == set(b["model"])
     for k in a["model"]:
-        np.testing.assert_array_equal(a["model"][k], b["model"][k], err_msg=k)
+        np.testing.assert_allclose(a["model"][k], b["model"][k], rtol=1e-4, atol=1e-5, err_msg=k)
     assert not list((tmp_path / "cluster").glob(".ray-probe-*"))  # the shared-path probe is gone
 
 
