@@ -133,6 +133,11 @@ class Config:
     eval_negatives: int = 99         # sampled protocol: 1 held-out item vs this many sampled negatives
     eval_every: int = 1              # evaluate every n rounds (the last round is always evaluated)
 
+    # simulation engine
+    ray_address: str = ""            # Ray cluster the simulation joins ("host:port" of its head, or "auto"); "" = a
+                                     # local Ray on this machine. Every Ray node must see data and run-dir at the
+                                     # same path (docs/deployment.md, "Simulation on a Ray cluster")
+
     # checkpoints
     checkpoint_every: int = 10       # write run-dir/checkpoint.npz every n rounds and after the last (0 = never)
     resume: bool = False             # go on from run-dir/checkpoint.npz (same settings; num-rounds may grow)

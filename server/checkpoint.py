@@ -33,7 +33,7 @@ CHECKPOINT_FILE = "checkpoint.npz"
 #: the local-DP bound counts every round begun.
 JOURNAL_FILE = "round-journal.json"
 #: settings a resumed run may change (everything else must equal the checkpoint's)
-RESUMABLE_CHANGES = ("num_rounds", "resume", "checkpoint_every", "content_batch")
+RESUMABLE_CHANGES = ("num_rounds", "resume", "checkpoint_every", "content_batch", "ray_address")
 
 
 @dataclass

@@ -25,6 +25,7 @@ from common.schema import declared_context, fitted_declaration
 from common.errors import SERVER_ERROR_ENV, raise_recorded
 from common.datasets import cache_dir, load_cached, resolve_dataset
 from common.federated import UserStore, evaluate_scores, evaluate_users, training_members
+from simulations.raycluster import alive_nodes, check_shared_paths, connect, ray_init_args
 from common.report import RELEASED_FILES, SYSTEMS, diagnostics_dir, plot_rounds, results_table
 
 __all__ = ["PROJECT_ROOT", "run_flower_simulation", "run_baselines", "simulate", "simulation_inputs",
@@ -96,12 +97,13 @@ def _apps():
     return server_app, client_app
 
 
-def run_flower_simulation(cfg: Config, num_nodes: int, verbose: bool = False) -> None:
+def run_flower_simulation(cfg: Config, num_nodes: int, verbose: bool = False) -> dict:
     """Run the ServerApp and ClientApp of this project in Flower's simulation engine (Ray backend).
 
     Each of `num_nodes` SuperNodes holds a contiguous shard of the users; settings reach both
     apps through Flower's run config ([tool.flwr.app.config] fused with `cfg`), after
-    `simulation_inputs` has filled in the context declaration and N.
+    `simulation_inputs` has filled in the context declaration and N. Ray is a local one, or the cluster at
+    `ray-address` (simulations.raycluster). Returns {"ray-address", "ray-nodes", "ray-cpus"}: where it ran.
     """
     from flwr.app import Context, RecordDict
     from flwr.common.config import get_fused_config_from_dir
@@ -133,25 +135,31 @@ def run_flower_simulation(cfg: Config, num_nodes: int, verbose: bool = False) ->
     cpus = os.cpu_count() or 1
     # Ray runs one actor per CPU; the ClientApp reads this and gives its TensorFlow one thread (see
     # client/app.py). Left at TF's default (a pool per core in every actor) the actors oversubscribe the
-    # cores: rounds measured 3-4x slower on 2 cores. Ray's workers inherit the variable.
+    # cores: rounds measured 3-4x slower on 2 cores. Ray's workers get the variable (simulations.raycluster).
     os.environ.setdefault(NODE_THREADS_ENV, "1")
-    backend = {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {"num_cpus": cpus, "include_dashboard": False, "logging_level": "error",
-                      "log_to_driver": verbose},
-    }
+    # one actor per CPU of every alive Ray node: on a cluster (ray-address) the shards' messages run on all nodes.
+    # Ray is started (or joined) here; Flower's backend reads init_args only when Ray is not running yet
+    init_args = ray_init_args(cfg.ray_address, cpus, verbose)
+    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+               "init_args": {k: v for k, v in init_args.items() if k != "runtime_env"}}
     fd, error_file = tempfile.mkstemp(prefix="fedctx-server-", suffix=".json")
     os.close(fd)
     os.environ[SERVER_ERROR_ENV] = error_file  # the ServerApp (a thread of this process) writes its error here
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    shared: dict[str, str] = {}
     import ray
 
-    if not ray.is_initialized():  # started here, not by Flower's backend: Ray installs its own SIGTERM handler,
-        ray.init(runtime_env={"env_vars": {"PYTHONPATH": ":".join(sys.path)}},  # which ours must replace
-                 **backend["init_args"])
-    _stop_on_signals(Path(error_file + ".stop"))
-    server_app, client_app = _apps()
     try:
+        if not ray.is_initialized():  # started here, not by Flower's backend: Ray installs its own SIGTERM
+            connect(cfg.ray_address, cpus, verbose)  # handler, which ours must replace
+        nodes = alive_nodes()
+        placement = {"ray-address": cfg.ray_address or "local", "ray-nodes": len(nodes),
+                     "ray-cpus": int(sum(n["CPU"] for n in nodes))}
+        if cfg.ray_address:  # the actors of every node read the dataset and write the devices' state themselves
+            shared = _shared_paths(cfg)
+            check_shared_paths(shared)
+        _stop_on_signals(Path(error_file + ".stop"))
+        server_app, client_app = _apps()
         _run_simulation(
             num_supernodes=num_nodes, server_app=server_app, client_app=client_app,
             backend_name="ray", backend_config=backend, app_dir=str(PROJECT_ROOT), run=run,
@@ -159,7 +167,7 @@ def run_flower_simulation(cfg: Config, num_nodes: int, verbose: bool = False) ->
         )
         raise_recorded(Path(error_file))
     finally:
-        if ray.is_initialized():  # Flower shuts Ray down when the run ends normally
+        if ray.is_initialized():  # Flower shuts Ray down when the run ends normally (on a cluster: disconnects)
             ray.shutdown()
         if threading.current_thread() is threading.main_thread():
             for sig, handler in previous.items():
@@ -167,6 +175,21 @@ def run_flower_simulation(cfg: Config, num_nodes: int, verbose: bool = False) ->
         os.environ.pop(SERVER_ERROR_ENV, None)
         Path(error_file).unlink(missing_ok=True)
         Path(error_file + ".stop").unlink(missing_ok=True)
+        if "run-dir" in shared:
+            Path(shared["run-dir"]).unlink(missing_ok=True)
+    return placement
+
+
+def _shared_paths(cfg: Config) -> dict[str, str]:
+    """{setting: path} that every Ray node must see as the driver does: the dataset, and the run directory (a
+    probe file written now) where simulated devices keep theta_u between rounds (any actor serves any shard)."""
+    paths = {"data": str(resolve_dataset(cfg))}
+    if cfg.run_dir:
+        probe = Path(cfg.run_dir) / f".ray-probe-{os.getpid()}"
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(os.urandom(32))
+        paths["run-dir"] = str(probe)
+    return paths
 
 
 def _summarise(m: dict[str, np.ndarray], k: int, cold: np.ndarray) -> dict[str, float]:
@@ -291,7 +314,7 @@ def simulate(cfg: Config, num_nodes: int = 2, verbose: bool = False, baselines: 
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     try:
-        run_flower_simulation(cfg, num_nodes, verbose)
+        ray_placement = run_flower_simulation(cfg, num_nodes, verbose)
     except BaseException:
         if created and not cfg.resume and not (run_dir / "checkpoint.npz").is_file():
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing half-written (a checkpoint is kept for resume)
@@ -318,6 +341,7 @@ def simulate(cfg: Config, num_nodes: int = 2, verbose: bool = False, baselines: 
         **({"privacy": fed["privacy"]} if fed.get("privacy") else {}),
         "config": cfg.to_flwr(),
         "nodes": num_nodes,
+        "ray": ray_placement,
         "timings": timings,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
     }
