@@ -179,7 +179,8 @@ def tolerance(n: int, k: int, t: int, corrupt: float = 0.1, dropout: float = 0.1
     correctness needs at least t live nodes in every neighbourhood (itself included); and the honest live nodes
     must stay connected (else the server learns sums over parts). Returned:
 
-      collude: the largest coalition of nodes (with the server) that learns nothing, whatever its position: t - 1
+      collude: the largest coalition of nodes (with the server) that cannot rebuild an honest node's secrets,
+        whatever its position: t - 1 (the rest stays connected while colluders and dropouts number <= k - 2)
       drop: the most dropouts any round survives, wherever they fall: k - t
       connected: the most removed (corrupted or dropped) nodes that always leave the rest connected: k - 2
       p_privacy, p_dropout, p_split: with a fraction `corrupt` of corrupted and `dropout` of dropped nodes,

@@ -1,10 +1,10 @@
 """The server's side of one SecAgg+ round (Bell et al. 2020), driven over a Flower Grid.
 
-The nodes run Flower's own `secaggplus_mod` unchanged (client/app.py). This module plays the server's part of
-the same four stages as Flower's `SecAggPlusWorkflow`, with Flower's primitives (Shamir shares, key agreement,
-mask generation, dequantisation): that workflow works only inside the legacy `DefaultWorkflow` (a
-`LegacyContext` and a legacy `Strategy`), while this project's server is a Message API strategy
-(docs/privacy.md, "Secure aggregation"). No cryptography is written here.
+The nodes run Flower's own `secaggplus_mod` (client/app.py; their own keys kept as 48-byte scalars). This module
+plays the server's part of the same four stages as Flower's `SecAggPlusWorkflow`, with Flower's primitives (Shamir
+shares, key agreement, mask generation, dequantisation): that workflow works only inside the legacy
+`DefaultWorkflow` (a `LegacyContext` and a legacy `Strategy`), while this project's server is a Message API
+strategy (docs/privacy.md, "Secure aggregation"). No cryptography is written here.
 
     setup           nodes make two key pairs and send their public keys
     share keys      each node gets its neighbours' public keys and returns Shamir shares of its mask seed and
@@ -248,10 +248,15 @@ class SecureRound:
             if nid in self.contributors:  # its own mask, from its seed
                 vec = parameters_subtraction(vec, pseudo_rand_gen(secret, MODULUS, shapes))
             else:  # a node that dropped after sharing keys: the pairwise masks its live neighbours added
+                try:
+                    own = bytes_to_private_key(secret)
+                except ValueError as exc:  # e.g. a node whose ClientApp keeps Flower's PEM keys (another version)
+                    raise SecAggAbort(f"unmask: node {nid}'s rebuilt key cannot be read ({exc}); the round is "
+                                      "skipped") from None
                 for other in self.neighbours[nid] - {nid}:
                     if other not in self.contributors:
                         continue
-                    key = generate_shared_key(bytes_to_private_key(secret),
+                    key = generate_shared_key(own,
                                               bytes_to_public_key(self.public_keys[other][0]))
                     mask = pseudo_rand_gen(key, MODULUS, shapes)
                     vec = parameters_addition(vec, mask) if nid > other else parameters_subtraction(vec, mask)
