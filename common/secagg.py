@@ -17,6 +17,7 @@ less than one step 2/T), and `unpack` turns the unmasked integer sum back into t
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Mapping, Sequence
 
@@ -24,7 +25,8 @@ import numpy as np
 
 __all__ = ["MASK_SEED_WEAKNESS", "MODULUS", "CLIPPING_RANGE", "MAX_BITS", "quantization_range", "shares_and_threshold", "pack",
            "unpack", "check_users", "pack_metrics", "unpack_metrics", "error_bound",
-           "rounding_sensitivity", "value_names"]
+           "rounding_sensitivity", "value_names", "private_key_to_bytes", "bytes_to_private_key", "tolerance",
+           "describe_tolerance"]
 
 #: What Flower 1.23's masks cost an attacker, stated in every secure run's privacy.json and console.
 MASK_SEED_WEAKNESS = (
@@ -134,3 +136,77 @@ def error_bound(n_nodes: int, max_users: int, clip: float, levels: int) -> float
     """|secure sum - exact sum| bound of every value of the summed update: each node's values are off by less
     than one quantisation step 2/T, times the scale U C, summed over n nodes."""
     return n_nodes * 2.0 * CLIPPING_RANGE / levels * max_users * clip
+
+
+#: the curve of Flower's SecAgg+ key pairs (flwr.supercore.primitives.asymmetric.generate_key_pairs)
+KEY_BYTES = 48
+
+
+def private_key_to_bytes(key) -> bytes:
+    """A SecAgg+ private key (P-384, Flower's `generate_key_pairs`) as its 48-byte big-endian scalar.
+
+    Flower serialises it as 306 bytes of PEM (PKCS8), and Shamir-shares those bytes in 16-byte chunks with
+    pycryptodome's pure-Python arithmetic: 20 chunks where the scalar needs 4 (the same secret, fewer chunks)."""
+    return key.private_numbers().private_value.to_bytes(KEY_BYTES, "big")
+
+
+@functools.lru_cache(maxsize=2)
+def bytes_to_private_key(data: bytes):
+    """The inverse of `private_key_to_bytes` (cryptography's `derive_private_key`). Memoised (2 entries: a
+    session's two keys): Flower's secaggplus_mod parses the node's own key once per neighbour."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if len(data) != KEY_BYTES:
+        raise ValueError(f"a SecAgg+ private key is {KEY_BYTES} bytes here, got {len(data)}")
+    return ec.derive_private_key(int.from_bytes(data, "big"), ec.SECP384R1())
+
+
+def _hypergeom_tail(population: int, marked: int, draws: int, at_least: int) -> float:
+    """P[X >= at_least] for X ~ Hypergeometric(population, marked, draws)."""
+    top = min(marked, draws)
+    if at_least > top:
+        return 0.0
+    num = sum(math.comb(marked, i) * math.comb(population - marked, draws - i) for i in range(max(at_least, 0), top + 1))
+    return num / math.comb(population, draws)
+
+
+def tolerance(n: int, k: int, t: int, corrupt: float = 0.1, dropout: float = 0.1) -> dict:
+    """What SecAgg+ with these parameters tolerates, on this project's neighbourhoods (server.secagg: a ring over
+    a uniformly random order, each node with itself and the (k - 1) / 2 nodes either side).
+
+    The three conditions are those of Bell et al. 2020 (SecAgg+, CCS '20, section 3): privacy needs fewer than t
+    corrupted nodes among each honest node's k - 1 neighbours (else the server rebuilds both of its secrets);
+    correctness needs at least t live nodes in every neighbourhood (itself included); and the honest live nodes
+    must stay connected (else the server learns sums over parts). Returned:
+
+      collude: the largest coalition of nodes (with the server) that cannot rebuild an honest node's secrets,
+        whatever its position: t - 1 (the rest stays connected while colluders and dropouts number <= k - 2)
+      drop: the most dropouts any round survives, wherever they fall: k - t
+      connected: the most removed (corrupted or dropped) nodes that always leave the rest connected: k - 2
+      p_privacy, p_dropout, p_split: with a fraction `corrupt` of corrupted and `dropout` of dropped nodes,
+        placed at random, union bounds on the probability that each condition fails (exact hypergeometric
+        terms; 0.0 when impossible)."""
+    if not 2 <= t <= k <= n:
+        raise ValueError(f"need 2 <= t <= k <= n, got t={t}, k={k}, n={n}")
+    c, d = round(corrupt * n), round(dropout * n)
+    half = (k - 1) // 2
+    removed = c + d
+    split = 0.0
+    if k < n and removed >= 2 * half:  # two runs of `half` consecutive removed nodes split the ring
+        split = math.comb(n, 2) * math.perm(removed, 2 * half) / math.perm(n, 2 * half)
+    return {"n": n, "k": k, "t": t, "collude": t - 1, "drop": k - t, "connected": k - 2 if k < n else n - 1,
+            "corrupt": corrupt, "dropout": dropout,
+            "p_privacy": min(1.0, n * _hypergeom_tail(n - 1, c, k - 1, t)),
+            "p_dropout": min(1.0, n * _hypergeom_tail(n - 1, d, k - 1, k - t)),  # k - t: the node itself may drop
+            "p_split": min(1.0, split)}
+
+
+def describe_tolerance(tol: dict) -> str:
+    """One line for the console and the docs: the parameters and what they tolerate."""
+    def p(x: float) -> str:
+        return "0" if x == 0 else f"2^{math.log2(x):.0f}" if x < 0.5 else f"{x:.2f}"
+    return (f"SecAgg+ at {tol['n']} nodes: k = {tol['k']} shares, threshold t = {tol['t']}; a node's update stays "
+            f"hidden from the server with up to {tol['collude']} colluding nodes; any {tol['drop']} dropouts are "
+            f"survived; with {tol['corrupt']:.0%} corrupted and {tol['dropout']:.0%} dropped nodes at random the "
+            f"failure bounds are privacy {p(tol['p_privacy'])}, dropout {p(tol['p_dropout'])}, split "
+            f"{p(tol['p_split'])} (Bell et al. 2020's conditions on this ring)")

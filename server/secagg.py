@@ -1,10 +1,10 @@
 """The server's side of one SecAgg+ round (Bell et al. 2020), driven over a Flower Grid.
 
-The nodes run Flower's own `secaggplus_mod` unchanged (client/app.py). This module plays the server's part of
-the same four stages as Flower's `SecAggPlusWorkflow`, with Flower's primitives (Shamir shares, key agreement,
-mask generation, dequantisation): that workflow works only inside the legacy `DefaultWorkflow` (a
-`LegacyContext` and a legacy `Strategy`), while this project's server is a Message API strategy
-(docs/privacy.md, "Secure aggregation"). No cryptography is written here.
+The nodes run Flower's own `secaggplus_mod` (client/app.py; their own keys kept as 48-byte scalars). This module
+plays the server's part of the same four stages as Flower's `SecAggPlusWorkflow`, with Flower's primitives (Shamir
+shares, key agreement, mask generation, dequantisation): that workflow works only inside the legacy
+`DefaultWorkflow` (a `LegacyContext` and a legacy `Strategy`), while this project's server is a Message API
+strategy (docs/privacy.md, "Secure aggregation"). No cryptography is written here.
 
     setup           nodes make two key pairs and send their public keys
     share keys      each node gets its neighbours' public keys and returns Shamir shares of its mask seed and
@@ -17,7 +17,9 @@ mask generation, dequantisation): that workflow works only inside the legacy `De
 
 from __future__ import annotations
 
+import functools
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -32,11 +34,33 @@ from flwr.common.secure_aggregation.quantization import dequantize
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
 from flwr.serverapp import Grid
-from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
+from flwr.supercore.primitives.asymmetric import bytes_to_public_key
 
-from common.secagg import CLIPPING_RANGE, MODULUS, quantization_range, shares_and_threshold
+from common.secagg import (CLIPPING_RANGE, MODULUS, bytes_to_private_key, quantization_range,
+                           shares_and_threshold)
 
-__all__ = ["SecureRound", "SecAggAbort"]
+__all__ = ["SecureRound", "SecAggAbort", "ring_neighbours"]
+
+
+def _timed(stage: str):
+    """Record a stage method's wall seconds in self.seconds[stage] (also when it aborts)."""
+    def wrap(method):
+        @functools.wraps(method)
+        def timed(self, *args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
+        return timed
+    return wrap
+
+
+def ring_neighbours(order: list[int], k: int) -> dict[int, set[int]]:
+    """SecAgg+'s neighbourhoods: node order[i] with the k // 2 nodes either side of it in `order` (a ring), itself
+    included (k odd: k nodes each; k >= len(order): every node)."""
+    n, half = len(order), k // 2
+    return {nid: {order[(i + d) % n] for d in range(-half, half + 1)} for i, nid in enumerate(order)}
 
 
 class SecAggAbort(RuntimeError):
@@ -71,6 +95,7 @@ class SecureRound:
     contributors: set[int] = field(default_factory=set)
     masked_sum: list[np.ndarray] | None = None
     _decoded: dict[int, list[np.ndarray]] = field(default_factory=dict)  # masked_problem's arrays, by reply
+    seconds: dict[str, float] = field(default_factory=dict)  # wall seconds of each server stage (the round's log)
 
     # -- transport ----------------------------------------------------------------------------------
     def _exchange(self, stage: str, configs: dict[int, dict]) -> dict[int, ConfigRecord]:
@@ -104,6 +129,7 @@ class SecureRound:
                                   f"than the threshold {self.t}; the round is skipped and nothing is unmasked")
 
     # -- stages ---------------------------------------------------------------------------------------
+    @_timed("setup")
     def setup(self) -> None:
         """Stage 0: protocol settings out, public keys back. Neighbourhoods: a ring over a random order."""
         n = len(self.nodes)
@@ -121,8 +147,7 @@ class SecureRound:
         self.levels = quantization_range(n)
         order = list(self.nodes)
         random.SystemRandom().shuffle(order)
-        half = self.k // 2
-        self.neighbours = {nid: {order[(i + d) % n] for d in range(-half, half + 1)} for i, nid in enumerate(order)}
+        self.neighbours = ring_neighbours(order, self.k)
         self.sampled = set(self.nodes)
         self.active = set(self.nodes)
         settings = {Key.SAMPLE_NUMBER: n, Key.SHARE_NUMBER: self.k, Key.THRESHOLD: self.t,
@@ -138,6 +163,7 @@ class SecureRound:
             self.public_keys[nid] = (pk1, pk2)
         self._check(Stage.SETUP)
 
+    @_timed("share-keys")
     def share_keys(self) -> None:
         """Stage 1: each node gets its live neighbours' public keys; its encrypted shares are kept to forward."""
         configs = {nid: {str(j): list(self.public_keys[j]) for j in self.neighbours[nid] & self.active}
@@ -179,6 +205,7 @@ class SecureRound:
         self._decoded[id(content)] = arrays  # collect sums these (a reply is decoded once)
         return None
 
+    @_timed("collect")
     def collect(self, replies: dict[int, RecordDict]) -> None:
         """Stage 2's good replies (each checked with masked_problem, which decoded it): their masked vectors are
         summed."""
@@ -192,6 +219,7 @@ class SecureRound:
         self.masked_sum = parameters_mod(total, MODULUS) if total is not None else None
         self._check(Stage.COLLECT_MASKED_VECTORS)
 
+    @_timed("unmask")
     def unmask(self) -> list[np.ndarray]:
         """Stage 3: shares back, masks removed; the dequantised sum of the contributors' packed arrays."""
         dead = self.sampled - self.contributors
@@ -220,10 +248,15 @@ class SecureRound:
             if nid in self.contributors:  # its own mask, from its seed
                 vec = parameters_subtraction(vec, pseudo_rand_gen(secret, MODULUS, shapes))
             else:  # a node that dropped after sharing keys: the pairwise masks its live neighbours added
+                try:
+                    own = bytes_to_private_key(secret)
+                except ValueError as exc:  # e.g. a node whose ClientApp keeps Flower's PEM keys (another version)
+                    raise SecAggAbort(f"unmask: node {nid}'s rebuilt key cannot be read ({exc}); the round is "
+                                      "skipped") from None
                 for other in self.neighbours[nid] - {nid}:
                     if other not in self.contributors:
                         continue
-                    key = generate_shared_key(bytes_to_private_key(secret),
+                    key = generate_shared_key(own,
                                               bytes_to_public_key(self.public_keys[other][0]))
                     mask = pseudo_rand_gen(key, MODULUS, shapes)
                     vec = parameters_addition(vec, mask) if nid > other else parameters_subtraction(vec, mask)

@@ -241,6 +241,8 @@ class UserFedAvg(FedAvg):
             self.min_nodes = max(self.min_nodes, 2)
         self._round: SecureRound | None = None  # this round's SecAgg+ state
         self._counted: set[int] | None = None  # the nodes whose users were counted for this round's floor
+        self._count_round: SecureRound | None = None  # this round's SecAgg+ session of the user count
+        self._count_seconds = 0.0  # its wall seconds (all four stages and the count message)
         self._seeding: tuple[int, int] = (0, 0)  # this training round and its attempt (node_seed)
         self._rounding = 0.0  # this secure round's rounding_sensitivity (0 without secure aggregation)
         self._abort: str | None = None  # why this secure round cannot finish
@@ -343,12 +345,16 @@ class UserFedAvg(FedAvg):
         sec = self.secure
         config["clip-norm"] = float(self.dp.clip_norm if self.dp is not None else sec.clip_norm)
         config["secagg-max-users"] = int(sec.max_users)
-        self._abort, self._counted = None, None
+        self._abort, self._counted, self._count_round = None, None, None
         if shapes is None:
             shapes = [self.current[k].shape for k in sorted(self.current or {})] + [(2,)]
             if sec.min_users > 1:  # the floor: the users are counted (securely) before any update is collected
                 try:
-                    self._asked, users = self._secure_user_count(server_round, arrays, config, grid)
+                    t0 = time.perf_counter()
+                    try:
+                        self._asked, users = self._secure_user_count(server_round, arrays, config, grid)
+                    finally:
+                        self._count_seconds = time.perf_counter() - t0
                     if users < sec.min_users:
                         raise SecAggAbort(f"the round's sampled users ({users}) are fewer than secagg-min-users = "
                                           f"{sec.min_users}; no update was collected or unmasked")
@@ -383,10 +389,11 @@ class UserFedAvg(FedAvg):
         .pack_metrics without metrics), before any update: (the nodes whose count is in the sum, the sum)."""
         count_config = ConfigRecord(dict(config))
         count_config["secagg-phase"] = "count"
-        sr = self._secure_round(server_round, [(1,)], grid)
+        sr = self._count_round = self._secure_round(server_round, [(1,)], grid)
         sr.setup()
         sr.share_keys()
-        msgs = self._messages(sorted(sr.active), arrays, count_config, MessageType.TRAIN)
+        # the count needs no model: its messages carry none (100 nodes x the model, saved in transport)
+        msgs = self._messages(sorted(sr.active), ArrayRecord(), count_config, MessageType.TRAIN)
         for msg in msgs:
             msg.content.config_records[RECORD_KEY_CONFIGS] = sr.collect_record(msg.metadata.dst_node_id)
         replies = grid.send_and_receive(msgs, timeout=self.secure.timeout)
@@ -511,6 +518,10 @@ class UserFedAvg(FedAvg):
         n = len(sr.contributors)
         nodes.update({"nodes-replied": n, "nodes-failed": len(asked) - n, "secagg-dropped": len(sr.sampled) - n,
                       "secagg-error-bound": error_bound(n, self.secure.max_users, clip, sr.levels)})
+        for name, seconds in sr.seconds.items():  # the server's stages (the nodes' work shows in the waits)
+            nodes[f"secagg-{name}-seconds"] = seconds
+        if self._count_round is not None:
+            nodes["secagg-count-seconds"] = self._count_seconds
         self._rounding = rounding_sensitivity(sum(v.size for v in total.values()), self.secure.max_users, clip,
                                               sr.levels)
         return ([total] if users > 0 else []), users, shifted, nodes

@@ -15,6 +15,7 @@ import numpy as np
 from common.config import Config
 from common.datasets import load_cached, resolve_dataset
 from common.report import diagnostics_dir
+from common.secagg import describe_tolerance, shares_and_threshold, tolerance
 
 __all__ = ["bench"]
 
@@ -54,7 +55,7 @@ def bench(cfg: Config, users: Sequence[int], items: int, rounds: int = 6, nodes:
         central = float(epoch_s[-1])
         say(f"bench {n_users} users, {n_nodes} nodes: centralized epoch {central:.2f}s ({len(ds.train)} "
             f"engagements)")
-        per_mode = {}
+        per_mode, stages = {}, {}
         for mode in privacy:
             with tempfile.TemporaryDirectory() as tmp:
                 run_dir = Path(tmp) / "run"
@@ -63,6 +64,11 @@ def bench(cfg: Config, users: Sequence[int], items: int, rounds: int = 6, nodes:
                 rows = json.loads((diagnostics_dir(run_dir, cm.private) / "federated.json").read_text())["rounds"]
             per_mode[mode] = float(np.median([r["train-seconds"] for r in rows[1:]]))
             say(f"bench {n_users} users, {n_nodes} nodes: federated round ({mode}) {per_mode[mode]:.2f}s")
+            if mode.endswith(SECURE):  # the server's stages and the user-count session, medians
+                stages = {k[len("secagg-"):-len("-seconds")]: round(float(np.median([r.get(k, 0.0) for r in
+                                                                                      rows[1:]])), 3)
+                          for k in rows[-1] if k.startswith("secagg-") and k.endswith("-seconds")}
+                say(f"bench {n_users} users, {n_nodes} nodes: {mode} stages (server wall s, median) {stages}")
         round_s = per_mode[privacy[0]]
         result = {
             "users": int(ds.n_users), "items": int(ds.n_items), "engagements": int(len(ds.train)),
@@ -74,6 +80,12 @@ def bench(cfg: Config, users: Sequence[int], items: int, rounds: int = 6, nodes:
         for mode in privacy[1:]:
             result[f"federated_round_s_{mode}"] = round(per_mode[mode], 4)
             result[f"dp_cost_{mode}"] = round(per_mode[mode] / round_s, 3)
+        if any(m.endswith(SECURE) for m in privacy):  # the security parameters the secure rounds ran with
+            k, t = shares_and_threshold(n_nodes, c.secagg_shares, c.secagg_threshold)
+            tol = tolerance(n_nodes, k, t)
+            result.update({"secagg_shares_k": k, "secagg_threshold_t": t, "secagg_tolerance": tol})
+            say(f"bench {n_users} users, {n_nodes} nodes: {describe_tolerance(tol)}")
+            result["secagg_stage_s"] = stages
         for mode in privacy:
             if mode.endswith(SECURE) and mode[: -len(SECURE)] in per_mode:
                 plain = mode[: -len(SECURE)]

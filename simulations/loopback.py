@@ -15,12 +15,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["BIN", "ROOT", "APP_PACKAGES", "Proc", "Cluster", "free_ports", "start_listening", "wait_for", "copy_app",
-           "cluster_env"]
+           "cluster_env", "flower"]
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's console scripts: flower-superlink, flower-supernode, flwr, fedctx
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 APP_PACKAGES = ("client", "common", "server")  # what the ServerApp and the ClientApp import
+
+
+#: Flower's console scripts, as module:function (the venv's bin/ files say the same)
+FLOWER_ENTRY = {"flower-supernode": "flwr.supernode.cli:flower_supernode",
+                "flower-superlink": "flwr.server.app:run_superlink", "flwr": "flwr.cli.app:app"}
+
+
+def flower(script: str) -> list[str]:
+    """The command that runs one of Flower's console scripts without TensorFlow: `import flwr` imports it through
+    flwr.server.utils.tensorboard, an optional import Flower skips when TensorFlow is missing, and the SuperLink,
+    the SuperNodes and the `flwr` CLI never use it. Measured (docs/benchmarks.md, "Many SuperNodes"): importing
+    Flower's SuperNode takes 645 MiB and most of its start-up with TensorFlow, 113 MiB without. The processes a
+    SuperNode starts for each message (flwr-clientapp, which runs this project's ClientApp) keep TensorFlow."""
+    module, func = FLOWER_ENTRY[script].split(":")
+    return [sys.executable, "-c", f"import sys; sys.modules['tensorflow'] = None; sys.argv[0] = {script!r}; "
+                                  f"from {module} import {func}; sys.exit({func}())"]
 
 
 @dataclass

@@ -448,3 +448,78 @@ def test_a_round_left_with_two_nodes_after_a_dropout_is_not_unmasked_unless_acce
             assert arrays is not None and s._row["users"] == 16
         else:
             assert arrays is None and s._row["skipped"] == 1 and (Stage.UNMASK, None) not in sent
+
+
+# -- what the parameters tolerate, and the compact keys ----------------------------------------------------------
+
+def _connected(nodes: set[int], neighbours: dict[int, set[int]]) -> bool:
+    if not nodes:
+        return True
+    seen, todo = set(), [next(iter(nodes))]
+    while todo:
+        v = todo.pop()
+        if v not in seen:
+            seen.add(v)
+            todo.extend((neighbours[v] & nodes) - seen)
+    return seen == nodes
+
+
+def test_the_stated_tolerance_holds_on_the_server_s_ring_by_enumeration():
+    """common.secagg.tolerance's worst cases, checked on server.secagg.ring_neighbours by trying every set: any
+    k - 2 removed nodes leave the rest connected (and some k - 1 do not), any t - 1 colluders hold fewer than t
+    shares of every other node's secrets, any k - t dropouts leave every neighbourhood t live nodes; and its
+    probability bound is at least the exact probability (all placements) of a privacy failure."""
+    import itertools
+    from math import comb
+
+    from common.secagg import tolerance
+    from server.secagg import ring_neighbours
+
+    n, k, t = 11, 5, 3
+    nb = ring_neighbours(list(range(n)), k)
+    assert all(len(v) == k for v in nb.values())
+    tol = tolerance(n, k, t)
+    assert (tol["collude"], tol["drop"], tol["connected"]) == (t - 1, k - t, k - 2)
+    nodes = set(range(n))
+    assert all(_connected(nodes - set(r), nb) for r in itertools.combinations(range(n), k - 2))
+    assert not all(_connected(nodes - set(r), nb) for r in itertools.combinations(range(n), k - 1))
+    for bad in itertools.combinations(range(n), t - 1):
+        assert all(len((nb[i] - {i}) & set(bad)) < t for i in nodes - set(bad))
+    for gone in itertools.combinations(range(n), k - t):
+        assert all(len(nb[i] - set(gone)) >= t for i in nodes)
+    assert not all(all(len(nb[i] - set(g)) >= t for i in nodes) for g in itertools.combinations(range(n), k - t + 1))
+    # 3 corrupted of 11 placed every possible way: how often some honest node has >= t of them as neighbours
+    c = 3
+    fails = sum(any(len((nb[i] - {i}) & set(bad)) >= t for i in nodes - set(bad))
+                for bad in itertools.combinations(range(n), c))
+    exact = fails / comb(n, c)
+    bound = tolerance(n, k, t, corrupt=c / n, dropout=0.0)["p_privacy"]
+    assert 0 < exact <= bound
+
+
+def test_a_node_shares_its_private_key_as_the_48_byte_scalar(fed):
+    """The ClientApp's secaggplus_mod keeps (and so Shamir-shares) its own key as 48 bytes, not 306 of PEM:
+    4 chunks of pycryptodome's pure-Python sharing instead of 20. The round still sums correctly (the tests
+    above), and the server rebuilds a dropped node's key from the same format."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_STATE
+
+    from common.secagg import bytes_to_private_key, private_key_to_bytes
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    raw = private_key_to_bytes(key)
+    assert len(raw) == 48
+    assert bytes_to_private_key(raw).private_numbers() == key.private_numbers()
+    with pytest.raises(ValueError, match="48 bytes"):
+        bytes_to_private_key(raw + b"\0")
+    cfg = fed[0]
+    contexts = node_contexts(cfg, NODES)
+    nid = next(iter(contexts))
+    setup = ConfigRecord({Key.STAGE: Stage.SETUP, Key.SAMPLE_NUMBER: NODES, Key.SHARE_NUMBER: NODES,
+                          Key.THRESHOLD: 3, Key.CLIPPING_RANGE: 1.0, Key.TARGET_RANGE: 2**20, Key.MOD_RANGE: 2**32,
+                          Key.MAX_WEIGHT: 1.0})
+    msg = Message(content=RecordDict({RECORD_KEY_CONFIGS: setup}), message_type="train", dst_node_id=nid,
+                  group_id="1")
+    app(msg, contexts[nid])
+    state = contexts[nid].state.config_records[RECORD_KEY_STATE]
+    assert len(state["sk1"]) == 48 and len(state["sk2"]) == 48
