@@ -15,7 +15,10 @@ import numpy as np
 
 from common.config import Config
 
-__all__ = ["sum_updates", "ServerOptimizer", "item_decay"]
+__all__ = ["sum_updates", "ServerOptimizer", "item_decay", "item_sgd_lr"]
+
+#: the hybrid item-id table and biases
+ITEM_TABLES = ("items/embedding", "items/bias")
 
 
 def sum_updates(sums: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -36,7 +39,14 @@ def sum_updates(sums: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarra
 
 def item_decay(cfg: Config) -> dict[str, float]:
     """The `decay` of the item-id table and biases under cfg.item_decay (none without the hybrid tables)."""
-    return {k: cfg.item_decay for k in ("items/embedding", "items/bias")} if cfg.item_embedding and cfg.item_decay else {}
+    return {k: cfg.item_decay for k in ITEM_TABLES} if cfg.item_embedding and cfg.item_decay else {}
+
+
+def item_sgd_lr(cfg: Config) -> dict[str, float]:
+    """The `sgd_lr` of the item tables under cfg.server_item_lr (empty without the hybrid tables or at 0)."""
+    if not (cfg.item_embedding and cfg.server_item_lr > 0):
+        return {}
+    return {k: cfg.server_item_lr for k in ITEM_TABLES}
 
 
 @dataclass
@@ -50,6 +60,10 @@ class ServerOptimizer:
     lr_t = lr * (f + (1 - f) (1 + cos(pi (t - 1) / (T - 1))) / 2); after T it stays at lr * f.
     decay {name: w}: decoupled weight decay (AdamW, Loshchilov & Hutter 2019), x <- x (1 - lr_t w) before the
     step: an L2 pull of those parameters counted once per round, not once per user who touched them.
+    sgd_lr {name: a}: those parameters take x <- x + a * (lr_t / lr) * users * Delta whatever the kind, with
+    users the count Delta was divided by (so a times the SUM of the users' updates): an item row's step then
+    grows with the users who touched it, where Adam's per-coordinate step gives a row seen once the step of a
+    popular one.
     """
 
     kind: str = "adam"
@@ -63,6 +77,7 @@ class ServerOptimizer:
     m: dict[str, np.ndarray] = field(default_factory=dict)
     v: dict[str, np.ndarray] = field(default_factory=dict)
     decay: dict[str, float] = field(default_factory=dict)
+    sgd_lr: dict[str, float] = field(default_factory=dict)
 
     def current_lr(self) -> float:
         """The step size of step `self.step` (1-based)."""
@@ -72,7 +87,9 @@ class ServerOptimizer:
         f = self.final_fraction
         return self.lr * (f + (1.0 - f) * 0.5 * (1.0 + np.cos(np.pi * progress)))
 
-    def apply(self, params: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def apply(self, params: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray],
+              users: float = 1.0) -> dict[str, np.ndarray]:
+        """New params from the mean update delta (the users' sum divided by `users`)."""
         self.step += 1
         lr = self.current_lr()
         out = {}
@@ -80,6 +97,9 @@ class ServerOptimizer:
             d = np.asarray(delta[k], np.float64)
             if self.decay.get(k, 0.0):
                 x = np.asarray(x, np.float64) * (1.0 - lr * self.decay[k])
+            if k in self.sgd_lr:
+                out[k] = (x + self.sgd_lr[k] * (lr / self.lr) * users * d).astype(np.float32)
+                continue
             if self.kind == "sgd":
                 out[k] = (x + lr * d).astype(np.float32)
                 continue

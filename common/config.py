@@ -90,6 +90,9 @@ class Config:
     server_optimizer: str = "adam"   # "adam" (FedAdam, Reddi et al. 2021) | "sgd" (FedAvg)
     server_lr: float = 0.05
     server_lr_final: float = 0.1     # the server step size of the last round, as a fraction of server_lr (cosine decay)
+    server_item_lr: float = 0.0      # > 0: the item-id table and biases take plain steps of this times the sum of
+                                     # the round's user updates (a row moves with its users' count); 0 = they
+                                     # follow server-optimizer
     item_decay: float = 0.0          # decoupled weight decay of the item-id table per server step (AdamW)
     server_adam_eps: float = 1e-8    # Adam's eps at the server (the floor of its per-coordinate step denominator)
     secure_aggregation: bool = False  # SecAgg+ (Flower's): the server learns only the sum of each round's nodes
@@ -172,6 +175,7 @@ class Config:
         need(self.loss in ("bce", "softmax", "ials"), "loss", "must be 'bce', 'softmax' or 'ials'")
         need(self.unobserved_weight > 0, "unobserved_weight", "must be > 0")
         need(0 <= self.item_decay, "item_decay", "must be >= 0")
+        need(0 <= self.server_item_lr, "server_item_lr", "must be >= 0 (0 = the item table follows server-optimizer)")
         need(not (self.loss == "ials" and self.privacy in ("local", "local+central")), "loss",
              "'ials' is not available with local DP (its closed-form theta_u has no per-example DP-SGD form); "
              "use 'softmax' or 'bce'")

@@ -14,7 +14,7 @@ from flwr.app import ConfigRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from common.aggregation import ServerOptimizer, item_decay
+from common.aggregation import ServerOptimizer, item_decay, item_sgd_lr
 from common.errors import SERVER_ERROR_ENV, message as error_message, record_server_error
 from common.config import Config, ConfigError, config_from_mapping
 from common.data import load_catalogue
@@ -168,7 +168,8 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
         optimizer=state.optimizer if state else ServerOptimizer(cfg.server_optimizer, cfg.server_lr,
                                                                 eps=cfg.server_adam_eps, total_steps=cfg.num_rounds,
                                                                 final_fraction=cfg.server_lr_final,
-                                                                decay=item_decay(cfg)),
+                                                                decay=item_decay(cfg),
+                                                                sgd_lr=item_sgd_lr(cfg)),
         sample_rate=cfg.sample_rate, sampling_key=sampling_key, eval_every=cfg.eval_every, num_rounds=cfg.num_rounds,
         on_round=lambda row: print(format_round(row, cfg.num_rounds, cfg.top_k, private=cfg.private), flush=True),
         dp=dp, select_key=None if cfg.private else f"val-hr@{cfg.top_k}", round_offset=state.round if state else 0,

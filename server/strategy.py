@@ -461,7 +461,7 @@ class UserFedAvg(FedAvg):
         else:
             total = sum_updates(sums)
             mean = {k: v / users for k, v in total.items()}
-        new = self.optimizer.apply(self.current, mean)
+        new = self.optimizer.apply(self.current, mean, self.dp.denominator if self.dp is not None else users)
         self.latest = new
         self._row["train-seconds"] = time.perf_counter() - self._t0
         return to_record(new), MetricRecord({"num-users": users})

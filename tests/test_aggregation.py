@@ -73,3 +73,28 @@ def test_item_decay_shrinks_only_the_named_parameters_once_per_step():
     out = ServerOptimizer("sgd", lr=0.1, decay=decay).apply({"items/bias": np.array([1.0], np.float32)},
                                                          {"items/bias": np.array([2.0])})
     assert float(out["items/bias"][0]) == pytest.approx(0.95 + 0.2)
+
+
+def test_server_item_lr_steps_the_item_tables_by_the_sum_of_user_updates():
+    # Adam elsewhere; the item rows move by a * (sum of the users' updates): a row touched by 3 users moves
+    # 3 times as far as a row touched by one, where Adam's normalised step would move both about equally
+    from common.aggregation import item_sgd_lr
+    from common.config import Config
+
+    assert item_sgd_lr(Config(server_item_lr=2.0)) == {"items/embedding": 2.0, "items/bias": 2.0}
+    assert item_sgd_lr(Config()) == {} and item_sgd_lr(Config(server_item_lr=2.0, item_embedding=False)) == {}
+    users = 10
+    per_user = np.zeros((users, 2))
+    per_user[:3, 0] = 0.01  # item 0: three users, item 1: one user
+    per_user[3, 1] = 0.01
+    mean = {"items/bias": per_user.sum(0) / users, "tower/bias": np.full(2, 0.001)}
+    x = {"items/bias": np.zeros(2, np.float32), "tower/bias": np.zeros(2, np.float32)}
+    out = ServerOptimizer("adam", lr=0.05, sgd_lr=item_sgd_lr(Config(server_item_lr=2.0))).apply(x, mean, users)
+    np.testing.assert_allclose(out["items/bias"], [2.0 * 0.03, 2.0 * 0.01], rtol=1e-5)
+    # the dense parameter took Adam's first step: lr * sign, independent of the update's size
+    np.testing.assert_allclose(out["tower/bias"], 0.05, rtol=1e-4)
+    plain = ServerOptimizer("adam", lr=0.05).apply(x, mean, users)
+    np.testing.assert_allclose(plain["items/bias"], [0.05, 0.05], rtol=1e-4)  # what the item rows get without it
+    # the cosine decay of the server step scales the item step too
+    decayed = ServerOptimizer("adam", lr=0.05, total_steps=2, final_fraction=0.5, step=1, sgd_lr={"items/bias": 2.0})
+    np.testing.assert_allclose(decayed.apply(x, mean, users)["items/bias"], [0.03, 0.01], rtol=1e-5)
