@@ -101,7 +101,7 @@ def secure_evaluate_reply(node: Node, content: RecordDict) -> RecordDict:
     """Evaluation inside a SecAgg+ round (server config "secagg-phase" = "evaluate"): the node's metric sums,
     packed (common.secagg.pack_metrics) for secaggplus_mod to mask; nothing in clear."""
     conf = content.config_records[CONFIG]
-    return _masked_layout(pack_metrics(node.evaluate(content), evaluation_keys(node.cfg.top_k),
+    return _masked_layout(pack_metrics(node.evaluate(content), evaluation_keys(node.cfg.top_k, node.cfg.eval_users > 0),
                                        int(conf["secagg-max-users"])))
 
 

@@ -17,8 +17,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
 from common.config import Config, config_from_mapping
 from common.data import load_dataset
-from common.datasets import resolve_dataset
-from common.federated import (UserStore, dp_init_theta, evaluate_users, ials_user_theta, init_theta,
+from common.prepared_cache import load_prepared
+from common.datasets import cache_dir, resolve_dataset
+from common.federated import (UserStore, dp_init_theta, eval_sample, evaluate_users, ials_user_theta, init_theta,
                               item_representations, poisson_sample, training_members, user_updates)
 from common.model import DENSE_NAMES, ITEM_NAMES
 from common.params import from_record, to_record
@@ -34,11 +35,13 @@ __all__ = ["Node", "node_for", "build_store", "NODE_STATE_FILE", "CONTENT_FILE",
 
 
 @functools.lru_cache(maxsize=4)
-def _prepared(data_dir: str, schema_json: str):
-    """The dataset at data_dir encoded with the schema, once per process (simulated nodes share it). What does
-    not fit the schema is dropped or zeroed and counted in the node's own log (never sent: counts of a user's
-    rows are data)."""
-    ds = load_dataset(data_dir, schema=PublicSchema.from_json(schema_json))
+def _prepared(data_dir: str, schema_json: str, shared: bool = False):
+    """The dataset at data_dir encoded with the schema, once per process (simulated nodes share it); shared (a
+    simulation's dataset, not a device's own data): once per content on this machine too, kept by content hash
+    under cache_dir()/prepared and memory-mapped (`common.prepared_cache`). What does not fit the schema is dropped
+    or zeroed and counted in the node's own log (never sent: counts of a user's rows are data)."""
+    schema = PublicSchema.from_json(schema_json)
+    ds = load_prepared(data_dir, cache_dir() / "prepared", schema) if shared else load_dataset(data_dir, schema=schema)
     unfit = {k: ds.cleaning.get(k, 0) for k in ("unknown_items", "unknown_context_values")}
     if any(unfit.values()):
         print(f"fedctx node: {data_dir}: {unfit['unknown_items']} rows with items outside the schema's catalogue "
@@ -48,10 +51,11 @@ def _prepared(data_dir: str, schema_json: str):
 
 
 def build_store(data_dir: str, partition: int, partitions: int, use_context: bool, schema: PublicSchema,
-                cache: Path | None = None) -> UserStore:
+                cache: Path | None = None, shared: bool = False) -> UserStore:
     """The users of one node, encoded with the public schema: shard `partition` of `partitions` contiguous
     blocks of the dataset's users. With `cache` (a device's state-dir) the encoded store is kept in one file
-    and reused while the data files and the schema are unchanged (no re-parsing per message)."""
+    and reused while the data files and the schema are unchanged (no re-parsing per message). shared (a
+    simulation's dataset): the prepared dataset is kept by content hash for every process (`_prepared`)."""
     key = None
     if cache is not None:
         files = sorted(p for p in Path(data_dir).iterdir() if p.is_file() and not p.name.startswith("."))
@@ -60,13 +64,19 @@ def build_store(data_dir: str, partition: int, partitions: int, use_context: boo
         hit = _load_store(cache / STORE_FILE, key)
         if hit is not None:
             return hit
-    ds = _prepared(str(data_dir), schema.to_json())
+    ds = _prepared(str(data_dir), schema.to_json(), shared)
     users = np.array_split(np.arange(ds.n_users), partitions)[partition]
     store = UserStore.from_prepared(ds, users, use_context=use_context)
     if cache is not None:
         _atomic_savez(cache / STORE_FILE, key=np.array(key), cleaning=np.array(json.dumps(ds.cleaning)),
                       **{f.name: getattr(store, f.name) for f in dataclasses.fields(store)})
     return store
+
+
+@functools.lru_cache(maxsize=4)
+def _shard(data_dir: str, partition: int, partitions: int, use_context: bool, schema_json: str) -> UserStore:
+    """A simulated node's store, built once per process: a Node is rebuilt for every message, its users are not."""
+    return build_store(data_dir, partition, partitions, use_context, PublicSchema.from_json(schema_json), shared=True)
 
 
 def _load_store(path: Path, key: str) -> UserStore | None:
@@ -191,6 +201,8 @@ class Node:
         """Mean HR/NDCG@k of this node's training members on validation and test (full ranking and sampled)."""
         params = self._receive(content)
         users = np.flatnonzero(self.members)
+        if self.cfg.eval_users > 0:  # a fixed random sub-sample; the means come with their squares (standard errors)
+            users = users[eval_sample(self.store.user_keys[users], self.cfg)]
         self._warm_start(users, params)
         theta = self.theta
         if self.cfg.loss == "ials":  # theta_u is a function of the shared parameters: solved for the ones evaluated
@@ -203,6 +215,8 @@ class Node:
             for name, key in (("hr", f"hr@{k}"), ("ndcg", f"ndcg@{k}"), ("hr-sampled", f"hr@{k}-sampled"),
                               ("ndcg-sampled", f"ndcg@{k}-sampled")):
                 out[f"{split}-{key}"] = float(m[name].mean()) if len(users) else 0.0
+                if self.cfg.eval_users > 0:
+                    out[f"{split}-{key}-sq"] = float(np.square(m[name]).mean()) if len(users) else 0.0
         return out
 
     # -- persistence ----------------------------------------------------------------------------
@@ -369,8 +383,8 @@ def node_for(context: Context, content: RecordDict | None = None, training: bool
     if "data-dir" in nc:  # a device (or any node with its own local store)
         store = build_store(str(nc["data-dir"]), 0, 1, cfg.use_context, schema, cache=state_dir)
     else:  # simulation: a shard of the run's dataset
-        store = build_store(str(resolve_dataset(cfg)), int(nc.get("partition-id", 0)),
-                            int(nc.get("num-partitions", 1)), cfg.use_context, schema)
+        store = _shard(str(resolve_dataset(cfg)), int(nc.get("partition-id", 0)), int(nc.get("num-partitions", 1)),
+                       cfg.use_context, schema.to_json())
     round_ = int(content.config_records[CONFIG]["server-round"]) if training and content is not None else None
     token = str(content.config_records[CONFIG].get(RUN_TOKEN, "")) if content is not None and \
         CONFIG in content.config_records else ""

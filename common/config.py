@@ -135,6 +135,9 @@ class Config:
     top_k: int = 10
     eval_negatives: int = 99         # sampled protocol: 1 held-out item vs this many sampled negatives
     eval_every: int = 1              # evaluate every n rounds (the last round is always evaluated)
+    eval_users: int = 0              # > 0: evaluate a random sub-sample of about this many users per evaluation
+                                     # (each user with prob. eval-users / population), reported with standard
+                                     # errors; 0 = every user
 
     # simulation engine
     ray_address: str = ""            # Ray cluster the simulation joins ("host:port" of its head, or "auto"); "" = a
@@ -238,6 +241,7 @@ class Config:
         need(self.top_k >= 1, "top_k", "must be >= 1")
         need(self.eval_negatives >= 1, "eval_negatives", "must be >= 1")
         need(self.eval_every >= 1, "eval_every", "must be >= 1")
+        need(self.eval_users >= 0, "eval_users", "must be >= 0 (0 = evaluate every user)")
         need(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0 (0 = no checkpoints)")
         need(not (self.resume and not self.run_dir), "resume",
              "needs run-dir: the directory of the run to go on with (its checkpoint.npz)")

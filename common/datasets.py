@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from common.config import Config
-from common.data import PreparedDataset, load_dataset
+from common.data import PreparedDataset
 
 __all__ = ["cache_dir", "resolve_dataset", "load_cached", "GENERATOR_VERSION"]
 
@@ -45,5 +45,9 @@ def resolve_dataset(cfg: Config) -> Path:
 
 @functools.lru_cache(maxsize=4)
 def load_cached(path: str) -> PreparedDataset:
-    """load_dataset, once per process and path (nodes of one process share it)."""
-    return load_dataset(path)
+    """load_dataset, once per process and path (nodes of one process share it), and once per content on this
+    machine: the prepared arrays are kept under cache_dir()/prepared by content hash and memory-mapped
+    (`common.prepared_cache`)."""
+    from common.prepared_cache import load_prepared
+
+    return load_prepared(path, cache_dir() / "prepared")

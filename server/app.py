@@ -136,7 +136,7 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
                               "node trains in a round (a public bound). Set --run-config secagg-max-users=1 for "
                               "devices that serve one user (a simulation sets it itself).")
         secure = SecureAggregation(max_users=cfg.secagg_max_users, clip_norm=cfg.clip_norm,
-                                   metric_keys=tuple(evaluation_keys(cfg.top_k)), shares=cfg.secagg_shares,
+                                   metric_keys=tuple(evaluation_keys(cfg.top_k, cfg.eval_users > 0)), shares=cfg.secagg_shares,
                                    threshold=cfg.secagg_threshold, timeout=cfg.round_timeout,
                                    accept_two_nodes=cfg.secagg_accept_two_nodes, min_users=cfg.secagg_min_users)
         print(f"secure aggregation: SecAgg+ (Flower's secaggplus_mod on the nodes); the server learns each "
@@ -190,9 +190,13 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
     selected = next((r for r in rows if r["round"] == strategy.best[1]), last)
 
     def test_metrics(row: dict) -> dict:
-        return {f"hr@{k}": row.get(f"test-hr@{k}"), f"ndcg@{k}": row.get(f"test-ndcg@{k}"),
-                f"hr@{k}-sampled": row.get(f"test-hr@{k}-sampled"),
-                f"ndcg@{k}-sampled": row.get(f"test-ndcg@{k}-sampled")}
+        out = {f"hr@{k}": row.get(f"test-hr@{k}"), f"ndcg@{k}": row.get(f"test-ndcg@{k}"),
+               f"hr@{k}-sampled": row.get(f"test-hr@{k}-sampled"),
+               f"ndcg@{k}-sampled": row.get(f"test-ndcg@{k}-sampled")}
+        if cfg.eval_users > 0:  # sub-sampled evaluation: each mean's standard error and the users it is over
+            out.update({f"{key}-se": row.get(f"test-{key}-se") for key in list(out)})
+            out["evaluated_users"] = row.get("evaluated-users")
+        return out
 
     released = strategy.latest if cfg.private else (strategy.best[2] if strategy.best[2] is not None else (
         from_record(result.arrays) if result.arrays is not None else None))

@@ -26,6 +26,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 
 from common.aggregation import ServerOptimizer, sum_updates
 from common.errors import Interrupted, RunFailed, stop_requested
+from common.metrics import standard_errors
 from common.params import from_record, to_record
 from common.privacy import (PrivacyLedger, SamplingKey, SecureGaussian, adaptive_sum_noise, next_clip_norm,
                             noisy_mean)
@@ -171,6 +172,15 @@ def _metrics_problem(content: RecordDict) -> str | None:
     metrics = content.metric_records[METRICS]
     bad = [k for k, v in metrics.items() if isinstance(v, float) and not (math.isfinite(v) and 0.0 <= v <= 1.0)]
     return f"metrics {bad} must be finite rates in [0, 1]" if bad else None
+
+
+def _with_errors(metrics: MetricRecord, users: int) -> dict:
+    """A round's aggregated evaluation metrics for its row; a sub-sampled evaluation's `-sq` means become standard
+    errors (`-se`), with the users evaluated as `evaluated-users`."""
+    out = dict(metrics)
+    if any(k.endswith("-sq") for k in out):
+        out = {**standard_errors(out, users), "evaluated-users": users}
+    return out
 
 
 class UserFedAvg(FedAvg):
@@ -555,11 +565,12 @@ class UserFedAvg(FedAvg):
                 log(WARNING, "round %s: secure evaluation: %s; no metrics this round", server_round, self._abort)
             metrics = (MetricRecord(unpack_metrics(packed, self.secure.metric_keys, self.secure.max_users))
                        if packed is not None else None)
-            self._finish_round(dict(metrics) if metrics is not None else {})
+            self._finish_round(_with_errors(metrics, int(metrics["num-users"])) if metrics is not None else {})
             return metrics
         valid = self._sort(server_round, "evaluate", replies, self._asked, _metrics_problem)
         metrics = self.evaluate_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key) if valid else None
-        self._finish_round(dict(metrics) if metrics is not None else {})
+        users = sum(int(m.content.metric_records[METRICS]["num-users"]) for m in valid)
+        self._finish_round(_with_errors(metrics, users) if metrics is not None else {})
         return metrics
 
     def _finish_round(self, metrics: dict) -> None:

@@ -351,6 +351,12 @@ def simulate(cfg: Config, num_nodes: int = 2, verbose: bool = False, baselines: 
     say(results_table(summary["systems"], cfg.top_k))
     say(f"(test split: each user's last engagement; full ranking over items not in the user's history; "
         f"sampled: 1 vs {cfg.eval_negatives} negatives)")
+    fm = systems["federated"]
+    if fm.get("evaluated_users") is not None:  # eval-users: a sub-sample, so each mean has a standard error
+        k = cfg.top_k
+        say(f"federated: evaluated on {int(fm['evaluated_users'])} sampled users; 95% intervals (mean +- 1.96 SE): "
+            + ", ".join(f"{m} {fm[m]:.4f} +- {1.96 * fm[m + '-se']:.4f}" for m in (f"hr@{k}", f"ndcg@{k}")
+                        if fm.get(m) is not None and fm.get(m + "-se") is not None))
     if cfg.private:
         say(f"released (covered by the guarantee in privacy.json): "
             f"{', '.join(p.name for p in sorted(run_dir.iterdir()) if p.name in RELEASED_FILES)}; "
