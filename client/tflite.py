@@ -85,7 +85,7 @@ class _Graph:
 def _scorer_graph(phi: np.ndarray, bias: np.ndarray, interaction: np.ndarray, shift: np.ndarray,
                   global_bias: float, k: int) -> tuple[_Graph, dict[str, int], dict[str, int]]:
     """The scorer's ops: phi [n_items, dim], bias [n_items], interaction [context_dim, dim], shift [context_dim]."""
-    n_items, dim = phi.shape
+    dim = phi.shape[1]
     context_dim = shift.shape[0]
     g = _Graph()
     theta = g.tensor(INPUTS[0], (dim,))
