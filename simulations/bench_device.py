@@ -109,7 +109,7 @@ def device_bench(n_items: int = 10000, dim: int = 32, text_dim: int = 64, contex
     say(f"device bench: {n_items} items, dim {dim}, text_dim {text_dim}, context_dim {context_dim}, top-{k}, "
         f"{repeats} queries, TFLite threads {threads}; load average {out['load_average_1min']:.1f} on "
         f"{out['cpus']} CPUs (other work skews p99)")
-    say(f"  TFLite file {out['tflite_bytes'] / 2 ** 20:.2f} MiB (export {out['tflite_export_s']:.1f} s); "
+    say(f"  TFLite file {out['tflite_bytes'] / 2 ** 20:.2f} MiB (export {out['tflite_export_s']:.3f} s); "
         f"TFLite top-k equals numpy: {out['tflite_top_k_equals_numpy']}")
     say(f"  {'one top-' + str(k) + ' query':28s} {'p50 ms':>8s} {'p99 ms':>8s}")
     for name, label in (("tflite", "TFLite interpreter"), ("numpy", "numpy (phi precomputed)"),

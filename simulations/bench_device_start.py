@@ -1,12 +1,13 @@
 """Cold start of the device commands: wall and CPU time of `fedctx device recommend`, `device record` and
 `fedctx export tflite`, each a fresh process, on a device state directory built here.
 
-    python -m simulations.bench_device_start [--items 10000] [--users 200] [--repeats 3] [--json FILE]
+    python -m simulations.bench_device_start [--items 10000] [--users 200] [--repeats 5] [--json FILE]
 
 The state directory is what a SuperNode keeps after one round (client/node.py): a synthetic dataset of `users`
 users and `items` items (the device's own data), content vectors, the global model and every user's theta_u.
 Each command runs `repeats` times; the median wall and CPU time (user + system of the child) are reported,
-with the machine's load average.
+with the machine's 1-minute load average before each command (the machine is shared: wall time is CPU time only
+when it is idle). `python -c pass` is timed the same way, the floor of any command.
 """
 
 from __future__ import annotations
@@ -75,13 +76,14 @@ def _timed(args: list[str]) -> tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def cold_start_bench(users: int = 200, items: int = 10000, repeats: int = 3,
+def cold_start_bench(users: int = 200, items: int = 10000, repeats: int = 5,
                      say: Callable[[str], None] = print) -> dict:
     """Median wall and CPU seconds of each device command from a cold start (see the module docstring)."""
     root = Path(tempfile.mkdtemp(prefix="fedctx-device-start-"))
     try:
         state, user, item = build_device(root, users, items)
         commands = {
+            "python -c pass": [sys.executable, "-c", "pass"],
             "device recommend": [*FEDCTX, "device", "recommend", "--state", str(state), "--user", user, "-k", "5"],
             "device record": [*FEDCTX, "device", "record", "--state", str(state), "--user", user, "--item", item],
             "export tflite": [*FEDCTX, "export", "tflite", "--state", str(state), "--out",
@@ -90,9 +92,11 @@ def cold_start_bench(users: int = 200, items: int = 10000, repeats: int = 3,
         out: dict = {"items": items, "users": users, "repeats": repeats, "cpus": os.cpu_count(),
                      "load_average_1min_before": os.getloadavg()[0]}
         for name, args in commands.items():
+            load = os.getloadavg()[0]
             runs = [_timed(args) for _ in range(repeats)]
             out[name] = {"wall_s": float(np.median([w for w, _ in runs])), "cpu_s": float(np.median([c for _, c in runs])),
-                         "wall_all_s": [round(w, 3) for w, _ in runs]}
+                         "wall_all_s": [round(w, 3) for w, _ in runs], "cpu_all_s": [round(c, 3) for _, c in runs],
+                         "load_average_1min_before": load}
         out["load_average_1min_after"] = os.getloadavg()[0]
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -100,7 +104,7 @@ def cold_start_bench(users: int = 200, items: int = 10000, repeats: int = 3,
         f"{out['load_average_1min_before']:.1f} -> {out['load_average_1min_after']:.1f} on {out['cpus']} CPUs)")
     for name in commands:
         say(f"  {name:18s} wall {out[name]['wall_s']:6.2f} s  CPU {out[name]['cpu_s']:6.2f} s  "
-            f"(runs: {out[name]['wall_all_s']})")
+            f"(load {out[name]['load_average_1min_before']:.1f}; wall of each run: {out[name]['wall_all_s']})")
     return out
 
 
@@ -108,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m simulations.bench_device_start", description=__doc__.splitlines()[0])
     p.add_argument("--items", type=int, default=10000)
     p.add_argument("--users", type=int, default=200)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     a = p.parse_args(argv)
     out = cold_start_bench(users=a.users, items=a.items, repeats=a.repeats)

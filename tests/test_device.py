@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from client.device import format_recommendations, recommend, refresh_candidates, refresh_theta
-from client.tflite import TFLiteScorer, export_scorer
+from client.tflite import OUTPUTS, TFLiteScorer, export_scorer
 from common.federated import item_representations
 from common.model import (DENSE_NAMES, ModelShape, ials_solve, item_side, local_train, negative_shift, score_items,
                           warm_start_theta)
@@ -156,6 +156,71 @@ def test_tflite_scorer_equals_the_models_scores(tmp_path, hybrid, context_dim):
         np.testing.assert_allclose(out["scores"], ref, rtol=1e-5, atol=1e-5)
         assert out["top_indices"].tolist() == np.argsort(-ref)[:7].tolist()
         np.testing.assert_allclose(out["top_values"], ref[out["top_indices"]], rtol=1e-5, atol=1e-5)
+
+
+def _converted_by_tensorflow(params, item_h, path, k):
+    """The same scorer written by TensorFlow's own converter from a tf.function (how client/tflite.py made it
+    before it wrote the flatbuffer itself): an independent reference for the file's answers."""
+    import tensorflow as tf
+
+    tables = item_side_np(params, item_h)
+    phi, bias = (tf.constant(t, tf.float32) for t in tables)
+    interaction = tf.constant(params["context/interaction"], tf.float32)
+    shift, b0 = tf.constant(params["context/shift"], tf.float32), tf.constant(params["global-bias"][0], tf.float32)
+
+    @tf.function(input_signature=[tf.TensorSpec([phi.shape[1]], tf.float32, name="theta"),
+                                  tf.TensorSpec([shift.shape[0]], tf.float32, name="ctx")])
+    def score(theta, ctx):
+        q = theta + tf.linalg.matvec(interaction, ctx, transpose_a=True)
+        scores = tf.linalg.matvec(phi, q) + bias + (tf.tensordot(shift, ctx, axes=1) + b0)
+        values, indices = tf.math.top_k(scores, k=k)
+        return {"scores": scores, "top_values": values, "top_indices": tf.cast(indices, tf.int32)}
+
+    module = tf.Module()
+    module.score = score
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([score.get_concrete_function()], module)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    path.write_bytes(converter.convert())
+    return path
+
+
+@pytest.mark.parametrize("hybrid", [False, True])
+@pytest.mark.parametrize("context_dim", [0, 4])
+def test_tflite_file_answers_as_tensorflows_converter_would(tmp_path, hybrid, context_dim):
+    """The flatbuffer written without TensorFlow gives bit for bit the answers of the file TensorFlow's converter
+    makes from the same function (same ops, same constant folding), with the same signature; k = 1 and
+    k = n_items (the whole catalogue ranked) included."""
+    rng = np.random.default_rng(11)
+    item_h = rng.normal(size=(N_ITEMS, TEXT_DIM)).astype(np.float32)
+    params = random_params(context_dim, hybrid, seed=12)
+    for k in (1, 7, N_ITEMS):
+        ours = TFLiteScorer(export_scorer(params, item_h, tmp_path / f"ours{k}.tflite", k=k))
+        theirs = TFLiteScorer(_converted_by_tensorflow(params, item_h, tmp_path / f"tf{k}.tflite", k))
+        assert ours.interpreter.get_signature_list() == theirs.interpreter.get_signature_list()
+        for _ in range(4):  # several users and contexts
+            theta = rng.normal(size=DIM).astype(np.float32)
+            ctx = rng.normal(size=context_dim).astype(np.float32)
+            a, b = ours(theta, ctx), theirs(theta, ctx)
+            assert sorted(a) == sorted(b) == sorted(OUTPUTS)
+            for name in OUTPUTS:
+                assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape
+                np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_tflite_constants_are_aligned_in_the_file(tmp_path):
+    """Every constant's data starts on a 16-byte boundary of the file (the interpreter maps it in place)."""
+    import tflite
+
+    blob = export_scorer(random_params(3, True), np.ones((N_ITEMS, TEXT_DIM), np.float32), tmp_path / "s.tflite",
+                         k=3).read_bytes()
+    model = tflite.Model.GetRootAsModel(blob, 0)
+    sizes = [model.Buffers(i).DataLength() for i in range(model.BuffersLength())]
+    assert sizes[0] == 0 and sum(s > 0 for s in sizes) >= 5  # the empty sentinel, then phi, b, W_int, ...
+    for i in range(1, model.BuffersLength()):
+        buf = model.Buffers(i)
+        if buf.DataLength():
+            start = buf._tab.Vector(buf._tab.Offset(4))
+            assert start % 16 == 0, (i, start)
 
 
 def test_tflite_rejects_k_beyond_the_catalogue(tmp_path):

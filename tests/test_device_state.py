@@ -219,11 +219,30 @@ def test_under_ials_the_device_solves_theta_from_the_history_and_the_global_mode
     assert len(DeviceState.load(state).history(user)[0]) == len(items) + 1 and not np.allclose(again, theta)
 
 
-def test_export_tflite_prints_only_its_result(device, tmp_path):
-    """The converter's own lines (`(f32: 3)` ... from its C++ side) do not reach the terminal: stdout is the one
-    result line, stderr is empty."""
-    state, _, _, _, _ = device
-    code, out, err, _ = _fedctx("export", "tflite", "--state", state, "--out", tmp_path / "s.tflite", tmp_path=tmp_path)
+def test_export_tflite_prints_only_its_result_and_runs_without_tensorflow(device, tmp_path):
+    """A fresh `fedctx export tflite` never imports TensorFlow (nor Flower), prints its one result line and
+    nothing on stderr; the file it writes ranks the catalogue as the model does (`score_items`) for several of
+    the device's users and contexts, run through TensorFlow's TFLite interpreter (here, in the test)."""
+    from client.tflite import TFLiteScorer
+
+    state, _, ds, _, _ = device
+    code, out, err, modules = _fedctx("export", "tflite", "--state", state, "--out", tmp_path / "s.tflite", "-k", "6",
+                                      tmp_path=tmp_path)
     assert code == 0, err
     assert out.splitlines() == [out.strip()] and out.startswith(f"tflite: {tmp_path / 's.tflite'} (")
     assert err == ""
+    assert modules == []
+    dev = DeviceState.load(state)
+    dense = {k: dev.params[k] for k in DENSE_NAMES}
+    scorer = TFLiteScorer(tmp_path / "s.tflite")
+    for user, pairs, t in ((ds.user_ids[0], {"device": "mobile"}, 1700000000),
+                           (ds.user_ids[1], {"device": "desktop"}, 1700050000),
+                           (ds.user_ids[2], {}, 1690000000)):
+        theta, _ = dev.theta_for(str(user))
+        x = dev.context_vector(pairs, t)
+        ref = score_items(dense, theta[None], x[None], dev.item_h, dev.params.get("items/embedding"),
+                          dev.params.get("items/bias"))[0]
+        got = scorer(theta, x)
+        np.testing.assert_allclose(got["scores"], ref, rtol=1e-5, atol=1e-6)
+        assert got["top_indices"].tolist() == np.argsort(-ref, kind="stable")[:6].tolist()
+        np.testing.assert_allclose(got["top_values"], ref[got["top_indices"]], rtol=1e-5, atol=1e-6)
