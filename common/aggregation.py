@@ -43,10 +43,10 @@ def item_decay(cfg: Config) -> dict[str, float]:
 
 
 def item_sgd_lr(cfg: Config) -> dict[str, float]:
-    """The `sgd_lr` of the item tables under cfg.server_item_lr (empty without the hybrid tables or at 0)."""
-    if not (cfg.item_embedding and cfg.server_item_lr > 0):
+    """The `sgd_lr` of the item tables under cfg.item_lr (empty without the hybrid tables or at 0)."""
+    if not (cfg.item_embedding and cfg.item_lr > 0):
         return {}
-    return {k: cfg.server_item_lr for k in ITEM_TABLES}
+    return {k: cfg.item_lr for k in ITEM_TABLES}
 
 
 @dataclass

@@ -82,7 +82,8 @@ def test_server_item_lr_steps_the_item_tables_by_the_sum_of_user_updates():
     from common.config import Config
 
     assert item_sgd_lr(Config(server_item_lr=2.0)) == {"items/embedding": 2.0, "items/bias": 2.0}
-    assert item_sgd_lr(Config()) == {} and item_sgd_lr(Config(server_item_lr=2.0, item_embedding=False)) == {}
+    assert item_sgd_lr(Config(server_item_lr=0.0)) == {}
+    assert item_sgd_lr(Config(server_item_lr=2.0, item_embedding=False)) == {}
     users = 10
     per_user = np.zeros((users, 2))
     per_user[:3, 0] = 0.01  # item 0: three users, item 1: one user
@@ -98,3 +99,17 @@ def test_server_item_lr_steps_the_item_tables_by_the_sum_of_user_updates():
     # the cosine decay of the server step scales the item step too
     decayed = ServerOptimizer("adam", lr=0.05, total_steps=2, final_fraction=0.5, step=1, sgd_lr={"items/bias": 2.0})
     np.testing.assert_allclose(decayed.apply(x, mean, users)["items/bias"], [0.03, 0.01], rtol=1e-5)
+
+
+def test_server_item_lr_auto_is_plain_steps_without_dp_and_adam_under_any_dp():
+    # -1 (the default): plain item steps only where no noise is added to the update sum; an explicit value wins
+    from common.aggregation import item_sgd_lr
+    from common.config import AUTO_ITEM_LR, Config
+
+    assert Config().server_item_lr == -1 and Config().item_lr == AUTO_ITEM_LR > 0
+    assert item_sgd_lr(Config()) == {"items/embedding": AUTO_ITEM_LR, "items/bias": AUTO_ITEM_LR}
+    for mode in ("central", "local"):
+        assert Config(privacy=mode).item_lr == 0.0 and item_sgd_lr(Config(privacy=mode)) == {}
+    assert Config(privacy="central", server_item_lr=3.0).item_lr == 3.0
+    with pytest.raises(ValueError, match="server-item-lr"):
+        Config(server_item_lr=-0.5)
