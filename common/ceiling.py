@@ -23,7 +23,8 @@ import numpy as np
 
 from common.synthetic import NIGHT_HOURS, SyntheticConfig, SyntheticTruth
 
-__all__ = ["CEILING_SYSTEMS", "PlantedModel", "context_codes", "estimate_preferences", "ceiling_scorers"]
+__all__ = ["CEILING_SYSTEMS", "PlantedModel", "context_codes", "estimate_preferences", "ceiling_scorers",
+           "expected_hits"]
 
 #: Systems a report on generated data adds (in this order), next to the trained ones.
 CEILING_SYSTEMS = ("oracle", "structure", "structure-context-free")
@@ -116,6 +117,31 @@ def ceiling_scorers(planted: PlantedModel, true_pref: np.ndarray, est_pref: np.n
         return planted.item_probs(topic_p)
 
     return dict(zip(CEILING_SYSTEMS, (oracle, structure, context_free)))
+
+
+def expected_hits(score, truth, store, k: int, chunk: int = 512) -> np.ndarray:
+    """Expected HR@k [U] of a ranking on the test split: for each user, the planted probability that the test
+    engagement is one of the k items the ranking puts first, P(top-k | u, x_test) / P(any ranked item | u, x_test).
+
+    score, truth: f(users [n]) -> [n, n_items] (the ranking's scores; the planted P(i | u, x_test), e.g.
+    ceiling_scorers(...)["oracle"]). The ranked items are those evaluate_scores ranks on "test": every item but the
+    user's history and validation item. The mean over users estimates E[HR@k] without the noise of drawing one
+    test item per user (its standard error is that of the users' spread alone).
+    """
+    out = np.zeros(store.n_users)
+    for start in range(0, store.n_users, chunk):
+        users = np.arange(start, min(start + chunk, store.n_users))
+        s = np.array(score(users), np.float64)
+        p = np.array(truth(users), np.float64)
+        rows = np.repeat(np.arange(len(users)), store.offsets[users + 1] - store.offsets[users])
+        seen = np.concatenate([store.items[store.offsets[u]:store.offsets[u + 1]] for u in users])
+        for a in (s, p):
+            a[rows, seen] = -np.inf if a is s else 0.0
+            a[np.arange(len(users)), store.val_item[users]] = -np.inf if a is s else 0.0
+        s = np.where(np.isnan(s), -np.inf, s)
+        top = np.argpartition(-s, k, axis=1)[:, :k]
+        out[users] = np.take_along_axis(p, top, 1).sum(1) / p.sum(1)
+    return out
 
 
 def planted_inputs(ds, store, cfg_synthetic: SyntheticConfig, truth: SyntheticTruth) -> dict:

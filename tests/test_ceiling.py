@@ -114,3 +114,54 @@ def test_report_glue_maps_users_items_and_contexts_to_the_generator(small_cache,
     metrics = ceiling_metrics(cfg, ds, members)
     assert list(metrics) == ["oracle", "structure", "structure-context-free"]
     assert all(m["hr"].shape == (ds.n_users,) for m in metrics.values())
+
+
+def _store(histories, val, test):
+    """A UserStore of hand-made histories (lists of item indices), validation and test items."""
+    from common.federated import UserStore
+
+    counts = [len(h) for h in histories]
+    z = np.zeros((len(histories), 0), np.float32)
+    return UserStore(np.array([f"u{i}" for i in range(len(histories))]), np.concatenate([[0], np.cumsum(counts)]),
+                     np.concatenate(histories).astype(np.int64), np.zeros(sum(counts), np.float32),
+                     np.zeros((sum(counts), 0), np.float32), np.array(val), z, np.array(test), z)
+
+
+def test_expected_hits_by_hand():
+    from common.ceiling import expected_hits
+
+    # one user, 5 items: history {0}, validation item 1; ranked: 2, 3, 4 with planted P 0.1, 0.25, 0.15
+    p = np.array([[0.3, 0.2, 0.1, 0.25, 0.15]])
+    store = _store([[0]], [1], [3])
+    scores = np.array([[9.0, 8.0, 0.0, 2.0, 1.0]])  # the excluded items score highest: they must not count
+    got = expected_hits(lambda u: scores[u], lambda u: p[u], store, k=2)
+    np.testing.assert_allclose(got, [(0.25 + 0.15) / 0.5])
+    worst = expected_hits(lambda u: -scores[u], lambda u: p[u], store, k=2)  # items 2 and 4
+    np.testing.assert_allclose(worst, [(0.1 + 0.15) / 0.5])
+
+
+def test_expected_hits_the_truth_ranks_best_and_matches_drawn_test_items():
+    from common.ceiling import expected_hits
+
+    rng = np.random.default_rng(3)
+    users, items, k = 40, 30, 5
+    p = rng.dirichlet(np.full(items, 0.3), size=users)
+    store = _store([rng.choice(items, 3, replace=False) for _ in range(users)], [0] * users, [0] * users)
+    truth = lambda u: p[u]
+    best = expected_hits(truth, truth, store, k)
+    for _ in range(5):
+        other = rng.normal(size=(users, items))
+        assert np.all(best >= expected_hits(lambda u: other[u], truth, store, k) - 1e-12)
+    # E[HR] is the mean realized HR over test items drawn from the truth (outside history and validation)
+    other = rng.normal(size=(users, items))
+    e = expected_hits(lambda u: other[u], truth, store, k)
+    hits = np.zeros(users)
+    draws = 4000
+    for u in range(users):
+        q = p[u].copy()
+        q[store.history(u)] = 0
+        q[0] = 0
+        test = rng.choice(items, draws, p=q / q.sum())
+        ranked = np.argsort(-np.where(q > 0, other[u], -np.inf))[:k]
+        hits[u] = np.isin(test, ranked).mean()
+    np.testing.assert_allclose(e, hits, atol=0.04)
