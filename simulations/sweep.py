@@ -43,6 +43,9 @@ SWEEP_DEFAULTS: dict[str, Any] = {
     # decay); kept here so that they stay reproducible
     "server-lr": 0.02,
     "server-lr-final": 1.0,
+    # and with FedAdam on the item tables in every row: server-item-lr's auto default (-1) gives plain item steps
+    # to the non-private row only, which would compare two optimizers instead of the cost of DP
+    "server-item-lr": 0.0,
 }
 
 COLUMNS = ("setting", "unit", "target_epsilon", "epsilon", "delta", "noise_multiplier", "clip_norm", "sample_rate",
