@@ -58,6 +58,8 @@ class ServerOptimizer:
             (bias-corrected moments; per-coordinate step sizes let rarely touched item rows learn).
     With total_steps T > 0, the step size of step t (1..T) decays on a cosine from lr to lr * final_fraction:
     lr_t = lr * (f + (1 - f) (1 + cos(pi (t - 1) / (T - 1))) / 2); after T it stays at lr * f.
+    With warmup_steps W > 0, lr_t is also multiplied by min(1, t / W): Adam's first steps move every coordinate
+    by about lr whatever its update, so a ramp keeps the first rounds from overshooting.
     decay {name: w}: decoupled weight decay (AdamW, Loshchilov & Hutter 2019), x <- x (1 - lr_t w) before the
     step: an L2 pull of those parameters counted once per round, not once per user who touched them.
     sgd_lr {name: a}: those parameters take x <- x + a * (lr_t / lr) * users * Delta whatever the kind, with
@@ -74,6 +76,7 @@ class ServerOptimizer:
     step: int = 0
     total_steps: int = 0
     final_fraction: float = 1.0
+    warmup_steps: int = 0
     m: dict[str, np.ndarray] = field(default_factory=dict)
     v: dict[str, np.ndarray] = field(default_factory=dict)
     decay: dict[str, float] = field(default_factory=dict)
@@ -81,11 +84,12 @@ class ServerOptimizer:
 
     def current_lr(self) -> float:
         """The step size of step `self.step` (1-based)."""
+        ramp = min(1.0, max(self.step, 1) / self.warmup_steps) if self.warmup_steps > 0 else 1.0
         if self.total_steps <= 0 or self.final_fraction == 1.0:
-            return self.lr
+            return self.lr * ramp
         progress = min(max(self.step - 1, 0) / max(self.total_steps - 1, 1), 1.0)
         f = self.final_fraction
-        return self.lr * (f + (1.0 - f) * 0.5 * (1.0 + np.cos(np.pi * progress)))
+        return self.lr * ramp * (f + (1.0 - f) * 0.5 * (1.0 + np.cos(np.pi * progress)))
 
     def apply(self, params: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray],
               users: float = 1.0) -> dict[str, np.ndarray]:

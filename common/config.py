@@ -93,6 +93,7 @@ class Config:
     server_optimizer: str = "adam"   # "adam" (FedAdam, Reddi et al. 2021) | "sgd" (FedAvg)
     server_lr: float = 0.05
     server_lr_final: float = 0.1     # the server step size of the last round, as a fraction of server_lr (cosine decay)
+    server_lr_warmup: int = 0        # the server step ramps up linearly over this many first rounds (0 = none)
     server_item_lr: float = -1.0     # > 0: the item-id table and biases take plain steps of this times the sum of
                                      # the round's user updates (a row moves with its users' count); 0 = they
                                      # follow server-optimizer; -1 = auto: AUTO_ITEM_LR without DP, 0 under DP
@@ -182,6 +183,7 @@ class Config:
         need(self.loss in ("bce", "softmax", "ials"), "loss", "must be 'bce', 'softmax' or 'ials'")
         need(self.unobserved_weight > 0, "unobserved_weight", "must be > 0")
         need(0 <= self.item_decay, "item_decay", "must be >= 0")
+        need(self.server_lr_warmup >= 0, "server_lr_warmup", "must be >= 0 rounds (0 = no ramp)")
         need(self.server_item_lr >= 0 or self.server_item_lr == -1, "server_item_lr",
              "must be >= 0 (0 = the item table follows server-optimizer), or -1 (auto)")
         need(not (self.loss == "ials" and self.privacy in ("local", "local+central")), "loss",

@@ -168,6 +168,7 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
         optimizer=state.optimizer if state else ServerOptimizer(cfg.server_optimizer, cfg.server_lr,
                                                                 eps=cfg.server_adam_eps, total_steps=cfg.num_rounds,
                                                                 final_fraction=cfg.server_lr_final,
+                                                                warmup_steps=cfg.server_lr_warmup,
                                                                 decay=item_decay(cfg),
                                                                 sgd_lr=item_sgd_lr(cfg)),
         sample_rate=cfg.sample_rate, sampling_key=sampling_key, eval_every=cfg.eval_every, num_rounds=cfg.num_rounds,

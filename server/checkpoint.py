@@ -83,6 +83,7 @@ def save_checkpoint(path: Path, state: ServerState) -> None:
         "content": state.content,
         "optimizer": {"kind": opt.kind, "lr": opt.lr, "beta1": opt.beta1, "beta2": opt.beta2, "eps": opt.eps,
                       "step": opt.step, "total_steps": opt.total_steps, "final_fraction": opt.final_fraction,
+                      "warmup_steps": opt.warmup_steps,
                       "decay": dict(opt.decay), "sgd_lr": dict(opt.sgd_lr)},
     }
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".checkpoint-", suffix=".npz")
@@ -124,6 +125,7 @@ def load_checkpoint(path: Path) -> ServerState:
     o = meta["optimizer"]
     optimizer = ServerOptimizer(o["kind"], o["lr"], beta1=o["beta1"], beta2=o["beta2"], eps=o["eps"], step=o["step"],
                                 total_steps=int(o.get("total_steps", 0)), final_fraction=float(o.get("final_fraction", 1.0)),
+                                warmup_steps=int(o.get("warmup_steps", 0)),
                                 m=groups["adam-m"], v=groups["adam-v"],
                                 decay={k: float(w) for k, w in o.get("decay", {}).items()},
                                 sgd_lr={k: float(a) for k, a in o.get("sgd_lr", {}).items()})

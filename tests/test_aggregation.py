@@ -113,3 +113,15 @@ def test_server_item_lr_auto_is_plain_steps_without_dp_and_adam_under_any_dp():
     assert Config(privacy="central", server_item_lr=3.0).item_lr == 3.0
     with pytest.raises(ValueError, match="server-item-lr"):
         Config(server_item_lr=-0.5)
+
+
+def test_server_lr_warmup_ramps_the_step_linearly_then_follows_the_cosine():
+    # W = 4 rounds of ramp on a cosine over T = 10: lr_t = lr * min(1, t / W) * cosine(t)
+    def lr_at(t, **kw):
+        return ServerOptimizer("adam", lr=0.1, step=t, **kw).current_lr()
+
+    for t in range(1, 11):
+        cosine = lr_at(t, total_steps=10, final_fraction=0.2)
+        np.testing.assert_allclose(lr_at(t, total_steps=10, final_fraction=0.2, warmup_steps=4),
+                                   cosine * min(1.0, t / 4), rtol=1e-12)
+    assert lr_at(1, warmup_steps=4) == 0.025 and lr_at(4, warmup_steps=4) == lr_at(9, warmup_steps=4) == 0.1

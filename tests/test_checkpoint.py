@@ -15,7 +15,7 @@ def _state(cfg: Config, round_: int = 3) -> ServerState:
     rng = np.random.default_rng(0)
     params = {"tower/kernel": rng.normal(size=(4, 3)).astype(np.float32), "items/bias": np.zeros(5, np.float32),
               "items/embedding": np.zeros((5, 2), np.float32)}
-    opt = ServerOptimizer("adam", 0.05, total_steps=10, final_fraction=0.1,  # the next step size depends on all
+    opt = ServerOptimizer("adam", 0.05, total_steps=10, final_fraction=0.1, warmup_steps=5,  # the next step size depends on all
                           decay={"items/bias": 0.3}, sgd_lr={"items/embedding": 2.0})
     for _ in range(round_):
         params = opt.apply(params, {k: rng.normal(size=v.shape) for k, v in params.items()})
