@@ -317,3 +317,11 @@ def test_a_stale_data_index_is_rebuilt_so_answers_follow_the_data(device, tmp_pa
     assert code == 0, err
     again, modules = _recommended(state, user, 5, tmp_path)
     assert modules == [] and after[0] not in again
+
+
+def test_device_help_keeps_rich_formatting(tmp_path):
+    """The device commands run without rich (simulations.cli.FAST_COMMANDS), but their --help keeps typer's rich
+    formatting (its option panel)."""
+    code, out, err, modules = _fedctx("device", "recommend", "--help", tmp_path=tmp_path)
+    assert code == 0, err
+    assert "rich" in modules and "--new-user" in out and "╭─ Options" in out
