@@ -115,18 +115,19 @@ def _build_index(schema: PublicSchema, data_dir: Path) -> DataIndex:
     return DataIndex(users, items[known].astype(np.int64), ctx[known], time[known], titles)
 
 
-def data_index(state_dir: Path, schema: PublicSchema, data_dir: Path | None) -> DataIndex:
+def data_index(state_dir: Path, schema: PublicSchema, data_dir: Path | None, keep: bool = True) -> DataIndex:
     """The device's DataIndex: the one kept in state_dir/DATA_INDEX_FILE while the data files and the schema are
-    those it was built from (numpy only: no pandas), else built again from the files and kept (when the state
-    directory can be written; the answer does not depend on it)."""
+    those it was built from (numpy only: no pandas), else built again from the files and, with keep, kept (when
+    the state directory can be written; the answer does not depend on it). keep=False for a simulated device,
+    whose data is the whole run's dataset: each of them would hold a copy."""
     if data_dir is None:
         return DataIndex.empty(schema.context.dim)
     path = Path(state_dir) / DATA_INDEX_FILE
     key = _index_key(schema, Path(data_dir))
-    index = _read_index(path, key) if key is not None else None
+    index = _read_index(path, key) if key is not None and keep else None
     if index is None:
         index = _build_index(schema, Path(data_dir))
-        if key is not None:  # stamped before the read: a change while reading makes it stale, not wrong
+        if key is not None and keep:  # stamped before the read: a change while reading makes it stale, not wrong
             titles = np.frombuffer(json.dumps(index.titles).encode(), np.uint8) if index.titles is not None \
                 else np.zeros(0, np.uint8)
             try:
@@ -225,7 +226,7 @@ class DeviceState:
     def data_index(self) -> DataIndex:
         """The device's data, indexed (`data_index`); read once per DeviceState, again after a write."""
         if self._index is None:
-            self._index = data_index(self.state_dir, self.schema, self.data_dir)
+            self._index = data_index(self.state_dir, self.schema, self.data_dir, keep=not self.simulated)
         return self._index
 
     def history(self, user: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

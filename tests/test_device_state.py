@@ -35,7 +35,14 @@ def device(small_synthetic, tmp_path, request):
     shutil.copytree(small_synthetic, data)
     cfg = Config(data=str(data), dim=4, text_dim=8, text_epochs=2, negatives=3, local_steps=1,
                  **getattr(request, "param", {}))
-    ds = load_dataset(data)
+    ds, ctx, content = _one_round(cfg, {"data-dir": str(data), "state-dir": str(tmp_path / "state")})
+    return tmp_path / "state", data, ds, ctx, content
+
+
+def _one_round(cfg: Config, node_config: dict):
+    """A node of cfg's dataset (node_config: a device's data-dir and state-dir, or a simulated partition) after
+    one training round, its state saved: (the prepared dataset, its Flower Context, the round's message)."""
+    ds = load_dataset(cfg.data)
     item_h = ContentEncoder(cfg.text_dim, cfg.text_epochs, seed=0).item_vectors(ds.item_texts)
     schema = build_schema(ds.item_ids, ds.context_encoder, {"encoder": "test"}, item_h)
     params = init_shared(ModelShape(ds.n_items, cfg.text_dim, cfg.dim, ds.context_dim, True), seed=0)
@@ -43,12 +50,11 @@ def device(small_synthetic, tmp_path, request):
                           "schema": ConfigRecord({"json": schema.to_json()}),
                           "config": ConfigRecord({"server-round": 1, "sample-rate": 1.0, "sampling-seed": 7,
                                                   "schema-hash": schema.hash})})
-    node_config = {"data-dir": str(data), "state-dir": str(tmp_path / "state")}
     ctx = Context(run_id=1, node_id=1, state=RecordDict(), run_config=cfg.to_flwr(), node_config=node_config)
     node = node_for(ctx, content, training=True)
     train_reply(node, content)
     node.save(ctx)
-    return tmp_path / "state", data, ds, ctx, content
+    return ds, ctx, content
 
 
 def _run(*args):
@@ -325,3 +331,20 @@ def test_device_help_keeps_rich_formatting(tmp_path):
     code, out, err, modules = _fedctx("device", "recommend", "--help", tmp_path=tmp_path)
     assert code == 0, err
     assert "rich" in modules and "--new-user" in out and "╭─ Options" in out
+
+
+def test_a_simulated_device_reads_the_runs_data_without_keeping_a_copy(small_synthetic, small_cache, tmp_path,
+                                                                         monkeypatch):
+    """A simulated device's data is the whole run's dataset: its histories are read from the files (equal to the
+    reference) but no data index is written into each device's directory."""
+    monkeypatch.setenv("FEDCTX_CACHE", str(small_cache))
+    cfg = Config(data=str(small_synthetic), dim=4, text_dim=8, text_epochs=2, negatives=3, local_steps=1,
+                 run_dir=str(tmp_path / "run"))
+    ds, _, _ = _one_round(cfg, {"partition-id": 0, "num-partitions": 2})
+    state = tmp_path / "run" / "devices" / "node-0"
+    dev = DeviceState.load(state)
+    assert dev.simulated
+    user = str(ds.user_ids[-1])  # another shard's user: the run's data holds it too
+    for g, w in zip(dev.history(user), _history_from_the_files(small_synthetic, dev.schema, user)):
+        np.testing.assert_array_equal(g, w)
+    assert len(dev.history(user)[0]) and not (state / DATA_INDEX_FILE).exists()
