@@ -63,14 +63,23 @@ class DataIndex:
                    np.zeros(0, np.int64), None)
 
 
+def _stamp(path: Path) -> list:
+    """[path, size, mtime (ns), inode] of a file (`device record` replaces the file: its inode changes too), or
+    [path, None] if there is none."""
+    try:
+        s = path.stat()
+    except FileNotFoundError:
+        return [str(path), None]
+    return [str(path), s.st_size, s.st_mtime_ns, s.st_ino]
+
+
 def _index_key(schema: PublicSchema, data_dir: Path) -> str | None:
-    """What the index was built from: the schema's hash and each data file's path, size, mtime (ns) and inode
-    (`device record` replaces the file, so its inode changes too). None if a file cannot be read (the build
-    then names the problem)."""
+    """What the index was built from: the schema's hash and the stamps of dataset.toml, the interactions and the
+    items file (a device without an items file has no titles). None if dataset.toml cannot be read or a file
+    cannot be looked at (the build then names the problem)."""
     try:
         spec = read_spec(data_dir)
-        files = [Path(data_dir) / "dataset.toml", spec.interactions_file, spec.items_file]
-        stamp = [[str(f), s.st_size, s.st_mtime_ns, s.st_ino] for f, s in ((f, f.stat()) for f in files)]
+        stamp = [_stamp(f) for f in (Path(data_dir) / "dataset.toml", spec.interactions_file, spec.items_file)]
     except (DataError, OSError):
         return None
     return json.dumps({"v": _INDEX_VERSION, "schema": schema.hash, "files": stamp})

@@ -348,3 +348,23 @@ def test_a_simulated_device_reads_the_runs_data_without_keeping_a_copy(small_syn
     for g, w in zip(dev.history(user), _history_from_the_files(small_synthetic, dev.schema, user)):
         np.testing.assert_array_equal(g, w)
     assert len(dev.history(user)[0]) and not (state / DATA_INDEX_FILE).exists()
+
+
+def test_a_device_without_an_items_file_keeps_its_index_and_shows_item_ids(device, tmp_path):
+    """The items file is optional on a device (titles only): without it recommend shows item ids, and the index
+    it keeps stays fresh (the next recommend is pandas-free); once the file is back, titles return."""
+    state, data, ds, _, _ = device
+    user = str(ds.user_ids[0])
+    items = data / "items.parquet"
+    items.rename(tmp_path / "items.parquet")
+    _, modules = _recommended(state, user, 3, tmp_path)
+    assert "pandas" in modules  # read again: the items file is gone
+    code, out, err, modules = _fedctx("device", "recommend", "--state", state, "--user", user, "-k", "3",
+                                      tmp_path=tmp_path)
+    assert code == 0 and modules == [], err
+    first = out.splitlines()[3].split()
+    assert first[1] in set(map(str, ds.item_ids)) and first[2].startswith(("+", "-"))  # rank, id, score
+    (tmp_path / "items.parquet").rename(items)
+    code, out, err, modules = _fedctx("device", "recommend", "--state", state, "--user", user, "-k", "3",
+                                      tmp_path=tmp_path)
+    assert code == 0 and "pandas" in modules and not out.splitlines()[3].split()[2].startswith(("+", "-")), err
