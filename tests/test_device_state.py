@@ -368,3 +368,24 @@ def test_a_device_without_an_items_file_keeps_its_index_and_shows_item_ids(devic
     code, out, err, modules = _fedctx("device", "recommend", "--state", state, "--user", user, "-k", "3",
                                       tmp_path=tmp_path)
     assert code == 0 and "pandas" in modules and not out.splitlines()[3].split()[2].startswith(("+", "-")), err
+
+
+def test_a_new_schema_makes_the_data_index_stale(device, monkeypatch):
+    """The index is encoded with the schema: under another schema (a new catalogue order or context encoding
+    from the server) it is read from the files again and kept under that schema's hash."""
+    import client.device_state as device_state
+
+    state, data, _, _, _ = device
+    dev = DeviceState.load(state)
+    other = build_schema(dev.schema.item_ids[::-1], dev.schema.context, {"encoder": "other"}, dev.item_h[::-1])
+    builds = []
+    real = device_state._build_index
+    monkeypatch.setattr(device_state, "_build_index", lambda *a: builds.append(a[0].hash) or real(*a))
+    device_state.data_index(state, dev.schema, data)
+    assert builds == []  # fresh under the node's schema
+    flipped = device_state.data_index(state, other, data)
+    assert builds == [other.hash] and other.hash in str(np.load(state / DATA_INDEX_FILE)["key"])
+    mine = device_state.data_index(state, dev.schema, data)
+    assert builds == [other.hash, dev.schema.hash]
+    n = dev.schema.n_items
+    np.testing.assert_array_equal(flipped.items, n - 1 - mine.items)  # the same rows in the reversed catalogue
