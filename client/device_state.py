@@ -17,28 +17,134 @@ import dataclasses
 import json
 import time as _time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from client.state_files import CONTENT_FILE, DEVICE_FILE, GLOBAL_MODEL_FILE, NODE_STATE_FILE, _atomic_savez, atomic_write
+from client.state_files import (CONTENT_FILE, DATA_INDEX_FILE, DEVICE_FILE, GLOBAL_MODEL_FILE, NODE_STATE_FILE,
+                                _atomic_savez, atomic_write)
 from common.config import Config, config_from_mapping
-from common.data import DataError, _read_interactions, load_catalogue, read_spec
+from common.dataspec import DataError, read_spec
 from common.errors import FedctxError
 from common.schema import SCHEMA_FILE, PublicSchema, SchemaMismatch
 from common.scoring import SECONDS_PER_DAY, ials_solve_history, item_side_np, warm_start_theta
 
-__all__ = ["DeviceError", "DeviceState", "SERVING_FILE"]
+__all__ = ["DeviceError", "DeviceState", "DataIndex", "SERVING_FILE", "data_index", "catalogue_titles"]
 
 SERVING_FILE = "serving.npz"  # theta_u refreshed by feedback under local DP: for recommendations only
 
 
 class DeviceError(FedctxError, ValueError):
     """A device command cannot run: the message says what is missing and how to fix it."""
+
+
+#: version of the data index's layout (part of its key: an index of another layout is rebuilt)
+_INDEX_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DataIndex:
+    """A device's data as `DeviceState.history` reads it, for every user at once: one row per engagement of the
+    interactions file (file order) that is at least min-label and whose item is in the schema's catalogue.
+    users [n] str; items [n] int64 catalogue indices; ctx [n, schema context dim] float32 (encoded with the
+    schema); time [n] int64 Unix seconds (0 without a time column); titles [n_items] display names from the
+    device's items file, or None when it has none that matches the catalogue."""
+
+    users: np.ndarray
+    items: np.ndarray
+    ctx: np.ndarray
+    time: np.ndarray
+    titles: tuple[str, ...] | None
+
+    @classmethod
+    def empty(cls, context_dim: int) -> "DataIndex":
+        return cls(np.zeros(0, str), np.zeros(0, np.int64), np.zeros((0, context_dim), np.float32),
+                   np.zeros(0, np.int64), None)
+
+
+def _stamp(path: Path) -> list:
+    """[path, size, mtime (ns), inode] of a file (`device record` replaces the file: its inode changes too), or
+    [path, None] if there is none."""
+    try:
+        s = path.stat()
+    except FileNotFoundError:
+        return [str(path), None]
+    return [str(path), s.st_size, s.st_mtime_ns, s.st_ino]
+
+
+def _index_key(schema: PublicSchema, data_dir: Path) -> str | None:
+    """What the index was built from: the schema's hash and the stamps of dataset.toml, the interactions and the
+    items file (a device without an items file has no titles). None if dataset.toml cannot be read or a file
+    cannot be looked at (the build then names the problem)."""
+    try:
+        spec = read_spec(data_dir)
+        stamp = [_stamp(f) for f in (Path(data_dir) / "dataset.toml", spec.interactions_file, spec.items_file)]
+    except (DataError, OSError):
+        return None
+    return json.dumps({"v": _INDEX_VERSION, "schema": schema.hash, "files": stamp})
+
+
+def _read_index(path: Path, key: str) -> DataIndex | None:
+    """The index stored at path if it was built under `key`, else None (stale, absent or unreadable)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if str(f["key"]) != key:
+                return None
+            titles = json.loads(f["titles"].tobytes().decode()) if f["titles"].size else None
+            return DataIndex(f["users"], f["items"], f["ctx"], f["time"], None if titles is None else tuple(titles))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+
+
+def _build_index(schema: PublicSchema, data_dir: Path) -> DataIndex:
+    """Read the device's data files (pandas and pyarrow) into a DataIndex (see there)."""
+    import pandas as pd
+
+    from common.data import _read_interactions, load_catalogue
+
+    spec = dataclasses.replace(read_spec(data_dir), context_columns=schema.context.columns,
+                               from_time=schema.context.from_time)
+    raw = _read_interactions(spec)
+    keep = np.ones(len(raw.user), bool)
+    if raw.label is not None and spec.min_label is not None:
+        keep &= raw.label >= spec.min_label
+    items = pd.Index(schema.item_ids).get_indexer(raw.item[keep].astype(str))
+    known = items >= 0
+    time = (np.nan_to_num(raw.time[keep]).astype(np.int64) if raw.time is not None
+            else np.zeros(int(keep.sum()), np.int64))
+    ctx = schema.context.transform(raw.context[keep].reset_index(drop=True), time if spec.time_column else None)
+    users = np.asarray(raw.user[keep].astype(str).to_numpy()[known], dtype=str)
+    try:
+        _, ids, texts = load_catalogue(data_dir)
+        titles = (tuple(t.split("|")[0].strip() or i for i, t in zip(ids, texts))
+                  if list(ids) == list(schema.item_ids) else None)
+    except (DataError, OSError):
+        titles = None
+    return DataIndex(users, items[known].astype(np.int64), ctx[known], time[known], titles)
+
+
+def data_index(state_dir: Path, schema: PublicSchema, data_dir: Path | None, keep: bool = True) -> DataIndex:
+    """The device's DataIndex: the one kept in state_dir/DATA_INDEX_FILE while the data files and the schema are
+    those it was built from (numpy only: no pandas), else built again from the files and, with keep, kept (when
+    the state directory can be written; the answer does not depend on it). keep=False for a simulated device,
+    whose data is the whole run's dataset: each of them would hold a copy."""
+    if data_dir is None:
+        return DataIndex.empty(schema.context.dim)
+    path = Path(state_dir) / DATA_INDEX_FILE
+    key = _index_key(schema, Path(data_dir))
+    index = _read_index(path, key) if key is not None and keep else None
+    if index is None:
+        index = _build_index(schema, Path(data_dir))
+        if key is not None and keep:  # stamped before the read: a change while reading makes it stale, not wrong
+            titles = np.frombuffer(json.dumps(index.titles).encode(), np.uint8) if index.titles is not None \
+                else np.zeros(0, np.uint8)
+            try:
+                _atomic_savez(path, key=np.array(key), users=index.users, items=index.items, ctx=index.ctx,
+                              time=index.time, titles=titles)
+            except OSError:
+                pass
+    return index
 
 
 def _damaged(path: Path, exc: BaseException) -> DeviceError:
@@ -64,6 +170,7 @@ class DeviceState:
     taken: np.ndarray
     round: int
     simulated: bool = False
+    _index: DataIndex | None = field(default=None, repr=False, compare=False)
 
     # -- loading ------------------------------------------------------------------------------
     @classmethod
@@ -125,24 +232,19 @@ class DeviceState:
                               f"term).")
 
     # -- what the user did, and the context now -------------------------------------------------
+    def data_index(self) -> DataIndex:
+        """The device's data, indexed (`data_index`); read once per DeviceState, again after a write."""
+        if self._index is None:
+            self._index = data_index(self.state_dir, self.schema, self.data_dir, keep=not self.simulated)
+        return self._index
+
     def history(self, user: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The user's engagements in the device's data: item indices [n], contexts [n, context_dim] encoded with
-        the schema, times [n] (Unix seconds; 0 without a time column). Unknown items are left out."""
-        if self.data_dir is None:
-            return np.zeros(0, np.int64), np.zeros((0, self.context_dim), np.float32), np.zeros(0, np.int64)
-        spec = dataclasses.replace(read_spec(self.data_dir), context_columns=self.schema.context.columns,
-                                   from_time=self.schema.context.from_time)
-        raw = _read_interactions(spec)
-        mask = (raw.user.astype(str) == str(user)).to_numpy()
-        if raw.label is not None and spec.min_label is not None:
-            mask &= raw.label >= spec.min_label
-        items = pd.Index(self.schema.item_ids).get_indexer(raw.item[mask].astype(str))
-        known = items >= 0
-        time = (np.nan_to_num(raw.time[mask]).astype(np.int64) if raw.time is not None
-                else np.zeros(int(mask.sum()), np.int64))
-        ctx = self.schema.context.transform(raw.context[mask].reset_index(drop=True),
-                                            time if spec.time_column else None)
-        return items[known].astype(np.int64), ctx[known][:, : self.context_dim], time[known]
+        the schema, times [n] (Unix seconds; 0 without a time column). Rows below min-label and unknown items
+        are left out."""
+        index = self.data_index()
+        rows = np.flatnonzero(index.users == str(user))
+        return index.items[rows], index.ctx[rows][:, : self.context_dim], index.time[rows]
 
     @property
     def context_dim(self) -> int:
@@ -155,7 +257,7 @@ class DeviceState:
         if unknown:
             raise DeviceError(f"context: {', '.join(unknown)} not in the schema's context columns "
                               f"({', '.join(columns) or 'none'}). Fix: use --context column=value with those names.")
-        frame = pd.DataFrame({name: [pairs.get(name)] for name in columns})
+        frame: dict[str, list] = {name: [pairs.get(name)] for name in columns}  # one row (no pandas)
         for name, c in columns.items():
             if c.kind != "categorical" and pairs.get(name) is not None:
                 try:
@@ -223,6 +325,10 @@ class DeviceState:
                           label: float | None) -> dict:
         """Append one row to the device's interactions file atomically (a new file beside it, then renamed);
         returns the row. Rows of other users are untouched."""
+        import pandas as pd
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         if self.data_dir is None or self.simulated:
             raise DeviceError(f"{self.state_dir} is a simulated device: its users' data is the run's dataset, shared "
                               f"by every simulated device. Fix: record into a real device's state-dir (a SuperNode "
@@ -252,15 +358,11 @@ class DeviceState:
             body = path.read_bytes()
             sep = b"" if body.endswith(b"\n") or not body else b"\n"
             atomic_write(path, lambda p: Path(p).write_bytes(body + sep + line.encode()))
+        self._index = None  # the data changed: read (and index) it again
         return row
 
 
 def catalogue_titles(state: DeviceState) -> list[str] | None:
     """Item texts from the device's copy of the catalogue, for display (None if it has none)."""
-    try:
-        _, ids, texts = load_catalogue(state.data_dir) if state.data_dir else (None, None, None)
-    except (DataError, OSError):
-        return None
-    if ids is None or list(ids) != list(state.schema.item_ids):
-        return None
-    return [t.split("|")[0].strip() or i for i, t in zip(ids, texts)]
+    titles = state.data_index().titles
+    return None if titles is None else list(titles)

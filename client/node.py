@@ -27,6 +27,7 @@ from common.privacy import SecureGaussian, clip_factors, local_epsilon, local_re
 from common.protocol import ARRAYS, CONFIG, CONTENT, ITEM_VECTORS, RUN_TOKEN, SCHEMA, SCHEMA_HASH, SCHEMA_JSON
 from common.secagg import check_users
 from common.schema import SCHEMA_FILE, PublicSchema, SchemaMismatch, content_digest
+from client.device_state import data_index
 from client.state_files import (CONTENT_FILE, DEVICE_FILE, DEVICES_DIR, GLOBAL_MODEL_FILE, NODE_STATE_FILE, STORE_FILE,
                                 _atomic_savez, atomic_write)
 
@@ -248,6 +249,8 @@ class Node:
             tmp = d / f".{DEVICE_FILE}.tmp-{os.getpid()}"
             tmp.write_text(device)
             os.replace(tmp, d / DEVICE_FILE)
+        if self.data_dir is not None and not self.simulated:  # `fedctx device ...` reads the data from its index
+            data_index(d, self.schema, self.data_dir)
         if self.cfg.local_dp:
             self._write_local_privacy()
 

@@ -16,18 +16,23 @@ Encoding rules (the encoder is fitted on the training split only; deterministic)
 
 Features are laid out in declaration order of the context columns, then the
 from-time features in the order given.
+
+``transform`` takes a DataFrame, or a mapping of column -> list of values (a device's
+query: one row, read without importing pandas; the same encoding, a test holds them equal).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 
-from common.data import CONTEXT_KINDS, FROM_TIME_FEATURES, ContextColumn
+from common.dataspec import CONTEXT_KINDS, FROM_TIME_FEATURES, ContextColumn
+
+if TYPE_CHECKING:  # pragma: no cover - pandas is imported where a frame is read (not for a device's query)
+    import pandas as pd
 
 __all__ = ["ContextEncoder"]
 
@@ -57,8 +62,24 @@ class _Fitted:
         return (f"{self.name}_sin", f"{self.name}_cos")
 
 
+#: at most this many values are looked up in a vocabulary with a dict (a query); more with pandas' index
+_SMALL = 64
+
+
+def _plain(values: Any, types: tuple[type, ...]) -> bool:
+    """values is a list or tuple of None and `types` only (bool excluded): read without pandas."""
+    return isinstance(values, (list, tuple)) and all(
+        v is None or (isinstance(v, types) and not isinstance(v, bool)) for v in values)
+
+
 def _category_strings(values: pd.Series | np.ndarray | Sequence[Any]) -> np.ndarray:
     """Values as strings: object array [n], None where missing (null/NaN/blank)."""
+    if _plain(values, (str,)):
+        out = np.full(len(values), None, dtype=object)
+        out[:] = [v if v is not None and v.strip() != "" else None for v in values]
+        return out
+    import pandas as pd
+
     series = pd.Series(values).reset_index(drop=True)
     out = np.full(len(series), None, dtype=object)
     present = series.notna().to_numpy(dtype=bool)
@@ -71,6 +92,12 @@ def _category_strings(values: pd.Series | np.ndarray | Sequence[Any]) -> np.ndar
 
 def _floats(values: pd.Series | np.ndarray | Sequence[Any]) -> np.ndarray:
     """float64 [n]; NaN where missing, non-numeric or non-finite."""
+    if _plain(values, (int, float)):
+        out = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64).reshape(-1)
+        out[~np.isfinite(out)] = np.nan
+        return out
+    import pandas as pd
+
     series = pd.Series(values, copy=False)
     if not pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype):
         series = pd.to_numeric(series.astype(object), errors="coerce")
@@ -89,11 +116,34 @@ def _check_from_time(from_time: Sequence[str]) -> tuple[str, ...]:
     return out
 
 
-def _n_rows(frame: pd.DataFrame, time: np.ndarray | None) -> int:
-    """Row count: the frame's, or the time array's when the frame is empty and column-less."""
-    if len(frame) == 0 and len(frame.columns) == 0 and time is not None:
+def _columns(frame: pd.DataFrame | Mapping[str, Sequence[Any]]) -> Sequence[str]:
+    """The column names of a DataFrame, or of a mapping column -> values."""
+    return list(frame) if isinstance(frame, Mapping) else frame.columns
+
+
+def _n_rows(frame: pd.DataFrame | Mapping[str, Sequence[Any]], time: np.ndarray | None) -> int:
+    """Row count: the frame's, or the time array's when the frame is empty and column-less. A mapping's
+    columns must all have one length."""
+    if isinstance(frame, Mapping):
+        lengths = {len(v) for v in frame.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"context columns must have one length; got lengths {sorted(lengths)}")
+        n = lengths.pop() if lengths else 0
+    else:
+        n = len(frame)
+    if n == 0 and len(_columns(frame)) == 0 and time is not None:
         return int(np.shape(time)[0])
-    return len(frame)
+    return n
+
+
+def _codes(vocabulary: tuple[str, ...], strings: np.ndarray) -> np.ndarray:
+    """Position of each string in vocabulary (unique), -1 for None or a value outside it: int64 [n]."""
+    if len(strings) <= _SMALL:
+        lookup = {v: i for i, v in enumerate(vocabulary)}
+        return np.array([lookup.get(s, -1) for s in strings], dtype=np.int64).reshape(-1)
+    import pandas as pd
+
+    return pd.Index(vocabulary, dtype=object).get_indexer(strings)
 
 
 def _time_seconds(time: np.ndarray | None, n: int | None) -> np.ndarray:
@@ -139,7 +189,7 @@ class ContextEncoder:
     @classmethod
     def fit(
         cls,
-        frame: pd.DataFrame,
+        frame: pd.DataFrame | Mapping[str, Sequence[Any]],
         columns: Sequence[ContextColumn],
         from_time: Sequence[str],
         time: np.ndarray | None,
@@ -154,7 +204,7 @@ class ContextEncoder:
             if column.kind not in CONTEXT_KINDS:
                 raise ValueError(f"context column {column.name!r}: kind must be one of "
                                  f"{CONTEXT_KINDS}; got {column.kind!r}")
-            if column.name not in frame.columns:
+            if column.name not in _columns(frame):
                 raise ValueError(f"context column {column.name!r} is not in the frame")
             values = frame[column.name]
             if column.kind == "categorical":
@@ -194,7 +244,7 @@ class ContextEncoder:
                     if c.kind == "numeric" and (c.mean is None or c.std is None)]
         if missing:
             raise ValueError("the context declaration is incomplete (" + "; ".join(missing) + ")")
-        return cls.fit(pd.DataFrame({c.name: [] for c in columns}), columns, from_time,
+        return cls.fit({c.name: [] for c in columns}, columns, from_time,
                        np.zeros(0, np.int64) if from_time else None)
 
     def column_declarations(self) -> list[ContextColumn]:
@@ -211,26 +261,25 @@ class ContextEncoder:
             if column.kind == "categorical" and column.name in frame.columns:
                 strings = _category_strings(frame[column.name])
                 present = strings != None  # noqa: E711
-                codes = pd.Index(column.vocabulary, dtype=object).get_indexer(strings[present])
-                n += int((codes < 0).sum())
+                n += int((_codes(column.vocabulary, strings[present]) < 0).sum())
         return n
 
     # ------------------------------------------------------------------ transforming
 
-    def transform(self, frame: pd.DataFrame, time: np.ndarray | None) -> np.ndarray:
-        """Encode ``frame`` [n rows] (and ``time`` int64 [n] Unix seconds) -> float32 [n, dim]."""
+    def transform(self, frame: pd.DataFrame | Mapping[str, Sequence[Any]], time: np.ndarray | None) -> np.ndarray:
+        """Encode ``frame`` [n rows] (a DataFrame, or a mapping column -> list of n values) and ``time`` int64 [n]
+        Unix seconds -> float32 [n, dim]."""
         n = _n_rows(frame, time)
         out = np.zeros((n, self.dim), dtype=np.float32)
         offset = 0
         for column in self._fitted:
-            if column.name not in frame.columns:
+            if column.name not in _columns(frame):
                 raise ValueError(f"context column {column.name!r} is not in the frame")
             values = frame[column.name]
             width = len(column.feature_names)
             if column.kind == "categorical":
                 if width:
-                    codes = pd.Index(column.vocabulary, dtype=object).get_indexer(
-                        _category_strings(values))
+                    codes = _codes(column.vocabulary, _category_strings(values))
                     hit = np.flatnonzero(codes >= 0)
                     out[hit, offset + codes[hit]] = 1.0
             elif column.kind == "numeric":

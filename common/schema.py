@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from common.context import ContextEncoder
-from common.data import DataError, DatasetSpec
+from common.dataspec import DataError, DatasetSpec
 from common.errors import FedctxError
 
 __all__ = ["PublicSchema", "SCHEMA_FILE", "build_schema", "content_digest", "declared_context",

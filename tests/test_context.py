@@ -139,3 +139,25 @@ def test_no_context_gives_zero_columns() -> None:
     enc = ContextEncoder.fit(pd.DataFrame(index=range(3)), [], [], None)
     out = enc.transform(pd.DataFrame(index=range(3)), None)
     assert enc.dim == 0 and out.shape == (3, 0) and out.dtype == np.float32
+
+
+def test_a_mapping_of_lists_encodes_as_the_dataframe_does_without_pandas() -> None:
+    """A device's query (column -> list of values, read without pandas) encodes exactly as the same rows in a
+    DataFrame: categorical (known, unseen, blank, missing), numeric (value, missing), cyclic and time features;
+    also past the size where the vocabulary lookup switches from a dict to pandas' index."""
+    cols = [ContextColumn("device", "categorical"), ContextColumn("temp", "numeric"),
+            ContextColumn("dir", "cyclic", period=360.0)]
+    fit = pd.DataFrame({"device": ["tv", "mobile", "tv"], "temp": [10.0, 20.0, 30.0], "dir": [0.0, 90.0, 180.0]})
+    enc = ContextEncoder.fit(fit, cols, ["hour", "weekday", "weekend"], np.array([MONDAY] * 3, np.int64))
+    rows = {"device": ["mobile", "watch", " ", None, "tv"], "temp": [20.0, None, 35.5, 10, float("inf")],
+            "dir": [90.0, None, 45.0, 360, -90.0]}
+    t = np.array([MONDAY, SATURDAY + 13 * HOUR, MONDAY + 6 * HOUR, SATURDAY, MONDAY + 1], np.int64)
+    got = enc.transform(rows, t)
+    np.testing.assert_array_equal(got, enc.transform(pd.DataFrame(rows), t))
+    # by hand, row 0: device=mobile, (20 - 20) / std, sin/cos of 90 degrees, Monday 00:00
+    np.testing.assert_allclose(got[0, :5], [1, 0, 0, 1, 0], atol=1e-7)
+    assert got[1, :5].tolist() == [0, 0, 0, 0, 0]  # unseen device, missing temperature and direction
+    many = {k: v * 30 for k, v in rows.items()}  # 150 rows: the lookup through pandas' index
+    np.testing.assert_array_equal(enc.transform(many, np.tile(t, 30)), np.tile(got, (30, 1)))
+    with pytest.raises(ValueError, match="one length"):
+        enc.transform({"device": ["tv"], "temp": [], "dir": [1.0]}, t[:1])
