@@ -19,8 +19,9 @@ PRIVACY_MODES = ("none", "central", "local", "local+central")
 SERVER_OPTIMIZERS = ("adam", "sgd")
 TEXT_POOLING = ("mean", "tfidf")
 CONTENT_ENCODERS = ("word2vec", "precomputed", "sentence-encoder")
-#: server-item-lr under -1 (auto) without DP: the item tables' plain step per unit of the round's update sum
-#: (docs/results.md, "The item side by plain steps": 50 beat 0 on seeds 0-2 and ml-100k)
+#: server-item-lr under -1 (auto), for loss=softmax without DP: the item tables' plain step per unit of the
+#: round's update sum (docs/results.md, "Third pass": better than 0 on seeds 0-2 in expected HR; on ml-100k the
+#: difference is inside run-to-run noise)
 AUTO_ITEM_LR = 50.0
 
 
@@ -96,8 +97,8 @@ class Config:
     server_lr_warmup: int = 0        # the server step ramps up linearly over this many first rounds (0 = none)
     server_item_lr: float = -1.0     # > 0: the item-id table and biases take plain steps of this times the sum of
                                      # the round's user updates (a row moves with its users' count); 0 = they
-                                     # follow server-optimizer; -1 = auto: AUTO_ITEM_LR without DP, 0 under DP
-                                     # (the sum's noise would be scaled up with it)
+                                     # follow server-optimizer; -1 = auto: AUTO_ITEM_LR for loss=softmax without
+                                     # DP, else 0 (DP noise on the sum; ials touches every row)
     item_decay: float = 0.0          # decoupled weight decay of the item-id table per server step (AdamW)
     server_adam_eps: float = 1e-8    # Adam's eps at the server (the floor of its per-coordinate step denominator)
     secure_aggregation: bool = False  # SecAgg+ (Flower's): the server learns only the sum of each round's nodes
@@ -266,12 +267,12 @@ class Config:
 
     @property
     def item_lr(self) -> float:
-        """The server-item-lr in force: as set, or under -1 (auto) AUTO_ITEM_LR without DP and 0 with any DP mode
-        (central DP's noise on the sum and local DP's noise on every row would be multiplied by it; measured in
-        docs/results.md)."""
+        """The server-item-lr in force: as set, or under -1 (auto) AUTO_ITEM_LR for loss=softmax without DP and 0
+        otherwise: central DP's noise on the sum and local DP's noise on every row would be multiplied by it, and
+        under loss=ials every user's update reaches every item row, so the sum's step diverges (docs/results.md)."""
         if self.server_item_lr != -1:
             return self.server_item_lr
-        return 0.0 if self.private else AUTO_ITEM_LR
+        return AUTO_ITEM_LR if self.loss == "softmax" and not self.private else 0.0
 
     @property
     def private(self) -> bool:

@@ -101,7 +101,7 @@ def test_server_item_lr_steps_the_item_tables_by_the_sum_of_user_updates():
     np.testing.assert_allclose(decayed.apply(x, mean, users)["items/bias"], [0.03, 0.01], rtol=1e-5)
 
 
-def test_server_item_lr_auto_is_plain_steps_without_dp_and_adam_under_any_dp():
+def test_server_item_lr_auto_is_plain_steps_for_softmax_without_dp_and_adam_otherwise():
     # -1 (the default): plain item steps only where no noise is added to the update sum; an explicit value wins
     from common.aggregation import item_sgd_lr
     from common.config import AUTO_ITEM_LR, Config
@@ -110,6 +110,8 @@ def test_server_item_lr_auto_is_plain_steps_without_dp_and_adam_under_any_dp():
     assert item_sgd_lr(Config()) == {"items/embedding": AUTO_ITEM_LR, "items/bias": AUTO_ITEM_LR}
     for mode in ("central", "local"):
         assert Config(privacy=mode).item_lr == 0.0 and item_sgd_lr(Config(privacy=mode)) == {}
+    for loss in ("ials", "bce"):  # ials: every user's update reaches every row; bce: not measured
+        assert Config(loss=loss).item_lr == 0.0
     assert Config(privacy="central", server_item_lr=3.0).item_lr == 3.0
     with pytest.raises(ValueError, match="server-item-lr"):
         Config(server_item_lr=-0.5)
