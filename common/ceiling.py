@@ -134,11 +134,10 @@ def expected_hits(score, truth, store, k: int, chunk: int = 512) -> np.ndarray:
         s = np.array(score(users), np.float64)
         p = np.array(truth(users), np.float64)
         rows = np.repeat(np.arange(len(users)), store.offsets[users + 1] - store.offsets[users])
-        seen = np.concatenate([store.items[store.offsets[u]:store.offsets[u + 1]] for u in users])
-        for a in (s, p):
-            a[rows, seen] = -np.inf if a is s else 0.0
-            a[np.arange(len(users)), store.val_item[users]] = -np.inf if a is s else 0.0
-        s = np.where(np.isnan(s), -np.inf, s)
+        rows = np.concatenate([rows, np.arange(len(users))])  # the history, then the validation item
+        cols = np.concatenate([store.items[store.offsets[u]:store.offsets[u + 1]] for u in users] + [store.val_item[users]])
+        s[rows, cols], p[rows, cols] = -np.inf, 0.0
+        s[np.isnan(s)] = -np.inf
         top = np.argpartition(-s, k, axis=1)[:, :k]
         out[users] = np.take_along_axis(p, top, 1).sum(1) / p.sum(1)
     return out

@@ -28,15 +28,15 @@ __all__ = ["run_expected_hr"]
 def run_expected_hr(run_dir: Path) -> dict:
     """{"federated-last-round": E[HR@k], ceiling systems: E[HR@k], "se": ..., "seed": ...} of one synthetic run."""
     from client.state_files import DEVICES_DIR, NODE_STATE_FILE
-    from common.ceiling import ceiling_scorers, expected_hits, planted_inputs
+    from common.ceiling import expected_hits
     from common.config import config_from_mapping
     from common.datasets import load_cached, resolve_dataset
-    from common.federated import UserStore, catalogue_scorer, training_members
+    from common.federated import catalogue_scorer, training_members
     from common.report import diagnostics_dir
     from common.scoring import DENSE_NAMES
-    from common.synthetic import SyntheticConfig, generate
     from server.checkpoint import load_checkpoint
     from server.content import content_vectors
+    from simulations.simulate import ceiling_rankings
 
     run_dir = Path(run_dir)
     found = [d / "summary.json" for d in (diagnostics_dir(run_dir, False), diagnostics_dir(run_dir, True))
@@ -50,9 +50,7 @@ def run_expected_hr(run_dir: Path) -> dict:
                          f"(data = synthetic).")
     ds = load_cached(str(resolve_dataset(cfg)))
     members = np.flatnonzero(training_members(np.asarray(ds.user_ids).astype(str), cfg.audit_fraction, cfg.seed))
-    store = UserStore.from_prepared(ds, members, use_context=True)
-    synthetic = SyntheticConfig(users=cfg.synthetic_users, items=cfg.synthetic_items, seed=cfg.seed)
-    ceiling = ceiling_scorers(**planted_inputs(ds, store, synthetic, generate(synthetic)[2]))
+    store, ceiling = ceiling_rankings(cfg, ds, members)
     truth, k = ceiling["oracle"], cfg.top_k
     out = {name: expected_hits(f, truth, store, k) for name, f in ceiling.items()}
 

@@ -28,7 +28,7 @@ from common.federated import UserStore, evaluate_scores, evaluate_users, trainin
 from simulations.raycluster import alive_nodes, check_shared_paths, connect, ray_init_args
 from common.report import RELEASED_FILES, SYSTEMS, diagnostics_dir, plot_rounds, results_table
 
-__all__ = ["PROJECT_ROOT", "run_flower_simulation", "run_baselines", "simulate", "simulation_inputs",
+__all__ = ["PROJECT_ROOT", "run_flower_simulation", "run_baselines", "ceiling_rankings", "simulate", "simulation_inputs",
            "cold_test_users"]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -267,14 +267,20 @@ def paired_difference(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     return {"mean": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")}
 
 
-def ceiling_metrics(cfg: Config, ds, members: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
-    """Per-user test metrics of the ceiling rankings (`common.ceiling`) of the embedded generator's data."""
+def ceiling_rankings(cfg: Config, ds, members: np.ndarray) -> tuple[UserStore, dict]:
+    """(the members' UserStore with context, {system: score(users) -> [n, n_items]}) of the ceiling rankings
+    (`common.ceiling`) of the embedded generator's data."""
     from common.ceiling import ceiling_scorers, planted_inputs
     from common.synthetic import SyntheticConfig, generate
 
     synthetic = SyntheticConfig(users=cfg.synthetic_users, items=cfg.synthetic_items, seed=cfg.seed)
     store = UserStore.from_prepared(ds, members, use_context=True)
-    scorers = ceiling_scorers(**planted_inputs(ds, store, synthetic, generate(synthetic)[2]))
+    return store, ceiling_scorers(**planted_inputs(ds, store, synthetic, generate(synthetic)[2]))
+
+
+def ceiling_metrics(cfg: Config, ds, members: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    """Per-user test metrics of the ceiling rankings of the embedded generator's data."""
+    store, scorers = ceiling_rankings(cfg, ds, members)
     return {name: evaluate_scores(score, store, ds.n_items, cfg, "test") for name, score in scorers.items()}
 
 
