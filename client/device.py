@@ -18,6 +18,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from common.config import LOSSES, Loss
 from common.scoring import ials_solve_history, item_side_np, negative_shift
 
 __all__ = ["ItemTables", "SimilarItem", "Recommendation", "item_tables", "recommend", "format_recommendations",
@@ -191,7 +192,7 @@ def refresh_candidates(items: np.ndarray, n_items: int, negatives: int, seed: in
 def refresh_theta(params: Mapping[str, np.ndarray], item_h: np.ndarray, theta_u: np.ndarray,
                   history_items: np.ndarray, history_ctx: np.ndarray, history_age_days: np.ndarray, *,
                   steps: int, lr: float, negatives: int, seed: int, l2: float, half_life_days: float,
-                  loss: str, optimizer: str = "sgd", unobserved_weight: float = 0.5) -> np.ndarray:
+                  loss: Loss, optimizer: str = "sgd", unobserved_weight: float = 0.5) -> np.ndarray:
     """theta_u [dim] after `steps` full-batch steps on the user's own history with the shared parameters FIXED,
     so new engagements count at once, before any round.
 
@@ -215,7 +216,7 @@ def refresh_theta(params: Mapping[str, np.ndarray], item_h: np.ndarray, theta_u:
         raise ValueError(f"negatives: must be >= 1. Found {negatives}.")
     if not half_life_days > 0:
         raise ValueError(f"half_life_days: must be > 0. Found {half_life_days}.")
-    if loss not in ("softmax", "bce", "ials") or optimizer not in ("sgd", "adam"):
+    if loss not in LOSSES or optimizer not in ("sgd", "adam"):
         raise ValueError(f"loss, optimizer: must be 'softmax', 'bce' or 'ials', and 'sgd' or 'adam'. Found "
                          f"{loss!r}, {optimizer!r}.")
     context_dim = np.shape(params["context/shift"])[0]

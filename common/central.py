@@ -39,7 +39,7 @@ def train_central(store: UserStore, item_h: np.ndarray, cfg: Config,
     shape = ModelShape(n_items=n_items, text_dim=item_h.shape[1], dim=cfg.dim,
                        context_dim=store.ctx.shape[1], item_embedding=cfg.item_embedding)
     params0 = init_shared(shape, cfg.seed)
-    if cfg.loss == "ials":
+    if cfg.ials:
         return _train_central_ials(store, item_h, cfg, params0, progress, validate)
     phi0 = item_representations(params0, item_h)
     theta0 = init_theta(store, np.arange(store.n_users), phi0, cfg.half_life_days)

@@ -9,13 +9,19 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping, get_args
 
 from common.errors import FedctxError
 
-__all__ = ["Config", "ConfigError", "config_from_mapping", "parse_overrides"]
+__all__ = ["Config", "ConfigError", "config_from_mapping", "parse_overrides", "PrivacyMode", "Loss", "PRIVACY_MODES",
+           "LOSSES"]
 
-PRIVACY_MODES = ("none", "central", "local", "local+central")
+#: The privacy modes (Config.privacy). Code outside Config asks cfg.central_dp, cfg.local_dp or cfg.private.
+PrivacyMode = Literal["none", "central", "local", "local+central"]
+PRIVACY_MODES: tuple[str, ...] = get_args(PrivacyMode)
+#: The losses (Config.loss). Code outside Config asks cfg.ials (theta_u in closed form) or passes cfg.loss on.
+Loss = Literal["softmax", "bce", "ials"]
+LOSSES: tuple[str, ...] = get_args(Loss)
 SERVER_OPTIMIZERS = ("adam", "sgd")
 TEXT_POOLING = ("mean", "tfidf")
 CONTENT_ENCODERS = ("word2vec", "precomputed", "sentence-encoder")
@@ -73,7 +79,7 @@ class Config:
     use_context: bool = True         # context shift theta_ctx . x and interaction x^T W phi(c)
     item_embedding: bool = True      # hybrid: add a shared item-id embedding and bias to phi(c)
     negatives: int = 16              # sampled negatives per engagement
-    loss: str = "softmax"            # "softmax" (sampled softmax) | "bce" (sigmoid BCE; calibrated P) | "ials"
+    loss: Loss = "softmax"           # "softmax" (sampled softmax) | "bce" (sigmoid BCE; calibrated P) | "ials"
     #                                  (implicit ALS: theta_u in closed form, the whole catalogue as negatives)
     unobserved_weight: float = 0.5   # ials: weight of the pull of every catalogue item's score toward 0
     l2: float = 1e-3                 # L2 penalty on theta_u and the item rows an example touches
@@ -111,7 +117,7 @@ class Config:
                                      # (their count is summed securely first; 1 = no floor)
     secagg_accept_two_nodes: bool = False  # run a secure round of 2 nodes although Flower's 32-bit mask seed
                                      # (flwrlabs/flower#7522) lets the server recover each node's vector in hours
-    privacy: str = "none"            # "none" | "central" (user-level DP-FedAvg: clip per user, noise at the server)
+    privacy: PrivacyMode = "none"    # "none" | "central" (user-level DP-FedAvg: clip per user, noise at the server)
                                      # | "local" (example-level DP-SGD on the device) | "local+central" (both)
     target_epsilon: float = 0.0      # > 0: calibrate noise-multiplier so all planned rounds stay within it
     delta: float = 0.0               # 0 = 0.1 / number of users (below 1/N)
@@ -155,11 +161,21 @@ class Config:
     resume: bool = False             # go on from run-dir/checkpoint.npz (same settings; num-rounds may grow)
 
     def __post_init__(self) -> None:
-        def need(ok: bool, name: str, rule: str) -> None:
-            if not ok:
-                value = getattr(self, name)
-                raise ConfigError(f"{_kebab(name)}: {rule}. Found {value!r}.")
+        """Every rule, checked once here in groups (the first broken one raises ConfigError: setting, rule, value)."""
+        self._check_inputs()
+        self._check_model()
+        self._check_federation()
+        self._check_privacy()
+        self._check_evaluation()
 
+    def _need(self, ok: bool, name: str, rule: str) -> None:
+        if not ok:
+            value = getattr(self, name)
+            raise ConfigError(f"{_kebab(name)}: {rule}. Found {value!r}.")
+
+    def _check_inputs(self) -> None:
+        """Types, the synthetic data and the content encoder; sizes before anything is allocated."""
+        need = self._need
         for f in fields(self):
             if f.type in ("int", "float") and not isinstance(getattr(self, f.name), (int, float)):
                 need(False, f.name, f"must be a number")
@@ -179,20 +195,28 @@ class Config:
         need(self.text_pooling in TEXT_POOLING, "text_pooling", f"must be one of {TEXT_POOLING}")
         for name, top in _SIZE_LIMITS.items():  # sizes checked before anything is allocated
             need(getattr(self, name) <= top, name, f"must be <= {top:,} (larger does not fit in memory)")
+
+    def _check_model(self) -> None:
+        """The model, its loss and the server's item step."""
+        need = self._need
         need(self.dim >= 1, "dim", "must be >= 1")
         need(self.negatives >= 1, "negatives", "must be >= 1")
-        need(self.loss in ("bce", "softmax", "ials"), "loss", "must be 'bce', 'softmax' or 'ials'")
+        need(self.loss in LOSSES, "loss", "must be 'bce', 'softmax' or 'ials'")
         need(self.unobserved_weight > 0, "unobserved_weight", "must be > 0")
         need(0 <= self.item_decay, "item_decay", "must be >= 0")
         need(self.server_lr_warmup >= 0, "server_lr_warmup", "must be >= 0 rounds (0 = no ramp)")
         need(self.server_item_lr >= 0 or self.server_item_lr == -1, "server_item_lr",
              "must be >= 0 (0 = the item table follows server-optimizer), or -1 (auto)")
-        need(not (self.loss == "ials" and self.privacy in ("local", "local+central")), "loss",
+        need(not (self.ials and self.local_dp), "loss",
              "'ials' is not available with local DP (its closed-form theta_u has no per-example DP-SGD form); "
              "use 'softmax' or 'bce'")
         need(self.l2 >= 0, "l2", "must be >= 0")
         need(self.context_l2 >= 0, "context_l2", "must be >= 0")
         need(self.half_life_days > 0, "half_life_days", "must be > 0")
+
+    def _check_federation(self) -> None:
+        """Rounds, local training, the server optimiser, the privacy mode's name, SecAgg+."""
+        need = self._need
         need(self.num_rounds >= 1, "num_rounds", "must be >= 1")
         need(self.population >= 0, "population", "must be >= 0 (0 = count the dataset's users, simulation only)")
         need(self.min_nodes >= 1, "min_nodes", "must be >= 1")
@@ -218,7 +242,11 @@ class Config:
              "must be 0 (automatic) or >= 2 (one share would let the server rebuild a node's secret alone)")
         need(self.secagg_threshold == 0 or self.secagg_shares == 0 or self.secagg_threshold <= self.secagg_shares,
              "secagg_threshold", "must be <= secagg-shares")
-        if self.secure_aggregation and self.privacy == "local":
+
+    def _check_privacy(self) -> None:
+        """Central and local DP, and the modes' combinations with secure aggregation and the item table."""
+        need = self._need
+        if self.secure_aggregation and self.local_dp and not self.central_dp:  # privacy=local
             need(not self.item_embedding, "item_embedding",
                  "must be false with secure-aggregation and privacy=local (secure aggregation clips each user's "
                  "update to clip-norm, and a local-DP update of the item table is noised after its user's rows); "
@@ -236,12 +264,16 @@ class Config:
         need(self.local_noise_multiplier >= 0, "local_noise_multiplier", "must be >= 0")
         need(0 < self.local_delta < 1, "local_delta", "must be in (0, 1)")
         need(self.local_denominator >= 1, "local_denominator", "must be >= 1 (a public count of examples)")
-        if self.privacy in ("local", "local+central"):
+        if self.local_dp:
             need(self.local_optimizer == "sgd", "local_optimizer", "must be 'sgd' with local DP (DP-SGD)")
-        if self.privacy == "local+central":
+        if self.local_dp and self.central_dp:  # privacy=local+central
             need(not self.item_embedding, "item_embedding",
                  "must be false with privacy=local+central (local noise on the untouched item rows is added "
                  "after the per-user clip, which only the content-only model avoids); use privacy=local or central")
+
+    def _check_evaluation(self) -> None:
+        """The audit, the centralized baselines, evaluation, checkpoints."""
+        need = self._need
         need(0.0 <= self.audit_fraction < 1.0, "audit_fraction", "must be in [0, 1)")
         need(self.central_epochs >= 1, "central_epochs", "must be >= 1")
         need(self.central_batch >= 1, "central_batch", "must be >= 1")
@@ -254,7 +286,7 @@ class Config:
         need(not (self.resume and not self.run_dir), "resume",
              "needs run-dir: the directory of the run to go on with (its checkpoint.npz)")
 
-    # -- the privacy mode, asked as questions -----------------------------------------------------
+    # -- the privacy mode and the loss, asked as questions ------------------------------------------
     @property
     def central_dp(self) -> bool:
         """User-level DP-FedAvg: per-user clipping on the node, noise and accounting on the server."""
@@ -264,6 +296,11 @@ class Config:
     def local_dp(self) -> bool:
         """Example-level DP-SGD on every device."""
         return self.privacy in ("local", "local+central")
+
+    @property
+    def ials(self) -> bool:
+        """loss=ials: theta_u solved in closed form over the whole catalogue (not trained by local steps)."""
+        return self.loss == "ials"
 
     @property
     def item_lr(self) -> float:

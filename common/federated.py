@@ -290,9 +290,9 @@ def user_updates(params: Mapping[str, np.ndarray], theta: np.ndarray, store: Use
     server, and it assigns other negatives to every later example when one example is added or removed, so the
     per-example sensitivity bound would not hold against the server.
     """
-    if cfg.loss == "ials":
+    if cfg.ials:
         return _ials_updates(params, store, np.asarray(users, np.int64), item_h, cfg)
-    local_dp = cfg.privacy in ("local", "local+central")
+    local_dp = cfg.local_dp
     if local_dp:
         noise = noise or SecureGaussian()
         negatives = negatives or noise
