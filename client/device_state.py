@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from client.state_files import (CONTENT_FILE, DATA_INDEX_FILE, DEVICE_FILE, GLOBAL_MODEL_FILE, NODE_STATE_FILE,
-                                _atomic_savez, atomic_write)
+from client.state_files import CONTENT_FILE, DATA_INDEX_FILE, DEVICE_FILE, GLOBAL_MODEL_FILE, NODE_STATE_FILE
 from common.config import Config, config_from_mapping
 from common.dataspec import DataError, read_spec
 from common.errors import FedctxError
+from common.io import atomic_file, savez_atomic, write_atomic
 from common.schema import SCHEMA_FILE, PublicSchema, SchemaMismatch
 from common.scoring import SECONDS_PER_DAY, ials_solve_history, item_side_np, warm_start_theta
 
@@ -140,8 +140,8 @@ def data_index(state_dir: Path, schema: PublicSchema, data_dir: Path | None, kee
             titles = np.frombuffer(json.dumps(index.titles).encode(), np.uint8) if index.titles is not None \
                 else np.zeros(0, np.uint8)
             try:
-                _atomic_savez(path, key=np.array(key), users=index.users, items=index.items, ctx=index.ctx,
-                              time=index.time, titles=titles)
+                savez_atomic(path, dict(key=np.array(key), users=index.users, items=index.items, ctx=index.ctx,
+                                        time=index.time, titles=titles), private=True)
             except OSError:
                 pass
     return index
@@ -271,7 +271,7 @@ class DeviceState:
     def theta_for(self, user: str) -> tuple[np.ndarray, str]:
         """(theta_u [dim], where it came from): the refreshed serving copy, the trained one, or a warm start from
         the user's history under the stored global model (a user new to this device)."""
-        if self.cfg.loss == "ials":  # theta_u is a function of the history and the global model: solved afresh
+        if self.cfg.ials:  # theta_u is a function of the history and the global model: solved afresh
             items, ctx, _ = self.history(user)
             if len(items):
                 theta = ials_solve_history(self.params, self.item_h, items, ctx, self.cfg.unobserved_weight,
@@ -295,8 +295,8 @@ class DeviceState:
         """Keep a refreshed theta_u: in node-state.npz without local DP, else in serving.npz (see the module)."""
         if self.cfg.local_dp:
             serving = {**self._serving(), user: theta_u}
-            _atomic_savez(self.state_dir / SERVING_FILE, round=np.array(self.round), users=np.array(list(serving), str),
-                   theta=np.stack(list(serving.values())).astype(np.float32))
+            savez_atomic(self.state_dir / SERVING_FILE, dict(round=np.array(self.round), users=np.array(list(serving), str),
+                         theta=np.stack(list(serving.values())).astype(np.float32)), private=True)
             return "serving copy (local DP: the trained theta_u is left as it is)"
         pos = np.flatnonzero(self.user_keys == user)
         if len(pos):
@@ -308,8 +308,8 @@ class DeviceState:
             self.taken = np.append(self.taken, 0)
         with np.load(self.state_dir / NODE_STATE_FILE) as f:
             extra = {k: f[k] for k in f.files if k not in ("user_keys", "theta", "ready", "taken")}
-        _atomic_savez(self.state_dir / NODE_STATE_FILE, user_keys=self.user_keys, theta=self.theta, ready=self.ready,
-               taken=self.taken, **extra)
+        savez_atomic(self.state_dir / NODE_STATE_FILE, dict(user_keys=self.user_keys, theta=self.theta, ready=self.ready,
+                     taken=self.taken, **extra), private=True)
         return "node-state (training goes on from it)"
 
     def _serving(self) -> dict[str, np.ndarray]:
@@ -351,13 +351,14 @@ class DeviceState:
             table = pq.read_table(path)
             new = pa.Table.from_pylist([{k: row.get(k) for k in table.column_names}])
             table = pa.concat_tables([table, new.cast(table.schema)])
-            atomic_write(path, lambda p: pq.write_table(table, p))
+            with atomic_file(path, private=True) as tmp:
+                pq.write_table(table, tmp)
         else:
             header = pd.read_csv(path, nrows=0).columns
             line = pd.DataFrame([{k: row.get(k) for k in header}]).to_csv(index=False, header=False)
             body = path.read_bytes()
             sep = b"" if body.endswith(b"\n") or not body else b"\n"
-            atomic_write(path, lambda p: Path(p).write_bytes(body + sep + line.encode()))
+            write_atomic(path, body + sep + line.encode(), private=True)
         self._index = None  # the data changed: read (and index) it again
         return row
 

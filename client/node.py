@@ -28,8 +28,8 @@ from common.protocol import ARRAYS, CONFIG, CONTENT, ITEM_VECTORS, RUN_TOKEN, SC
 from common.secagg import check_users
 from common.schema import SCHEMA_FILE, PublicSchema, SchemaMismatch, content_digest
 from client.device_state import data_index
-from client.state_files import (CONTENT_FILE, DEVICE_FILE, DEVICES_DIR, GLOBAL_MODEL_FILE, NODE_STATE_FILE, STORE_FILE,
-                                _atomic_savez, atomic_write)
+from client.state_files import CONTENT_FILE, DEVICE_FILE, DEVICES_DIR, GLOBAL_MODEL_FILE, NODE_STATE_FILE, STORE_FILE
+from common.io import atomic_file, savez_atomic, write_atomic
 
 __all__ = ["Node", "node_for", "build_store", "NODE_STATE_FILE", "CONTENT_FILE", "GLOBAL_MODEL_FILE", "STORE_FILE",
            "DEVICES_DIR", "DEVICE_FILE"]
@@ -69,8 +69,9 @@ def build_store(data_dir: str, partition: int, partitions: int, use_context: boo
     users = np.array_split(np.arange(ds.n_users), partitions)[partition]
     store = UserStore.from_prepared(ds, users, use_context=use_context)
     if cache is not None:
-        _atomic_savez(cache / STORE_FILE, key=np.array(key), cleaning=np.array(json.dumps(ds.cleaning)),
-                      **{f.name: getattr(store, f.name) for f in dataclasses.fields(store)})
+        savez_atomic(cache / STORE_FILE, {"key": np.array(key), "cleaning": np.array(json.dumps(ds.cleaning)),
+                                          **{f.name: getattr(store, f.name) for f in dataclasses.fields(store)}},
+                     private=True)
     return store
 
 
@@ -206,7 +207,7 @@ class Node:
             users = users[eval_sample(self.store.user_keys[users], self.cfg)]
         self._warm_start(users, params)
         theta = self.theta
-        if self.cfg.loss == "ials":  # theta_u is a function of the shared parameters: solved for the ones evaluated
+        if self.cfg.ials:  # theta_u is a function of the shared parameters: solved for the ones evaluated
             theta = self.theta.copy()
             theta[users] = ials_user_theta(params, self.store, users, self.item_h, self.cfg)
         k = self.cfg.top_k
@@ -235,20 +236,18 @@ class Node:
         if self.state_dir is None:
             return
         d = self.state_dir
-        _atomic_savez(d / NODE_STATE_FILE, theta=self.theta, ready=self.ready, taken=self.taken, warmed=self.warmed,
-                      user_keys=self.store.user_keys, round=np.array(self.round), schema_hash=np.array(self.schema.hash),
-                      run_token=np.array(self.run_token))
+        savez_atomic(d / NODE_STATE_FILE, dict(theta=self.theta, ready=self.ready, taken=self.taken, warmed=self.warmed,
+                     user_keys=self.store.user_keys, round=np.array(self.round), schema_hash=np.array(self.schema.hash),
+                     run_token=np.array(self.run_token)), private=True)
         if self.content_received or not (d / SCHEMA_FILE).is_file():  # h(c) and the schema change only then
-            _atomic_savez(d / CONTENT_FILE, item_h=self.item_h)
+            savez_atomic(d / CONTENT_FILE, {"item_h": self.item_h}, private=True)
             self.schema.write(d / SCHEMA_FILE)
         if self.params is not None:
-            _atomic_savez(d / GLOBAL_MODEL_FILE, **{k.replace("/", "."): v for k, v in self.params.items()})
+            savez_atomic(d / GLOBAL_MODEL_FILE, {k.replace("/", "."): v for k, v in self.params.items()}, private=True)
         device = json.dumps({"settings": self.cfg.to_flwr(), "data-dir": str(self.data_dir) if self.data_dir else None,
                              "simulated": self.simulated, "node-id": int(context.node_id)}, indent=1)
         if not (d / DEVICE_FILE).is_file() or (d / DEVICE_FILE).read_text() != device:
-            tmp = d / f".{DEVICE_FILE}.tmp-{os.getpid()}"
-            tmp.write_text(device)
-            os.replace(tmp, d / DEVICE_FILE)
+            write_atomic(d / DEVICE_FILE, device)
         if self.data_dir is not None and not self.simulated:  # `fedctx device ...` reads the data from its index
             data_index(d, self.schema, self.data_dir)
         if self.cfg.local_dp:
@@ -257,9 +256,9 @@ class Node:
     def snapshot(self, round_: int) -> None:
         """Keep the state at the end of `round_` (a server checkpoint round) so a resumed run starts from it."""
         if self.state_dir is not None and (self.state_dir / NODE_STATE_FILE).is_file():
-            # theta_u and the counts: private (0600, mkstemp's mode) like node-state.npz
-            atomic_write(self.state_dir / f"checkpoint-{round_}.npz",
-                         lambda tmp: shutil.copyfile(self.state_dir / NODE_STATE_FILE, tmp))
+            # theta_u and the counts: owner-only (private), like node-state.npz
+            with atomic_file(self.state_dir / f"checkpoint-{round_}.npz", private=True) as tmp:
+                shutil.copyfile(self.state_dir / NODE_STATE_FILE, tmp)
             for old in self.state_dir.glob("checkpoint-*.npz"):
                 if old.stem != f"checkpoint-{round_}":
                     old.unlink(missing_ok=True)
@@ -279,9 +278,7 @@ class Node:
                                                      int(w))}
                            for u, w in zip(members, warm)]
         report.update({"run": self.run_token, "privacy": c.privacy, "schema": self.schema.hash})
-        tmp = self.state_dir / f".local_privacy.json.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(report, indent=1))
-        os.replace(tmp, self.state_dir / "local_privacy.json")
+        write_atomic(self.state_dir / "local_privacy.json", json.dumps(report, indent=1))
 
 
 def _message_schema(content: RecordDict | None) -> tuple[PublicSchema | None, np.ndarray | None, str | None]:
@@ -396,6 +393,7 @@ def node_for(context: Context, content: RecordDict | None = None, training: bool
     if token and saved["run_token"] and token != saved["run_token"]:  # another run: its own privacy counts
         saved["taken"][:], saved["warmed"][:] = 0, 0
         if state_dir is not None and (state_dir / "local_privacy.json").is_file():
+            # a move of the whole file, not a write: the last run's report is kept under its run's name
             os.replace(state_dir / "local_privacy.json", state_dir / f"local_privacy-{saved['run_token']}.json")
     node = Node(cfg=cfg, store=store, theta=saved["theta"], ready=saved["ready"], taken=saved["taken"],
                 item_h=item_h, schema=schema, state_dir=state_dir,

@@ -1,16 +1,11 @@
-"""The files of a node's state directory, and the atomic writes that keep each one whole. No Flower and no
-TensorFlow here: the device commands (`fedctx device ...`) read and write these files and must start fast."""
+"""The files of a node's state directory. No Flower and no TensorFlow here: the device commands (`fedctx device
+...`) read and write these files and must start fast. Each is written whole by common.io's atomic writer; the .npz
+files owner-only (`private=True`: theta_u, the user keys and the device's data never leave the device)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-
-import numpy as np
-
 __all__ = ["NODE_STATE_FILE", "CONTENT_FILE", "GLOBAL_MODEL_FILE", "STORE_FILE", "DATA_INDEX_FILE", "DEVICE_FILE",
-           "DEVICES_DIR", "atomic_write"]
+           "DEVICES_DIR"]
 
 #: A node's state directory (a device's state-dir; a simulated node's RUN_DIR/devices/node-<partition>):
 NODE_STATE_FILE = "node-state.npz"      # theta_u [U, dim], ready, taken (rounds per user), user keys, round reached
@@ -21,20 +16,3 @@ DATA_INDEX_FILE = "data-index.npz"      # every row of the device's data for `fe
 DEVICE_FILE = "device.json"             # the run's settings and the device's data-dir (for `fedctx device ...`)
 DEVICES_DIR = "devices"                 # simulated devices' state under a run directory
 
-
-def atomic_write(path: Path, write) -> None:
-    """write(tmp) into a temporary file beside `path`, then rename it over `path` (never half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    """np.savez(path, **arrays) through `atomic_write`."""
-    atomic_write(path, lambda tmp: np.savez(tmp, **arrays))

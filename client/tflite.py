@@ -29,6 +29,7 @@ import numpy as np
 import tflite as schema
 
 from client.device import item_tables
+from common.io import write_atomic
 
 __all__ = ["SIGNATURE", "INPUTS", "OUTPUTS", "export_scorer", "scorer_flatbuffer", "TFLiteScorer"]
 
@@ -240,13 +241,8 @@ def scorer_flatbuffer(params: Mapping[str, np.ndarray], item_h: np.ndarray, k: i
 
 def export_scorer(params: Mapping[str, np.ndarray], item_h: np.ndarray, path: str | os.PathLike, k: int = 10) -> Path:
     """Write the TFLite scorer of `params` over item_h [n_items, text_dim] (`scorer_flatbuffer`) to `path`
-    (replaced atomically) and return it."""
-    blob = scorer_flatbuffer(params, item_h, k)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(blob)
-    os.replace(tmp, path)
-    return path
+    (replaced atomically: common.io.write_atomic) and return it."""
+    return write_atomic(path, scorer_flatbuffer(params, item_h, k))
 
 
 class TFLiteScorer:

@@ -1,5 +1,10 @@
-"""Safe writing of dataset directories and tables.
+"""Safe writing of files, dataset directories and tables: the project's one atomic writer per kind.
 
+* :func:`atomic_file` yields a hidden temporary path next to a file's destination; when the
+  body returns, the temporary file is fsynced and renamed over the destination (readers see
+  the old file or the new one, never half a file); when it raises, the destination is
+  untouched and the temporary file is gone. :func:`write_atomic` (text or bytes),
+  :func:`savez_atomic` (``np.savez``) and :func:`save_npy_atomic` (``np.save``) are built on it.
 * :func:`atomic_output_dir` builds a directory under a hidden temporary name next to
   its destination and moves it into place only when the body succeeds, so a crash
   never leaves a half-written dataset behind.
@@ -10,7 +15,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import math
 import os
@@ -21,9 +26,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-import pandas as pd
+import numpy as np
+
+if TYPE_CHECKING:  # type hints only: importing pandas costs a device command's start ~0.5 s
+    import pandas as pd
 
 __all__ = [
+    "atomic_file",
+    "write_atomic",
+    "savez_atomic",
+    "save_npy_atomic",
     "write_dataset",
     "TABLE_SUFFIXES",
     "atomic_output_dir",
@@ -68,11 +80,78 @@ def _remove(path: Path) -> None:
 
 
 def _sibling(path: Path, tag: str) -> Path:
-    """A fresh hidden name next to ``path`` (not created)."""
+    """A fresh hidden name next to ``path`` (not created): ``.NAME.TAG-HEX`` plus ``path``'s suffix, so that a
+    writer that picks its format by suffix (``np.savez``, ``np.save``, ``savefig``) writes the same format."""
     while True:
-        candidate = path.parent / f".{path.name}.{tag}-{secrets.token_hex(6)}"
+        candidate = path.parent / f".{path.name}.{tag}-{secrets.token_hex(6)}{path.suffix}"
         if not os.path.lexists(candidate):
             return candidate
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (best effort: some file systems cannot open a directory)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_file(path: Path | str, *, private: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` that replaces ``path`` when the body returns.
+
+    The temporary file exists (empty) on entry, with mode 0600 if ``private`` (the owner only: secrets, a
+    device's own data) else 0666 less the umask; writing it by path keeps that mode. The body writes it in
+    full; then it is fsynced and :func:`os.replace`\ d onto ``path`` (parent directories are created), so
+    readers see the old file or the new one. When the body raises, ``path`` is untouched and the temporary file
+    is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(path, "tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o666))
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_atomic(path: Path | str, data: str | bytes, *, private: bool = False) -> Path:
+    """Write ``data`` (str: UTF-8 text; bytes: as is) to ``path`` through :func:`atomic_file`; returns ``path``."""
+    with atomic_file(path, private=private) as tmp:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        else:
+            tmp.write_bytes(data)
+    return Path(path)
+
+
+def savez_atomic(path: Path | str, arrays: Mapping[str, np.ndarray], *, private: bool = False) -> Path:
+    """``np.savez(path, **arrays)`` (uncompressed, names as given) through :func:`atomic_file`."""
+    with atomic_file(path, private=private) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    return Path(path)
+
+
+def save_npy_atomic(path: Path | str, array: np.ndarray, *, private: bool = False) -> Path:
+    """``np.save(path, array)`` through :func:`atomic_file`."""
+    with atomic_file(path, private=private) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
+    return Path(path)
 
 
 @contextmanager
@@ -117,6 +196,7 @@ def atomic_output_dir(path: Path, *, overwrite: bool = False) -> Iterator[Path]:
         if os.path.lexists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _fsync_dir(path.parent)
 
 
 def write_table(frame: pd.DataFrame, path: Path) -> Path:

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from common.data import Interactions, PreparedDataset, load_dataset
+from common.io import atomic_output_dir
 
 __all__ = ["LOADER_VERSION", "dataset_digest", "load_prepared"]
 
@@ -50,25 +49,20 @@ def load_prepared(root: str | Path, cache: Path, schema=None) -> PreparedDataset
     target = Path(cache) / dataset_digest(root, schema_json)
     if not (target / "meta.json").is_file():
         ds = load_dataset(root, schema=schema)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}")
         try:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        except OSError:  # no writable cache: the load itself still counts
-            return ds
-        for split in _SPLITS:
-            for field in _FIELDS:
-                np.save(tmp / f"{split}.{field}.npy", getattr(getattr(ds, split), field))
-        np.save(tmp / "user_ids.npy", np.asarray(ds.user_ids, str))
-        np.save(tmp / "item_ids.npy", np.asarray(ds.item_ids, str))
-        meta = {"name": ds.name, "item_texts": list(ds.item_texts), "context_names": list(ds.context_names),
-                "cleaning": ds.cleaning,
-                "context_encoder": ds.context_encoder.to_dict() if ds.context_encoder is not None else None}
-        (tmp / "meta.json").write_text(json.dumps(meta))  # written last: its presence marks a complete entry
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another process wrote the same entry first
-            shutil.rmtree(tmp, ignore_errors=True)
+            with atomic_output_dir(target) as tmp:
+                for split in _SPLITS:
+                    for field in _FIELDS:
+                        np.save(tmp / f"{split}.{field}.npy", getattr(getattr(ds, split), field))
+                np.save(tmp / "user_ids.npy", np.asarray(ds.user_ids, str))
+                np.save(tmp / "item_ids.npy", np.asarray(ds.item_ids, str))
+                meta = {"name": ds.name, "item_texts": list(ds.item_texts), "context_names": list(ds.context_names),
+                        "cleaning": ds.cleaning,
+                        "context_encoder": ds.context_encoder.to_dict() if ds.context_encoder is not None else None}
+                (tmp / "meta.json").write_text(json.dumps(meta))
+        except OSError:  # another process wrote the same entry first (FileExistsError), or no writable cache
+            if not (target / "meta.json").is_file():
+                return ds  # the load itself still counts
     meta = json.loads((target / "meta.json").read_text())
 
     def arr(name: str) -> np.ndarray:

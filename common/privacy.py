@@ -27,6 +27,7 @@ import dp_accounting
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from common.io import atomic_file
 from common.secagg import MASK_SEED_WEAKNESS
 
 __all__ = [
@@ -515,13 +516,11 @@ class PrivacyLedger:
         return [asdict(r) for r in self.records]
 
     def write_csv(self, path) -> None:
-        """Write to_rows() as CSV (header always written), atomically: beside path, then renamed."""
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", newline="") as f:
+        """Write to_rows() as CSV (header always written), atomically (common.io.atomic_file)."""
+        with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(RoundRecord)])
             w.writeheader()
             w.writerows(self.to_rows())
-        os.replace(tmp, path)
 
     def statement(self, unit: str = "user") -> str:
         """One readable sentence stating the guarantee of the recorded rounds (epsilon rounded up)."""

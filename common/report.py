@@ -6,6 +6,8 @@ import csv
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from common.io import atomic_file
+
 __all__ = ["format_round", "write_rounds_csv", "results_table", "plot_rounds", "SYSTEMS", "RELEASED_FILES",
            "DIAGNOSTICS", "diagnostics_dir"]
 
@@ -47,7 +49,7 @@ def write_rounds_csv(rows: Sequence[Mapping[str, float | int]], path: Path) -> N
     columns: list[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns]
-    with open(path, "w", newline="") as f:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
@@ -99,5 +101,6 @@ def plot_rounds(rows: Sequence[Mapping[str, float]], systems: Mapping[str, Mappi
     axes[2].set_title("mean local training loss per user")
     axes[2].grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_file(path) as tmp:  # the temporary name keeps path's suffix, which picks the format
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)

@@ -21,9 +21,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from common.config import PrivacyMode
 from common.context import ContextEncoder
 from common.dataspec import DataError, DatasetSpec
 from common.errors import FedctxError
+from common.io import write_atomic
 
 __all__ = ["PublicSchema", "SCHEMA_FILE", "build_schema", "content_digest", "declared_context",
            "fitted_declaration", "FITTED_KEY", "SchemaMismatch"]
@@ -99,11 +101,8 @@ class PublicSchema:
         return schema
 
     def write(self, path: Path) -> Path:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
-        return path
+        """to_json() to path, atomically (common.io.write_atomic)."""
+        return write_atomic(path, self.to_json())
 
     @classmethod
     def read(cls, path: Path) -> "PublicSchema":
@@ -122,11 +121,13 @@ def fitted_declaration(encoder: ContextEncoder) -> str:
     return json.dumps({**encoder.to_dict(), FITTED_KEY: True}, sort_keys=True, indent=1)
 
 
-def declared_context(spec: DatasetSpec, declaration: str = "", privacy: str = "none") -> ContextEncoder:
+def declared_context(spec: DatasetSpec, declaration: str = "", privacy: PrivacyMode = "none") -> ContextEncoder:
     """The context encoder the server publishes: from the `declaration` file (JSON, as written by
     `fedctx data declare` or by hand) if given, else from dataset.toml's [context] table, which must then fix
     every categorical column's `values` and every numeric column's `mean` and `std`. Under a privacy mode
-    (`privacy` other than "none") a declaration marked as fitted on private rows is refused."""
+    (`privacy`: cfg.privacy, named in the messages; other than "none") a declaration marked as fitted on private
+    rows is refused."""
+    private = privacy != "none"  # as Config.private
     toml = spec.root / "dataset.toml"
     if declaration:
         path = Path(declaration)
@@ -146,13 +147,13 @@ def declared_context(spec: DatasetSpec, declaration: str = "", privacy: str = "n
                             value={"declaration": got + list(encoder.from_time),
                                    "dataset.toml": want + list(spec.from_time)},
                             fix="write the declaration again from this dataset (`fedctx data declare`)")
-        if privacy != "none" and document.get(FITTED_KEY):
+        if private and document.get(FITTED_KEY):
             raise DataError(path, f"under privacy={privacy} the context declaration must come from public "
                             "knowledge, not be fitted on users' interactions without noise (its vocabularies, "
                             "scales and width are released in schema.json and shape global_model.npz, so one "
                             "user's rare value would show)", value={FITTED_KEY: True}, fix=_DECLARE_FIX)
         return encoder
-    if privacy != "none" and spec.fitted:
+    if private and spec.fitted:
         raise DataError(toml, f"under privacy={privacy} the context declaration must come from public knowledge, "
                         "not be fitted on users' interactions without noise", value={FITTED_KEY: True},
                         fix=_DECLARE_FIX + ", then remove fitted-on-private-rows")
@@ -160,5 +161,5 @@ def declared_context(spec: DatasetSpec, declaration: str = "", privacy: str = "n
         return ContextEncoder.declared(spec.context_columns, spec.from_time)
     except ValueError as exc:
         raise DataError(toml, "the server publishes the context schema, so dataset.toml must fix it", value=str(exc),
-                        fix=_DECLARE_FIX + ("" if privacy != "none" else "; without a privacy mode also a file "
+                        fix=_DECLARE_FIX + ("" if private else "; without a privacy mode also a file "
                                             "written by `fedctx data declare DATASET`")) from None

@@ -16,6 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from common.aggregation import ServerOptimizer, item_decay, item_sgd_lr
 from common.errors import SERVER_ERROR_ENV, message as error_message, record_server_error
+from common.io import save_npy_atomic, savez_atomic, write_atomic
 from common.config import Config, ConfigError, config_from_mapping
 from common.data import load_catalogue
 from common.datasets import resolve_dataset
@@ -277,12 +278,12 @@ def write_outputs(run_dir: Path, cfg: Config, out: dict, item_h: np.ndarray, sch
     if checkpoint is not None:
         out["checkpoint"] = str(checkpoint)
     write_rounds_csv(out["rounds"], diag / "rounds.csv")
-    np.save(run_dir / "item_vectors.npy", item_h)  # h(c) of the public catalogue, for scoring and the audit
+    save_npy_atomic(run_dir / "item_vectors.npy", item_h)  # h(c) of the public catalogue, for scoring and the audit
     schema.write(run_dir / SCHEMA_FILE)  # public: catalogue ids, context declaration, content encoder
     if out["final_arrays"] is not None:  # the released global model (shared parameters only)
-        np.savez(run_dir / "global_model.npz", **{k.replace("/", "."): v for k, v in out["final_arrays"].items()})
+        savez_atomic(run_dir / "global_model.npz", {k.replace("/", "."): v for k, v in out["final_arrays"].items()})
     if privacy is not None and not cfg.private:
-        (run_dir / "privacy.json").write_text(json.dumps(privacy, indent=2))
+        write_atomic(run_dir / "privacy.json", json.dumps(privacy, indent=2))
     elif privacy is not None:
         released = [f for f in RELEASED_FILES if (run_dir / f).is_file() or f == "privacy.json"]
         doc = {**privacy, "files": {
@@ -294,9 +295,8 @@ def write_outputs(run_dir: Path, cfg: Config, out: dict, item_h: np.ndarray, sch
             **({"device_state": "devices/ (each simulated device's private state: theta_u, round counts, its "
                                 "encoded data; a device keeps it and never sends it; not released)"}
                if (run_dir / "devices").is_dir() else {})}}
-        (run_dir / "privacy.json").write_text(json.dumps(doc, indent=2))
-    (diag / "federated.json").write_text(json.dumps(
-        {k: v for k, v in out.items() if k != "final_arrays"}, indent=2))
+        write_atomic(run_dir / "privacy.json", json.dumps(doc, indent=2))
+    write_atomic(diag / "federated.json", json.dumps({k: v for k, v in out.items() if k != "final_arrays"}, indent=2))
 
 
 @app.main()

@@ -3,15 +3,13 @@
 RUN_DIR/checkpoint.npz holds the global shared parameters, the server optimiser's state, the
 content descriptor (which encoder made h(c)), the round reached, the early-stopping choice, the round log,
 the SECRET sampling key and, for central DP, the privacy ledger and the clip norm. The checkpoint is server-secret: it is never released (the round
-log holds unnoised counts, and the key would reveal who took part in every round). It is replaced atomically (written beside it, then renamed), so a crash never
+log holds unnoised counts, and the key would reveal who took part in every round). It is replaced atomically (common.io.atomic_file: written beside it, then renamed), so a crash never
 leaves half a checkpoint. The ledger is also written as privacy_ledger.csv next to it.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ import numpy as np
 
 from common.aggregation import ServerOptimizer
 from common.config import Config, ConfigError
+from common.io import savez_atomic, write_atomic
 from common.privacy import SamplingKey
 
 __all__ = ["ServerState", "save_checkpoint", "load_checkpoint", "check_resumable", "CHECKPOINT_FILE",
@@ -64,9 +63,7 @@ class ServerState:
 
 
 def save_checkpoint(path: Path, state: ServerState) -> None:
-    """Write state to path atomically (a temporary file in the same directory, then os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write state to path atomically and owner-only (common.io.savez_atomic: server-secret)."""
     opt = state.optimizer
     arrays = {f"params/{k}": v for k, v in state.params.items()}
     arrays.update({f"adam-m/{k}": v for k, v in opt.m.items()})
@@ -86,15 +83,7 @@ def save_checkpoint(path: Path, state: ServerState) -> None:
                       "warmup_steps": opt.warmup_steps,
                       "decay": dict(opt.decay), "sgd_lr": dict(opt.sgd_lr)},
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".checkpoint-", suffix=".npz")
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, meta=np.array(json.dumps(meta, default=_plain)), **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    savez_atomic(path, {"meta": np.array(json.dumps(meta, default=_plain)), **arrays}, private=True)
 
 
 def _plain(value: Any) -> Any:
@@ -173,7 +162,7 @@ def check_resumable(state: ServerState, cfg: Config, path: Path, content: dict[s
         raise ConfigError(f"resume: {path} is at round {state.round}, and num-rounds is {cfg.num_rounds}: nothing "
                          f"to do. Raise num-rounds to train on.")
     planned = int(state.config["num-rounds"])
-    if cfg.target_epsilon > 0 and cfg.privacy in ("central", "local+central") and cfg.num_rounds > planned:
+    if cfg.target_epsilon > 0 and cfg.central_dp and cfg.num_rounds > planned:
         raise ConfigError(f"resume: the noise was calibrated so that {planned} rounds stay within target-epsilon="
                          f"{cfg.target_epsilon}; num-rounds={cfg.num_rounds} would exceed it. Keep num-rounds="
                          f"{planned}, or set noise-multiplier instead of target-epsilon in a new run.")
@@ -181,17 +170,8 @@ def check_resumable(state: ServerState, cfg: Config, path: Path, content: dict[s
 
 def write_journal(run_dir: Path, run_token: str, rounds_begun: int, last_round_begun: int, ledger: list[dict]) -> None:
     """RUN_DIR/round-journal.json (JOURNAL_FILE), atomically, 0600."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".round-journal-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"run_token": run_token, "rounds_begun": int(rounds_begun),
-                       "last_round_begun": int(last_round_begun), "ledger": ledger}, f, default=_plain)
-        os.replace(tmp, run_dir / JOURNAL_FILE)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomic(Path(run_dir) / JOURNAL_FILE, json.dumps({"run_token": run_token, "rounds_begun": int(rounds_begun),
+                 "last_round_begun": int(last_round_begun), "ledger": ledger}, default=_plain), private=True)
 
 
 def read_journal(run_dir: Path | None, run_token: str) -> dict | None:

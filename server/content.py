@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -31,6 +30,7 @@ import numpy as np
 from gensim.models import Word2Vec
 
 from common.config import Config, ConfigError
+from common.io import save_npy_atomic
 
 __all__ = ["tokenize", "ContentEncoder", "SentenceEncoder", "ContentError", "ItemContent", "content_vectors",
            "item_content", "content_descriptor", "read_precomputed", "align_precomputed", "catalogue_sha256",
@@ -511,19 +511,6 @@ def _cache_path(descriptor: dict[str, Any], item_ids: Sequence[str], texts: Sequ
     return cache_dir() / "content" / f"h-{descriptor['encoder']}-{key.hexdigest()[:32]}.npy"
 
 
-def _save_atomic(path: Path, array: np.ndarray) -> None:
-    """np.save to a temporary file beside path, then os.replace: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".h-", suffix=".npy")
-    os.close(fd)
-    try:
-        np.save(tmp, array)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def item_content(cfg: Config, texts: Sequence[str], item_ids: Sequence[str] | None = None) -> ItemContent:
     """h(c) of the catalogue (texts and ids in item order) under cfg; Word2Vec and sentence-encoder vectors come
     from the cache when it holds them (precomputed files are read and checked every time)."""
@@ -536,7 +523,7 @@ def item_content(cfg: Config, texts: Sequence[str], item_ids: Sequence[str] | No
     else:
         h = raw(texts, item_ids)
         if cached is not None:
-            _save_atomic(cached, h)
+            save_npy_atomic(cached, h)  # public: h(c) of the public catalogue
     width = h.shape[1]
     mean, std = _moments(h) if cfg.content_standardize else (np.zeros(width), np.ones(width))
     z = _standardized(h, mean, std)

@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from common.io import write_atomic
 from simulations.loopback import BIN, Cluster, cluster_env, copy_app, free_ports, wait_for
 
 __all__ = ["bench_deploy"]
@@ -118,7 +119,7 @@ def main() -> None:
     text = json.dumps(out, indent=1)
     print(text)
     if args.json:
-        args.json.write_text(text)
+        write_atomic(args.json, text)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from typing import Callable
 
 import numpy as np
 
+from common.io import write_atomic
+
 __all__ = ["device_bench"]
 
 
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = device_bench(n_items=a.items, dim=a.dim, text_dim=a.text_dim, context_dim=a.context_dim,
                        item_embedding=a.item_embedding, repeats=a.repeats, threads=a.threads, seed=a.seed)
     if a.json:
-        a.json.write_text(json.dumps(out, indent=2) + "\n")
+        write_atomic(a.json, json.dumps(out, indent=2) + "\n")
     return out
 
 

@@ -28,6 +28,8 @@ from typing import Callable
 
 import numpy as np
 
+from common.io import write_atomic
+
 __all__ = ["build_device", "cold_start_bench"]
 
 #: `fedctx` as its console script runs it (simulations.cli:main), in a fresh interpreter
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     out = cold_start_bench(users=a.users, items=a.items, repeats=a.repeats)
     if a.json:
-        a.json.write_text(json.dumps(out, indent=2) + "\n")
+        write_atomic(a.json, json.dumps(out, indent=2) + "\n")
     return out
 
 

@@ -129,6 +129,7 @@ def data_declare(
     refuses such a file (write the values from public knowledge instead, docs/deployment.md)."""
     from common.context import ContextEncoder
     from common.data import load_dataset, read_spec
+    from common.io import write_atomic
     from common.schema import fitted_declaration
 
     try:
@@ -137,8 +138,7 @@ def data_declare(
             encoder, fitted = ContextEncoder.declared(spec.context_columns, spec.from_time), spec.fitted
         except ValueError:
             encoder, fitted = load_dataset(path).context_encoder, True
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(fitted_declaration(encoder) if fitted else json.dumps(encoder.to_dict(), indent=1))
+        write_atomic(out, fitted_declaration(encoder) if fitted else json.dumps(encoder.to_dict(), indent=1))
     except Exception as err:  # anticipated: one line and rc 2; else a bug, raised again
         _fail(err)
     typer.echo(f"context declaration: {out} ({encoder.dim} features: {', '.join(encoder.feature_names)})")

@@ -18,6 +18,7 @@ import numpy as np
 
 from common.config import Config, config_from_mapping, parse_overrides
 from common.datasets import load_cached, resolve_dataset
+from common.io import write_atomic
 from simulations.seeds import finish_table, mean_sd, study_parser
 
 __all__ = ["encoding_times", "run_study"]
@@ -71,7 +72,7 @@ def _baselines_only(cfg: Config, run_dir: Path) -> None:
     content_s = time.perf_counter() - t0
     systems, timings = run_baselines(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "summary.json").write_text(json.dumps({
+    write_atomic(run_dir / "summary.json", json.dumps({
         "systems": systems, "content": {**content.descriptor, "width": content.width}, "config": cfg.to_flwr(),
         "timings": {**timings, "content_s": content_s, "total_s": time.perf_counter() - t0}}, indent=2))
 
@@ -94,7 +95,7 @@ def run_study(cfg: Config, seeds: list[int], out: Path, federated: bool = True) 
             runs.append({"encoder": name, "seed": seed, "seconds": summary["timings"]["total_s"],
                          "content_s": summary["timings"]["content_s"], "content": summary["content"],
                          "systems": summary["systems"]})
-            (out / "study.json").write_text(json.dumps({"config": cfg.to_flwr(), "runs": runs}, indent=2))
+            write_atomic(out / "study.json", json.dumps({"config": cfg.to_flwr(), "runs": runs}, indent=2))
     table = ["| encoder | system | HR@10 | NDCG@10 | cold-start HR@10 (users) |", "| --- | --- | --- | --- | --- |"]
     for name in ENCODERS:
         mine = [r for r in runs if r["encoder"] == name]
@@ -119,7 +120,7 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     if a.timing_only:
         rows = encoding_times(cfg, a.large)
-        (a.out / "timing.json").write_text(json.dumps(rows, indent=2))
+        write_atomic(a.out / "timing.json", json.dumps(rows, indent=2))
         return
     run_study(cfg, [int(s) for s in a.seeds.split(",")], a.out, federated=not a.no_federated)
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.io import write_atomic
+
 __all__ = ["run_expected_hr"]
 
 
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"structure {r['structure']:.4f}, structure-context-free {r['structure-context-free']:.4f}; "
               f"federated / structure {r['federated-last-round'] / r['structure']:.3f}")
     if a.json:
-        a.json.write_text(json.dumps(found, indent=2) + "\n")
+        write_atomic(a.json, json.dumps(found, indent=2) + "\n")
     return found
 
 

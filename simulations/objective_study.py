@@ -20,6 +20,7 @@ from common.config import Config, config_from_mapping, parse_overrides
 from common.datasets import load_cached, resolve_dataset
 from common.federated import UserStore, evaluate_users
 from common.model import ITEM_NAMES, ModelShape, ials_loss, ials_solve, init_shared
+from common.io import write_atomic
 from simulations.seeds import finish_table, mean_sd, study_parser
 
 __all__ = ["train_ials"]
@@ -108,7 +109,7 @@ def main() -> None:
         r = train_ials(cfg.replace(seed=seed), a.alpha0, a.lam, a.item_l2, a.lr, a.inner, a.outer, a.init_std,
                        not a.no_text, not a.no_bias)
         runs.append({"seed": seed, **r})
-        (a.out / "objective.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(a).items()},
+        write_atomic(a.out / "objective.json", json.dumps({"args": {k: str(v) for k, v in vars(a).items()},
                                                           "runs": runs}, indent=2))
     k = cfg.top_k
     table = [f"| objective | val HR@{k} | test HR@{k} | test NDCG@{k} | best iteration | seeds |",

@@ -16,6 +16,7 @@ import numpy as np
 
 from common.config import Config, config_from_mapping, parse_overrides
 from common.report import SYSTEMS
+from common.io import write_atomic
 
 __all__ = ["mean_sd", "seed_table", "run_seeds", "study_parser", "finish_table"]
 
@@ -74,13 +75,13 @@ def run_seeds(cfg: Config, seeds: list[int], out: Path) -> dict:
             simulate(cfg.replace(seed=seed, run_dir=str(run_dir)))
         summary = json.loads((run_dir / "summary.json").read_text())
         runs.append({"seed": seed, "seconds": summary["timings"]["total_s"], "systems": summary["systems"]})
-        (out / "seeds.json").write_text(json.dumps({"config": cfg.to_flwr(), "runs": runs}, indent=2))
+        write_atomic(out / "seeds.json", json.dumps({"config": cfg.to_flwr(), "runs": runs}, indent=2))
     return finish_table(out, runs, seed_table(runs, cfg.top_k))
 
 
 def finish_table(out: Path, runs: list[dict], text: str) -> dict:
     """Write a study's table.md, print it, and return {"runs", "table"}."""
-    (out / "table.md").write_text(text + "\n")
+    write_atomic(out / "table.md", text + "\n")
     print(text, flush=True)
     return {"runs": runs, "table": text}
 

@@ -25,6 +25,7 @@ from common.schema import declared_context, fitted_declaration
 from common.errors import SERVER_ERROR_ENV, raise_recorded
 from common.datasets import cache_dir, load_cached, resolve_dataset
 from common.federated import UserStore, evaluate_scores, evaluate_users, training_members
+from common.io import write_atomic
 from simulations.raycluster import alive_nodes, check_shared_paths, connect, ray_init_args
 from common.report import RELEASED_FILES, SYSTEMS, diagnostics_dir, plot_rounds, results_table
 
@@ -49,15 +50,12 @@ def simulation_inputs(cfg: Config) -> Config:
         try:
             ContextEncoder.declared(spec.context_columns, spec.from_time)
         except ValueError:  # incomplete: fitted below without privacy, refused with it (same message as a server)
-            if cfg.privacy != "none":
+            if cfg.private:
                 declared_context(spec, "", cfg.privacy)
             text = fitted_declaration(load_cached(str(path)).context_encoder)
             target = cache_dir() / "declarations" / f"{hashlib.sha256(text.encode()).hexdigest()[:20]}.json"
             if not target.is_file():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(f".{target.name}.{os.getpid()}")
-                tmp.write_text(text)
-                tmp.replace(target)
+                write_atomic(target, text)
             changes["context_declaration"] = str(target)
     if not cfg.population:
         ds = load_cached(str(path))
@@ -351,7 +349,7 @@ def simulate(cfg: Config, num_nodes: int = 2, verbose: bool = False, baselines: 
         "timings": timings,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
     }
-    (diag / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_atomic(diag / "summary.json", json.dumps(summary, indent=2))
     plot_rounds(fed["rounds"], systems, cfg.top_k, diag / "rounds.png")
     say("")
     say(results_table(summary["systems"], cfg.top_k))

@@ -13,7 +13,6 @@ import csv
 import dataclasses
 import json
 import math
-import os
 import time
 import tomllib
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from common.config import Config, ConfigError, config_from_mapping
+from common.io import atomic_file, write_atomic
 from common.report import diagnostics_dir
 
 __all__ = ["SweepPlan", "SWEEP_DEFAULTS", "sweep_config", "run_sweep", "summarise", "markdown_table",
@@ -163,12 +163,10 @@ def audit_run(cfg: Config, run_dir: Path, audit_users: int) -> tuple[float, int,
 
 
 def _write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows([{c: r.get(c) for c in COLUMNS} for r in rows])
-    os.replace(tmp, path)
 
 
 def run_sweep(base: Config, plan: SweepPlan, out: Path, nodes: int = 2,
@@ -183,7 +181,7 @@ def run_sweep(base: Config, plan: SweepPlan, out: Path, nodes: int = 2,
     base = base.replace(eval_every=base.num_rounds)  # only the last round is reported (see module doc)
     settings = plan.settings(base)
     total = len(settings) * len(plan.seeds)
-    (out / "sweep.json").write_text(json.dumps({
+    write_atomic(out / "sweep.json", json.dumps({
         "base": base.to_flwr(), "epsilons": [str(e) for e in plan.epsilons], "seeds": list(plan.seeds),
         "audit_users": plan.audit_users, "nodes": nodes}, indent=2))
     rows: list[dict[str, Any]] = []
@@ -202,14 +200,14 @@ def run_sweep(base: Config, plan: SweepPlan, out: Path, nodes: int = 2,
         auc, n_m, n_n = audit_run(cfg, run_dir, plan.audit_users)
         last = fed["last_round_metrics"]
         priv = fed.get("privacy") or {}
-        local = cfg.privacy == "local"
+        local = cfg.local_dp  # the plan's settings: none, central or local (never local+central)
         row = {
             "setting": label, "unit": ("example (every client)" if cfg.local_dp_theta else "example (NOT exact)")
             if local else "user",
-            "target_epsilon": cfg.target_epsilon if cfg.privacy == "central" else math.inf,
+            "target_epsilon": cfg.target_epsilon if cfg.central_dp else math.inf,
             "epsilon": priv["epsilon"] if local else priv.get("epsilon", math.inf),
             "delta": priv.get("delta", 0.0), "noise_multiplier": priv.get("noise_multiplier", 0.0),
-            "clip_norm": (cfg.local_clip_norm if local else cfg.clip_norm) if cfg.privacy != "none" else "",
+            "clip_norm": (cfg.local_clip_norm if local else cfg.clip_norm) if cfg.private else "",
             "sample_rate": cfg.sample_rate,
             "rounds": cfg.num_rounds, "seed": seed, "hr@10": last.get(f"hr@{cfg.top_k}"),
             "ndcg@10": last.get(f"ndcg@{cfg.top_k}"), "hr@10-sampled": last.get(f"hr@{cfg.top_k}-sampled"),
@@ -223,7 +221,7 @@ def run_sweep(base: Config, plan: SweepPlan, out: Path, nodes: int = 2,
             f"epsilon {row['epsilon']:.3g}  MIA AUC {auc:.3f}  ({row['seconds']:.0f}s; "
             f"about {elapsed / i * (total - i) / 60:.0f} min left)")
     table = summarise(rows)
-    (out / "tradeoff.md").write_text(markdown_table(table, base))
+    write_atomic(out / "tradeoff.md", markdown_table(table, base))
     plot_tradeoff(table, out / "tradeoff.png")
     say("")
     say(markdown_table(table, base))
@@ -312,5 +310,6 @@ def plot_tradeoff(table: Sequence[Mapping[str, Any]], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_file(path) as tmp:  # the temporary name keeps path's suffix, which picks the format
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)

@@ -1,18 +1,97 @@
-"""Tests for common.io: atomic directory output, table and dataset.toml writing."""
+"""Tests for common.io: the atomic file and directory writers, table and dataset.toml writing."""
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from common.io import atomic_output_dir, dataset_toml, write_dataset_toml, write_table
+from common.io import (atomic_file, atomic_output_dir, dataset_toml, save_npy_atomic, savez_atomic, write_atomic,
+                       write_dataset_toml, write_table)
 
 
 def _entries(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
+
+
+class _Unwritable:
+    """An "array" whose conversion fails: np.savez has already written the arrays before it into the archive."""
+
+    def __array__(self, *args, **kwargs):
+        raise OSError("No space left on device")
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # np.savez leaves its ZipFile
+def test_a_failure_mid_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path: Path) -> None:  # unclosed
+    path = tmp_path / "global_model.npz"
+    savez_atomic(path, {"w": np.arange(3)})
+    with pytest.raises(OSError, match="No space left"):
+        savez_atomic(path, {"big": np.ones(100_000), "broken": _Unwritable()})  # fails after "big" is written
+    with np.load(path) as f:
+        assert f.files == ["w"] and f["w"].tolist() == [0, 1, 2]
+    assert _entries(tmp_path) == ["global_model.npz"]
+
+    text = tmp_path / "privacy.json"
+    write_atomic(text, '{"epsilon": 1.0}')
+    with pytest.raises(RuntimeError, match="crash"):
+        with atomic_file(text) as tmp:
+            tmp.write_text('{"epsil')
+            assert text.read_text() == '{"epsilon": 1.0}'  # a reader meanwhile sees the old file whole
+            raise RuntimeError("crash")
+    assert text.read_text() == '{"epsilon": 1.0}'
+    assert _entries(tmp_path) == ["global_model.npz", "privacy.json"]
+
+
+def test_a_privacy_ledger_that_fails_mid_write_keeps_the_old_ledger(tmp_path: Path, monkeypatch) -> None:
+    from common.privacy import PrivacyLedger
+
+    ledger = PrivacyLedger(delta=1e-5)
+    ledger.append(1, 0.1, 1.2, 0.02)
+    path = tmp_path / "privacy_ledger.csv"
+    ledger.write_csv(path)
+    old = path.read_text()
+    ledger.append(2, 0.1, 1.2, 0.02)
+    monkeypatch.setattr(ledger, "to_rows", lambda: [{"round": 2, "not-a-column": 1}])  # fails after the header
+    with pytest.raises(ValueError, match="not-a-column"):
+        ledger.write_csv(path)
+    assert path.read_text() == old and len(old.splitlines()) == 2
+    assert _entries(tmp_path) == ["privacy_ledger.csv"]
+
+
+def test_atomic_writes_replace_the_file_whole(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "vectors.npy"
+    save_npy_atomic(path, np.eye(2))
+    save_npy_atomic(path, np.arange(4.0))
+    np.testing.assert_array_equal(np.load(path), np.arange(4.0))
+    write_atomic(tmp_path / "model.tflite", b"\x00\x01")
+    assert (tmp_path / "model.tflite").read_bytes() == b"\x00\x01"
+    assert _entries(tmp_path / "sub") == ["vectors.npy"]
+
+
+def test_the_temporary_file_is_hidden_beside_its_destination_with_its_suffix(tmp_path: Path) -> None:
+    """Writers that pick the format by suffix (savefig, np.save) write the destination's format."""
+    with atomic_file(tmp_path / "rounds.png") as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".rounds.png.") and tmp.suffix == ".png"
+        assert tmp.is_file()
+
+
+def test_private_files_are_owner_only_and_others_follow_the_umask(tmp_path: Path) -> None:
+    umask = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "checkpoint.npz", b"secret", private=True)
+        write_atomic(tmp_path / "schema.json", "{}")
+        with atomic_file(tmp_path / "node-state.npz", private=True) as tmp:
+            with open(tmp, "w") as f:  # writing the temporary file by path keeps its mode
+                f.write("theta")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "checkpoint.npz").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "node-state.npz").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "schema.json").stat().st_mode & 0o777 == 0o644
 
 
 def test_success_moves_directory_into_place(tmp_path: Path) -> None:
