@@ -60,3 +60,49 @@ def test_every_anticipated_error_shares_one_base_and_is_its_own_message():
         assert message(exc) == str(exc) and "\n" not in message(exc)
     assert isinstance(errors[3], RuntimeError) and isinstance(errors[4], ValueError)  # builtin bases kept
     assert not anticipated(KeyError("x")) and not anticipated(RuntimeError("x"))
+
+
+def _anticipated_errors():
+    from client.device_state import DeviceError
+    from common.data import DataError
+    from common.schema import SchemaMismatch
+    from server.content import ContentError
+
+    return [ConfigError("dim: must be >= 1. Found 0."),
+            DataError("items.csv", "item_id must be unique", value="7", fix="remove the row"),
+            ContentError("content-path: no such file"), SchemaMismatch("schema hash 1 does not match its content"),
+            DeviceError("user 'x': not on this device")]
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_the_command_line_reports_each_anticipated_error_as_one_line_and_rc_2(index, tmp_path, monkeypatch):
+    """Whatever a device command meets (here raised where it loads the state directory), a FedctxError is one
+    line, `error: <its message>`, and rc 2; a bug is not swallowed as one (main()'s boundary writes its trace)."""
+    from typer.testing import CliRunner
+
+    from client.device_state import DeviceState
+    from simulations.cli import cli
+
+    exc = _anticipated_errors()[index]
+
+    def load(state_dir):
+        raise exc
+
+    monkeypatch.setattr(DeviceState, "load", staticmethod(load))
+    res = CliRunner().invoke(cli, ["device", "recommend", "--state", str(tmp_path), "--user", "u"])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().splitlines() == [f"error: {exc}"]
+
+
+def test_the_command_line_does_not_report_a_bug_as_an_anticipated_error(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from client.device_state import DeviceState
+    from simulations.cli import cli
+
+    def load(state_dir):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(DeviceState, "load", staticmethod(load))
+    res = CliRunner().invoke(cli, ["device", "recommend", "--state", str(tmp_path), "--user", "u"])
+    assert res.exit_code != 2 and isinstance(res.exception, RuntimeError)  # on to main(): trace file, "a bug"
