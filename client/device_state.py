@@ -295,8 +295,9 @@ class DeviceState:
         """Keep a refreshed theta_u: in node-state.npz without local DP, else in serving.npz (see the module)."""
         if self.cfg.local_dp:
             serving = {**self._serving(), user: theta_u}
-            savez_atomic(self.state_dir / SERVING_FILE, dict(round=np.array(self.round), users=np.array(list(serving), str),
-                         theta=np.stack(list(serving.values())).astype(np.float32)), private=True)
+            savez_atomic(self.state_dir / SERVING_FILE, dict(
+                round=np.array(self.round), users=np.array(list(serving), str),
+                theta=np.stack(list(serving.values())).astype(np.float32)), private=True)
             return "serving copy (local DP: the trained theta_u is left as it is)"
         pos = np.flatnonzero(self.user_keys == user)
         if len(pos):
@@ -308,8 +309,8 @@ class DeviceState:
             self.taken = np.append(self.taken, 0)
         with np.load(self.state_dir / NODE_STATE_FILE) as f:
             extra = {k: f[k] for k in f.files if k not in ("user_keys", "theta", "ready", "taken")}
-        savez_atomic(self.state_dir / NODE_STATE_FILE, dict(user_keys=self.user_keys, theta=self.theta, ready=self.ready,
-                     taken=self.taken, **extra), private=True)
+        savez_atomic(self.state_dir / NODE_STATE_FILE, dict(
+            user_keys=self.user_keys, theta=self.theta, ready=self.ready, taken=self.taken, **extra), private=True)
         return "node-state (training goes on from it)"
 
     def _serving(self) -> dict[str, np.ndarray]:

@@ -108,9 +108,9 @@ def atomic_file(path: Path | str, *, private: bool = False) -> Iterator[Path]:
 
     The temporary file exists (empty) on entry, with mode 0600 if ``private`` (the owner only: secrets, a
     device's own data) else 0666 less the umask; writing it by path keeps that mode. The body writes it in
-    full; then it is fsynced and :func:`os.replace`\ d onto ``path`` (parent directories are created), so
-    readers see the old file or the new one. When the body raises, ``path`` is untouched and the temporary file
-    is removed.
+    full; then it is fsynced and renamed onto ``path`` with :func:`os.replace` (parent directories are
+    created), so readers see the old file or the new one. When the body raises, ``path`` is untouched and the
+    temporary file is removed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

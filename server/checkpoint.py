@@ -3,7 +3,7 @@
 RUN_DIR/checkpoint.npz holds the global shared parameters, the server optimiser's state, the
 content descriptor (which encoder made h(c)), the round reached, the early-stopping choice, the round log,
 the SECRET sampling key and, for central DP, the privacy ledger and the clip norm. The checkpoint is server-secret: it is never released (the round
-log holds unnoised counts, and the key would reveal who took part in every round). It is replaced atomically (common.io.atomic_file: written beside it, then renamed), so a crash never
+log holds unnoised counts, and the key would reveal who took part in every round). It is replaced atomically (written beside it, then renamed), so a crash never
 leaves half a checkpoint. The ledger is also written as privacy_ledger.csv next to it.
 """
 
