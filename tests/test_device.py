@@ -11,8 +11,8 @@ import pytest
 from client.device import format_recommendations, recommend, refresh_candidates, refresh_theta
 from client.tflite import OUTPUTS, TFLiteScorer, export_scorer
 from common.federated import item_representations
-from common.model import (DENSE_NAMES, GroupParams, ModelShape, StepRule, TrainBatch, ials_solve, item_side, local_train,
-                          negative_shift, score_items, warm_start_theta)
+from common.model import (DENSE_NAMES, GroupParams, ModelShape, StepRule, TrainBatch, ials_solve, item_side,
+                          local_train, negative_shift, score_items, warm_start_theta)
 from common.scoring import item_side_np
 
 N_ITEMS, TEXT_DIM, DIM = 60, 12, 6

@@ -103,7 +103,8 @@ def test_local_training_lowers_each_users_loss():
     b = _user_batch(rng, G, L, R, text_dim, dim, ctx_dim)
 
     start, batch = _named(dense, b)
-    batch_t = TrainBatch(**{k: tf.constant(getattr(batch, k)) for k in ("rows_h", "ctx", "cand", "ex_mask", "row_mask")})
+    batch_t = TrainBatch(**{k: tf.constant(getattr(batch, k))
+                            for k in ("rows_h", "ctx", "cand", "ex_mask", "row_mask")})
 
     def loss(p):
         t = lambda a: tf.constant(a)  # noqa: E731
