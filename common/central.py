@@ -49,32 +49,7 @@ def train_central(store: UserStore, item_h: np.ndarray, cfg: Config,
     theta = tf.Variable(theta0, name="theta")
     emb = tf.Variable(params0["items/embedding"], name="emb") if hybrid else None
     ibias = tf.Variable(params0["items/bias"], name="ibias") if hybrid else None
-    variables = [dense[k] for k in trainable_dense(cfg.loss)] + [theta] + ([emb, ibias] if hybrid else [])
-    opt = tf.keras.optimizers.Adam(learning_rate=cfg.central_lr)
-    item_h_t = tf.constant(item_h, tf.float32)
-    l2 = tf.constant(cfg.l2, tf.float32)
-    context_l2 = tf.constant(cfg.context_l2, tf.float32)
-    shift = tf.constant(negative_shift(n_items, cfg.negatives), tf.float32)
-
-    @tf.function(reduce_retracing=True)
-    def step(users, cand, ctx):
-        with tf.GradientTape() as tape:
-            flat = tf.reshape(cand, [-1])
-            rows_h = tf.gather(item_h_t, flat)[None]
-            rows_emb = tf.gather(emb, flat)[None] if hybrid else None
-            rows_bias = tf.gather(ibias, flat)[None] if hybrid else None
-            local = tf.reshape(tf.range(tf.size(flat)), tf.shape(cand))[None]
-            th = tf.gather(theta, users)
-            logits = group_logits(dense, th[None], ctx[None], rows_h, rows_emb, rows_bias, local)
-            loss = tf.reduce_mean(candidate_loss(logits, cfg.loss, shift))
-            reg = tf.reduce_sum(tf.square(th))
-            if hybrid:
-                reg += tf.reduce_sum(tf.square(rows_emb)) + tf.reduce_sum(tf.square(rows_bias))
-            total = loss + l2 * reg / tf.cast(tf.shape(users)[0], tf.float32) + context_l2 * context_penalty(dense)[0]
-        grads = tape.gradient(total, variables)
-        opt.apply_gradients(zip(grads, variables))
-        return loss
-
+    step = _adam_step(dense, theta, emb, ibias, item_h, cfg)
     n = len(store.items)
     users_all = np.repeat(np.arange(store.n_users), np.diff(store.offsets))
     rng = np.random.default_rng(cfg.seed + 1)
@@ -108,6 +83,41 @@ def train_central(store: UserStore, item_h: np.ndarray, cfg: Config,
                 best = (score, epoch, current)
     params, theta_out = best[2] if best[2] is not None else snapshot()
     return params, theta_out, epoch_seconds, best[1]
+
+
+def _adam_step(dense: dict[str, tf.Variable], theta: tf.Variable, emb: tf.Variable | None, ibias: tf.Variable | None,
+               item_h: np.ndarray, cfg: Config) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]:
+    """One minibatch step of `train_central`'s Adam, step(users [B] int32, cand [B, 1 + negatives] int32, ctx
+    [B, context_dim]) -> mean candidate loss of the batch (before the step): the same formula (`group_logits`) with
+    the whole batch as one group; + l2 * (|theta_u|^2 + the candidate rows' squares) / B + context_l2 * penalty."""
+    hybrid = emb is not None
+    variables = [dense[k] for k in trainable_dense(cfg.loss)] + [theta] + ([emb, ibias] if hybrid else [])
+    opt = tf.keras.optimizers.Adam(learning_rate=cfg.central_lr)
+    item_h_t = tf.constant(item_h, tf.float32)
+    l2 = tf.constant(cfg.l2, tf.float32)
+    context_l2 = tf.constant(cfg.context_l2, tf.float32)
+    shift = tf.constant(negative_shift(item_h.shape[0], cfg.negatives), tf.float32)
+
+    @tf.function(reduce_retracing=True)
+    def step(users, cand, ctx):
+        with tf.GradientTape() as tape:
+            flat = tf.reshape(cand, [-1])
+            rows_h = tf.gather(item_h_t, flat)[None]
+            rows_emb = tf.gather(emb, flat)[None] if hybrid else None
+            rows_bias = tf.gather(ibias, flat)[None] if hybrid else None
+            local = tf.reshape(tf.range(tf.size(flat)), tf.shape(cand))[None]
+            th = tf.gather(theta, users)
+            logits = group_logits(dense, th[None], ctx[None], rows_h, rows_emb, rows_bias, local)
+            loss = tf.reduce_mean(candidate_loss(logits, cfg.loss, shift))
+            reg = tf.reduce_sum(tf.square(th))
+            if hybrid:
+                reg += tf.reduce_sum(tf.square(rows_emb)) + tf.reduce_sum(tf.square(rows_bias))
+            total = loss + l2 * reg / tf.cast(tf.shape(users)[0], tf.float32) + context_l2 * context_penalty(dense)[0]
+        grads = tape.gradient(total, variables)
+        opt.apply_gradients(zip(grads, variables))
+        return loss
+
+    return step
 
 
 #: loss="ials": full-batch Adam steps of the shared parameters per epoch (theta_u is solved before each one)

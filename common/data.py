@@ -499,12 +499,57 @@ def load_dataset(root: str | Path, *, min_user_interactions: int = 3, schema: "P
     (nothing is fitted); rows with items outside the catalogue are dropped (``unknown_items``)
     and categorical values outside the vocabulary count in ``unknown_context_values``.
     """
-    from common.context import ContextEncoder  # local import: context imports this module
-
     if isinstance(min_user_interactions, bool) or not isinstance(min_user_interactions, int) \
             or min_user_interactions < 2:
         raise ValueError("min_user_interactions must be an int >= 2 (each user needs a val and "
                          f"a test engagement); got {min_user_interactions!r}")
+    spec, item_ids, item_texts, texts = _spec_and_items(root, schema)
+    raw = _read_interactions(spec)
+    if len(raw.user) == 0:
+        raise DataError(spec.interactions_file, "there must be at least one interaction", value=0,
+                        fix="add engagement rows below the header")
+    keep, time, item_index, cleaning = _clean(raw, spec, item_ids, texts)
+    _drop_small_users(raw, keep, cleaning, min_user_interactions, spec.interactions_file)
+
+    rows = np.flatnonzero(keep)
+    user_dense, user_index = pd.factorize(raw.user.iloc[rows], sort=True)
+    user_dense = user_dense.astype(np.int64)
+    order = np.lexsort((rows, time[rows], user_dense))  # by user, then time, then file row
+    rows = rows[order]
+    user_sorted = user_dense[order]
+
+    per_user = np.bincount(user_sorted, minlength=len(user_index))
+    ends = np.cumsum(per_user)
+    from_end = ends[user_sorted] - 1 - np.arange(len(rows))
+    is_test, is_val, is_train = from_end == 0, from_end == 1, from_end >= 2
+
+    time_sorted = time[rows]
+    encoder, encoded = _encode_context(raw.context.iloc[rows].reset_index(drop=True), time_sorted, is_train, spec,
+                                       schema, cleaning)
+    everything = Interactions(
+        user=user_sorted.astype(np.int32),
+        item=item_index[rows].astype(np.int32),
+        time=time_sorted,
+        context=encoded,
+    )
+    return PreparedDataset(
+        name=spec.name,
+        user_ids=np.asarray(user_index.to_numpy(dtype=str)),
+        item_ids=item_ids,
+        item_texts=item_texts,
+        context_names=encoder.feature_names,
+        train=everything.select(is_train),
+        val=everything.select(is_val),
+        test=everything.select(is_test),
+        cleaning=cleaning,
+        context_encoder=encoder,
+    )
+
+
+def _spec_and_items(root: str | Path, schema: "PublicSchema | None"
+                    ) -> tuple[DatasetSpec, np.ndarray, tuple[str, ...], dict[str, int]]:
+    """(spec, item_ids [n_items], texts, cleaning counts of the items file) of a dataset directory; with a
+    schema, its catalogue and context columns replace the local ones."""
     spec = read_spec(root)
     if schema is not None:
         if schema.context.from_time and spec.time_column is None:
@@ -519,13 +564,14 @@ def load_dataset(root: str | Path, *, min_user_interactions: int = 3, schema: "P
         if len(item_ids) == 0:
             raise DataError(spec.items_file, "the item catalogue must hold at least one item", value=0,
                             fix="add item rows (item_id, text) below the header")
-    raw = _read_interactions(spec)
-    path = spec.interactions_file
-    n = len(raw.user)
-    if n == 0:
-        raise DataError(path, "there must be at least one interaction", value=0,
-                        fix="add engagement rows below the header")
+    return spec, item_ids, item_texts, {"non_utf8_texts": non_utf8, "missing_texts": missing_texts}
 
+
+def _clean(raw: _RawInteractions, spec: DatasetSpec, item_ids: np.ndarray, texts: dict[str, int]
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
+    """Drops bad timestamps, unknown items, labels below min-label and duplicates. texts: the items file's
+    counts, for the report. Returns (keep [n] bool, time [n] int64, item_index [n], cleaning report)."""
+    n = len(raw.user)
     keep = np.ones(n, dtype=bool)
     cleaning: dict[str, int] = {}
 
@@ -561,19 +607,25 @@ def load_dataset(root: str | Path, *, min_user_interactions: int = 3, schema: "P
     dup_mask = np.zeros(n, dtype=bool)
     dup_mask[rows[dup]] = True
     drop("duplicate_rows", dup_mask)
-    cleaning["non_utf8_texts"] = non_utf8
-    cleaning["missing_texts"] = missing_texts
+    cleaning.update(texts)
     cleaning["missing_numeric_context"] = int(sum(  # empty or NaN cells of numeric columns: encoded as missing (0)
         np.isnan(raw.context[c.name].to_numpy(np.float64)[keep]).sum()
         for c in spec.context_columns if c.kind == "numeric" and c.name in raw.context.columns))
 
     if not keep.any():
         raise DataError(
-            path, "there must be at least one usable interaction after cleaning", value=dict(cleaning),
+            spec.interactions_file, "there must be at least one usable interaction after cleaning",
+            value=dict(cleaning),
             fix="check the time column holds integer Unix seconds, that item ids match the items "
                 "file, and min-label",
         )
+    return keep, time, item_index, cleaning
 
+
+def _drop_small_users(raw: _RawInteractions, keep: np.ndarray, cleaning: dict[str, int], min_user_interactions: int,
+                      path: Path) -> None:
+    """Clears `keep` for users with fewer than min_user_interactions kept rows (counted in `cleaning`)."""
+    user_code, _ = pd.factorize(raw.user)
     counts = np.bincount(user_code[keep], minlength=int(user_code.max()) + 1)
     too_few = (counts > 0) & (counts < min_user_interactions)
     cleaning["users_too_few_interactions"] = int(np.count_nonzero(too_few))
@@ -586,20 +638,13 @@ def load_dataset(root: str | Path, *, min_user_interactions: int = 3, schema: "P
                 "interactions, or check that item ids and timestamps survive the cleaning above",
         )
 
-    rows = np.flatnonzero(keep)
-    user_dense, user_index = pd.factorize(raw.user.iloc[rows], sort=True)
-    user_dense = user_dense.astype(np.int64)
-    order = np.lexsort((rows, time[rows], user_dense))  # by user, then time, then file row
-    rows = rows[order]
-    user_sorted = user_dense[order]
 
-    per_user = np.bincount(user_sorted, minlength=len(user_index))
-    ends = np.cumsum(per_user)
-    from_end = ends[user_sorted] - 1 - np.arange(len(rows))
-    is_test, is_val, is_train = from_end == 0, from_end == 1, from_end >= 2
+def _encode_context(context_frame: pd.DataFrame, time_sorted: np.ndarray, is_train: np.ndarray, spec: DatasetSpec,
+                    schema: "PublicSchema | None", cleaning: dict[str, int]) -> tuple["ContextEncoder", np.ndarray]:
+    """(encoder, encoded context [n, context_dim]) of the sorted rows: the schema's encoder (its unknown
+    categorical values counted in `cleaning`), or one fitted on the training rows."""
+    from common.context import ContextEncoder  # local import: context imports this module
 
-    context_frame = raw.context.iloc[rows].reset_index(drop=True)
-    time_sorted = time[rows]
     if schema is not None:
         encoder = schema.context
         cleaning["unknown_context_values"] = encoder.unknown_values(context_frame)
@@ -608,26 +653,7 @@ def load_dataset(root: str | Path, *, min_user_interactions: int = 3, schema: "P
             context_frame.loc[is_train].reset_index(drop=True), spec.context_columns,
             spec.from_time, time_sorted[is_train] if spec.time_column else None,
         )
-    encoded = encoder.transform(context_frame, time_sorted if spec.time_column else None)
-
-    everything = Interactions(
-        user=user_sorted.astype(np.int32),
-        item=item_index[rows].astype(np.int32),
-        time=time_sorted,
-        context=encoded,
-    )
-    return PreparedDataset(
-        name=spec.name,
-        user_ids=np.asarray(user_index.to_numpy(dtype=str)),
-        item_ids=item_ids,
-        item_texts=item_texts,
-        context_names=encoder.feature_names,
-        train=everything.select(is_train),
-        val=everything.select(is_val),
-        test=everything.select(is_test),
-        cleaning=cleaning,
-        context_encoder=encoder,
-    )
+    return encoder, encoder.transform(context_frame, time_sorted if spec.time_column else None)
 
 
 def validate_dataset(root: str | Path) -> dict:

@@ -12,7 +12,7 @@ import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from common.errors import FedctxError
 
@@ -158,7 +158,23 @@ def read_spec(root: str | Path, *, catalogue_only: bool = False) -> DatasetSpec:
     without a positive period, ``from-time`` without ``time-column``, and context
     columns that reuse the id/time/label column names.
     """
-    root = Path(root)
+    toml_path, root, doc = _load_toml(Path(root))
+
+    def err(rule: str, value: object = None, fix: str = "") -> DataError:
+        return DataError(toml_path, rule, value=value, fix=fix or _FORMAT_DOC)
+
+    for key in doc:
+        if key not in ("dataset", "context"):
+            raise err(f"unknown top-level key {key!r}", key,
+                      "remove it; allowed tables are [dataset] and [context]")
+    files = _dataset_table(doc.get("dataset"), root, catalogue_only, err)
+    fitted, from_time, columns = _context_table(doc.get("context", {}), files["time_column"],
+                                                files["label_column"], err)
+    return DatasetSpec(root=root, **files, context_columns=columns, from_time=from_time, fitted=fitted)
+
+
+def _load_toml(root: Path) -> tuple[Path, Path, dict]:
+    """(path of dataset.toml, dataset directory, parsed document) of a directory or a TOML file."""
     if root.suffix == ".toml" and root.is_file():
         toml_path, root = root, root.parent
     else:
@@ -171,21 +187,19 @@ def read_spec(root: str | Path, *, catalogue_only: bool = False) -> DatasetSpec:
         )
     try:
         with toml_path.open("rb") as handle:
-            doc = tomllib.load(handle)
+            return toml_path, root, tomllib.load(handle)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise DataError(
             toml_path, "dataset.toml must be valid TOML", value=str(exc),
             fix="correct the TOML syntax at the reported line",
         ) from None
 
-    def err(rule: str, value: object = None, fix: str = "") -> DataError:
-        return DataError(toml_path, rule, value=value, fix=fix or _FORMAT_DOC)
 
-    for key in doc:
-        if key not in ("dataset", "context"):
-            raise err(f"unknown top-level key {key!r}", key,
-                      "remove it; allowed tables are [dataset] and [context]")
-    dataset = doc.get("dataset")
+_Err = Callable[..., DataError]
+
+
+def _dataset_table(dataset: object, root: Path, catalogue_only: bool, err: _Err) -> dict[str, Any]:
+    """The [dataset] table checked: DatasetSpec's name, files, time and label columns and min-label."""
     if not isinstance(dataset, dict):
         raise err("a [dataset] table is required", dataset,
                   'add [dataset] with name, interactions and items')
@@ -212,21 +226,8 @@ def read_spec(root: str | Path, *, catalogue_only: bool = False) -> DatasetSpec:
     interactions_file = (root / "(none)" if catalogue_only and dataset.get("interactions") is None
                          else data_file("interactions"))
     items_file = data_file("items")
-
-    def column_key(key: str) -> str | None:
-        value = dataset.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value.strip():
-            raise err(f"[dataset] {key} must be a non-empty string", value,
-                      f"give the column name, or remove {key}")
-        if value in _ID_COLUMNS:
-            raise err(f"[dataset] {key} must not be user_id or item_id", value,
-                      "name the column that holds this value")
-        return value
-
-    time_column = column_key("time-column")
-    label_column = column_key("label-column")
+    time_column = _column_key(dataset, "time-column", err)
+    label_column = _column_key(dataset, "label-column", err)
     if time_column is not None and time_column == label_column:
         raise err("time-column and label-column must differ", time_column,
                   "name two different columns")
@@ -238,8 +239,27 @@ def read_spec(root: str | Path, *, catalogue_only: bool = False) -> DatasetSpec:
             raise err("min-label needs label-column", min_label,
                       "declare label-column, or remove min-label")
         min_label = float(min_label)
+    return dict(name=name, interactions_file=interactions_file, items_file=items_file, time_column=time_column,
+                label_column=label_column, min_label=min_label)
 
-    context = doc.get("context", {})
+
+def _column_key(dataset: dict, key: str, err: _Err) -> str | None:
+    """The column name [dataset] `key` declares (None if absent)."""
+    value = dataset.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise err(f"[dataset] {key} must be a non-empty string", value,
+                  f"give the column name, or remove {key}")
+    if value in _ID_COLUMNS:
+        raise err(f"[dataset] {key} must not be user_id or item_id", value,
+                  "name the column that holds this value")
+    return value
+
+
+def _context_table(context: object, time_column: str | None, label_column: str | None,
+                   err: _Err) -> tuple[bool, tuple[str, ...], tuple[ContextColumn, ...]]:
+    """The [context] table checked: (fitted-on-private-rows, from-time features, declared columns)."""
     if not isinstance(context, dict):
         raise err("[context] must be a table", context, "write it as a [context] table")
     for key in context:
@@ -251,18 +271,7 @@ def read_spec(root: str | Path, *, catalogue_only: bool = False) -> DatasetSpec:
     if not isinstance(fitted, bool):
         raise err("[context] fitted-on-private-rows must be true or false", fitted,
                   "remove it once the values come from public knowledge")
-    from_time_raw = context.get("from-time", [])
-    if not isinstance(from_time_raw, list):
-        raise err("[context] from-time must be a list", from_time_raw,
-                  'e.g. from-time = ["hour", "weekday", "weekend"]')
-    from_time: list[str] = []
-    for feature in from_time_raw:
-        if feature not in FROM_TIME_FEATURES:
-            raise err(f"[context] from-time entries must be one of {', '.join(FROM_TIME_FEATURES)}",
-                      feature, "remove or correct the entry")
-        if feature in from_time:
-            raise err("[context] from-time entries must not repeat", feature, "list it once")
-        from_time.append(feature)
+    from_time = _from_time(context.get("from-time", []), err)
     if from_time and time_column is None:
         raise err("[context] from-time needs [dataset] time-column", from_time,
                   "declare time-column, or remove from-time")
@@ -281,64 +290,79 @@ def read_spec(root: str | Path, *, catalogue_only: bool = False) -> DatasetSpec:
         if col_name in from_time:
             raise err(f"{where} clashes with the from-time feature of the same name", col_name,
                       "rename the column, or remove the feature from from-time")
-        period: object = None
-        extra: dict[str, Any] = {}
-        if isinstance(decl, dict):
-            for key in decl:
-                if key not in ("kind", "period", "values", "mean", "std"):
-                    raise err(f"unknown key {key!r} in {where}", key,
-                              'allowed keys are kind, period (cyclic), values (categorical), mean and std '
-                              '(numeric)')
-            kind = decl.get("kind")
-            period = decl.get("period")
-            extra = {k: decl[k] for k in ("values", "mean", "std") if k in decl}
-        else:
-            kind = decl
-        if kind not in CONTEXT_KINDS:
-            raise err(f"{where}: kind must be one of {', '.join(CONTEXT_KINDS)}", kind,
-                      f'e.g. {col_name} = "categorical", or {col_name} = '
-                      '{ kind = "cyclic", period = 24.0 }')
-        if kind == "cyclic":
-            if period is None:
-                raise err(f"{where}: cyclic columns need a period", decl,
-                          f'write {col_name} = {{ kind = "cyclic", period = <float> }}')
-            if not _is_number(period) or not math.isfinite(period) or period <= 0:
-                raise err(f"{where}: period must be a positive number", period,
-                          "e.g. period = 24.0")
-        elif period is not None:
-            raise err(f"{where}: period is only allowed for cyclic columns", period,
-                      "remove period, or use kind = \"cyclic\"")
-        values = extra.get("values")
-        if values is not None:
-            if kind != "categorical":
-                raise err(f"{where}: values is only allowed for categorical columns", values, "remove values")
-            if (not isinstance(values, list) or not values
-                    or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in values)):
-                raise err(f"{where}: values must be a non-empty list of strings", values,
-                          f'e.g. values = ["phone", "tablet"]')
-            values = tuple(str(v) for v in values)
-            if len(set(values)) != len(values):
-                raise err(f"{where}: values must not repeat", list(values), "list each value once")
-        for key in ("mean", "std"):
-            if key in extra:
-                if kind != "numeric":
-                    raise err(f"{where}: {key} is only allowed for numeric columns", extra[key], f"remove {key}")
-                if not _is_number(extra[key]) or not math.isfinite(extra[key]) or (key == "std" and extra[key] <= 0):
-                    raise err(f"{where}: {key} must be a finite number" + (" > 0" if key == "std" else ""),
-                              extra[key], f"e.g. {key} = {'1.0' if key == 'std' else '0.0'}")
-        columns.append(ContextColumn(col_name, kind, float(period) if kind == "cyclic" else None, values,
-                                     float(extra["mean"]) if "mean" in extra else None,
-                                     float(extra["std"]) if "std" in extra else None))
+        columns.append(_context_column(col_name, decl, where, err))
+    return fitted, tuple(from_time), tuple(columns)
 
-    return DatasetSpec(
-        root=root,
-        name=name,
-        interactions_file=interactions_file,
-        items_file=items_file,
-        time_column=time_column,
-        label_column=label_column,
-        min_label=min_label,
-        context_columns=tuple(columns),
-        from_time=tuple(from_time),
-        fitted=fitted,
-    )
+
+def _from_time(from_time_raw: object, err: _Err) -> list[str]:
+    """[context] from-time checked: known features, each once."""
+    if not isinstance(from_time_raw, list):
+        raise err("[context] from-time must be a list", from_time_raw,
+                  'e.g. from-time = ["hour", "weekday", "weekend"]')
+    from_time: list[str] = []
+    for feature in from_time_raw:
+        if feature not in FROM_TIME_FEATURES:
+            raise err(f"[context] from-time entries must be one of {', '.join(FROM_TIME_FEATURES)}",
+                      feature, "remove or correct the entry")
+        if feature in from_time:
+            raise err("[context] from-time entries must not repeat", feature, "list it once")
+        from_time.append(feature)
+    return from_time
+
+
+def _context_column(col_name: str, decl: object, where: str, err: _Err) -> ContextColumn:
+    """One [context] columns entry (a kind, or a table of kind, period, values, mean, std) checked."""
+    period: object = None
+    extra: dict[str, Any] = {}
+    if isinstance(decl, dict):
+        for key in decl:
+            if key not in ("kind", "period", "values", "mean", "std"):
+                raise err(f"unknown key {key!r} in {where}", key,
+                          'allowed keys are kind, period (cyclic), values (categorical), mean and std '
+                          '(numeric)')
+        kind = decl.get("kind")
+        period = decl.get("period")
+        extra = {k: decl[k] for k in ("values", "mean", "std") if k in decl}
+    else:
+        kind = decl
+    if kind not in CONTEXT_KINDS:
+        raise err(f"{where}: kind must be one of {', '.join(CONTEXT_KINDS)}", kind,
+                  f'e.g. {col_name} = "categorical", or {col_name} = '
+                  '{ kind = "cyclic", period = 24.0 }')
+    if kind == "cyclic":
+        if period is None:
+            raise err(f"{where}: cyclic columns need a period", decl,
+                      f'write {col_name} = {{ kind = "cyclic", period = <float> }}')
+        if not _is_number(period) or not math.isfinite(period) or period <= 0:
+            raise err(f"{where}: period must be a positive number", period,
+                      "e.g. period = 24.0")
+    elif period is not None:
+        raise err(f"{where}: period is only allowed for cyclic columns", period,
+                  "remove period, or use kind = \"cyclic\"")
+    values = _declared_values(extra.get("values"), kind, where, err)
+    for key in ("mean", "std"):
+        if key in extra:
+            if kind != "numeric":
+                raise err(f"{where}: {key} is only allowed for numeric columns", extra[key], f"remove {key}")
+            if not _is_number(extra[key]) or not math.isfinite(extra[key]) or (key == "std" and extra[key] <= 0):
+                raise err(f"{where}: {key} must be a finite number" + (" > 0" if key == "std" else ""),
+                          extra[key], f"e.g. {key} = {'1.0' if key == 'std' else '0.0'}")
+    return ContextColumn(col_name, kind, float(period) if kind == "cyclic" else None, values,
+                         float(extra["mean"]) if "mean" in extra else None,
+                         float(extra["std"]) if "std" in extra else None)
+
+
+def _declared_values(values: object, kind: str, where: str, err: _Err) -> tuple[str, ...] | None:
+    """A categorical column's declared vocabulary checked (None if not declared)."""
+    if values is None:
+        return None
+    if kind != "categorical":
+        raise err(f"{where}: values is only allowed for categorical columns", values, "remove values")
+    if (not isinstance(values, list) or not values
+            or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in values)):
+        raise err(f"{where}: values must be a non-empty list of strings", values,
+                  f'e.g. values = ["phone", "tablet"]')
+    values = tuple(str(v) for v in values)
+    if len(set(values)) != len(values):
+        raise err(f"{where}: values must not repeat", list(values), "list each value once")
+    return values

@@ -18,9 +18,9 @@ from scipy import sparse
 
 from common.config import Config, ConfigError
 from common.metrics import hit_and_ndcg, sample_eval_negatives
-from common.model import (DENSE_NAMES, dp_local_train, dp_warm_start_theta, ials_solve, ials_user_gradients,
-                          item_side, local_train, negative_shift, query_side, segment_outer_sum, trainable_dense,
-                          warm_start_theta)
+from common.model import (DENSE_NAMES, GroupParams, StepRule, TrainBatch, dp_local_train, dp_warm_start_theta,
+                          ials_solve, ials_user_gradients, item_side, local_train, negative_shift, query_side,
+                          segment_outer_sum, trainable_dense, warm_start_theta)
 from common.privacy import SecureGaussian
 from common.scoring import SECONDS_PER_DAY
 
@@ -302,92 +302,107 @@ def user_updates(params: Mapping[str, np.ndarray], theta: np.ndarray, store: Use
                              f"(each example's candidates are distinct items). Found {cfg.negatives}.")
     users = np.asarray(users, np.int64)
     hybrid = "items/embedding" in params
-    n_items, dim = item_h.shape[0], cfg.dim
     sizes = np.array([store.offsets[u + 1] - store.offsets[u] for u in users], np.int64)
     new_theta = np.array(theta, np.float32, copy=True)
     U = len(users)
     dense_out = {k: np.zeros((U,) + np.shape(params[k]), np.float32) for k in DENSE_NAMES}
     row_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]] = []  # flat (user, row)
     loss = np.zeros(U, np.float32)
-    K = cfg.negatives
-    shift = negative_shift(n_items, K)
+    rule = StepRule(steps=cfg.local_steps, lr=cfg.local_lr, theta_lr=cfg.theta_lr, l2=cfg.l2, loss=cfg.loss,
+                    context_l2=cfg.context_l2, neg_shift=negative_shift(item_h.shape[0], cfg.negatives))
     for group in _chunks(sizes, max_cells):
-        G = len(group)
-        L = int(sizes[group].max())
-        cand_rows, locals_, rows_list = [], [], []
-        for pos in group:
-            u = users[pos]
-            hist = store.history(u)
-            if local_dp:
-                cand = distinct_candidates(negatives, hist, n_items, K)
-            else:
-                rng = user_rng(cfg.seed, round_, store.user_keys[u], "negatives")
-                negs = rng.integers(0, n_items, size=(len(hist), K))
-                cand = np.concatenate([hist[:, None], negs], axis=1)
-            rows, inverse = np.unique(cand, return_inverse=True)
-            rows_list.append(rows)
-            locals_.append(inverse.reshape(cand.shape))
-        R = max(len(r) for r in rows_list)
-        rows = np.full((G, R), -1, np.int64)
-        row_mask = np.zeros((G, R), np.float32)
-        cand = np.zeros((G, L, K + 1), np.int32)
-        ex_mask = np.zeros((G, L), np.float32)
-        ctx = np.zeros((G, L, store.ctx.shape[1]), np.float32)
-        for g, pos in enumerate(group):
-            u = users[pos]
-            r = rows_list[g]
-            rows[g, : len(r)] = r
-            row_mask[g, : len(r)] = 1.0
-            n = sizes[pos]
-            cand[g, :n] = locals_[g]
-            ex_mask[g, :n] = 1.0
-            ctx[g, :n] = store.ctx[store.offsets[u]: store.offsets[u + 1]]
+        rows, batch = _group_batch(store, users[group], sizes[group], item_h, cfg, round_,
+                                   negatives if local_dp else None)
         safe_rows = np.where(rows >= 0, rows, 0)
-        rows_h = item_h[safe_rows]
-        dense0 = {k: np.broadcast_to(np.asarray(params[k], np.float32), (G,) + np.shape(params[k]))
-                  for k in DENSE_NAMES}
-        emb0 = params["items/embedding"][safe_rows] if hybrid else None
-        bias0 = params["items/bias"][safe_rows] if hybrid else None
+        start = GroupParams({k: np.broadcast_to(np.asarray(params[k], np.float32), (len(group),) + np.shape(params[k]))
+                             for k in DENSE_NAMES}, new_theta[group],
+                            params["items/embedding"][safe_rows] if hybrid else None,
+                            params["items/bias"][safe_rows] if hybrid else None)
         if local_dp:
-            steps = cfg.local_steps
-            shapes = {k: (steps, G) + np.shape(params[k]) for k in trainable_dense(cfg.loss)}
-            if hybrid:  # the last step's row noise stays pending (UserUpdates draws it, summed over users)
-                shapes["items/embedding"], shapes["items/bias"] = (steps - 1, G, R, dim), (steps - 1, G, R)
-            if cfg.local_dp_theta:
-                shapes["theta"] = (steps, G, dim)
-            d1, th1, emb1, bias1, loss[group] = dp_local_train(
-                dense0, new_theta[group], emb0, bias0, rows_h, ctx, cand, ex_mask,
-                {k: noise.normal(1.0, v) for k, v in shapes.items()}, steps=steps,
-                lr=cfg.local_lr, theta_lr=cfg.theta_lr, l2=cfg.l2, clip=cfg.local_clip_norm,
-                noise_std=cfg.local_noise_multiplier * cfg.local_clip_norm, denominator=cfg.local_denominator,
-                dp_theta=cfg.local_dp_theta, loss=cfg.loss, context_l2=cfg.context_l2, neg_shift=shift)
+            out, loss[group] = dp_local_train(start, batch, rule, _dp_noise(noise, params, cfg, rows.shape),
+                                              clip=cfg.local_clip_norm,
+                                              noise_std=cfg.local_noise_multiplier * cfg.local_clip_norm,
+                                              denominator=cfg.local_denominator, dp_theta=cfg.local_dp_theta)
         else:
-            d1, th1, emb1, bias1, loss[group] = local_train(
-                dense0, new_theta[group], emb0, bias0, rows_h, row_mask, ctx, cand, ex_mask,
-                steps=cfg.local_steps, lr=cfg.local_lr, theta_lr=cfg.theta_lr, l2=cfg.l2, clip=cfg.local_grad_clip,
-                loss=cfg.loss, optimizer=cfg.local_optimizer, context_l2=cfg.context_l2, neg_shift=shift)
+            out, loss[group] = local_train(start, batch, rule, clip=cfg.local_grad_clip, optimizer=cfg.local_optimizer)
         for k in DENSE_NAMES:
-            dense_out[k][group] = d1[k] - dense0[k]
-        new_theta[group] = th1
+            dense_out[k][group] = out.dense[k] - start.dense[k]
+        new_theta[group] = out.theta
         real = rows >= 0
         row_parts.append((np.broadcast_to(group[:, None], rows.shape)[real], rows[real],
-                          (emb1 - emb0)[real] if hybrid else None, (bias1 - bias0)[real] if hybrid else None))
+                          (out.rows_emb - start.rows_emb)[real] if hybrid else None,
+                          (out.rows_bias - start.rows_bias)[real] if hybrid else None))
+    return _gathered_updates(dense_out, row_parts, loss, sizes, cfg, hybrid, local_dp, noise), new_theta
 
+
+def _group_batch(store: UserStore, users: np.ndarray, sizes: np.ndarray, item_h: np.ndarray, cfg: Config,
+                 round_: int, negatives: SecureGaussian | None) -> tuple[np.ndarray, TrainBatch]:
+    """One chunk's G users as a padded batch: (rows [G, R] the global item of each user's rows, -1 padding; the
+    batch). Negatives: K uniform items per example from the user's seeded stream, or (negatives given: local DP)
+    K distinct ones from that source."""
+    n_items, K = item_h.shape[0], cfg.negatives
+    locals_, rows_list = [], []
+    for u in users:
+        hist = store.history(u)
+        if negatives is not None:
+            cand = distinct_candidates(negatives, hist, n_items, K)
+        else:
+            rng = user_rng(cfg.seed, round_, store.user_keys[u], "negatives")
+            negs = rng.integers(0, n_items, size=(len(hist), K))
+            cand = np.concatenate([hist[:, None], negs], axis=1)
+        rows, inverse = np.unique(cand, return_inverse=True)
+        rows_list.append(rows)
+        locals_.append(inverse.reshape(cand.shape))
+    G, L, R = len(users), int(sizes.max()), max(len(r) for r in rows_list)
+    rows = np.full((G, R), -1, np.int64)
+    row_mask = np.zeros((G, R), np.float32)
+    cand = np.zeros((G, L, K + 1), np.int32)
+    ex_mask = np.zeros((G, L), np.float32)
+    ctx = np.zeros((G, L, store.ctx.shape[1]), np.float32)
+    for g, u in enumerate(users):
+        r = rows_list[g]
+        rows[g, : len(r)] = r
+        row_mask[g, : len(r)] = 1.0
+        n = sizes[g]
+        cand[g, :n] = locals_[g]
+        ex_mask[g, :n] = 1.0
+        ctx[g, :n] = store.ctx[store.offsets[u]: store.offsets[u + 1]]
+    rows_h = item_h[np.where(rows >= 0, rows, 0)]
+    return rows, TrainBatch(rows_h=rows_h, ctx=ctx, cand=cand, ex_mask=ex_mask, row_mask=row_mask)
+
+
+def _dp_noise(noise: SecureGaussian, params: Mapping[str, np.ndarray], cfg: Config, rows_shape: tuple[int, int]
+              ) -> dict[str, np.ndarray]:
+    """Standard normals for `dp_local_train` of G users with R rows each (rows_shape (G, R)): per step for each
+    trained dense parameter, the item rows (all steps but the last: `UserUpdates` draws that one, summed over
+    users) and theta (local-dp-theta)."""
+    steps, (G, R) = cfg.local_steps, rows_shape
+    shapes = {k: (steps, G) + np.shape(params[k]) for k in trainable_dense(cfg.loss)}
+    if "items/embedding" in params:  # the last step's row noise stays pending (UserUpdates draws it)
+        shapes["items/embedding"], shapes["items/bias"] = (steps - 1, G, R, cfg.dim), (steps - 1, G, R)
+    if cfg.local_dp_theta:
+        shapes["theta"] = (steps, G, cfg.dim)
+    return {k: noise.normal(1.0, v) for k, v in shapes.items()}
+
+
+def _gathered_updates(dense_out: dict[str, np.ndarray], row_parts: list[tuple], loss: np.ndarray, sizes: np.ndarray,
+                      cfg: Config, hybrid: bool, local_dp: bool, noise: SecureGaussian | None) -> UserUpdates:
+    """The chunks' results as one `UserUpdates` (under local DP with item rows, the std of the rows' pending
+    noise: one DP-SGD step moves a row by -lr * noise / B (B public); untouched rows by every step's)."""
     def cat(i: int, empty: np.ndarray) -> np.ndarray:
         return _concat_parts(row_parts, i, empty)
 
     row_user, rows_flat = cat(0, np.zeros(0, np.int64)), cat(1, np.zeros(0, np.int64))
-    emb_flat = cat(2, np.zeros((0, dim), np.float32)) if hybrid else None
+    emb_flat = cat(2, np.zeros((0, cfg.dim), np.float32)) if hybrid else None
     bias_flat = cat(3, np.zeros(0, np.float32)) if hybrid else None
     untouched = touched = None
-    if local_dp and hybrid:  # one DP-SGD step moves a row by -lr * noise / B (B public); untouched rows by every step's
-        per_step = np.full(U, cfg.local_lr * cfg.local_noise_multiplier * cfg.local_clip_norm / cfg.local_denominator,
-                           np.float64)
+    if local_dp and hybrid:
+        per_step = np.full(len(loss), cfg.local_lr * cfg.local_noise_multiplier * cfg.local_clip_norm
+                           / cfg.local_denominator, np.float64)
         untouched, touched = np.sqrt(cfg.local_steps) * per_step, per_step
-    updates = UserUpdates(dense=dense_out, row_user=row_user, rows=rows_flat, rows_emb=emb_flat, rows_bias=bias_flat,
-                          loss=loss, n_examples=sizes.astype(np.int64), untouched_std=untouched,
-                          touched_std=touched, noise=noise)
-    return updates, new_theta
+    return UserUpdates(dense=dense_out, row_user=row_user, rows=rows_flat, rows_emb=emb_flat, rows_bias=bias_flat,
+                       loss=loss, n_examples=sizes.astype(np.int64), untouched_std=untouched,
+                       touched_std=touched, noise=noise)
 
 
 def _concat_parts(parts: list[tuple], i: int, empty: np.ndarray) -> np.ndarray:

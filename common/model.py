@@ -28,6 +28,9 @@ from common.scoring import (CONTEXT_NAMES, DENSE_NAMES, ITEM_NAMES, SHIFT_INVARI
 
 __all__ = [
     "ModelShape",
+    "GroupParams",
+    "TrainBatch",
+    "StepRule",
     "DENSE_NAMES",
     "CONTEXT_NAMES",
     "ITEM_NAMES",
@@ -182,50 +185,125 @@ def context_penalty(dense: Mapping[str, tf.Tensor]) -> tf.Tensor:
                      for k in CONTEXT_NAMES])
 
 
-def group_loss(dense, theta, rows_emb, rows_bias, rows_h, row_mask, ctx, cand, ex_mask, l2, loss="bce",
-               context_l2=0.0, neg_shift=0.0):
+@dataclass(frozen=True)
+class GroupParams:
+    """G users' own copies of the parameters local training moves (numpy arrays, or tensors inside TensorFlow).
+
+    dense {name: [G, ...]} (DENSE_NAMES, e.g. tower/kernel [G, text_dim, dim]); theta [G, dim] the private user
+    vectors; rows_emb [G, R, dim] and rows_bias [G, R] the item rows the users' examples touch (hybrid model),
+    else None.
+    """
+
+    dense: Mapping[str, np.ndarray]
+    theta: np.ndarray
+    rows_emb: np.ndarray | None = None
+    rows_bias: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class TrainBatch:
+    """G users' examples, each user's padded to L examples and R item rows.
+
+    rows_h [G, R, text_dim] the text vectors of each user's item rows; ctx [G, L, context_dim]; cand
+    [G, L, 1 + negatives] int, indexes into the user's R rows (column 0 the engaged item); ex_mask [G, L] the
+    weight of each example (1 real, 0 padding); row_mask [G, R] 1 for real rows (`local_train` needs it;
+    `dp_local_train` does not use it).
+    """
+
+    rows_h: np.ndarray
+    ctx: np.ndarray
+    cand: np.ndarray
+    ex_mask: np.ndarray
+    row_mask: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class StepRule:
+    """How local training steps: `steps` full-batch steps of size lr (shared parameters and item rows) and
+    theta_lr (theta_u); l2 weighs |theta_u|^2 and the touched item rows' squares, context_l2 the
+    `context_penalty`; loss "bce" or "softmax"; neg_shift the sampled softmax's correction (`negative_shift`)."""
+
+    steps: int
+    lr: float
+    theta_lr: float
+    l2: float
+    loss: str = "bce"
+    context_l2: float = 0.0
+    neg_shift: float = 0.0
+
+
+def group_loss(params: GroupParams, batch: TrainBatch, l2, loss="bce", context_l2=0.0, neg_shift=0.0):
     """Per-group loss [G]: mean candidate loss over the group's examples + l2 * (|theta|^2 + touched item rows)
-    + context_l2 * context_penalty."""
+    + context_l2 * context_penalty. params and batch hold tensors (row_mask needed for the hybrid model)."""
+    theta, cand = params.theta, batch.cand
     theta_ex = tf.broadcast_to(theta[:, None, :], tf.concat([tf.shape(cand)[:2], tf.shape(theta)[1:]], 0))
-    logits = group_logits(dense, theta_ex, ctx, rows_h, rows_emb, rows_bias, cand)
-    per_example = candidate_loss(logits, loss, neg_shift) * ex_mask
-    n = tf.maximum(tf.reduce_sum(ex_mask, axis=1), 1.0)
+    logits = group_logits(params.dense, theta_ex, batch.ctx, batch.rows_h, params.rows_emb, params.rows_bias, cand)
+    per_example = candidate_loss(logits, loss, neg_shift) * batch.ex_mask
+    n = tf.maximum(tf.reduce_sum(batch.ex_mask, axis=1), 1.0)
     loss = tf.reduce_sum(per_example, axis=1) / n
     reg = tf.reduce_sum(tf.square(theta), axis=1)
-    if rows_emb is not None:
-        reg += tf.reduce_sum((tf.reduce_sum(tf.square(rows_emb), -1) + tf.square(rows_bias)) * row_mask, 1)
-    return loss + l2 * reg + context_l2 * context_penalty(dense)
+    if params.rows_emb is not None:
+        reg += tf.reduce_sum((tf.reduce_sum(tf.square(params.rows_emb), -1) + tf.square(params.rows_bias))
+                             * batch.row_mask, 1)
+    return loss + l2 * reg + context_l2 * context_penalty(params.dense)
+
+
+def _as_tensors(start: GroupParams, batch: TrainBatch, fields: tuple[str, ...]) -> tuple[dict, dict]:
+    """start and the named fields of batch as nests of float32 tensors (cand int32) for a tf.function; the item
+    rows of a model without them are zeros (the tf.function ignores them), so every call has the same structure."""
+    G, R = np.shape(batch.rows_h)[:2]
+    hybrid = start.rows_emb is not None
+    emb = start.rows_emb if hybrid else np.zeros((G, R, start.theta.shape[1]), np.float32)
+    bias = start.rows_bias if hybrid else np.zeros((G, R), np.float32)
+    params = {"dense": {k: tf.constant(v, tf.float32) for k, v in start.dense.items()},
+              "theta": tf.constant(start.theta, tf.float32), "rows_emb": tf.constant(emb, tf.float32),
+              "rows_bias": tf.constant(bias, tf.float32)}
+    data = {k: tf.constant(getattr(batch, k), tf.int32 if k == "cand" else tf.float32) for k in fields}
+    return params, data
+
+
+def _as_numpy(dense: Mapping[str, tf.Tensor], theta: tf.Tensor, emb: tf.Tensor, bias: tf.Tensor, loss: tf.Tensor,
+              hybrid: bool) -> tuple[GroupParams, np.ndarray]:
+    """A tf.function's trained copies and losses [G] as numpy (item rows None for a model without them)."""
+    return (GroupParams({k: v.numpy() for k, v in dense.items()}, theta.numpy(), emb.numpy() if hybrid else None,
+                        bias.numpy() if hybrid else None), loss.numpy())
 
 
 @tf.function(reduce_retracing=True, autograph=False)
-def _local_train_tf(dense, theta, rows_emb, rows_bias, rows_h, row_mask, ctx, cand, ex_mask,
-                    steps, lr, theta_lr, l2, clip, hybrid, adam, loss_kind, context_l2, neg_shift):
-    """Full-batch SGD or Adam on each group's own loss; groups never share a gradient."""
-    names = sorted(dense)
+def _local_train_tf(start, batch, rates, steps, hybrid, adam, loss_kind):
+    """Full-batch SGD or Adam on each group's own loss; groups never share a gradient.
+
+    start, batch: `GroupParams` and `TrainBatch` fields as dicts of tensors; rates: lr, theta_lr, l2, clip,
+    context_l2, neg_shift (scalar tensors). steps, hybrid, adam, loss_kind: Python values (one trace each).
+    """
+    data = TrainBatch(**batch)
+    names = sorted(start["dense"])
     frozen = set(names) - set(trainable_dense(loss_kind))
-    vars_ = [dense[k] for k in names] + [theta]
+    vars_ = [start["dense"][k] for k in names] + [start["theta"]]
     if hybrid:
-        vars_ += [rows_emb, rows_bias]
+        vars_ += [start["rows_emb"], start["rows_bias"]]
+
+    def loss_of(vars_):  # [G]
+        emb, bias = (vars_[-2], vars_[-1]) if hybrid else (None, None)
+        copies = GroupParams(dict(zip(names, vars_[: len(names)])), vars_[len(names)], emb, bias)
+        return group_loss(copies, data, rates["l2"], loss_kind, rates["context_l2"], rates["neg_shift"])
+
     m = [tf.zeros_like(v) for v in vars_]
     v2 = [tf.zeros_like(v) for v in vars_]
     b1, b2, eps = 0.9, 0.999, 1e-8
     for t in range(1, steps + 1):
         with tf.GradientTape() as tape:
             tape.watch(vars_)
-            d = dict(zip(names, vars_[: len(names)]))
-            th = vars_[len(names)]
-            emb, bias = (vars_[-2], vars_[-1]) if hybrid else (None, None)
-            loss = tf.reduce_sum(group_loss(d, th, emb, bias, rows_h, row_mask, ctx, cand, ex_mask, l2, loss_kind,
-                                            context_l2, neg_shift))
+            loss = tf.reduce_sum(loss_of(vars_))
         grads = tape.gradient(loss, vars_)
         grads = [tf.zeros_like(g) if i < len(names) and names[i] in frozen else g for i, g in enumerate(grads)]
         # each user's gradient (all its variables together) is clipped to L2 norm <= clip
         sq = tf.add_n([tf.reduce_sum(tf.reshape(tf.square(g), [tf.shape(g)[0], -1]), axis=1) for g in grads])
-        scale = tf.minimum(1.0, clip / tf.maximum(tf.sqrt(sq), 1e-12))
+        scale = tf.minimum(1.0, rates["clip"] / tf.maximum(tf.sqrt(sq), 1e-12))
         grads = [g * tf.reshape(scale, tf.concat([[-1], tf.ones([tf.rank(g) - 1], tf.int32)], 0)) for g in grads]
         new_vars = []
         for i, (var, g) in enumerate(zip(vars_, grads)):
-            step_size = theta_lr if i == len(names) else lr
+            step_size = rates["theta_lr"] if i == len(names) else rates["lr"]
             if not adam:
                 new_vars.append(var - step_size * g)
                 continue
@@ -235,50 +313,80 @@ def _local_train_tf(dense, theta, rows_emb, rows_bias, rows_h, row_mask, ctx, ca
             vhat = v2[i] / (1 - b2 ** t)
             new_vars.append(var - step_size * mhat / (tf.sqrt(vhat) + eps))
         vars_ = new_vars
-    out_dense = dict(zip(names, vars_[: len(names)]))
-    out_theta = vars_[len(names)]
-    out_emb, out_bias = (vars_[-2], vars_[-1]) if hybrid else (rows_emb, rows_bias)
-    final_loss = group_loss(out_dense, out_theta, out_emb if hybrid else None, out_bias if hybrid else None,
-                            rows_h, row_mask, ctx, cand, ex_mask, l2, loss_kind, context_l2, neg_shift)
-    return out_dense, out_theta, out_emb, out_bias, final_loss
+    out_emb, out_bias = (vars_[-2], vars_[-1]) if hybrid else (start["rows_emb"], start["rows_bias"])
+    return dict(zip(names, vars_[: len(names)])), vars_[len(names)], out_emb, out_bias, loss_of(vars_)
 
 
-def local_train(dense: Mapping[str, np.ndarray], theta: np.ndarray, rows_emb: np.ndarray | None,
-                rows_bias: np.ndarray | None, rows_h: np.ndarray, row_mask: np.ndarray, ctx: np.ndarray,
-                cand: np.ndarray, ex_mask: np.ndarray, *, steps: int, lr: float, theta_lr: float,
-                l2: float, clip: float = float("inf"), optimizer: str = "sgd", loss: str = "bce",
-                context_l2: float = 0.0, neg_shift: float = 0.0):
-    """Train G users' copies for `steps` full-batch steps of SGD or Adam; returns the final copies.
+def local_train(start: GroupParams, batch: TrainBatch, rule: StepRule, *, clip: float = float("inf"),
+                optimizer: str = "sgd") -> tuple[GroupParams, np.ndarray]:
+    """Train G users' copies for rule.steps full-batch steps of SGD or Adam ("sgd" | "adam"); returns the final
+    copies and the loss [G] of the final parameters.
 
-    dense: {name: [G, ...]}; theta [G, dim]; rows_* [G, R, ...] the items each user's examples
-    touch (row_mask [G, R] marks real rows); ctx [G, L, context_dim]; cand [G, L, 1+negatives]
-    (column 0 the engaged item); ex_mask [G, L] marks real examples. Every step, each user's
-    gradient is clipped to L2 norm <= clip (all of the user's variables together).
-    neg_shift: the sampled softmax's correction (`negative_shift`).
-    Returns (dense [G, ...], theta [G, dim], rows_emb [G, R, dim] | None, rows_bias [G, R] | None,
-    loss [G] of the final parameters).
+    Every step, each user's gradient is clipped to L2 norm <= clip (all of the user's variables together).
+    batch.row_mask is required (it weighs the item rows' L2 penalty).
     """
-    hybrid = rows_emb is not None
-    G, R = row_mask.shape
-    emb = rows_emb if hybrid else np.zeros((G, R, theta.shape[1]), np.float32)
-    bias = rows_bias if hybrid else np.zeros((G, R), np.float32)
-    out = _local_train_tf(
-        {k: tf.constant(v, tf.float32) for k, v in dense.items()}, tf.constant(theta, tf.float32),
-        tf.constant(emb, tf.float32), tf.constant(bias, tf.float32), tf.constant(rows_h, tf.float32),
-        tf.constant(row_mask, tf.float32), tf.constant(ctx, tf.float32), tf.constant(cand, tf.int32),
-        tf.constant(ex_mask, tf.float32), int(steps), tf.constant(lr, tf.float32),
-        tf.constant(theta_lr, tf.float32),
-        tf.constant(l2, tf.float32), tf.constant(min(clip, 3.0e38), tf.float32), hybrid, optimizer == "adam", loss,
-        tf.constant(context_l2, tf.float32), tf.constant(neg_shift, tf.float32))
-    d, th, e, b, final_loss = out
-    return ({k: v.numpy() for k, v in d.items()}, th.numpy(),
-            e.numpy() if hybrid else None, b.numpy() if hybrid else None, final_loss.numpy())
+    if batch.row_mask is None:
+        raise ValueError("batch.row_mask: local_train needs it (1 for each user's real item rows). Found None.")
+    params, data = _as_tensors(start, batch, ("rows_h", "row_mask", "ctx", "cand", "ex_mask"))
+    rates = {"lr": rule.lr, "theta_lr": rule.theta_lr, "l2": rule.l2, "clip": min(clip, 3.0e38),
+             "context_l2": rule.context_l2, "neg_shift": rule.neg_shift}
+    hybrid = start.rows_emb is not None
+    out = _local_train_tf(params, data, {k: tf.constant(v, tf.float32) for k, v in rates.items()}, int(rule.steps),
+                          hybrid, optimizer == "adam", rule.loss)
+    return _as_numpy(*out, hybrid)
+
+
+def _per_example(v: tf.Tensor, G: tf.Tensor, L: tf.Tensor, extra: tf.Tensor) -> tf.Tensor:
+    """[G, ...] -> [G*L, ...] one copy per example (extra: the trailing shape)."""
+    ex = tf.broadcast_to(v[:, None], tf.concat([[G, L], tf.shape(v)[1:]], 0))
+    return tf.reshape(ex, tf.concat([[G * L], extra], 0))
+
+
+def _example_view(batch: Mapping[str, tf.Tensor]) -> dict:
+    """A batch's examples as their own groups: G, L, C, R (sizes), n [G] (examples per group, >= 1), flat_mask
+    [G*L], rows_h [G*L, C, text_dim] (each example's candidates), ctx [G*L, 1, context_dim], local [G*L, 1, C]
+    (the candidates' rows in the example's group), seg [G*L*C] (the user's row of each candidate slot, in G*R)."""
+    rows_h, cand, ex_mask = batch["rows_h"], batch["cand"], batch["ex_mask"]
+    G, L, C = tf.shape(cand)[0], tf.shape(cand)[1], tf.shape(cand)[2]
+    R = tf.shape(rows_h)[1]
+    return {
+        "G": G, "L": L, "C": C, "R": R, "cand": cand,
+        "n": tf.maximum(tf.reduce_sum(ex_mask, axis=1), 1.0),
+        "flat_mask": tf.reshape(ex_mask, [-1]),
+        "rows_h": tf.reshape(tf.gather(rows_h, cand, batch_dims=1), tf.concat([[G * L, C], tf.shape(rows_h)[2:]], 0)),
+        "ctx": tf.reshape(batch["ctx"], [G * L, 1, -1]),
+        "local": tf.broadcast_to(tf.range(C)[None, None, :], [G * L, 1, C]),
+        "seg": tf.reshape(tf.range(G)[:, None, None] * R + cand, [-1]),
+    }
+
+
+def _example_gradients(dense, theta, rows_emb, rows_bias, ex, train_names, rates, hybrid, dp_theta, loss_kind):
+    """One step's per-example gradients [G*L, ...] of (train_names..., theta, [rows_emb, rows_bias]), each
+    example's clip factor [G*L] (0 for padding) and the step's mean example loss [G] (before the update)."""
+    G, L, C, flat_mask = ex["G"], ex["L"], ex["C"], ex["flat_mask"]
+    d_ex = {k: _per_example(dense[k], G, L, tf.shape(dense[k])[1:]) for k in sorted(dense)}
+    th_ex = tf.reshape(_per_example(theta, G, L, tf.shape(theta)[1:]), [G * L, 1, -1])
+    emb_ex = tf.reshape(tf.gather(rows_emb, ex["cand"], batch_dims=1), [G * L, C, -1])
+    bias_ex = tf.reshape(tf.gather(rows_bias, ex["cand"], batch_dims=1), [G * L, C])
+    watched = [d_ex[k] for k in train_names] + [th_ex] + ([emb_ex, bias_ex] if hybrid else [])
+    with tf.GradientTape() as tape:
+        tape.watch(watched)
+        logits = group_logits(d_ex, th_ex, ex["ctx"], ex["rows_h"], emb_ex if hybrid else None,
+                              bias_ex if hybrid else None, ex["local"])[:, 0, :]  # [G*L, C]
+        per_ex = candidate_loss(logits, loss_kind, rates["neg_shift"])
+        if hybrid:  # the candidate rows' L2 penalty belongs to the example (clipped with it)
+            per_ex += rates["l2"] * (tf.reduce_sum(tf.square(emb_ex), [1, 2]) + tf.reduce_sum(tf.square(bias_ex), 1))
+        total = tf.reduce_sum(per_ex * flat_mask)
+    step_loss = tf.reduce_sum(tf.reshape(per_ex * flat_mask, [G, L]), axis=1) / ex["n"]  # [G] mean example loss
+    grads = tape.gradient(total, watched)
+    clipped = grads if dp_theta else [g for i, g in enumerate(grads) if i != len(train_names)]
+    sq = tf.add_n([tf.reduce_sum(tf.reshape(tf.square(g), [G * L, -1]), 1) for g in clipped])
+    factor = tf.minimum(1.0, rates["clip"] / tf.maximum(tf.sqrt(sq), 1e-12)) * flat_mask  # [G*L]
+    return grads, factor, step_loss
 
 
 @tf.function(reduce_retracing=True, autograph=False)
-def _dp_local_train_tf(dense, theta, rows_emb, rows_bias, rows_h, ctx, cand, ex_mask, noise,
-                       steps, row_noise_steps, lr, theta_lr, l2, clip, noise_std, denominator, hybrid, dp_theta,
-                       loss_kind, context_l2, neg_shift):
+def _dp_local_train_tf(start, batch, noise, rates, steps, row_noise_steps, hybrid, dp_theta, loss_kind):
     """DP-SGD (Abadi et al. 2016) on each group's examples, full batch: every example's gradient of the
     shared parameters (and of theta_u if dp_theta) is clipped to L2 norm <= clip, the clipped gradients
     are summed, N(0, noise_std^2) is added to every coordinate (noise: standard normals per step),
@@ -287,66 +395,43 @@ def _dp_local_train_tf(dense, theta, rows_emb, rows_bias, rows_h, ctx, cand, ex_
 
     Per-example gradients come from the same formula (`group_logits`) with one parameter copy per
     example: example (g, l) becomes its own group whose item rows are its own candidates.
+    start, batch: `GroupParams` and `TrainBatch` fields as dicts of tensors; rates: lr, theta_lr, l2, clip,
+    noise_std, denominator, context_l2, neg_shift (scalar tensors); the rest Python values.
     """
-    names = sorted(dense)
-    train_names = [k for k in names if k in trainable_dense(loss_kind)]
-    G, L, C = tf.shape(cand)[0], tf.shape(cand)[1], tf.shape(cand)[2]
-    R = tf.shape(rows_h)[1]
-    n = tf.maximum(tf.reduce_sum(ex_mask, axis=1), 1.0)  # [G]
-    flat_mask = tf.reshape(ex_mask, [-1])
-    rows_h_ex = tf.reshape(tf.gather(rows_h, cand, batch_dims=1), tf.concat([[G * L, C], tf.shape(rows_h)[2:]], 0))
-    ctx_ex = tf.reshape(ctx, [G * L, 1, -1])
-    local = tf.broadcast_to(tf.range(C)[None, None, :], [G * L, 1, C])
-    seg = tf.reshape(tf.range(G)[:, None, None] * R + cand, [-1])  # the group's row of each candidate slot
-
-    def per_example(v, extra):  # [G, ...] -> [G*L, ...] one copy per example
-        ex = tf.broadcast_to(v[:, None], tf.concat([[G, L], tf.shape(v)[1:]], 0))
-        return tf.reshape(ex, tf.concat([[G * L], extra], 0))
-
+    dense, theta, rows_emb, rows_bias = start["dense"], start["theta"], start["rows_emb"], start["rows_bias"]
+    lr, theta_lr, noise_std = rates["lr"], rates["theta_lr"], rates["noise_std"]
+    train_names = [k for k in sorted(dense) if k in trainable_dense(loss_kind)]
+    ex = _example_view(batch)
+    G, L, n = ex["G"], ex["L"], ex["n"]
     for t in range(steps):
-        d_ex = {k: per_example(dense[k], tf.shape(dense[k])[1:]) for k in names}
-        th_ex = tf.reshape(per_example(theta, tf.shape(theta)[1:]), [G * L, 1, -1])
-        emb_ex = tf.reshape(tf.gather(rows_emb, cand, batch_dims=1), [G * L, C, -1])
-        bias_ex = tf.reshape(tf.gather(rows_bias, cand, batch_dims=1), [G * L, C])
-        watched = [d_ex[k] for k in train_names] + [th_ex] + ([emb_ex, bias_ex] if hybrid else [])
-        with tf.GradientTape() as tape:
-            tape.watch(watched)
-            logits = group_logits(d_ex, th_ex, ctx_ex, rows_h_ex, emb_ex if hybrid else None,
-                                  bias_ex if hybrid else None, local)[:, 0, :]  # [G*L, C]
-            per_ex = candidate_loss(logits, loss_kind, neg_shift)
-            if hybrid:  # the candidate rows' L2 penalty belongs to the example (clipped with it)
-                per_ex += l2 * (tf.reduce_sum(tf.square(emb_ex), [1, 2]) + tf.reduce_sum(tf.square(bias_ex), 1))
-            total = tf.reduce_sum(per_ex * flat_mask)
-        step_loss = tf.reduce_sum(tf.reshape(per_ex * flat_mask, [G, L]), axis=1) / n  # [G] mean example loss
-        grads = tape.gradient(total, watched)
-        clipped = grads if dp_theta else [g for i, g in enumerate(grads) if i != len(train_names)]
-        sq = tf.add_n([tf.reduce_sum(tf.reshape(tf.square(g), [G * L, -1]), 1) for g in clipped])
-        factor = tf.minimum(1.0, clip / tf.maximum(tf.sqrt(sq), 1e-12)) * flat_mask  # [G*L]
+        grads, factor, step_loss = _example_gradients(dense, theta, rows_emb, rows_bias, ex, train_names, rates,
+                                                      hybrid, dp_theta, loss_kind)
 
         def summed(g, clip_it):  # per-example [G*L, ...] -> [G, ...] sum of (clipped) gradients
-            w = factor if clip_it else flat_mask
+            w = factor if clip_it else ex["flat_mask"]
             g = g * tf.reshape(w, tf.concat([[-1], tf.ones([tf.rank(g) - 1], tf.int32)], 0))
             return tf.reduce_sum(tf.reshape(g, tf.concat([[G, L], tf.shape(g)[1:]], 0)), axis=1)
 
         def step(v, g_sum, z, size):  # z None: this step's noise is left to the caller
             g_sum = g_sum if z is None else g_sum + noise_std * z
-            return v - size * g_sum / denominator
+            return v - size * g_sum / rates["denominator"]
 
         new_dense = dict(dense)
         for i, k in enumerate(train_names):
             new_dense[k] = step(dense[k], summed(grads[i], True), noise[k][t], lr)
             if k in CONTEXT_NAMES:  # weight decay: a function of the parameters alone, outside the clipped sum
-                new_dense[k] -= lr * 2.0 * context_l2 * dense[k]
+                new_dense[k] -= lr * 2.0 * rates["context_l2"] * dense[k]
         g_theta = tf.reshape(summed(grads[len(train_names)], dp_theta), tf.shape(theta))
         if dp_theta:
             theta = step(theta, g_theta, noise["theta"][t], theta_lr)
         else:  # plain gradient of the mean loss (theta_u never leaves the device)
-            theta = theta - theta_lr * (g_theta / n[:, None] + 2.0 * l2 * theta)
+            theta = theta - theta_lr * (g_theta / n[:, None] + 2.0 * rates["l2"] * theta)
         if hybrid:
             g_emb, g_bias = grads[-2], grads[-1]
             w = tf.reshape(factor, [G * L, 1])
-            e_sum = tf.math.unsorted_segment_sum(tf.reshape(g_emb * w[..., None], [G * L * C, -1]), seg, G * R)
-            b_sum = tf.math.unsorted_segment_sum(tf.reshape(g_bias * w, [-1]), seg, G * R)
+            e_sum = tf.math.unsorted_segment_sum(tf.reshape(g_emb * w[..., None], [G * L * ex["C"], -1]), ex["seg"],
+                                                 G * ex["R"])
+            b_sum = tf.math.unsorted_segment_sum(tf.reshape(g_bias * w, [-1]), ex["seg"], G * ex["R"])
             noisy = t < row_noise_steps  # a Python int: static (a relaxed traced shape could be None)
             rows_emb = step(rows_emb, tf.reshape(e_sum, tf.shape(rows_emb)),
                             noise["items/embedding"][t] if noisy else None, lr)
@@ -356,41 +441,34 @@ def _dp_local_train_tf(dense, theta, rows_emb, rows_bias, rows_h, ctx, cand, ex_
     return dense, theta, rows_emb, rows_bias, step_loss
 
 
-def dp_local_train(dense: Mapping[str, np.ndarray], theta: np.ndarray, rows_emb: np.ndarray | None,
-                   rows_bias: np.ndarray | None, rows_h: np.ndarray, ctx: np.ndarray, cand: np.ndarray,
-                   ex_mask: np.ndarray, noise: Mapping[str, np.ndarray], *, steps: int, lr: float,
-                   theta_lr: float, l2: float, clip: float, noise_std: float, denominator: float,
-                   dp_theta: bool = False, loss: str = "softmax", context_l2: float = 0.0, neg_shift: float = 0.0):
-    """Local DP-SGD of G users' copies (see `_dp_local_train_tf`); shapes as in `local_train`.
+def dp_local_train(start: GroupParams, batch: TrainBatch, rule: StepRule, noise: Mapping[str, np.ndarray], *,
+                   clip: float, noise_std: float, denominator: float,
+                   dp_theta: bool = False) -> tuple[GroupParams, np.ndarray]:
+    """Local DP-SGD of G users' copies (see `_dp_local_train_tf`); batch.row_mask is not used.
 
     Every example's candidates must be distinct item rows (so a clipped example moves each row once).
     noise: standard normals per step, {name: [steps, G, ...]} for each trained dense parameter,
     "items/embedding" [S, G, R, dim] and "items/bias" [S, G, R] (hybrid), "theta" (dp_theta). The item
     rows get noise in the first S steps only: S = steps - 1 leaves the last step's row noise to the caller
     (exact: nothing computed here depends on it; `common.federated` draws it summed over users).
-    denominator: the public constant each step's noisy sum is divided by.
-    Returns (dense, theta, rows_emb | None, rows_bias | None, loss [G]); loss is the mean example loss
-    of the last step's forward pass (before its update; steps=0 is not allowed).
+    clip: each example's gradient L2 bound; noise_std: the noise's std per coordinate; denominator: the public
+    constant each step's noisy sum is divided by.
+    Returns (the trained copies, loss [G]); loss is the mean example loss of the last step's forward pass
+    (before its update; steps=0 is not allowed).
     """
-    if steps < 1:
-        raise ValueError(f"steps: must be >= 1. Found {steps}.")
+    if rule.steps < 1:
+        raise ValueError(f"steps: must be >= 1. Found {rule.steps}.")
     if not denominator > 0:
         raise ValueError(f"denominator: must be > 0. Found {denominator}.")
-    hybrid = rows_emb is not None
-    G, R = rows_h.shape[:2]
-    emb = rows_emb if hybrid else np.zeros((G, R, theta.shape[1]), np.float32)
-    bias = rows_bias if hybrid else np.zeros((G, R), np.float32)
-    d, th, e, b, loss_g = _dp_local_train_tf(
-        {k: tf.constant(v, tf.float32) for k, v in dense.items()}, tf.constant(theta, tf.float32),
-        tf.constant(emb, tf.float32), tf.constant(bias, tf.float32), tf.constant(rows_h, tf.float32),
-        tf.constant(ctx, tf.float32), tf.constant(cand, tf.int32), tf.constant(ex_mask, tf.float32),
-        {k: tf.constant(v, tf.float32) for k, v in noise.items()}, int(steps),
-        int(np.shape(noise["items/embedding"])[0]) if hybrid else 0, tf.constant(lr, tf.float32),
-        tf.constant(theta_lr, tf.float32), tf.constant(l2, tf.float32), tf.constant(clip, tf.float32),
-        tf.constant(noise_std, tf.float32), tf.constant(denominator, tf.float32), hybrid, bool(dp_theta), loss,
-        tf.constant(context_l2, tf.float32), tf.constant(neg_shift, tf.float32))
-    return ({k: v.numpy() for k, v in d.items()}, th.numpy(),
-            e.numpy() if hybrid else None, b.numpy() if hybrid else None, loss_g.numpy())
+    hybrid = start.rows_emb is not None
+    params, data = _as_tensors(start, batch, ("rows_h", "ctx", "cand", "ex_mask"))
+    rates = {"lr": rule.lr, "theta_lr": rule.theta_lr, "l2": rule.l2, "clip": clip, "noise_std": noise_std,
+             "denominator": denominator, "context_l2": rule.context_l2, "neg_shift": rule.neg_shift}
+    out = _dp_local_train_tf(params, data, {k: tf.constant(v, tf.float32) for k, v in noise.items()},
+                             {k: tf.constant(v, tf.float32) for k, v in rates.items()}, int(rule.steps),
+                             int(np.shape(noise["items/embedding"])[0]) if hybrid else 0, hybrid, bool(dp_theta),
+                             rule.loss)
+    return _as_numpy(*out, hybrid)
 
 
 def dp_warm_start_sum(phi_history: np.ndarray, clip: float) -> np.ndarray:
@@ -486,7 +564,28 @@ def ials_user_gradients(params: Mapping[str, np.ndarray], item_h: np.ndarray, th
         "context/shift": per_user(rho2[:, None] * x) + coef_sum[:, None] * z["x_mean"] + 2.0 * context_l2 * p["context/shift"],
         "context/interaction": interaction + 2.0 * context_l2 * p["context/interaction"],
     }
-    # the catalogue at each of the user's contexts, not only at their mean: + alpha0 tr(Sigma_u sum_i v_i v_i^T)
+    sigma, m, spread, basis = _ials_context_spread(dense, z, p, offsets, alpha0)
+    loss = (per_user(np.square(rho2 / 2.0)) + alpha0 * np.square(a).sum(1) + l2 * np.square(theta).sum(1)
+            + alpha0 * np.einsum("uab,ab->u", sigma, m)
+            + context_l2 * (np.square(p["context/shift"]).sum() + np.square(p["context/interaction"]).sum()))
+    out = {"dense": dense, "row_user": np.zeros(0, np.int64), "rows": np.zeros(0, np.int64), "rows_emb": None,
+           "rows_bias": None, "coef": None, "dir": None, "basis": None, "spread": None}
+    if hybrid:
+        row_user, rows, rows_emb, rows_bias, row_loss = _ials_row_gradients(ex_user, items, g_phi_rows, rho2, p, l2, U)
+        loss += row_loss
+        out.update(row_user=row_user, rows=rows, rows_emb=rows_emb, rows_bias=rows_bias, coef=coef, dir=q_mean,
+                   basis=basis, spread=spread)
+    out["loss"] = loss
+    return out
+
+
+def _ials_context_spread(dense: dict[str, np.ndarray], z: dict, p: Mapping[str, np.ndarray], offsets: np.ndarray,
+                         alpha0: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The catalogue at each of the user's contexts, not only at their mean: the term
+    alpha0 tr(Sigma_u sum_i v_i v_i^T) of `ials_user_gradients`, its gradients added to `dense` in place.
+    z: `_ials_parts`; p: float64 parameters. Returns (sigma [U, c, c], sum_i v_i v_i^T [c, c], spread
+    [U, dim + 1, dim], basis [n_items, dim + 1])."""
+    phi, x, ex_user = z["phi"], z["x"], z["ex_user"]
     d = x - z["x_mean"][ex_user]
     sigma = segment_outer_sum(d, d, offsets) / np.maximum(np.diff(offsets), 1)[:, None, None]  # [U, c, c]
     W, tc = p["context/interaction"], p["context/shift"]
@@ -500,23 +599,22 @@ def ials_user_gradients(params: Mapping[str, np.ndarray], item_h: np.ndarray, th
     spread = 2.0 * alpha0 * np.concatenate([np.einsum("ad,uab,be->ude", W, sigma, W),
                                             np.einsum("ad,uab,b->ud", W, sigma, tc)[:, None, :]], axis=1)
     basis = np.hstack([phi, np.ones((len(phi), 1))])                         # [I, dim + 1]
-    dense["tower/kernel"] += np.einsum("ta,uad->utd", h.T @ basis, spread)
+    dense["tower/kernel"] += np.einsum("ta,uad->utd", z["h"].T @ basis, spread)
     dense["tower/bias"] += np.einsum("a,uad->ud", basis.sum(0), spread)
-    loss = (per_user(np.square(rho2 / 2.0)) + alpha0 * np.square(a).sum(1) + l2 * np.square(theta).sum(1)
-            + alpha0 * np.einsum("uab,ab->u", sigma, m)
-            + context_l2 * (np.square(p["context/shift"]).sum() + np.square(p["context/interaction"]).sum()))
-    out = {"dense": dense, "row_user": np.zeros(0, np.int64), "rows": np.zeros(0, np.int64), "rows_emb": None,
-           "rows_bias": None, "coef": None, "dir": None, "basis": None, "spread": None}
-    if hybrid:
-        key = ex_user * len(phi) + items
-        pairs, inverse = np.unique(key, return_inverse=True)
-        row_user, rows = pairs // len(phi), pairs % len(phi)
-        rows_emb = np.zeros((len(pairs), phi.shape[1]))
-        np.add.at(rows_emb, inverse, g_phi_rows)
-        rows_bias = np.bincount(inverse, weights=rho2, minlength=len(pairs))
-        emb, ib = p["items/embedding"][rows], p["items/bias"][rows]
-        loss += l2 * np.bincount(row_user, weights=np.square(emb).sum(1) + np.square(ib), minlength=U)
-        out.update(row_user=row_user, rows=rows, rows_emb=rows_emb + 2.0 * l2 * emb, rows_bias=rows_bias + 2.0 * l2 * ib,
-                   coef=coef, dir=q_mean, basis=basis, spread=spread)
-    out["loss"] = loss
-    return out
+    return sigma, m, spread, basis
+
+
+def _ials_row_gradients(ex_user: np.ndarray, items: np.ndarray, g_phi_rows: np.ndarray, rho2: np.ndarray,
+                        p: Mapping[str, np.ndarray], l2: float, U: int) -> tuple[np.ndarray, ...]:
+    """The sparse part of `ials_user_gradients`' item-table gradient (hybrid model), on the M (user, row) pairs
+    the examples touch: (row_user [M], rows [M], rows_emb [M, dim], rows_bias [M], the rows' L2 loss [U])."""
+    n_items = len(p["items/bias"])
+    key = ex_user * n_items + items
+    pairs, inverse = np.unique(key, return_inverse=True)
+    row_user, rows = pairs // n_items, pairs % n_items
+    rows_emb = np.zeros((len(pairs), g_phi_rows.shape[1]))
+    np.add.at(rows_emb, inverse, g_phi_rows)
+    rows_bias = np.bincount(inverse, weights=rho2, minlength=len(pairs))
+    emb, ib = p["items/embedding"][rows], p["items/bias"][rows]
+    row_loss = l2 * np.bincount(row_user, weights=np.square(emb).sum(1) + np.square(ib), minlength=U)
+    return row_user, rows, rows_emb + 2.0 * l2 * emb, rows_bias + 2.0 * l2 * ib, row_loss

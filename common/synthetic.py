@@ -349,78 +349,19 @@ def generate(cfg: SyntheticConfig) -> tuple[pd.DataFrame, pd.DataFrame, Syntheti
     * ``items``: I rows in id order, columns ``item_id``, ``text``;
     * ``truth``: the planted structure.
     """
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)  # one stream: the helpers below draw from it in this order
     n_users, n_items, n_topics = cfg.users, cfg.items, cfg.topics
-
-    # vocabulary and favoured topics per context
-    vocab = _vocabulary(rng, n_topics * WORDS_PER_TOPIC + FILLER_WORDS)
-    topic_words = vocab[: n_topics * WORDS_PER_TOPIC].reshape(n_topics, WORDS_PER_TOPIC)
-    filler_words = vocab[n_topics * WORDS_PER_TOPIC:]
-    k = min(3, n_topics // 3)
-    perm = rng.permutation(n_topics)
-    night_topics = np.sort(perm[:k])
-    mobile_topics = np.sort(perm[k: 2 * k])
-    weekend_topics = np.sort(perm[2 * k: 3 * k])
-
-    # items: balanced primary topics, optional secondary, popularity, text
-    item_topic = rng.permutation(np.arange(n_items) % n_topics)
-    has_secondary = rng.random(n_items) < _SECONDARY_SHARE
-    if n_topics > 1:
-        shift = rng.integers(1, n_topics, size=n_items)
-        item_secondary = np.where(has_secondary, (item_topic + shift) % n_topics, -1)
-    else:
-        item_secondary = np.full(n_items, -1)
-    popularity = rng.lognormal(0.0, _POPULARITY_SIGMA, size=n_items)
+    topic_words, filler_words, favoured = _words_and_favoured_topics(rng, n_topics)
+    item_topic, item_secondary, popularity = _item_topics(rng, n_items, n_topics)
     texts = _item_texts(rng, item_topic, item_secondary, topic_words, filler_words)
 
     # users
     pref = _user_prefs(rng, n_users, n_topics)
     device_mix = rng.dirichlet(_DEVICE_ALPHA, size=n_users)
     night_affinity = rng.beta(*_NIGHT_AFFINITY_BETA, size=n_users)
-
-    # number of engagements per user: min_events + NegBin(r, p) with mean extra
-    extra = cfg.mean_events - cfg.min_events
-    if extra > 0:
-        r = _EXTRA_EVENTS_R
-        n_extra = rng.negative_binomial(r, r / (r + extra), size=n_users)
-    else:
-        n_extra = np.zeros(n_users, dtype=np.int64)
-    n_events = np.minimum(cfg.min_events + n_extra, n_items)
-    user = np.repeat(np.arange(n_users, dtype=np.int64), n_events)
-    n = user.size
-
-    # context of each engagement: time and device
-    day0 = (cfg.start // _SECONDS_PER_DAY) * _SECONDS_PER_DAY
-    day = rng.integers(0, cfg.days, size=n)
-    from_night = rng.random(n) < night_affinity[user]
-    u_hour = rng.random(n)
-    hour = np.where(
-        from_night,
-        np.searchsorted(_hour_cdf(_NIGHT_PEAK, _NIGHT_KAPPA), u_hour, side="right"),
-        np.searchsorted(_hour_cdf(_DAY_PEAK, _DAY_KAPPA), u_hour, side="right"),
-    )
-    hour = np.minimum(hour, 23)
-    timestamp = (
-        day0 + day * _SECONDS_PER_DAY + hour * 3600 + rng.integers(0, 3600, size=n)
-    ).astype(np.int64)
-    cum_mix = np.cumsum(device_mix, axis=1)[user]
-    u_dev = rng.random(n)
-    device = np.minimum(
-        (u_dev >= cum_mix[:, 0]).astype(np.int64) + (u_dev >= cum_mix[:, 1]), len(DEVICES) - 1
-    )
-    weekday = (timestamp // _SECONDS_PER_DAY + _EPOCH_WEEKDAY) % 7
-    is_night = np.isin(hour, NIGHT_HOURS)
-    is_mobile = device == DEVICES.index("mobile")
-    is_weekend = weekday >= 5
-    ctx = is_night.astype(np.int64) + 2 * is_mobile + 4 * is_weekend
-
-    # topic multiplier per context code (bit 0 night, bit 1 mobile, bit 2 weekend)
-    mult = np.ones((8, n_topics))
-    boost = np.zeros((8, n_topics))
-    for bit, favoured in enumerate((night_topics, mobile_topics, weekend_topics)):
-        codes = [c for c in range(8) if c >> bit & 1]
-        mult[np.ix_(codes, favoured)] *= cfg.context_strength
-        boost[np.ix_(codes, favoured)] += cfg.context_mix
+    user = _event_users(rng, cfg)
+    timestamp, device, ctx = _event_context(rng, cfg, user, device_mix, night_affinity)
+    mult, boost = _context_multipliers(cfg, favoured)
 
     # topic, then item by popularity; redraw repeated (user, item) pairs
     pref_t = np.ascontiguousarray(pref.T)
@@ -443,6 +384,7 @@ def generate(cfg: SyntheticConfig) -> tuple[pd.DataFrame, pd.DataFrame, Syntheti
     items = pd.DataFrame(
         {"item_id": pd.array(item_ids, dtype="str"), "text": pd.array(texts, dtype="str")}
     )
+    night_topics, mobile_topics, weekend_topics = favoured
     for array in (pref, item_topic, night_topics, mobile_topics, weekend_topics, item_secondary,
                   popularity, topic_words, filler_words, device_mix, night_affinity):
         array.setflags(write=False)
@@ -460,6 +402,86 @@ def generate(cfg: SyntheticConfig) -> tuple[pd.DataFrame, pd.DataFrame, Syntheti
         user_night_affinity=night_affinity,
     )
     return interactions, items, truth
+
+
+def _words_and_favoured_topics(rng: np.random.Generator, n_topics: int
+                               ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(topic words [n_topics, WORDS_PER_TOPIC], filler words [FILLER_WORDS], the topics favoured at night, on
+    mobile and at weekends (each sorted, up to 3))."""
+    vocab = _vocabulary(rng, n_topics * WORDS_PER_TOPIC + FILLER_WORDS)
+    topic_words = vocab[: n_topics * WORDS_PER_TOPIC].reshape(n_topics, WORDS_PER_TOPIC)
+    filler_words = vocab[n_topics * WORDS_PER_TOPIC:]
+    k = min(3, n_topics // 3)
+    perm = rng.permutation(n_topics)
+    return topic_words, filler_words, (np.sort(perm[:k]), np.sort(perm[k: 2 * k]), np.sort(perm[2 * k: 3 * k]))
+
+
+def _item_topics(rng: np.random.Generator, n_items: int, n_topics: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Balanced primary topics [n_items], optional secondary topics [n_items] (-1: none) and popularity
+    [n_items] (log-normal)."""
+    item_topic = rng.permutation(np.arange(n_items) % n_topics)
+    has_secondary = rng.random(n_items) < _SECONDARY_SHARE
+    if n_topics > 1:
+        shift = rng.integers(1, n_topics, size=n_items)
+        item_secondary = np.where(has_secondary, (item_topic + shift) % n_topics, -1)
+    else:
+        item_secondary = np.full(n_items, -1)
+    return item_topic, item_secondary, rng.lognormal(0.0, _POPULARITY_SIGMA, size=n_items)
+
+
+def _event_users(rng: np.random.Generator, cfg: SyntheticConfig) -> np.ndarray:
+    """The user [E] of every engagement: min_events + NegBin(r, p) with mean extra per user (at most n_items)."""
+    extra = cfg.mean_events - cfg.min_events
+    if extra > 0:
+        r = _EXTRA_EVENTS_R
+        n_extra = rng.negative_binomial(r, r / (r + extra), size=cfg.users)
+    else:
+        n_extra = np.zeros(cfg.users, dtype=np.int64)
+    n_events = np.minimum(cfg.min_events + n_extra, cfg.items)
+    return np.repeat(np.arange(cfg.users, dtype=np.int64), n_events)
+
+
+def _event_context(rng: np.random.Generator, cfg: SyntheticConfig, user: np.ndarray, device_mix: np.ndarray,
+                   night_affinity: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Time and device of every engagement: (timestamp [E] int64 Unix seconds, device [E] index into DEVICES,
+    context code [E]: bit 0 night, bit 1 mobile, bit 2 weekend)."""
+    n = user.size
+    day0 = (cfg.start // _SECONDS_PER_DAY) * _SECONDS_PER_DAY
+    day = rng.integers(0, cfg.days, size=n)
+    from_night = rng.random(n) < night_affinity[user]
+    u_hour = rng.random(n)
+    hour = np.where(
+        from_night,
+        np.searchsorted(_hour_cdf(_NIGHT_PEAK, _NIGHT_KAPPA), u_hour, side="right"),
+        np.searchsorted(_hour_cdf(_DAY_PEAK, _DAY_KAPPA), u_hour, side="right"),
+    )
+    hour = np.minimum(hour, 23)
+    timestamp = (
+        day0 + day * _SECONDS_PER_DAY + hour * 3600 + rng.integers(0, 3600, size=n)
+    ).astype(np.int64)
+    cum_mix = np.cumsum(device_mix, axis=1)[user]
+    u_dev = rng.random(n)
+    device = np.minimum(
+        (u_dev >= cum_mix[:, 0]).astype(np.int64) + (u_dev >= cum_mix[:, 1]), len(DEVICES) - 1
+    )
+    weekday = (timestamp // _SECONDS_PER_DAY + _EPOCH_WEEKDAY) % 7
+    is_night = np.isin(hour, NIGHT_HOURS)
+    is_mobile = device == DEVICES.index("mobile")
+    is_weekend = weekday >= 5
+    return timestamp, device, is_night.astype(np.int64) + 2 * is_mobile + 4 * is_weekend
+
+
+def _context_multipliers(cfg: SyntheticConfig, favoured: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Topic multiplier and additive boost [8, n_topics] per context code (bit 0 night, bit 1 mobile, bit 2
+    weekend) for the favoured topics of each bit."""
+    mult = np.ones((8, cfg.topics))
+    boost = np.zeros((8, cfg.topics))
+    for bit, topics in enumerate(favoured):
+        codes = [c for c in range(8) if c >> bit & 1]
+        mult[np.ix_(codes, topics)] *= cfg.context_strength
+        boost[np.ix_(codes, topics)] += cfg.context_mix
+    return mult, boost
 
 
 def write_synthetic(

@@ -66,15 +66,7 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
     """Run cfg.num_rounds rounds (with cfg.resume: the rounds after run_dir's checkpoint); write rounds.csv,
     federated.json and the checkpoint into run_dir; return the result."""
     t_start = time.perf_counter()
-    checkpoint = run_dir / CHECKPOINT_FILE if run_dir is not None else None
-    state = None
-    if cfg.resume:
-        if checkpoint is None:
-            raise ConfigError("resume: needs run-dir, the directory of the run to go on with.")
-        state = load_checkpoint(checkpoint)
-        check_resumable(state, cfg, checkpoint)
-        print(f"resume: {checkpoint} at round {state.round}; rounds {state.round + 1}-{cfg.num_rounds} to go",
-              flush=True)
+    checkpoint, state = _resumed_state(cfg, run_dir)
     t0 = time.perf_counter()
     schema, item_h = public_inputs(cfg)
     content_seconds = time.perf_counter() - t0
@@ -94,57 +86,9 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
           + (f"{n_members} training users, " if n_members else "")
           + f"{schema.n_items} items, {cfg.num_rounds} rounds, sample rate {cfg.sample_rate}, "
             f"schema {schema.hash[:12]}", flush=True)
-    dp, privacy = None, None
-    sampling_key = (state.sampling_key if state is not None and state.sampling_key is not None
-                    else SamplingKey.fresh())
-    run_token = state.run_token if state is not None and state.run_token else secrets.token_hex(8)
-    starts = state.starts + 1 if state is not None else 1  # a resumed simulation's nodes warm theta_u up again
-    journal = read_journal(run_dir, run_token) if state is not None else None
-    begun = {"rounds": journal["rounds_begun"] if journal else (state.round if state else 0),
-             "last": journal["last_round_begun"] if journal else 0}
-    if not sampling_key.secret:
-        print("WARNING: the sampling key comes from FEDCTX_TEST_ONLY_SAMPLING_KEY: the sampling is NOT secret and "
-              "no privacy guarantee of this run holds (tests only).", flush=True)
-    if cfg.central_dp:
-        delta = cfg.delta or 0.1 / n_members
-        z = (calibrate_noise(cfg.target_epsilon, cfg.sample_rate, cfg.num_rounds, delta, cfg.accountant)
-             if cfg.target_epsilon > 0 else cfg.noise_multiplier)
-        if state is not None:  # the rounds so far stay in the ledger; z was fixed when the run began
-            z = state.noise_multiplier
-        expected = cfg.sample_rate * n_members
-        adaptive = AdaptiveClip(cfg.clip_quantile, cfg.clip_lr, cfg.clip_count_stddev or expected / 20.0
-                                ) if cfg.adaptive_clip else None
-        # releases made after the checkpoint and before the interruption (the journal's) stay accounted
-        rows = (state.ledger + (journal["ledger"][len(state.ledger):] if journal else [])) if state else []
-        ledger = PrivacyLedger(delta=delta, accountant=cfg.accountant, records=[RoundRecord(**r) for r in rows])
-        dp = CentralDP(clip_norm=state.clip_norm if state else cfg.clip_norm, noise_multiplier=z,
-                       denominator=expected, ledger=ledger, adaptive=adaptive)
-        _ = dp.sum_noise_multiplier  # fails early, with the fix, if the count noise is too small
-        delta_warning = (f"delta = {delta:.3g} is large (the default 0.1/N, a small federation): a mechanism that publishes one user's data "
-                         f"outright with probability delta meets (0, delta)-DP, so delta should be well below 1/N and "
-                         f"small in absolute terms. Set delta=<e.g. 1e-6>, or federate more users."
-                         if delta > 1e-3 or delta * n_members > 0.1 + 1e-12 else None)
-        if delta_warning:
-            print(f"WARNING: {delta_warning}", flush=True)
-        print(f"privacy: user-level DP-FedAvg, clip norm {cfg.clip_norm}"
-              + (f" (adaptive, target quantile {cfg.clip_quantile})" if adaptive else "")
-              + f", noise multiplier {z:.4f}, Poisson sampling q = {cfg.sample_rate}, delta = {delta:.3g}", flush=True)
-
-    secure = None
-    if cfg.secure_aggregation:
-        if cfg.secagg_max_users < 1:
-            raise ConfigError("secagg-max-users: secure aggregation scales every node's sum by U, the most users one "
-                              "node trains in a round (a public bound). Set --run-config secagg-max-users=1 for "
-                              "devices that serve one user (a simulation sets it itself).")
-        secure = SecureAggregation(max_users=cfg.secagg_max_users, clip_norm=cfg.clip_norm,
-                                   metric_keys=tuple(evaluation_keys(cfg.top_k, cfg.eval_users > 0)), shares=cfg.secagg_shares,
-                                   threshold=cfg.secagg_threshold, timeout=cfg.round_timeout,
-                                   accept_two_nodes=cfg.secagg_accept_two_nodes, min_users=cfg.secagg_min_users)
-        print(f"secure aggregation: SecAgg+ (Flower's secaggplus_mod on the nodes); the server learns each "
-              f"round's sum over nodes, not one node's, within the limit below; each user's update is clipped to "
-              f"{cfg.clip_norm}" + (" (the first round's; it adapts)" if cfg.adaptive_clip and cfg.central_dp else "")
-              + f" and a node trains at most secagg-max-users = {cfg.secagg_max_users} users a round", flush=True)
-        print(f"WARNING: {MASK_SEED_WEAKNESS}", flush=True)
+    sampling_key, run_token, starts, journal, begun = _run_identity(state, run_dir)
+    dp, delta_warning = _central_dp(cfg, state, journal) if cfg.central_dp else (None, None)
+    secure = _secure_aggregation(cfg) if cfg.secure_aggregation else None
 
     def write_checkpoint(round_: int) -> None:
         save_checkpoint(checkpoint, ServerState(
@@ -185,6 +129,117 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
     result = strategy.start(grid=grid, initial_arrays=to_record(params), timeout=cfg.round_timeout,
                             num_rounds=cfg.num_rounds - (state.round if state else 0),
                             train_config=ConfigRecord({}), evaluate_config=ConfigRecord({}))
+    out = _result(cfg, strategy, result, schema, content_seconds, t_start)
+    privacy = _central_privacy(cfg, dp, sampling_key, secure is not None, delta_warning) if dp is not None else None
+    out["privacy"] = _other_privacy(cfg, privacy, out, secure, max(begun["rounds"], cfg.num_rounds), starts)
+    if run_dir is not None:
+        write_outputs(run_dir, cfg, out, item_h, schema, dp.ledger if dp is not None else None,
+                      checkpoint if checkpoint is not None and checkpoint.is_file() else None)
+    return out
+
+
+def _resumed_state(cfg: Config, run_dir: Path | None) -> tuple[Path | None, ServerState | None]:
+    """(the checkpoint's path, None without run_dir; its state with cfg.resume, else None)."""
+    checkpoint = run_dir / CHECKPOINT_FILE if run_dir is not None else None
+    state = None
+    if cfg.resume:
+        if checkpoint is None:
+            raise ConfigError("resume: needs run-dir, the directory of the run to go on with.")
+        state = load_checkpoint(checkpoint)
+        check_resumable(state, cfg, checkpoint)
+        print(f"resume: {checkpoint} at round {state.round}; rounds {state.round + 1}-{cfg.num_rounds} to go",
+              flush=True)
+    return checkpoint, state
+
+
+def _run_identity(state: ServerState | None, run_dir: Path | None
+                  ) -> tuple[SamplingKey, str, int, dict | None, dict[str, int]]:
+    """(sampling key, run token, starts: the run's attempt, the journal of a resumed run, the rounds begun so far
+    {"rounds", "last"}): new for a new run, the checkpoint's (and the journal's) for a resumed one."""
+    sampling_key = (state.sampling_key if state is not None and state.sampling_key is not None
+                    else SamplingKey.fresh())
+    run_token = state.run_token if state is not None and state.run_token else secrets.token_hex(8)
+    starts = state.starts + 1 if state is not None else 1  # a resumed simulation's nodes warm theta_u up again
+    journal = read_journal(run_dir, run_token) if state is not None else None
+    begun = {"rounds": journal["rounds_begun"] if journal else (state.round if state else 0),
+             "last": journal["last_round_begun"] if journal else 0}
+    if not sampling_key.secret:
+        print("WARNING: the sampling key comes from FEDCTX_TEST_ONLY_SAMPLING_KEY: the sampling is NOT secret and "
+              "no privacy guarantee of this run holds (tests only).", flush=True)
+    return sampling_key, run_token, starts, journal, begun
+
+
+def _other_privacy(cfg: Config, privacy: dict | None, out: dict, secure: SecureAggregation | None, rounds: int,
+                   starts: int) -> dict | None:
+    """privacy.json: the central part (privacy) with the local-DP guarantee over `rounds` rounds (the rounds
+    actually run, a resumed run's replays included: each one may be a release of every client) and the secure
+    aggregation's settings (out["secure_aggregation"] added)."""
+    if cfg.local_dp:  # a bound that needs nobody's sampling: each device reports its own users' epsilon
+        local = local_guarantee(cfg.local_noise_multiplier, cfg.local_steps, rounds, cfg.local_delta,
+                                cfg.local_clip_norm, cfg.accountant, cfg.local_dp_theta, cfg.local_denominator,
+                                warm_starts=starts)
+        local["noise_source"] = repr(SecureGaussian())
+        print(f"privacy: {local['statement']}", flush=True)
+        privacy = {**privacy, "local": local} if privacy else local
+    if secure is not None:
+        privacy = _secure_aggregation_report(cfg, secure, out, privacy)
+    if privacy is not None and cfg.private:
+        privacy["released"] = "the last round's global model; nothing chosen by unnoised metrics"
+    return privacy
+
+
+def _central_dp(cfg: Config, state: ServerState | None, journal: dict | None) -> tuple[CentralDP, str | None]:
+    """The central-DP state of a new or resumed run (noise multiplier, ledger, adaptive clipping) and the warning
+    about a large delta (None if delta is small)."""
+    n_members = cfg.population
+    delta = cfg.delta or 0.1 / n_members
+    z = (calibrate_noise(cfg.target_epsilon, cfg.sample_rate, cfg.num_rounds, delta, cfg.accountant)
+         if cfg.target_epsilon > 0 else cfg.noise_multiplier)
+    if state is not None:  # the rounds so far stay in the ledger; z was fixed when the run began
+        z = state.noise_multiplier
+    expected = cfg.sample_rate * n_members
+    adaptive = AdaptiveClip(cfg.clip_quantile, cfg.clip_lr, cfg.clip_count_stddev or expected / 20.0
+                            ) if cfg.adaptive_clip else None
+    # releases made after the checkpoint and before the interruption (the journal's) stay accounted
+    rows = (state.ledger + (journal["ledger"][len(state.ledger):] if journal else [])) if state else []
+    ledger = PrivacyLedger(delta=delta, accountant=cfg.accountant, records=[RoundRecord(**r) for r in rows])
+    dp = CentralDP(clip_norm=state.clip_norm if state else cfg.clip_norm, noise_multiplier=z,
+                   denominator=expected, ledger=ledger, adaptive=adaptive)
+    _ = dp.sum_noise_multiplier  # fails early, with the fix, if the count noise is too small
+    delta_warning = (f"delta = {delta:.3g} is large (the default 0.1/N, a small federation): a mechanism that publishes one user's data "
+                     f"outright with probability delta meets (0, delta)-DP, so delta should be well below 1/N and "
+                     f"small in absolute terms. Set delta=<e.g. 1e-6>, or federate more users."
+                     if delta > 1e-3 or delta * n_members > 0.1 + 1e-12 else None)
+    if delta_warning:
+        print(f"WARNING: {delta_warning}", flush=True)
+    print(f"privacy: user-level DP-FedAvg, clip norm {cfg.clip_norm}"
+          + (f" (adaptive, target quantile {cfg.clip_quantile})" if adaptive else "")
+          + f", noise multiplier {z:.4f}, Poisson sampling q = {cfg.sample_rate}, delta = {delta:.3g}", flush=True)
+    return dp, delta_warning
+
+
+def _secure_aggregation(cfg: Config) -> SecureAggregation:
+    """The server's SecAgg+ settings (cfg.secure_aggregation), announced with the mask seed's weakness."""
+    if cfg.secagg_max_users < 1:
+        raise ConfigError("secagg-max-users: secure aggregation scales every node's sum by U, the most users one "
+                          "node trains in a round (a public bound). Set --run-config secagg-max-users=1 for "
+                          "devices that serve one user (a simulation sets it itself).")
+    secure = SecureAggregation(max_users=cfg.secagg_max_users, clip_norm=cfg.clip_norm,
+                               metric_keys=tuple(evaluation_keys(cfg.top_k, cfg.eval_users > 0)), shares=cfg.secagg_shares,
+                               threshold=cfg.secagg_threshold, timeout=cfg.round_timeout,
+                               accept_two_nodes=cfg.secagg_accept_two_nodes, min_users=cfg.secagg_min_users)
+    print(f"secure aggregation: SecAgg+ (Flower's secaggplus_mod on the nodes); the server learns each "
+          f"round's sum over nodes, not one node's, within the limit below; each user's update is clipped to "
+          f"{cfg.clip_norm}" + (" (the first round's; it adapts)" if cfg.adaptive_clip and cfg.central_dp else "")
+          + f" and a node trains at most secagg-max-users = {cfg.secagg_max_users} users a round", flush=True)
+    print(f"WARNING: {MASK_SEED_WEAKNESS}", flush=True)
+    return secure
+
+
+def _result(cfg: Config, strategy: UserFedAvg, result, schema: PublicSchema, content_seconds: float,
+            t_start: float) -> dict:
+    """federated.json's content without "privacy": the selected and the last round's test metrics, the rounds,
+    the content encoder, timings and the released arrays."""
     rows = strategy.log.rows
     k = cfg.top_k
     last = next((r for r in reversed(rows) if f"test-hr@{k}" in r), {})
@@ -202,7 +257,7 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
 
     released = strategy.latest if cfg.private else (strategy.best[2] if strategy.best[2] is not None else (
         from_record(result.arrays) if result.arrays is not None else None))
-    out = {
+    return {
         "metrics": {**test_metrics(selected), "selected_round": selected.get("round")},
         "last_round_metrics": {**test_metrics(last), "round": last.get("round")},
         "rounds": rows,
@@ -211,56 +266,51 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
                     "mean_round_s": sum(r["seconds"] for r in rows) / max(len(rows), 1)},
         "final_arrays": released,
     }
-    if dp is not None:
-        privacy = {
-            "unit": "user", "epsilon": dp.ledger.epsilon(), "delta": dp.ledger.delta,
-            "accountant": f"{dp.ledger.accountant} (dp-accounting)", "noise_multiplier": dp.noise_multiplier,
-            "clip_norm": dp.clip_norm, "neighbouring": "add or remove one user (all of the user's engagements)",
-            "sampling": {"scheme": "poisson", "q": cfg.sample_rate, "secret": sampling_key.secret},
-            "rounds": len(dp.ledger.records),
-            "statement": central_statement(dp.ledger, sampling_key.secret, cfg.item_embedding, secure is not None),
-            "noise_source": repr(dp.noise),
-            **({"warnings": [delta_warning]} if delta_warning else {}),
-        }
-        if dp.adaptive is not None:
-            privacy["clip_norm"] = cfg.clip_norm
-            privacy["adaptive_clipping"] = {
-                "initial_clip_norm": cfg.clip_norm, "final_clip_norm": dp.clip_norm,
-                "quantile": dp.adaptive.quantile, "lr": dp.adaptive.lr, "count_stddev": dp.adaptive.count_stddev,
-                "sum_noise_multiplier": dp.sum_noise_multiplier,
-                "note": "the ledger's noise multiplier z covers the noised sum and the noised clipped count together"}
-        print(f"privacy: {privacy['statement']}", flush=True)
-    if cfg.local_dp:  # a bound that needs nobody's sampling: each device reports its own users' epsilon
-        # the rounds actually run, a resumed run's replays included (each one may be a release of every client)
-        local = local_guarantee(cfg.local_noise_multiplier, cfg.local_steps, max(begun["rounds"], cfg.num_rounds),
-                                cfg.local_delta,
-                                cfg.local_clip_norm, cfg.accountant, cfg.local_dp_theta, cfg.local_denominator,
-                                warm_starts=starts)
-        local["noise_source"] = repr(SecureGaussian())
-        print(f"privacy: {local['statement']}", flush=True)
-        privacy = {**privacy, "local": local} if privacy else local
-    if secure is not None:
-        out["secure_aggregation"] = {
-            "protocol": "SecAgg+ (Bell et al. 2020): Flower's secaggplus_mod on the nodes, server.secagg on the server",
-            "what_the_server_receives": "per round, the sum over the nodes that sent a masked vector: the clipped "
-                                        "updates, the user count (and the clipped-user count), the evaluation metrics",
-            "max_users": secure.max_users, "clip_norm": cfg.clip_norm, "shares": secure.shares or "auto",
-            "threshold": secure.threshold or "auto", "accept_two_nodes": secure.accept_two_nodes,
-            "mask_strength": MASK_SEED_WEAKNESS}
-        if privacy is None:  # privacy=none: no guarantee, but the secure aggregation's limit is still stated
-            privacy = {"guarantee": "none (privacy=none): everything is released"}
-        privacy["secure_aggregation"] = dict(out["secure_aggregation"])  # the settings only: the counts below
-        # depend on the nodes (diagnostics)
-        out["secure_aggregation"].update({
-            "rounds_skipped": sum(1 for r in rows if r.get("skipped")),
-            "nodes_dropped_after_sharing_keys": sum(int(r.get("secagg-dropped", 0)) for r in rows)})
-    if privacy is not None and cfg.private:
-        privacy["released"] = "the last round's global model; nothing chosen by unnoised metrics"
-    out["privacy"] = privacy
-    if run_dir is not None:
-        write_outputs(run_dir, cfg, out, item_h, schema, dp.ledger if dp is not None else None,
-                      checkpoint if checkpoint is not None and checkpoint.is_file() else None)
-    return out
+
+
+def _central_privacy(cfg: Config, dp: CentralDP, sampling_key: SamplingKey, secure: bool,
+                     delta_warning: str | None) -> dict:
+    """privacy.json's user-level (central DP) part, printed in one line."""
+    privacy = {
+        "unit": "user", "epsilon": dp.ledger.epsilon(), "delta": dp.ledger.delta,
+        "accountant": f"{dp.ledger.accountant} (dp-accounting)", "noise_multiplier": dp.noise_multiplier,
+        "clip_norm": dp.clip_norm, "neighbouring": "add or remove one user (all of the user's engagements)",
+        "sampling": {"scheme": "poisson", "q": cfg.sample_rate, "secret": sampling_key.secret},
+        "rounds": len(dp.ledger.records),
+        "statement": central_statement(dp.ledger, sampling_key.secret, cfg.item_embedding, secure),
+        "noise_source": repr(dp.noise),
+        **({"warnings": [delta_warning]} if delta_warning else {}),
+    }
+    if dp.adaptive is not None:
+        privacy["clip_norm"] = cfg.clip_norm
+        privacy["adaptive_clipping"] = {
+            "initial_clip_norm": cfg.clip_norm, "final_clip_norm": dp.clip_norm,
+            "quantile": dp.adaptive.quantile, "lr": dp.adaptive.lr, "count_stddev": dp.adaptive.count_stddev,
+            "sum_noise_multiplier": dp.sum_noise_multiplier,
+            "note": "the ledger's noise multiplier z covers the noised sum and the noised clipped count together"}
+    print(f"privacy: {privacy['statement']}", flush=True)
+    return privacy
+
+
+def _secure_aggregation_report(cfg: Config, secure: SecureAggregation, out: dict, privacy: dict | None) -> dict:
+    """Adds out["secure_aggregation"] (settings and the run's counts); returns privacy with the settings (a
+    statement of none when privacy=none)."""
+    rows = out["rounds"]
+    out["secure_aggregation"] = {
+        "protocol": "SecAgg+ (Bell et al. 2020): Flower's secaggplus_mod on the nodes, server.secagg on the server",
+        "what_the_server_receives": "per round, the sum over the nodes that sent a masked vector: the clipped "
+                                    "updates, the user count (and the clipped-user count), the evaluation metrics",
+        "max_users": secure.max_users, "clip_norm": cfg.clip_norm, "shares": secure.shares or "auto",
+        "threshold": secure.threshold or "auto", "accept_two_nodes": secure.accept_two_nodes,
+        "mask_strength": MASK_SEED_WEAKNESS}
+    if privacy is None:  # privacy=none: no guarantee, but the secure aggregation's limit is still stated
+        privacy = {"guarantee": "none (privacy=none): everything is released"}
+    privacy["secure_aggregation"] = dict(out["secure_aggregation"])  # the settings only: the counts below
+    # depend on the nodes (diagnostics)
+    out["secure_aggregation"].update({
+        "rounds_skipped": sum(1 for r in rows if r.get("skipped")),
+        "nodes_dropped_after_sharing_keys": sum(int(r.get("secagg-dropped", 0)) for r in rows)})
+    return privacy
 
 
 def write_outputs(run_dir: Path, cfg: Config, out: dict, item_h: np.ndarray, schema: PublicSchema,

@@ -108,9 +108,16 @@ def device_bench(n_items: int = 10000, dim: int = 32, text_dim: int = 64, contex
     out["refresh_steps"], out["history"] = refresh_steps, history
 
     out["load_average_1min"], out["cpus"] = os.getloadavg()[0], os.cpu_count()
-    say(f"device bench: {n_items} items, dim {dim}, text_dim {text_dim}, context_dim {context_dim}, top-{k}, "
-        f"{repeats} queries, TFLite threads {threads}; load average {out['load_average_1min']:.1f} on "
-        f"{out['cpus']} CPUs (other work skews p99)")
+    _say_device_bench(out, say)
+    return out
+
+
+def _say_device_bench(out: dict, say: Callable[[str], None]) -> None:
+    """`device_bench`'s figures as a table."""
+    k, history, refresh_steps = out["k"], out["history"], out["refresh_steps"]
+    say(f"device bench: {out['n_items']} items, dim {out['dim']}, text_dim {out['text_dim']}, context_dim "
+        f"{out['context_dim']}, top-{k}, {out['repeats']} queries, TFLite threads {out['threads']}; load average "
+        f"{out['load_average_1min']:.1f} on {out['cpus']} CPUs (other work skews p99)")
     say(f"  TFLite file {out['tflite_bytes'] / 2 ** 20:.2f} MiB (export {out['tflite_export_s']:.3f} s); "
         f"TFLite top-k equals numpy: {out['tflite_top_k_equals_numpy']}")
     say(f"  {'one top-' + str(k) + ' query':28s} {'p50 ms':>8s} {'p99 ms':>8s}")
@@ -119,7 +126,6 @@ def device_bench(n_items: int = 10000, dim: int = 32, text_dim: int = 64, contex
         say(f"  {label:28s} {out[name]['p50_ms']:8.3f} {out[name]['p99_ms']:8.3f}")
     say(f"  refresh_theta ({history} engagements, {refresh_steps} steps): first call {out['refresh_first_s']:.2f} s "
         f"(numpy: no trace), then p50 {out['refresh']['p50_ms']:.1f} ms, p99 {out['refresh']['p99_ms']:.1f} ms")
-    return out
 
 
 def main(argv: list[str] | None = None) -> dict:

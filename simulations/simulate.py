@@ -114,14 +114,7 @@ def run_flower_simulation(cfg: Config, num_nodes: int, verbose: bool = False) ->
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    if cfg.secure_aggregation and num_nodes < 2:
-        raise ConfigError(f"secure-aggregation: needs at least 2 nodes (the sum over one node is its update); "
-                          f"got --nodes {num_nodes}. Use --nodes 2 or more.")
-    if cfg.secure_aggregation and num_nodes == 2 and not cfg.secagg_accept_two_nodes:
-        raise ConfigError("secure-aggregation: with --nodes 2 each node has a single neighbour, and Flower's 32-bit "
-                          "mask seed (flwrlabs/flower#7522) lets the server recover each node's vector by trying "
-                          "all 2^32 seeds (about 2 hours on one core). Use --nodes 3 or more, or accept it with "
-                          "--set secagg-accept-two-nodes=true.")
+    _check_secagg_nodes(cfg, num_nodes)
     cfg = simulation_inputs(cfg)
     if cfg.secure_aggregation and not cfg.secagg_max_users:  # the largest shard (client.node.build_store)
         cfg = cfg.replace(secagg_max_users=-(-load_cached(str(resolve_dataset(cfg))).n_users // num_nodes))
@@ -176,6 +169,18 @@ def run_flower_simulation(cfg: Config, num_nodes: int, verbose: bool = False) ->
         if "run-dir" in shared:
             Path(shared["run-dir"]).unlink(missing_ok=True)
     return placement
+
+
+def _check_secagg_nodes(cfg: Config, num_nodes: int) -> None:
+    """Secure aggregation needs 2 nodes, and 3 unless its two-node weakness is accepted."""
+    if cfg.secure_aggregation and num_nodes < 2:
+        raise ConfigError(f"secure-aggregation: needs at least 2 nodes (the sum over one node is its update); "
+                          f"got --nodes {num_nodes}. Use --nodes 2 or more.")
+    if cfg.secure_aggregation and num_nodes == 2 and not cfg.secagg_accept_two_nodes:
+        raise ConfigError("secure-aggregation: with --nodes 2 each node has a single neighbour, and Flower's 32-bit "
+                          "mask seed (flwrlabs/flower#7522) lets the server recover each node's vector by trying "
+                          "all 2^32 seeds (about 2 hours on one core). Use --nodes 3 or more, or accept it with "
+                          "--set secagg-accept-two-nodes=true.")
 
 
 def _shared_paths(cfg: Config) -> dict[str, str]:
@@ -286,20 +291,7 @@ def simulate(cfg: Config, num_nodes: int = 2, verbose: bool = False, baselines: 
              say: Callable[[str], None] = print) -> Path:
     """The whole job: data, federated simulation, baselines, summary.json, rounds.csv, plots. Returns the run dir."""
     t_start = time.perf_counter()
-    run_dir = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    run_dir = run_dir.resolve()
-    blocking = next((p for p in [run_dir, *run_dir.parents] if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        raise NotADirectoryError(f"run directory {run_dir}: {blocking} is a file, not a directory. Fix: choose "
-                                 f"another --out (or run-dir).")
-    cfg = cfg.replace(run_dir=str(run_dir))
-    if cfg.resume:  # fail before the simulation starts if the checkpoint is missing or from another run
-        from server.checkpoint import CHECKPOINT_FILE, check_resumable, load_checkpoint
-
-        check_resumable(load_checkpoint(run_dir / CHECKPOINT_FILE), simulation_inputs(cfg), run_dir / CHECKPOINT_FILE)
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        raise FileExistsError(f"run directory {run_dir} exists and is not empty. Fix: choose another --out, "
-                              f"or --set resume=true to go on from its checkpoint.")
+    cfg, run_dir = _checked_run_dir(cfg)
     t0 = time.perf_counter()
     data_path = resolve_dataset(cfg)
     ds = load_cached(str(data_path))
@@ -351,8 +343,35 @@ def simulate(cfg: Config, num_nodes: int = 2, verbose: bool = False, baselines: 
     }
     write_atomic(diag / "summary.json", json.dumps(summary, indent=2))
     plot_rounds(fed["rounds"], systems, cfg.top_k, diag / "rounds.png")
+    _say_results(cfg, summary["systems"], run_dir, diag, say)
+    return run_dir
+
+
+def _checked_run_dir(cfg: Config) -> tuple[Config, Path]:
+    """(cfg with its run-dir resolved, the run dir; a timestamped one under runs/ if not set). Fails before the
+    simulation starts if the path is blocked by a file, is not empty (a new run), or holds no checkpoint of this
+    run (resume)."""
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    run_dir = run_dir.resolve()
+    blocking = next((p for p in [run_dir, *run_dir.parents] if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise NotADirectoryError(f"run directory {run_dir}: {blocking} is a file, not a directory. Fix: choose "
+                                 f"another --out (or run-dir).")
+    cfg = cfg.replace(run_dir=str(run_dir))
+    if cfg.resume:  # fail before the simulation starts if the checkpoint is missing or from another run
+        from server.checkpoint import CHECKPOINT_FILE, check_resumable, load_checkpoint
+
+        check_resumable(load_checkpoint(run_dir / CHECKPOINT_FILE), simulation_inputs(cfg), run_dir / CHECKPOINT_FILE)
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(f"run directory {run_dir} exists and is not empty. Fix: choose another --out, "
+                              f"or --set resume=true to go on from its checkpoint.")
+    return cfg, run_dir
+
+
+def _say_results(cfg: Config, systems: dict, run_dir: Path, diag: Path, say: Callable[[str], None]) -> None:
+    """The results table, the federated system's intervals (eval-users) and, under DP, what is released."""
     say("")
-    say(results_table(summary["systems"], cfg.top_k))
+    say(results_table(systems, cfg.top_k))
     say(f"(test split: each user's last engagement; full ranking over items not in the user's history; "
         f"sampled: 1 vs {cfg.eval_negatives} negatives)")
     fm = systems["federated"]
@@ -365,4 +384,3 @@ def simulate(cfg: Config, num_nodes: int = 2, verbose: bool = False, baselines: 
         say(f"released (covered by the guarantee in privacy.json): "
             f"{', '.join(p.name for p in sorted(run_dir.iterdir()) if p.name in RELEASED_FILES)}; "
             f"diagnostics (computed without noise, not covered): {diag}")
-    return run_dir

@@ -11,8 +11,8 @@ import pytest
 from client.device import format_recommendations, recommend, refresh_candidates, refresh_theta
 from client.tflite import OUTPUTS, TFLiteScorer, export_scorer
 from common.federated import item_representations
-from common.model import (DENSE_NAMES, ModelShape, ials_solve, item_side, local_train, negative_shift, score_items,
-                          warm_start_theta)
+from common.model import (DENSE_NAMES, GroupParams, ModelShape, StepRule, TrainBatch, ials_solve, item_side,
+                          local_train, negative_shift, score_items, warm_start_theta)
 from common.scoring import item_side_np
 
 N_ITEMS, TEXT_DIM, DIM = 60, 12, 6
@@ -282,13 +282,14 @@ def test_refresh_theta_is_local_train_with_the_shared_parameters_frozen(optimize
     cand = refresh_candidates(items, N_ITEMS, 4, 1)
     rows, local = np.unique(cand, return_inverse=True)
     dense = {n: params[n][None] for n in DENSE_NAMES}
-    d, ref, _, _, _ = local_train(dense, theta[None], params["items/embedding"][rows][None],
-                                  params["items/bias"][rows][None], item_h[rows][None], np.ones((1, len(rows)), np.float32),
-                                  ctx[None], local.reshape(cand.shape)[None], (2.0 ** (-age / 5.0))[None].astype(np.float32),
-                                  steps=2, lr=0.0, theta_lr=0.2, l2=0.01, loss="softmax", optimizer=optimizer,
-                                  neg_shift=negative_shift(N_ITEMS, 4))
-    assert all(np.array_equal(d[n][0], params[n]) for n in DENSE_NAMES)  # lr=0 froze them
-    np.testing.assert_allclose(new, ref[0], rtol=1e-5, atol=2e-5)  # float32 rounding of Adam's bias terms
+    start = GroupParams(dense, theta[None], params["items/embedding"][rows][None], params["items/bias"][rows][None])
+    batch = TrainBatch(rows_h=item_h[rows][None], ctx=ctx[None], cand=local.reshape(cand.shape)[None],
+                       ex_mask=(2.0 ** (-age / 5.0))[None].astype(np.float32),
+                       row_mask=np.ones((1, len(rows)), np.float32))
+    out, _ = local_train(start, batch, StepRule(steps=2, lr=0.0, theta_lr=0.2, l2=0.01, loss="softmax",
+                                                neg_shift=negative_shift(N_ITEMS, 4)), optimizer=optimizer)
+    assert all(np.array_equal(out.dense[n][0], params[n]) for n in DENSE_NAMES)  # lr=0 froze them
+    np.testing.assert_allclose(new, out.theta[0], rtol=1e-5, atol=2e-5)  # float32 rounding of Adam's bias terms
     assert not np.allclose(new, theta)
 
 

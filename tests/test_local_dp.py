@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common.model import DENSE_NAMES, candidate_loss, dp_local_train, group_logits, trainable_dense
+from common.model import (DENSE_NAMES, GroupParams, StepRule, TrainBatch, candidate_loss, dp_local_train, group_logits,
+                          trainable_dense)
 
 
 def _one_user(seed=0, L=6, C=5, R=14, text_dim=5, dim=3, ctx_dim=2):
@@ -26,6 +27,12 @@ def _one_user(seed=0, L=6, C=5, R=14, text_dim=5, dim=3, ctx_dim=2):
         ctx=rng.normal(0, 1, (1, L, ctx_dim)).astype(np.float32), cand=cand, ex_mask=np.ones((1, L), np.float32))
 
 
+def _named(u):
+    """(GroupParams, TrainBatch) of `_one_user`."""
+    return (GroupParams(u["dense"], u["theta"], u["emb"], u["bias"]),
+            TrainBatch(rows_h=u["rows_h"], ctx=u["ctx"], cand=u["cand"], ex_mask=u["ex_mask"]))
+
+
 def test_one_step_equals_tensorflow_privacy_dp_sgd():
     """Our vectorised per-example clipping equals DPKerasSGDOptimizer (jacobian per example, clip, mean)."""
     from tensorflow_privacy import DPKerasSGDOptimizer
@@ -36,9 +43,9 @@ def test_one_step_equals_tensorflow_privacy_dp_sgd():
     zeros = {k: np.zeros((1, 1) + u["dense"][k].shape[1:], np.float32) for k in names}
     zeros.update({"items/embedding": np.zeros((1, 1) + u["emb"].shape[1:], np.float32),
                   "items/bias": np.zeros((1, 1) + u["bias"].shape[1:], np.float32)})
-    ours = dp_local_train(u["dense"], u["theta"], u["emb"], u["bias"], u["rows_h"], u["ctx"], u["cand"],
-                          u["ex_mask"], zeros, steps=1, lr=lr, theta_lr=0.1, l2=l2, clip=clip, noise_std=0.0,
-                          denominator=L)  # TF Privacy divides by its fixed number of microbatches
+    rule = StepRule(steps=1, lr=lr, theta_lr=0.1, l2=l2, loss="softmax")
+    ours, ours_loss = dp_local_train(*_named(u), rule, zeros, clip=clip, noise_std=0.0,
+                                     denominator=L)  # TF Privacy divides by its fixed number of microbatches
 
     variables = {k: tf.Variable(u["dense"][k]) for k in names}
     emb, bias = tf.Variable(u["emb"]), tf.Variable(u["bias"])
@@ -57,17 +64,15 @@ def test_one_step_equals_tensorflow_privacy_dp_sgd():
     opt = DPKerasSGDOptimizer(l2_norm_clip=clip, noise_multiplier=0.0, num_microbatches=L, learning_rate=lr)
     var_list = [variables[k] for k in names] + [emb, bias]
     # the reported loss is the mean example loss of the (last) step's forward pass
-    np.testing.assert_allclose(ours[4], [per_example_loss().numpy().mean()], rtol=1e-5)
+    np.testing.assert_allclose(ours_loss, [per_example_loss().numpy().mean()], rtol=1e-5)
     opt.minimize(per_example_loss, var_list=var_list)
     for k in names:
-        np.testing.assert_allclose(ours[0][k], variables[k].numpy(), rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(ours[2], emb.numpy(), rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(ours[3], bias.numpy(), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(ours.dense[k], variables[k].numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(ours.rows_emb, emb.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(ours.rows_bias, bias.numpy(), rtol=1e-4, atol=1e-6)
     # the clip was active: without it the step differs
-    loose = dp_local_train(u["dense"], u["theta"], u["emb"], u["bias"], u["rows_h"], u["ctx"], u["cand"],
-                           u["ex_mask"], zeros, steps=1, lr=lr, theta_lr=0.1, l2=l2, clip=1e6, noise_std=0.0,
-                           denominator=L)
-    assert not np.allclose(loose[0]["tower/kernel"], ours[0]["tower/kernel"], rtol=1e-3)
+    loose, _ = dp_local_train(*_named(u), rule, zeros, clip=1e6, noise_std=0.0, denominator=L)
+    assert not np.allclose(loose.dense["tower/kernel"], ours.dense["tower/kernel"], rtol=1e-3)
 
 
 def test_noise_has_std_noise_std_times_lr_over_the_public_denominator():
@@ -80,14 +85,13 @@ def test_noise_has_std_noise_std_times_lr_over_the_public_denominator():
     noise["items/embedding"] = rng.standard_normal((1, 1) + u["emb"].shape[1:]).astype(np.float32)
     noise["items/bias"] = rng.standard_normal((1, 1) + u["bias"].shape[1:]).astype(np.float32)
     lr, std, B = 0.2, 3.0, 7.0  # the user has n = 4 examples
-    out = dp_local_train(u["dense"], u["theta"], u["emb"], u["bias"], u["rows_h"], u["ctx"], u["cand"],
-                         u["ex_mask"], noise, steps=1, lr=lr, theta_lr=0.1, l2=0.0, clip=1e-9, noise_std=std,
-                         denominator=B)
+    out, _ = dp_local_train(*_named(u), StepRule(steps=1, lr=lr, theta_lr=0.1, l2=0.0, loss="softmax"), noise,
+                            clip=1e-9, noise_std=std, denominator=B)
     for k in names:
-        np.testing.assert_allclose(out[0][k] - u["dense"][k], -lr * std / B * noise[k][0], atol=1e-5)
-    np.testing.assert_allclose(out[2] - u["emb"], -lr * std / B * noise["items/embedding"][0], atol=1e-5)
+        np.testing.assert_allclose(out.dense[k] - u["dense"][k], -lr * std / B * noise[k][0], atol=1e-5)
+    np.testing.assert_allclose(out.rows_emb - u["emb"], -lr * std / B * noise["items/embedding"][0], atol=1e-5)
     # theta is trained by plain SGD by default: no noise in it, and it moved
-    assert not np.allclose(out[1], u["theta"])
+    assert not np.allclose(out.theta, u["theta"])
 
 
 @pytest.mark.parametrize("z,steps,rounds", [(1.0, 2, 3), (0.7, 5, 10), (2.0, 1, 40)])

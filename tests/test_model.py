@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common.model import (DENSE_NAMES, ModelShape, group_loss, ials_loss, ials_solve, ials_theta, ials_user_gradients,
-                          init_shared, local_train, score_items, warm_start_theta)
+from common.model import (DENSE_NAMES, GroupParams, ModelShape, StepRule, TrainBatch, group_loss, ials_loss, ials_solve,
+                          ials_theta, ials_user_gradients, init_shared, local_train, score_items, warm_start_theta)
 
 
 def _dense(text_dim=2, dim=2, ctx=1):
@@ -67,6 +67,13 @@ def _user_batch(rng, G, L, R, text_dim, dim, ctx_dim, C=3):
     )
 
 
+def _named(dense, b, s=slice(None)):
+    """(GroupParams, TrainBatch) of `_user_batch`'s users s."""
+    return (GroupParams({k: v[s] for k, v in dense.items()}, b["theta"][s], b["rows_emb"][s], b["rows_bias"][s]),
+            TrainBatch(rows_h=b["rows_h"][s], ctx=b["ctx"][s], cand=b["cand"][s], ex_mask=b["ex_mask"][s],
+                       row_mask=b["row_mask"][s]))
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_group_training_equals_one_user_at_a_time(optimizer):
     """Training G users together gives each user exactly what training it alone gives."""
@@ -76,18 +83,14 @@ def test_group_training_equals_one_user_at_a_time(optimizer):
                                     item_embedding=False), seed=1)
     dense = {k: np.broadcast_to(shared[k], (G,) + shared[k].shape) for k in DENSE_NAMES}
     b = _user_batch(rng, G, L, R, text_dim, dim, ctx_dim)
-    kw = dict(steps=3, lr=0.05, theta_lr=0.2, l2=1e-3, optimizer=optimizer)
-    together = local_train(dense, b["theta"], b["rows_emb"], b["rows_bias"], b["rows_h"], b["row_mask"],
-                           b["ctx"], b["cand"], b["ex_mask"], **kw)
+    rule = StepRule(steps=3, lr=0.05, theta_lr=0.2, l2=1e-3)
+    together, _ = local_train(*_named(dense, b), rule, optimizer=optimizer)
     for g in range(G):
-        s = slice(g, g + 1)
-        alone = local_train({k: v[s] for k, v in dense.items()}, b["theta"][s], b["rows_emb"][s],
-                            b["rows_bias"][s], b["rows_h"][s], b["row_mask"][s], b["ctx"][s], b["cand"][s],
-                            b["ex_mask"][s], **kw)
+        alone, _ = local_train(*_named(dense, b, slice(g, g + 1)), rule, optimizer=optimizer)
         for k in DENSE_NAMES:
-            np.testing.assert_allclose(together[0][k][g], alone[0][k][0], rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(together[1][g], alone[1][0], rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(together[2][g], alone[2][0], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(together.dense[k][g], alone.dense[k][0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(together.theta[g], alone.theta[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(together.rows_emb[g], alone.rows_emb[0], rtol=1e-5, atol=1e-6)
 
 
 def test_local_training_lowers_each_users_loss():
@@ -99,16 +102,19 @@ def test_local_training_lowers_each_users_loss():
     dense = {k: np.broadcast_to(shared[k], (G,) + shared[k].shape).copy() for k in DENSE_NAMES}
     b = _user_batch(rng, G, L, R, text_dim, dim, ctx_dim)
 
-    def loss(d, th, e, bias):
-        t = lambda a: tf.constant(a)  # noqa: E731
-        return group_loss({k: t(v) for k, v in d.items()}, t(th), t(e), t(bias), t(b["rows_h"]),
-                          t(b["row_mask"]), t(b["ctx"]), t(b["cand"]), t(b["ex_mask"]), 1e-4).numpy()
+    start, batch = _named(dense, b)
+    batch_t = TrainBatch(**{k: tf.constant(getattr(batch, k))
+                            for k in ("rows_h", "ctx", "cand", "ex_mask", "row_mask")})
 
-    before = loss(dense, b["theta"], b["rows_emb"], b["rows_bias"])
-    out = local_train(dense, b["theta"], b["rows_emb"], b["rows_bias"], b["rows_h"], b["row_mask"], b["ctx"],
-                      b["cand"], b["ex_mask"], steps=5, lr=0.02, theta_lr=0.2, l2=1e-4)
-    after = loss(*out[:4])
-    np.testing.assert_allclose(out[4], after, rtol=1e-5)  # the loss local_train reports is the final one
+    def loss(p):
+        t = lambda a: tf.constant(a)  # noqa: E731
+        return group_loss(GroupParams({k: t(v) for k, v in p.dense.items()}, t(p.theta), t(p.rows_emb),
+                                      t(p.rows_bias)), batch_t, 1e-4).numpy()
+
+    before = loss(start)
+    out, reported = local_train(start, batch, StepRule(steps=5, lr=0.02, theta_lr=0.2, l2=1e-4))
+    after = loss(out)
+    np.testing.assert_allclose(reported, after, rtol=1e-5)  # the loss local_train reports is the final one
     assert (after < before).all(), (before, after)
 
 
@@ -134,8 +140,8 @@ def test_local_gradient_clipping_bounds_each_users_step():
     b = _user_batch(rng, G, L, R, text_dim, dim, ctx_dim)
     b["theta"] *= 50  # large logits, large gradients
     lr, clip = 0.5, 0.01
-    d, th, e, bias, _ = local_train(dense, b["theta"], b["rows_emb"], b["rows_bias"], b["rows_h"], b["row_mask"],
-                                 b["ctx"], b["cand"], b["ex_mask"], steps=1, lr=lr, theta_lr=lr, l2=0.0, clip=clip)
+    out, _ = local_train(*_named(dense, b), StepRule(steps=1, lr=lr, theta_lr=lr, l2=0.0), clip=clip)
+    d, th, e, bias = out.dense, out.theta, out.rows_emb, out.rows_bias
     sq = sum(np.square(d[k] - dense[k]).reshape(G, -1).sum(1) for k in DENSE_NAMES)
     sq += np.square(th - b["theta"]).sum(1) + (np.square(e - b["rows_emb"]).sum(-1)).sum(1)
     sq += np.square(bias - b["rows_bias"]).sum(1)
@@ -155,10 +161,11 @@ def test_context_l2_adds_its_penalty_and_keeps_noise_context_weights_near_zero()
     dense["context/interaction"] = rng.normal(0, 0.3, (ctx_dim, dim)).astype(np.float32)
     dense["context/shift"] = rng.normal(0, 0.3, ctx_dim).astype(np.float32)
     dense_g = {k: tf.constant(np.broadcast_to(v, (G,) + v.shape)) for k, v in dense.items()}
-    args = [tf.constant(b[k]) for k in ("theta", "rows_emb", "rows_bias", "rows_h", "row_mask", "ctx", "cand",
-                                        "ex_mask")]
-    plain = group_loss(dense_g, *args, 1e-3, "softmax").numpy()
-    with_penalty = group_loss(dense_g, *args, 1e-3, "softmax", context_l2=0.7).numpy()
+    t = {k: tf.constant(v) for k, v in b.items()}
+    params_g = GroupParams(dense_g, t["theta"], t["rows_emb"], t["rows_bias"])
+    batch_g = TrainBatch(rows_h=t["rows_h"], ctx=t["ctx"], cand=t["cand"], ex_mask=t["ex_mask"], row_mask=t["row_mask"])
+    plain = group_loss(params_g, batch_g, 1e-3, "softmax").numpy()
+    with_penalty = group_loss(params_g, batch_g, 1e-3, "softmax", context_l2=0.7).numpy()
     penalty = np.sum(dense["context/interaction"] ** 2) + np.sum(dense["context/shift"] ** 2)
     np.testing.assert_allclose(with_penalty - plain, 0.7 * penalty, rtol=1e-5)
 
@@ -166,10 +173,9 @@ def test_context_l2_adds_its_penalty_and_keeps_noise_context_weights_near_zero()
     start["context/interaction"][:] = 0.0
 
     def trained_norm(c):
-        out = local_train(start, b["theta"], b["rows_emb"], b["rows_bias"], b["rows_h"], b["row_mask"], b["ctx"],
-                          b["cand"], b["ex_mask"], steps=60, lr=0.2, theta_lr=0.2, l2=1e-3, loss="softmax",
-                          context_l2=c)
-        return np.linalg.norm(out[0]["context/interaction"].reshape(G, -1), axis=1)
+        out, _ = local_train(*_named(start, b), StepRule(steps=60, lr=0.2, theta_lr=0.2, l2=1e-3, loss="softmax",
+                                                         context_l2=c))
+        return np.linalg.norm(out.dense["context/interaction"].reshape(G, -1), axis=1)
 
     free, held = trained_norm(0.0), trained_norm(1.0)
     assert np.all(free > 0.01)          # without the penalty the weights fit the noise
@@ -319,3 +325,28 @@ def test_sampled_softmax_correction_estimates_the_full_partition_sum():
     assert abs(estimate / others.sum() - 1.0) < 0.02
     uncorrected = np.exp(scores[negs]).sum(axis=1).mean()
     assert uncorrected / others.sum() < 0.1  # without the shift the negatives stand for K items, not n - 1
+
+
+def test_named_batches_trace_once_per_static_setting():
+    """local_train and dp_local_train hand their batches to a tf.function as nests of tensors: calls with other
+    sizes and other rates reuse the trace (one for the first shapes, one relaxed when they first change), so
+    a node's rounds do not retrace per group."""
+    from common.model import _dp_local_train_tf, _local_train_tf, dp_local_train
+
+    rng = np.random.default_rng(11)
+    text_dim, dim, ctx_dim, C = 4, 3, 2, 3
+    shared = init_shared(ModelShape(1, text_dim, dim, ctx_dim, False), seed=0)
+    plain, dp = _local_train_tf.experimental_get_tracing_count(), _dp_local_train_tf.experimental_get_tracing_count()
+    for i, (G, L, R) in enumerate([(2, 3, 5), (3, 4, 6), (4, 2, 7), (1, 5, 4)]):
+        dense = {k: np.broadcast_to(shared[k], (G,) + shared[k].shape) for k in DENSE_NAMES}
+        b = _user_batch(rng, G, L, R, text_dim, dim, ctx_dim, C=C)
+        b["cand"] = np.stack([np.stack([rng.choice(R, C, replace=False) for _ in range(L)]) for _ in range(G)]
+                             ).astype(np.int32)  # distinct candidates, as local DP needs
+        rule = StepRule(steps=7, lr=0.01 * (i + 1), theta_lr=0.1, l2=1e-3 * i, loss="softmax", neg_shift=0.5 * i)
+        local_train(*_named(dense, b), rule, clip=1.0 + i, optimizer="adam")
+        noise = {k: rng.standard_normal((7, G) + shared[k].shape).astype(np.float32) for k in DENSE_NAMES}
+        noise["items/embedding"] = rng.standard_normal((6, G, R, dim)).astype(np.float32)
+        noise["items/bias"] = rng.standard_normal((6, G, R)).astype(np.float32)
+        dp_local_train(*_named(dense, b), rule, noise, clip=0.5 + i, noise_std=i, denominator=4.0 + i)
+    assert _local_train_tf.experimental_get_tracing_count() - plain == 2
+    assert _dp_local_train_tf.experimental_get_tracing_count() - dp == 2
