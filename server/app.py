@@ -31,7 +31,9 @@ from server.checkpoint import (CHECKPOINT_FILE, ServerState, check_resumable, lo
 from common.secagg import MASK_SEED_WEAKNESS
 from common.schema import SCHEMA_FILE, PublicSchema, build_schema, declared_context
 from server.content import item_content
-from server.strategy import AdaptiveClip, CentralDP, SecureAggregation, UserFedAvg
+from server.central_dp import AdaptiveClip, CentralDP
+from server.secagg_driver import SecureAggregation
+from server.strategy import UserFedAvg
 
 __all__ = ["app", "run_federated", "public_inputs"]
 

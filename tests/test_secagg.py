@@ -25,7 +25,9 @@ from common.protocol import CONFIG, ITEM_VECTORS, METRICS, UPDATE
 from common.secagg import (CLIPPING_RANGE, MODULUS, error_bound, pack, quantization_range, shares_and_threshold,
                            unpack)
 from server.app import public_inputs
-from server.strategy import CentralDP, SecureAggregation, UserFedAvg
+from server.central_dp import CentralDP
+from server.secagg_driver import SecureAggregation
+from server.strategy import UserFedAvg
 from simulations.inprocess import InProcessGrid, node_contexts
 from simulations.simulate import simulation_inputs
 

@@ -18,7 +18,9 @@ from common.params import from_record, to_record
 from common.privacy import PrivacyLedger, SamplingKey
 from common.protocol import CONTENT, METRICS, SCHEMA, SCHEMA_HASH, UPDATE
 from common.schema import build_schema
-from server.strategy import CentralDP, UserFedAvg, reply_problem
+from server.central_dp import CentralDP
+from server.replies import reply_problem
+from server.strategy import UserFedAvg
 
 SHAPES = {"tower/kernel": (3, 2), "global-bias": (1,)}
 
@@ -192,7 +194,7 @@ def test_fail_fast_stops_a_simulation_whose_nodes_all_fail_in_the_first_round():
 
 
 def test_adaptive_clipping_noises_with_this_round_s_clip_and_sends_the_next_one_to_the_nodes():
-    from server.strategy import AdaptiveClip
+    from server.central_dp import AdaptiveClip
 
     ledger = PrivacyLedger(delta=1e-5, accountant="rdp")
     dp = CentralDP(clip_norm=1.0, noise_multiplier=0.1, denominator=10.0, ledger=ledger,
