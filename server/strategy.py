@@ -33,7 +33,7 @@ from common.params import from_record, to_record
 from common.privacy import SamplingKey
 from common.protocol import (ARRAYS, CLIP_NORM, CONFIG, EPSILON, METRICS, NODES_ASKED, NODES_FAILED, NODES_REPLIED,
                              NUM_USERS, ROUND, ROW_CLIP_NORM, SAMPLE_RATE, SECAGG_PHASE, SECAGG_PHASE_EVALUATE,
-                             SECONDS, SERVER_ROUND, SKIPPED, TRAIN_SECONDS, UNCLIPPED_SHARE, USERS)
+                             SECONDS, SERVER_ROUND, SKIPPED, TRAIN_SECONDS, UNCLIPPED_SHARE, USERS, eval_metric)
 from common.schema import PublicSchema
 from server.central_dp import CentralDP
 from server.nodes import NodeBook, wait_for_nodes
@@ -67,8 +67,8 @@ class UserFedAvg(FedAvg):
     def __init__(self, *, content: ArrayRecord, schema: PublicSchema, optimizer: ServerOptimizer,
                  sample_rate: float, sampling_key: SamplingKey, eval_every: int, num_rounds: int, min_nodes: int = 1,
                  min_connected: int = 0, run_token: str = "", on_round: Callable[[dict], None] | None = None,
-                 dp: CentralDP | None = None, select_key: str | None = "val-hr@10", round_offset: int = 0,
-                 checkpoint_every: int = 0, on_checkpoint: Callable[[int], None] | None = None,
+                 dp: CentralDP | None = None, select_key: str | None = eval_metric("val", "hr", 10),
+                 round_offset: int = 0, checkpoint_every: int = 0, on_checkpoint: Callable[[int], None] | None = None,
                  on_begin: Callable[[int, bool], None] | None = None, replayed_until: int = 0, attempt: int = 0,
                  secure: SecureAggregation | None = None, fail_fast: bool = False) -> None:
         super().__init__(fraction_train=1.0, fraction_evaluate=1.0, weighted_by_key=NUM_USERS,
