@@ -23,8 +23,8 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 
 from client.node import Node, node_for
 from common.params import from_record
-from common.protocol import CONFIG, METRICS, UPDATE
-from common.metrics import evaluation_keys
+from common.protocol import (CLIP_NORM, CLIP_SHIFTED_COUNT, CONFIG, METRICS, NUM_USERS, SECAGG_MAX_USERS,
+                             SECAGG_PHASE, SECAGG_PHASE_COUNT, SECAGG_PHASE_EVALUATE, UPDATE, evaluation_keys)
 from common.secagg import bytes_to_private_key, pack, pack_metrics, private_key_to_bytes
 
 __all__ = ["app", "train_reply", "evaluate_reply", "secure_aggregation_mod", "NODE_THREADS_ENV", "TIMINGS_FILE",
@@ -92,25 +92,25 @@ def train_reply(node: Node, content: RecordDict) -> RecordDict:
     if RECORD_KEY_CONFIGS not in content.config_records:
         return RecordDict({UPDATE: update, METRICS: MetricRecord(metrics)})
     conf = content.config_records[CONFIG]
-    packed = pack(from_record(update), int(metrics["num-users"]), float(metrics.get("clip-shifted-count", 0.0)),
-                  int(conf["secagg-max-users"]), float(conf["clip-norm"]))
+    packed = pack(from_record(update), int(metrics[NUM_USERS]), float(metrics.get(CLIP_SHIFTED_COUNT, 0.0)),
+                  int(conf[SECAGG_MAX_USERS]), float(conf[CLIP_NORM]))
     return _masked_layout(packed)
 
 
 def secure_evaluate_reply(node: Node, content: RecordDict) -> RecordDict:
-    """Evaluation inside a SecAgg+ round (server config "secagg-phase" = "evaluate"): the node's metric sums,
+    """Evaluation inside a SecAgg+ round (server config SECAGG_PHASE = SECAGG_PHASE_EVALUATE): the node's metric sums,
     packed (common.secagg.pack_metrics) for secaggplus_mod to mask; nothing in clear."""
     conf = content.config_records[CONFIG]
     return _masked_layout(pack_metrics(node.evaluate(content), evaluation_keys(node.cfg.top_k, node.cfg.eval_users > 0),
-                                       int(conf["secagg-max-users"])))
+                                       int(conf[SECAGG_MAX_USERS])))
 
 
 def secure_count_reply(node: Node, content: RecordDict) -> RecordDict:
-    """The user-count round of a secure training round (server config "secagg-phase" = "count", for the
+    """The user-count round of a secure training round (server config SECAGG_PHASE = SECAGG_PHASE_COUNT, for the
     server's secagg-min-users floor): the number of this node's users the round samples, [users] / U, for
     secaggplus_mod to mask. Nothing is trained."""
     conf = content.config_records[CONFIG]
-    return _masked_layout(pack_metrics({"num-users": len(node.sampled(conf))}, (), int(conf["secagg-max-users"])))
+    return _masked_layout(pack_metrics({NUM_USERS: len(node.sampled(conf))}, (), int(conf[SECAGG_MAX_USERS])))
 
 
 def _masked_layout(packed: list) -> RecordDict:
@@ -172,10 +172,10 @@ def _reply(msg: Message, context: Context, handler, training: bool = False) -> M
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    phase = msg.content.config_records[CONFIG].get("secagg-phase")
-    if phase == "evaluate":  # SecAgg+ runs on train messages
+    phase = msg.content.config_records[CONFIG].get(SECAGG_PHASE)
+    if phase == SECAGG_PHASE_EVALUATE:  # SecAgg+ runs on train messages
         return _reply(msg, context, secure_evaluate_reply)
-    if phase == "count":
+    if phase == SECAGG_PHASE_COUNT:
         return _reply(msg, context, secure_count_reply)
     return _reply(msg, context, train_reply, training=True)
 

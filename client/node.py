@@ -23,10 +23,14 @@ from common.federated import (UserStore, dp_init_theta, eval_sample, evaluate_us
                               item_representations, poisson_sample, training_members, user_updates)
 from common.model import DENSE_NAMES, ITEM_NAMES
 from common.params import from_record, to_record
-from common.privacy import SecureGaussian, clip_factors, local_epsilon, local_report
-from common.protocol import ARRAYS, CONFIG, CONTENT, ITEM_VECTORS, RUN_TOKEN, SCHEMA, SCHEMA_HASH, SCHEMA_JSON
+from common.privacy import SecureGaussian, local_epsilon, local_report
+from common.protocol import (ARRAYS, CLIP_NORM, CLIP_SHIFTED_COUNT, CONFIG, CONTENT, ITEM_VECTORS, NODE_RUN,
+                             NODE_RUN_TOKEN, NODE_STATE, NUM_EXAMPLES, NUM_USERS, RANKING, RUN_TOKEN, SAMPLE_RATE,
+                             SAMPLING_SEED, SCHEMA, SCHEMA_HASH, SCHEMA_JSON, SECAGG_MAX_USERS, SERVER_ROUND, SPLITS,
+                             SQUARES, TRAIN_LOSS_SUM, eval_metric)
 from common.secagg import check_users
 from common.schema import SCHEMA_FILE, PublicSchema, SchemaMismatch, content_digest
+from client.clipping import clip_users
 from client.device_state import data_index
 from client.state_files import CONTENT_FILE, DEVICE_FILE, DEVICES_DIR, GLOBAL_MODEL_FILE, NODE_STATE_FILE, STORE_FILE
 from common.io import atomic_file, savez_atomic, write_atomic
@@ -135,7 +139,7 @@ class Node:
         expected = set(DENSE_NAMES) | (set(ITEM_NAMES) if self.cfg.item_embedding else set())
         if set(params) != expected:
             raise ValueError(f"server sent parameters {sorted(params)}, this node expects {sorted(expected)}")
-        self.round = int(content.config_records[CONFIG]["server-round"])
+        self.round = int(content.config_records[CONFIG][SERVER_ROUND])
         self.params = params  # the latest global model (a device keeps it to recommend between rounds)
         return params
 
@@ -157,11 +161,11 @@ class Node:
         """Train this round's sampled users; return the SUM of their shared-parameter updates."""
         params = self._receive(content)
         conf = content.config_records[CONFIG]
-        round_ = int(conf["server-round"])
+        round_ = int(conf[SERVER_ROUND])
         sampled = self.sampled(conf)
-        secure = "secagg-max-users" in conf  # secure aggregation: a public bound on every value (common.secagg)
+        secure = SECAGG_MAX_USERS in conf  # secure aggregation: a public bound on every value (common.secagg)
         if secure:
-            check_users(len(sampled), int(conf["secagg-max-users"]))
+            check_users(len(sampled), int(conf[SECAGG_MAX_USERS]))
         if len(sampled) == 0:
             zero = {k: np.zeros_like(v) for k, v in params.items()}
             return to_record(zero), self._train_metrics(0, 0, 0.0)
@@ -171,28 +175,28 @@ class Node:
                                           self.cfg, round_)
         self.theta[sampled] = new_theta
         shapes = {k: v.shape for k, v in params.items()}
-        scale, extra = None, {}
-        if self.cfg.central_dp or secure:  # each user's whole update is clipped (DP-FedAvg; SecAgg's bound)
-            clip = float(conf.get("clip-norm", self.cfg.clip_norm))  # the server's C of this round
-            norms = updates.norms()
-            scale = clip_factors(norms, clip)
-            if self.cfg.adaptive_clip:  # sum of 1[norm <= C] - 1/2 (sensitivity 1/2; the server adds the noise)
-                extra["clip-shifted-count"] = float((norms <= clip).sum() - 0.5 * len(norms))
-        total = updates.total(shapes, scale)
-        return to_record({k: total[k] for k in params}), {
-            **self._train_metrics(len(sampled), int(updates.n_examples.sum()), float(updates.loss.sum())), **extra}
+        metrics = self._train_metrics(len(sampled), int(updates.n_examples.sum()), float(updates.loss.sum()))
+        if not (self.cfg.central_dp or secure):
+            total = updates.total(shapes)
+            return to_record({k: total[k] for k in params}), metrics
+        # each user's whole update is clipped to the server's C of this round (DP-FedAvg; SecAgg's bound)
+        clipping = clip_users(updates, float(conf.get(CLIP_NORM, self.cfg.clip_norm)), self.cfg.adaptive_clip)
+        if clipping.shifted_count is not None:
+            metrics[CLIP_SHIFTED_COUNT] = clipping.shifted_count
+        total = updates.total(shapes, clipping.scale)
+        return to_record({k: total[k] for k in params}), metrics
 
     def sampled(self, conf) -> np.ndarray:
         """The node's users sampled in the round of the train config `conf` (its seed, rate and round)."""
-        return np.flatnonzero(poisson_sample(self.store.user_keys, float(conf["sample-rate"]),
-                                             int(conf["sampling-seed"]), int(conf["server-round"])) & self.members)
+        return np.flatnonzero(poisson_sample(self.store.user_keys, float(conf[SAMPLE_RATE]),
+                                             int(conf[SAMPLING_SEED]), int(conf[SERVER_ROUND])) & self.members)
 
     def _train_metrics(self, users: int, examples: int, loss_sum: float) -> dict[str, float | int]:
         """The scalars a training reply carries. Under local DP only the user count: the example count and the
         loss are exact functions of the users' engagements, which the example-level guarantee must cover."""
         if self.cfg.local_dp:
-            return {"num-users": int(users)}
-        return {"num-users": int(users), "num-examples": int(examples), "train-loss-sum": float(loss_sum)}
+            return {NUM_USERS: int(users)}
+        return {NUM_USERS: int(users), NUM_EXAMPLES: int(examples), TRAIN_LOSS_SUM: float(loss_sum)}
 
     @property
     def members(self) -> np.ndarray:
@@ -211,14 +215,14 @@ class Node:
             theta = self.theta.copy()
             theta[users] = ials_user_theta(params, self.store, users, self.item_h, self.cfg)
         k = self.cfg.top_k
-        out: dict[str, float | int] = {"num-users": int(len(users))}
-        for split in ("val", "test"):
+        out: dict[str, float | int] = {NUM_USERS: int(len(users))}
+        for split in SPLITS:
             m = evaluate_users(params, theta, self.store, self.item_h, self.cfg, split, users)
-            for name, key in (("hr", f"hr@{k}"), ("ndcg", f"ndcg@{k}"), ("hr-sampled", f"hr@{k}-sampled"),
-                              ("ndcg-sampled", f"ndcg@{k}-sampled")):
-                out[f"{split}-{key}"] = float(m[name].mean()) if len(users) else 0.0
+            for name in RANKING:
+                key = eval_metric(split, name, k)
+                out[key] = float(m[name].mean()) if len(users) else 0.0
                 if self.cfg.eval_users > 0:
-                    out[f"{split}-{key}-sq"] = float(np.square(m[name]).mean()) if len(users) else 0.0
+                    out[key + SQUARES] = float(np.square(m[name]).mean()) if len(users) else 0.0
         return out
 
     # -- persistence ----------------------------------------------------------------------------
@@ -226,11 +230,11 @@ class Node:
         """Persist theta_u: in the Flower Context and, with a state-dir (a device, or a simulated node of a run
         with a run-dir), on disk: node-state.npz (theta_u by user key, round counts, the round reached),
         content.npz (h(c) and the schema) and global_model.npz (the latest global model)."""
-        context.state["theta"] = to_record({"theta": self.theta, "ready": self.ready.astype(np.float32),
+        context.state[NODE_STATE] = to_record({"theta": self.theta, "ready": self.ready.astype(np.float32),
                                             "taken": self.taken.astype(np.float32),
                                             "warmed": self.warmed.astype(np.float32),
                                             "round": np.array([self.round], np.float32)})
-        context.state["run"] = ConfigRecord({"token": self.run_token})
+        context.state[NODE_RUN] = ConfigRecord({NODE_RUN_TOKEN: self.run_token})
         context.state[CONTENT] = to_record({ITEM_VECTORS: self.item_h})
         context.state[SCHEMA] = ConfigRecord({SCHEMA_JSON: self.schema.to_json()})
         if self.state_dir is None:
@@ -327,11 +331,11 @@ def _saved_state(context: Context, state_dir: Path | None, user_keys: np.ndarray
     out = {"theta": np.zeros((n, dim), np.float32), "ready": np.zeros(n, bool), "taken": np.zeros(n, np.int64),
            "warmed": np.zeros(n, np.int64), "round": 0, "run_token": ""}
     if state_dir is None:
-        if "theta" in context.state.array_records:
-            saved = from_record(context.state.array_records["theta"])
+        if NODE_STATE in context.state.array_records:
+            saved = from_record(context.state.array_records[NODE_STATE])
             out.update(theta=saved["theta"].copy(), ready=saved["ready"].astype(bool),
                        taken=saved["taken"].astype(np.int64), warmed=saved["warmed"].astype(np.int64),
-                       round=int(saved["round"][0]), run_token=str(context.state.config_records["run"]["token"]))
+                       round=int(saved["round"][0]), run_token=str(context.state.config_records[NODE_RUN][NODE_RUN_TOKEN]))
         return out
     released: dict[str, np.ndarray] = {}  # the newest state's counts when a resumed run goes back to a snapshot
     for candidate in (state_dir / NODE_STATE_FILE, state_dir / f"checkpoint-{(round_ or 1) - 1}.npz"):
@@ -385,7 +389,7 @@ def node_for(context: Context, content: RecordDict | None = None, training: bool
     else:  # simulation: a shard of the run's dataset
         store = _shard(str(resolve_dataset(cfg)), int(nc.get("partition-id", 0)), int(nc.get("num-partitions", 1)),
                        cfg.use_context, schema.to_json())
-    round_ = int(content.config_records[CONFIG]["server-round"]) if training and content is not None else None
+    round_ = int(content.config_records[CONFIG][SERVER_ROUND]) if training and content is not None else None
     token = str(content.config_records[CONFIG].get(RUN_TOKEN, "")) if content is not None and \
         CONFIG in content.config_records else ""
     saved = _saved_state(context, state_dir, store.user_keys, cfg.dim, round_, token)

@@ -7,27 +7,22 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from common.protocol import SQUARES, STANDARD_ERROR, evaluation_keys
+
 __all__ = ["rank_of_target", "hit_and_ndcg", "sample_eval_negatives", "evaluation_keys", "standard_errors"]
-
-
-def evaluation_keys(k: int, squares: bool = False) -> list[str]:
-    """The per-user mean metrics a node's evaluation reports, in a fixed order (secure aggregation packs them);
-    squares (sub-sampled evaluation, eval-users > 0): each one's mean of squares too, as `<key>-sq`."""
-    keys = [f"{split}-{key}" for split in ("val", "test")
-            for key in (f"hr@{k}", f"ndcg@{k}", f"hr@{k}-sampled", f"ndcg@{k}-sampled")]
-    return keys + [f"{key}-sq" for key in keys] if squares else keys
 
 
 def standard_errors(metrics: Mapping[str, float], users: int) -> dict[str, float]:
     """Aggregated evaluation metrics with every `<key>-sq` (the mean over `users` sampled users of the squared
     per-user value) replaced by `<key>-se`, the standard error of the mean `<key>`: sqrt(s^2 / n) with the
     sample variance s^2 = n / (n - 1) (mean of squares - mean^2) (NaN below 2 users)."""
-    out = {k: v for k, v in metrics.items() if not k.endswith("-sq")}
+    out = {k: v for k, v in metrics.items() if not k.endswith(SQUARES)}
     for key, sq in metrics.items():
-        if key.endswith("-sq") and key[:-3] in metrics:
-            mean, n = float(metrics[key[:-3]]), int(users)
+        base = key[:-len(SQUARES)]
+        if key.endswith(SQUARES) and base in metrics:
+            mean, n = float(metrics[base]), int(users)
             var = max(float(sq) - mean * mean, 0.0) * n / (n - 1) if n > 1 else float("nan")
-            out[f"{key[:-3]}-se"] = math.sqrt(var / n) if n > 1 else float("nan")
+            out[base + STANDARD_ERROR] = math.sqrt(var / n) if n > 1 else float("nan")
     return out
 
 

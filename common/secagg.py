@@ -23,6 +23,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from common.protocol import NUM_USERS
+
 __all__ = ["MASK_SEED_WEAKNESS", "MODULUS", "CLIPPING_RANGE", "MAX_BITS", "quantization_range", "shares_and_threshold", "pack",
            "unpack", "check_users", "pack_metrics", "unpack_metrics", "error_bound",
            "rounding_sensitivity", "value_names", "private_key_to_bytes", "bytes_to_private_key", "tolerance",
@@ -113,7 +115,7 @@ def check_users(users: int, max_users: int) -> None:
 
 def pack_metrics(metrics: Mapping[str, float], keys: Sequence[str], max_users: int) -> list[np.ndarray]:
     """An evaluation reply as SecAgg+'s input: [[users, users x mean of each key]] / U, values in [0, 1]."""
-    users = int(metrics["num-users"])
+    users = int(metrics[NUM_USERS])
     check_users(users, max_users)
     return [np.array([users] + [users * float(metrics[k]) for k in keys], np.float64) / max_users]
 
@@ -122,7 +124,7 @@ def unpack_metrics(sums: Sequence[np.ndarray], keys: Sequence[str], max_users: i
     """The summed `pack_metrics` arrays -> {"num-users": users, key: mean over all users} (means 0 without users)."""
     values = np.asarray(sums[0], np.float64) * max_users
     users = int(round(values[0]))
-    return {"num-users": users, **{k: float(v / users) if users else 0.0 for k, v in zip(keys, values[1:])}}
+    return {NUM_USERS: users, **{k: float(v / users) if users else 0.0 for k, v in zip(keys, values[1:])}}
 
 
 def rounding_sensitivity(n_coords: int, max_users: int, clip: float, levels: int) -> float:

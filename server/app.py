@@ -23,7 +23,8 @@ from common.datasets import resolve_dataset
 from common.metrics import evaluation_keys
 from common.model import ModelShape, init_shared
 from common.params import from_record, to_record
-from common.protocol import ITEM_VECTORS
+from common.protocol import (EVALUATED_USERS, ITEM_VECTORS, RANKING, ROUND, SECAGG_DROPPED, SKIPPED, STANDARD_ERROR,
+                             eval_metric, ranking_metric)
 from common.report import RELEASED_FILES, diagnostics_dir, format_round, write_rounds_csv
 from common.privacy import (PrivacyLedger, RoundRecord, SamplingKey, SecureGaussian, calibrate_noise,
                             central_statement, local_guarantee)
@@ -32,7 +33,9 @@ from server.checkpoint import (CHECKPOINT_FILE, ServerState, check_resumable, lo
 from common.secagg import MASK_SEED_WEAKNESS
 from common.schema import SCHEMA_FILE, PublicSchema, build_schema, declared_context
 from server.content import item_content
-from server.strategy import AdaptiveClip, CentralDP, SecureAggregation, UserFedAvg
+from server.central_dp import AdaptiveClip, CentralDP
+from server.secagg_driver import SecureAggregation
+from server.strategy import UserFedAvg
 
 __all__ = ["app", "run_federated", "public_inputs"]
 
@@ -118,7 +121,8 @@ def run_federated(grid: Grid, cfg: Config, run_dir: Path | None) -> dict:
                                                                 sgd_lr=item_sgd_lr(cfg)),
         sample_rate=cfg.sample_rate, sampling_key=sampling_key, eval_every=cfg.eval_every, num_rounds=cfg.num_rounds,
         on_round=lambda row: print(format_round(row, cfg.num_rounds, cfg.top_k, private=cfg.private), flush=True),
-        dp=dp, select_key=None if cfg.private else f"val-hr@{cfg.top_k}", round_offset=state.round if state else 0,
+        dp=dp, select_key=None if cfg.private else eval_metric("val", "hr", cfg.top_k),
+        round_offset=state.round if state else 0,
         checkpoint_every=cfg.checkpoint_every if checkpoint is not None else 0, on_checkpoint=write_checkpoint,
         secure=secure, fail_fast=bool(os.environ.get(SERVER_ERROR_ENV)),  # a simulation's nodes share one dataset
         on_begin=begin_round if run_dir is not None else None, replayed_until=begun["last"], attempt=starts,
@@ -242,17 +246,16 @@ def _result(cfg: Config, strategy: UserFedAvg, result, schema: PublicSchema, con
     the content encoder, timings and the released arrays."""
     rows = strategy.log.rows
     k = cfg.top_k
-    last = next((r for r in reversed(rows) if f"test-hr@{k}" in r), {})
+    last = next((r for r in reversed(rows) if eval_metric("test", "hr", k) in r), {})
     # early stopping on validation only without DP: under DP the released model is the last round's
-    selected = next((r for r in rows if r["round"] == strategy.best[1]), last)
+    selected = next((r for r in rows if r[ROUND] == strategy.best[1]), last)
 
     def test_metrics(row: dict) -> dict:
-        out = {f"hr@{k}": row.get(f"test-hr@{k}"), f"ndcg@{k}": row.get(f"test-ndcg@{k}"),
-               f"hr@{k}-sampled": row.get(f"test-hr@{k}-sampled"),
-               f"ndcg@{k}-sampled": row.get(f"test-ndcg@{k}-sampled")}
+        out = {ranking_metric(name, k): row.get(eval_metric("test", name, k)) for name in RANKING}
         if cfg.eval_users > 0:  # sub-sampled evaluation: each mean's standard error and the users it is over
-            out.update({f"{key}-se": row.get(f"test-{key}-se") for key in list(out)})
-            out["evaluated_users"] = row.get("evaluated-users")
+            out.update({ranking_metric(name, k) + STANDARD_ERROR:
+                        row.get(eval_metric("test", name, k) + STANDARD_ERROR) for name in RANKING})
+            out["evaluated_users"] = row.get(EVALUATED_USERS)
         return out
 
     released = strategy.latest if cfg.private else (strategy.best[2] if strategy.best[2] is not None else (
@@ -308,8 +311,8 @@ def _secure_aggregation_report(cfg: Config, secure: SecureAggregation, out: dict
     privacy["secure_aggregation"] = dict(out["secure_aggregation"])  # the settings only: the counts below
     # depend on the nodes (diagnostics)
     out["secure_aggregation"].update({
-        "rounds_skipped": sum(1 for r in rows if r.get("skipped")),
-        "nodes_dropped_after_sharing_keys": sum(int(r.get("secagg-dropped", 0)) for r in rows)})
+        "rounds_skipped": sum(1 for r in rows if r.get(SKIPPED)),
+        "nodes_dropped_after_sharing_keys": sum(int(r.get(SECAGG_DROPPED, 0)) for r in rows)})
     return privacy
 
 

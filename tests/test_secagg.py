@@ -25,7 +25,9 @@ from common.protocol import CONFIG, ITEM_VECTORS, METRICS, UPDATE
 from common.secagg import (CLIPPING_RANGE, MODULUS, error_bound, pack, quantization_range, shares_and_threshold,
                            unpack)
 from server.app import public_inputs
-from server.strategy import CentralDP, SecureAggregation, UserFedAvg
+from server.central_dp import CentralDP
+from server.secagg_driver import SecureAggregation
+from server.strategy import UserFedAvg
 from simulations.inprocess import InProcessGrid, node_contexts
 from simulations.simulate import simulation_inputs
 
@@ -413,8 +415,7 @@ def test_central_noise_covers_the_rounding_of_the_secure_sum(fed):
 
     cfg, _, _, params = fed
     ledger = PrivacyLedger(delta=1e-3)
-    dp = CentralDP(clip_norm=cfg.clip_norm, noise_multiplier=1.0, denominator=24.0, ledger=ledger)
-    dp.noise = Recording()
+    dp = CentralDP(clip_norm=cfg.clip_norm, noise_multiplier=1.0, denominator=24.0, ledger=ledger, noise=Recording())
     s = _strategy(fed, dp=dp)
     _round(fed, s)
     d = sum(v.size for v in params.values())

@@ -16,9 +16,12 @@ from common.aggregation import ServerOptimizer
 from common.context import ContextEncoder
 from common.params import from_record, to_record
 from common.privacy import PrivacyLedger, SamplingKey
-from common.protocol import CONTENT, METRICS, SCHEMA, SCHEMA_HASH, UPDATE
+from common.protocol import (CLIP_NORM, CLIP_SHIFTED_COUNT, CONFIG, CONTENT, ITEM_VECTORS, METRICS, NUM_USERS, SCHEMA,
+                             SCHEMA_HASH, UPDATE)
 from common.schema import build_schema
-from server.strategy import CentralDP, UserFedAvg, reply_problem
+from server.central_dp import CentralDP
+from server.replies import reply_problem
+from server.strategy import UserFedAvg
 
 SHAPES = {"tower/kernel": (3, 2), "global-bias": (1,)}
 
@@ -38,14 +41,14 @@ def _params(value=0.0):
 def _strategy(min_nodes=1, dp=None):
     item_h = np.eye(4, 3, dtype=np.float32)
     schema = build_schema(["a", "b", "c", "d"], ContextEncoder([], []), {"encoder": "test"}, item_h)
-    return UserFedAvg(content=to_record({"item-vectors": item_h}), schema=schema,
+    return UserFedAvg(content=to_record({ITEM_VECTORS: item_h}), schema=schema,
                       optimizer=ServerOptimizer("sgd", 1.0), sample_rate=1.0,
                       sampling_key=SamplingKey(b"k" * 32, secret=False), eval_every=1, num_rounds=5,
                       min_nodes=min_nodes, dp=dp, select_key=None)
 
 
 def _reply(msg, update=None, users=1, **metrics):
-    content = RecordDict({METRICS: MetricRecord({"num-users": users, **metrics})})
+    content = RecordDict({METRICS: MetricRecord({NUM_USERS: users, **metrics})})
     if update is not None:
         content[UPDATE] = to_record(update)
     return Message(content=content, reply_to=msg)
@@ -60,7 +63,7 @@ def test_failed_late_and_malformed_replies_are_dropped_and_the_round_goes_on():
     s = _strategy()
     msgs = _train(s, [11, 12, 13, 14, 15])
     assert all(CONTENT in m.content and SCHEMA in m.content for m in msgs.values())  # first contact: all need it
-    assert len({m.content.config_records["config"][SCHEMA_HASH] for m in msgs.values()}) == 1
+    assert len({m.content.config_records[CONFIG][SCHEMA_HASH] for m in msgs.values()}) == 1
     good = {k: np.full(sh, 2.0, np.float32) for k, sh in SHAPES.items()}
     nan = {k: np.full(sh, np.nan, np.float32) for k, sh in SHAPES.items()}
     replies = [_reply(msgs[11], good, users=2),
@@ -112,21 +115,21 @@ def test_an_error_the_superlink_makes_for_a_dead_node_is_counted_against_that_no
 ])
 def test_reply_problem_names_what_is_wrong(bad, expected):
     record = ArrayRecord(OrderedDict((k, Array(v)) for k, v in bad.items()))  # as a node sent it, dtype kept
-    content = RecordDict({UPDATE: record, METRICS: MetricRecord({"num-users": 1})})
+    content = RecordDict({UPDATE: record, METRICS: MetricRecord({NUM_USERS: 1})})
     assert expected in reply_problem(content, _params(), None, False)
 
 
 def test_reply_problem_checks_metrics_and_the_clip_bound():
     upd = {k: np.zeros(sh, np.float32) for k, sh in SHAPES.items()}
     upd["global-bias"][0] = 0.3  # norm 0.3
-    ok = RecordDict({UPDATE: to_record(upd), METRICS: MetricRecord({"num-users": 2})})
+    ok = RecordDict({UPDATE: to_record(upd), METRICS: MetricRecord({NUM_USERS: 2})})
     assert reply_problem(ok, _params(), 0.2, False) is None  # 0.3 <= 2 users x C = 0.4
     assert "exceeds" in reply_problem(ok, _params(), 0.1, False)  # 0.3 > 2 x 0.1
-    assert "num-users" in reply_problem(RecordDict({METRICS: MetricRecord({"num-users": -1})}), _params(), None,
+    assert "num-users" in reply_problem(RecordDict({METRICS: MetricRecord({NUM_USERS: -1})}), _params(), None,
                                         False)
     assert "metrics" in reply_problem(RecordDict({}), _params(), None, False)
-    shifted = RecordDict({UPDATE: to_record(upd), METRICS: MetricRecord({"num-users": 2,
-                                                                         "clip-shifted-count": 1.5})})
+    shifted = RecordDict({UPDATE: to_record(upd), METRICS: MetricRecord({NUM_USERS: 2,
+                                                                         CLIP_SHIFTED_COUNT: 1.5})})
     assert "clip-shifted-count" in reply_problem(shifted, _params(), 0.2, True)
 
 
@@ -158,11 +161,11 @@ def test_evaluation_drops_bad_replies_and_averages_the_rest():
     s.aggregate_train(1, [])  # nobody replied: skipped (min-nodes 1)
     msgs = {m.metadata.dst_node_id - 10: m for m in s.configure_evaluate(1, to_record(_params()), ConfigRecord({}),
                                                                           FakeGrid([11, 12, 13]))}
-    replies = [Message(content=RecordDict({METRICS: MetricRecord({"num-users": 1, "val-hr@10": 0.2})}),
+    replies = [Message(content=RecordDict({METRICS: MetricRecord({NUM_USERS: 1, "val-hr@10": 0.2})}),
                        reply_to=msgs[1]),
-               Message(content=RecordDict({METRICS: MetricRecord({"num-users": 3, "val-hr@10": 0.6})}),
+               Message(content=RecordDict({METRICS: MetricRecord({NUM_USERS: 3, "val-hr@10": 0.6})}),
                        reply_to=msgs[2]),
-               Message(content=RecordDict({METRICS: MetricRecord({"num-users": 1, "val-hr@10": 7.0})}),
+               Message(content=RecordDict({METRICS: MetricRecord({NUM_USERS: 1, "val-hr@10": 7.0})}),
                        reply_to=msgs[3])]
     metrics = s.aggregate_evaluate(1, replies)
     assert metrics["val-hr@10"] == pytest.approx((0.2 * 1 + 0.6 * 3) / 4)
@@ -192,24 +195,24 @@ def test_fail_fast_stops_a_simulation_whose_nodes_all_fail_in_the_first_round():
 
 
 def test_adaptive_clipping_noises_with_this_round_s_clip_and_sends_the_next_one_to_the_nodes():
-    from server.strategy import AdaptiveClip
+    from server.central_dp import AdaptiveClip
 
     ledger = PrivacyLedger(delta=1e-5, accountant="rdp")
     dp = CentralDP(clip_norm=1.0, noise_multiplier=0.1, denominator=10.0, ledger=ledger,
                    adaptive=AdaptiveClip(quantile=0.5, lr=0.2, count_stddev=0.1))
     s = _strategy(dp=dp)
     msgs = _train(s, [11, 12])
-    assert msgs[11].content.config_records["config"]["clip-norm"] == 1.0
+    assert msgs[11].content.config_records[CONFIG][CLIP_NORM] == 1.0
     # every user's update far below C: all 4 unclipped, shifted count 4 - 4/2 = 2, noised with sd 0.1 (the
     # count is 20 sd from 0, so C shrinks on every draw); the noisy unclipped share is 1/2 + (2 + noise)/10
-    s.aggregate_train(1, [_reply(msgs[11], _params(0.01), users=2, **{"clip-shifted-count": 1.0}),
-                          _reply(msgs[12], _params(0.01), users=2, **{"clip-shifted-count": 1.0})])
+    s.aggregate_train(1, [_reply(msgs[11], _params(0.01), users=2, **{CLIP_SHIFTED_COUNT: 1.0}),
+                          _reply(msgs[12], _params(0.01), users=2, **{CLIP_SHIFTED_COUNT: 1.0})])
     assert ledger.records[0].clip_norm == 1.0 and s._row["clip-norm"] == 1.0  # this round: the old C
     below = s._row["unclipped-share"]
     assert abs(below - 0.7) < 0.1  # 10 sd of the count noise / 10
     assert dp.clip_norm == pytest.approx(math.exp(-0.2 * (below - 0.5))) and dp.clip_norm < 1.0
     msgs = _train(s, [11, 12], round_=2)
-    assert msgs[11].content.config_records["config"]["clip-norm"] == pytest.approx(dp.clip_norm)  # next: the new C
+    assert msgs[11].content.config_records[CONFIG][CLIP_NORM] == pytest.approx(dp.clip_norm)  # next: the new C
 
 
 def test_evaluation_is_skipped_between_eval_every_rounds_and_the_best_round_is_kept():
@@ -223,7 +226,7 @@ def test_evaluation_is_skipped_between_eval_every_rounds_and_the_best_round_is_k
             assert msgs == [] and s.aggregate_evaluate(round_, []) is None
             assert "val-hr@10" not in s.log.rows[-1]
             continue
-        reply = Message(content=RecordDict({METRICS: MetricRecord({"num-users": 1, "val-hr@10": hr})}),
+        reply = Message(content=RecordDict({METRICS: MetricRecord({NUM_USERS: 1, "val-hr@10": hr})}),
                         reply_to=msgs[0])
         s.aggregate_evaluate(round_, [reply])
     assert [r["round"] for r in s.log.rows] == [1, 2, 3, 4]
