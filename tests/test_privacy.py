@@ -386,6 +386,7 @@ def test_sampling_key_is_fresh_secret_and_never_printed(monkeypatch):
     for seeds in resumed.values():
         assert sorted(seeds) == [(r, n) for r in (3, 4) for n in SAMPLING_NODES]
         assert all(seeds[(3, n)] != first[(3, n)] for n in SAMPLING_NODES)  # the replayed round: a fresh sample
+        assert len({seeds[(3, n)] for n in SAMPLING_NODES}) == 3  # still each node its own seed
         assert all(seeds[(4, n)] == first[(4, n)] for n in SAMPLING_NODES)  # then as the uninterrupted run
     assert all(resumed[2][(3, n)] != resumed[3][(3, n)] for n in SAMPLING_NODES)  # every start its own sample
     assert a.hex() not in repr(_sent_configs(_sampling_strategy(a), (1, 2)))
