@@ -106,11 +106,11 @@ def _interrupt_and_resume(data, tmp_path, **settings):
             received.setdefault(msg.metadata.dst_node_id, []).append(conf)
         elif conf.get("server-round") == 3 and not interrupted:
             interrupted.append(True)
-            raise _Interrupted()
+            raise _Interrupted("round 3's evaluation was never answered")
         return False
 
     interrupted: list[bool] = []
-    with pytest.raises(_Interrupted):
+    with pytest.raises(_Interrupted, match="round 3's evaluation was never answered"):
         run_federated(InProcessGrid(app, node_contexts(cfg, 3), lost=lost), cfg, tmp_path / "run")
     assert load_checkpoint(tmp_path / "run" / "checkpoint.npz").round == 2
     resumed = cfg.replace(resume=True)

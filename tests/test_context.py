@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -122,16 +123,39 @@ def test_to_dict_from_dict_round_trip() -> None:
     np.testing.assert_array_equal(copy.transform(frame, time), enc.transform(frame, time))
 
 
-def test_transform_is_deterministic() -> None:
+def test_full_encoder_transform_by_hand() -> None:
+    """Every kind at once (categorical, numeric, cyclic, hour, weekday, weekend), in the feature layout's order;
+    the expected rows are worked out by hand (statistics' population mean and std, not the encoder's numpy)."""
     enc, frame, time = full_encoder()
-    again, _, _ = full_encoder()
-    np.testing.assert_array_equal(enc.transform(frame, time), again.transform(frame, time))
+    seen = [0.1, 0.7, 2.3]  # temp's non-missing training values: (t - mean) / population std, missing -> 0
+    mean, std = statistics.fmean(seen), statistics.pstdev(seen)
+
+    def turn(value: float, period: float) -> list[float]:
+        return [math.sin(2 * math.pi * value / period), math.cos(2 * math.pi * value / period)]
+
+    def weekday(d: int) -> list[float]:
+        return [1.0 if k == d else 0.0 for k in range(7)]
+
+    expected = [
+        # mobile, 0.1, dow 0; Monday 00:20:34 UTC, not a weekend
+        [0, 1, 0, (0.1 - mean) / std, *turn(0.0, 7), *turn(1234, 86_400), *weekday(0), 0],
+        # desktop, 0.7, dow 1; Saturday 00:16:39, a weekend
+        [1, 0, 0, (0.7 - mean) / std, *turn(1.0, 7), *turn(999, 86_400), *weekday(5), 1],
+        # missing device and temp, dow 6.5; Thursday 00:00:07
+        [0, 0, 0, 0, *turn(6.5, 7), *turn(7, 86_400), *weekday(3), 0],
+        # tv, 2.3, missing dow; time 0 = Thursday 1970-01-01 00:00
+        [0, 0, 1, (2.3 - mean) / std, 0, 0, 0, 1, *weekday(3), 0],
+    ]
+    out = enc.transform(frame, time)
+    assert out.dtype == np.float32 and out.shape == (4, 16)
+    np.testing.assert_allclose(out, np.array(expected), rtol=1e-6, atol=1e-6)
 
 
 def test_from_time_needs_time() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"from-time features need the time array \(Unix seconds\)"):
         ContextEncoder.fit(NO_FRAME, [], ["hour"], None)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"from-time feature must be one of \('hour', 'weekday', 'weekend'\); got "
+                                         r"'minute'"):
         ContextEncoder.fit(NO_FRAME, [], ["minute"], np.array([0]))
 
 

@@ -137,16 +137,6 @@ def test_split_without_time_column_uses_file_order(tmp_path: Path) -> None:
     assert triples(data, data.test) == [("u", "i3", 0), ("v", "i3", 0)]
 
 
-def test_split_is_deterministic(tmp_path: Path) -> None:
-    root = split_dataset(tmp_path / "ds")
-    a, b = load_dataset(root), load_dataset(root)
-    for part in ("train", "val", "test"):
-        x, y = getattr(a, part), getattr(b, part)
-        for field in ("user", "item", "time", "context"):
-            np.testing.assert_array_equal(getattr(x, field), getattr(y, field))
-    assert a.cleaning == b.cleaning
-
-
 def test_ids_are_strings(tmp_path: Path) -> None:
     root = tmp_path / "ds"
     write_toml(root, BASIC_TOML)
@@ -241,7 +231,8 @@ def test_min_user_interactions_parameter(tmp_path: Path) -> None:
     data = load_dataset(root, min_user_interactions=4)
     assert list(data.user_ids) == ["alice", "carol"]
     assert data.cleaning["users_too_few_interactions"] == 1
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"min_user_interactions must be an int >= 2 \(each user needs a val and a "
+                                         r"test engagement\); got 1"):
         load_dataset(root, min_user_interactions=1)
 
 
@@ -253,12 +244,9 @@ def test_error_missing_user_id_column(tmp_path: Path) -> None:
     write_toml(root, BASIC_TOML)
     write_csv(root / "interactions.csv", "uid,item_id,ts", ["u,i1,1"])
     write_csv(root / "items.csv", "item_id,text", ITEMS_ROWS)
-    with pytest.raises(DataError) as info:
+    with pytest.raises(DataError, match=r"interactions\.csv: column 'user_id': required column 'user_id' is missing\. "
+                                        r"Found \['uid', 'item_id', 'ts'\]") as info:
         load_dataset(root)
-    message = str(info.value)
-    assert "interactions.csv" in message
-    assert "'user_id'" in message and "missing" in message
-    assert "uid" in message  # the columns found
     assert info.value.column == "user_id"
 
 
@@ -267,34 +255,27 @@ def test_error_empty_item_id_names_row_column_value(tmp_path: Path) -> None:
     write_toml(root, BASIC_TOML)
     write_csv(root / "interactions.csv", "user_id,item_id,ts", ["u,i1,1", "u,i2,2", "u,,3", "u,i4,4"])
     write_csv(root / "items.csv", "item_id,text", ITEMS_ROWS)
-    with pytest.raises(DataError) as info:
+    with pytest.raises(DataError, match=r"interactions\.csv: row 3, column 'item_id': item_id must be non-empty\. "
+                                        r"Found ''\. Fix: remove the row or fill in the item id\.") as info:
         load_dataset(root)
-    message = str(info.value)
-    assert "interactions.csv" in message
-    assert "row 3" in message
-    assert "column 'item_id'" in message
-    assert "Found ''" in message
-    assert "Fix:" in message
     assert (info.value.row, info.value.column, info.value.value) == (3, "item_id", "")
 
 
 def test_error_bad_context_kind_in_toml(tmp_path: Path) -> None:
     root = tmp_path / "ds"
     write_toml(root, BASIC_TOML + '\n[context]\ncolumns = { device = "colour" }\n')
-    with pytest.raises(DataError) as info:
+    with pytest.raises(DataError, match=r"dataset\.toml: context column 'device': kind must be one of categorical, "
+                                        r"numeric, cyclic\. Found 'colour'") as info:
         read_spec(root)
-    message = str(info.value)
-    assert "dataset.toml" in message and "'device'" in message and "'colour'" in message
-    assert "categorical" in message  # names the allowed kinds
+    assert info.value.value == "colour"
 
 
 def test_error_cyclic_without_period(tmp_path: Path) -> None:
     root = tmp_path / "ds"
     write_toml(root, BASIC_TOML + '\n[context]\ncolumns = { dow = { kind = "cyclic" } }\n')
-    with pytest.raises(DataError) as info:
+    with pytest.raises(DataError, match=r"dataset\.toml: context column 'dow': cyclic columns need a period") as info:
         read_spec(root)
-    message = str(info.value)
-    assert "dataset.toml" in message and "'dow'" in message and "period" in message
+    assert info.value.fix.startswith('write dow = { kind = "cyclic", period = <float> }')
 
 
 def test_error_from_time_without_time_column(tmp_path: Path) -> None:
@@ -330,7 +311,8 @@ def test_error_non_numeric_label(tmp_path: Path) -> None:
     write_toml(root, CLEAN_TOML)
     write_csv(root / "interactions.csv", "user_id,item_id,ts,rating", ["u,a,1,5", "u,b,2,good"])
     write_csv(root / "items.csv", "item_id,text", ["a,x", "b,y"])
-    with pytest.raises(DataError) as info:
+    with pytest.raises(DataError, match=r"interactions\.csv: row 2, column 'rating': label column 'rating' must hold "
+                                        r"finite numbers\. Found 'good'") as info:
         load_dataset(root)
     assert (info.value.row, info.value.column, info.value.value) == (2, "rating", "good")
 
@@ -340,7 +322,8 @@ def test_error_non_numeric_context_value(tmp_path: Path) -> None:
     write_toml(root, BASIC_TOML + '\n[context]\ncolumns = { temp = "numeric" }\n')
     write_csv(root / "interactions.csv", "user_id,item_id,ts,temp", ["u,i1,1,2.5", "u,i2,2,", "u,i3,3,warm"])
     write_csv(root / "items.csv", "item_id,text", ITEMS_ROWS)
-    with pytest.raises(DataError) as info:
+    with pytest.raises(DataError, match=r"interactions\.csv: row 3, column 'temp': numeric context column 'temp' must "
+                                        r"hold finite numbers .*Found 'warm'") as info:
         load_dataset(root)
     assert (info.value.row, info.value.column, info.value.value) == (3, "temp", "warm")
 
@@ -350,9 +333,9 @@ def test_error_duplicate_item_id(tmp_path: Path) -> None:
     write_toml(root, BASIC_TOML)
     write_csv(root / "interactions.csv", "user_id,item_id,ts", ["u,i1,1"])
     write_csv(root / "items.csv", "item_id,text", ["i1,a", "i2,b", "i1,c"])
-    with pytest.raises(DataError) as info:
+    with pytest.raises(DataError, match=r"items\.csv: row 3, column 'item_id': item_id must be unique \(row 1 has the "
+                                        r"same id\)\. Found 'i1'") as info:
         load_dataset(root)
-    assert "items.csv" in str(info.value)
     assert (info.value.row, info.value.column, info.value.value) == (3, "item_id", "i1")
 
 
@@ -361,7 +344,7 @@ def test_error_ragged_csv_row(tmp_path: Path) -> None:
     write_toml(root, BASIC_TOML)
     write_csv(root / "interactions.csv", "user_id,item_id,ts", ["u,i1,1", "u,i2"])
     write_csv(root / "items.csv", "item_id,text", ITEMS_ROWS)
-    with pytest.raises(DataError) as info:
+    with pytest.raises(DataError, match=r"interactions\.csv: row 2: file must be a readable CSV") as info:
         load_dataset(root)
     assert info.value.row == 2
 
@@ -381,7 +364,8 @@ def test_error_null_user_id_in_parquet(tmp_path: Path) -> None:
     pq.write_table(pa.table({"user_id": ["u", None], "item_id": ["i1", "i2"], "ts": [1, 2]}),
                    root / "interactions.parquet")
     write_csv(root / "items.csv", "item_id,text", ITEMS_ROWS)
-    with pytest.raises(DataError) as info:
+    with pytest.raises(DataError, match=r"interactions\.parquet: row 2, column 'user_id': user_id must be non-empty\. "
+                                        r"Found null") as info:
         load_dataset(root)
     assert (info.value.row, info.value.column) == (2, "user_id")
 
@@ -546,7 +530,7 @@ def _ctx_dataset(root: Path, rows: list[str], items: list[str] | None = None) ->
 
 def test_an_items_file_with_only_a_header_is_blamed_on_the_items_file(tmp_path):
     root = _ctx_dataset(tmp_path / "d", ["u,a,1,m,1", "u,b,2,m,1", "u,c,3,m,1"], items=[])
-    with pytest.raises(DataError) as e:
+    with pytest.raises(DataError, match=r"items\.csv: the item catalogue must hold at least one item\. Found 0\.") as e:
         load_dataset(root)
     assert Path(e.value.file).name == "items.csv" and "at least one item" in str(e.value)
 
@@ -556,7 +540,8 @@ def test_nan_in_a_numeric_context_column_is_a_counted_missing_value_and_an_all_m
     data = load_dataset(_ctx_dataset(tmp_path / "ok", rows))
     assert data.cleaning["missing_numeric_context"] == 3
     rows = ["u,a,1,m,NaN", "u,b,2,m,", "u,c,3,m,nan"]
-    with pytest.raises(DataError) as e:
+    with pytest.raises(DataError, match=r"interactions\.csv: column 'temp': numeric context column 'temp' has no value "
+                                        r"in any row\.") as e:
         load_dataset(_ctx_dataset(tmp_path / "bad", rows))
     assert e.value.column == "temp" and "no value in any row" in str(e.value)
 
@@ -565,7 +550,8 @@ def test_a_categorical_context_column_with_too_many_values_is_refused(tmp_path):
     from common.data import MAX_CATEGORIES
 
     rows = [f"u{k // 3},{'abc'[k % 3]},{k},dev{k},1" for k in range(3 * (MAX_CATEGORIES // 3 + 2))]
-    with pytest.raises(DataError) as e:
+    with pytest.raises(DataError, match=rf"interactions\.csv: column 'device': categorical context column 'device' has "
+                                        rf"{len(rows):,} distinct values, more than {MAX_CATEGORIES:,}") as e:
         load_dataset(_ctx_dataset(tmp_path / "d", rows))
     assert e.value.column == "device" and "distinct values" in str(e.value) and "group rare values" in str(e.value)
 
@@ -579,7 +565,8 @@ def test_rows_that_differ_only_in_context_are_not_duplicates(tmp_path):
 
 
 def test_too_few_engagements_names_a_fix_the_user_can_apply(tmp_path):
-    with pytest.raises(DataError) as e:
+    with pytest.raises(DataError, match=r"interactions\.csv: at least one user must have 3 or more usable interactions "
+                                        r"after cleaning") as e:
         load_dataset(_ctx_dataset(tmp_path / "d", ["u,a,1,m,1", "u,b,2,m,1"]))
     assert "min_user_interactions" not in str(e.value) and "each user needs 3 engagements" in str(e.value)
 
@@ -598,13 +585,14 @@ def test_invalid_utf8_in_an_id_column_names_the_row(tmp_path):
     write_toml(root, '[dataset]\ninteractions = "i.csv"\nitems = "items.csv"\n')
     write_csv(root / "items.csv", "item_id,text", ["a,x", "b,y", "c,z"])
     (root / "i.csv").write_bytes(b"user_id,item_id\nu,a\nu,b\nu,c\n\xff\xfe,a\n")
-    with pytest.raises(DataError) as e:
+    with pytest.raises(DataError, match=r"i\.csv: row 4: every cell must be UTF-8 text") as e:
         load_dataset(root)
     assert e.value.row == 4 and "UTF-8" in str(e.value) and Path(e.value.file).name == "i.csv"
 
 
 def test_a_numeric_context_value_beyond_float32_is_an_error_naming_its_row(tmp_path):
     rows = ["u,a,1,m,1", "u,b,2,m,1e39", "u,c,3,m,1"]
-    with pytest.raises(DataError) as e:
+    with pytest.raises(DataError, match=r"interactions\.csv: row 2, column 'temp': numeric context column 'temp' must "
+                                        r"hold finite numbers within \+-3\.4e38 \(or be empty\)\. Found '1e39'") as e:
         load_dataset(_ctx_dataset(tmp_path / "d", rows))
     assert e.value.row == 2 and e.value.column == "temp" and "3.4e38" in str(e.value)

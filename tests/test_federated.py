@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
@@ -98,11 +100,31 @@ def test_poisson_sampling_is_per_user_and_has_rate_q():
     assert abs((mask & other).mean() - 0.0625) < 4 * np.sqrt(0.0625 * 0.9375 / 4000)
 
 
+def _documented_sample(user_keys, q: float, seed: int, round_: int) -> set[str]:
+    """Poisson sampling by the documented rule (common.federated.user_uniforms), written apart from it: user u
+    takes part when the top 53 bits of the 8-byte little-endian BLAKE2b of "seed|round|sample|u", as a fraction
+    of 2^53, are below q. Python integers, one user at a time."""
+    out = set()
+    for u in user_keys:
+        digest = hashlib.blake2b(f"{seed}|{round_}|sample|{u}".encode(), digest_size=8).digest()
+        if (int.from_bytes(digest, "little") >> 11) < q * 2 ** 53:
+            out.add(str(u))
+    return out
+
+
 def test_sampling_matches_rate_in_training(setup):
+    """At q = 0.5 two nodes train exactly the users the documented rule samples from (seed, round, user), and
+    their count is a plausible Binomial(U, q) draw."""
     cfg, ds, item_h, _, params = setup
     ((_, users),) = _aggregate(cfg, params, item_h, partitions=2, rounds=1, q=0.5)
-    keys = np.asarray(ds.user_ids).astype(str)
-    assert users == int(poisson_sample(keys, 0.5, 7, 1).sum())
+    keys = [str(k) for k in ds.user_ids]
+    expected = _documented_sample(keys, 0.5, 7, 1)  # _content's sampling seed 7, round 1
+    assert users == len(expected)
+    conf = {"sample-rate": 0.5, "sampling-seed": 7, "server-round": 1}
+    nodes = [_node(_context(cfg, p, 2)) for p in range(2)]
+    assert set().union(*(node.store.user_keys[node.sampled(conf)].tolist() for node in nodes)) == expected
+    n = len(keys)
+    assert 0 < users < n and abs(users - 0.5 * n) <= 4 * np.sqrt(n * 0.25)
 
 
 def test_total_is_sum_of_user_updates(setup):
@@ -212,7 +234,7 @@ def test_device_reports_each_users_local_epsilon_from_the_rounds_it_took_part_in
     for r in (1, 2, 3):
         node = round_on_a_fresh_process(r, 0.5)
     keys = node.store.user_keys
-    taken = sum(poisson_sample(keys, 0.5, 7, r) for r in (1, 2, 3))  # the node's own sampling, replayed
+    taken = sum(np.isin(keys, list(_documented_sample(keys, 0.5, 7, r))) for r in (1, 2, 3)).astype(int)
     assert taken.min() < taken.max()  # users differ in how often they took part
     report = json.loads((tmp_path / "state" / "local_privacy.json").read_text())
     assert [u["user"] for u in report["users"]] == list(keys) and [u["rounds"] for u in report["users"]] == list(taken)

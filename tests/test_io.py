@@ -127,10 +127,10 @@ def test_body_raising_keeps_existing_output(tmp_path: Path) -> None:
     out = tmp_path / "ds"
     out.mkdir()
     (out / "old.txt").write_text("old")
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="the body's own error"):
         with atomic_output_dir(out, overwrite=True) as tmp:
             (tmp / "new.txt").write_text("new")
-            raise KeyError("x")
+            raise KeyError("the body's own error")
     assert _entries(out) == ["old.txt"]
     assert _entries(tmp_path) == ["ds"]
 
@@ -153,7 +153,8 @@ def test_existing_non_empty_without_overwrite_raises(tmp_path: Path) -> None:
 def test_existing_file_without_overwrite_raises(tmp_path: Path) -> None:
     out = tmp_path / "ds"
     out.write_text("a file")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError, match=r"already exists and is not a directory; pass --overwrite "
+                                              r"\(overwrite=True\) to replace it, or choose another directory\."):
         with atomic_output_dir(out):
             pass
     assert out.read_text() == "a file"
@@ -195,7 +196,7 @@ def test_write_table_by_suffix(tmp_path: Path) -> None:
     assert csv_path.read_text().splitlines()[0] == "item_id,n,text"
     pd.testing.assert_frame_equal(pd.read_csv(csv_path), frame, check_dtype=False)
     pd.testing.assert_frame_equal(pd.read_parquet(pq_path), frame, check_dtype=False)
-    with pytest.raises(ValueError, match="suffix"):
+    with pytest.raises(ValueError, match=r"unknown suffix '\.json', expected one of \.csv, \.parquet"):
         write_table(frame, tmp_path / "t.json")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 
 import dp_accounting
@@ -130,7 +131,7 @@ def test_secure_gaussian_standard_normal_and_not_reproducible(monkeypatch):
 def test_seeded_gaussian_is_deterministic_test_only():
     np.testing.assert_array_equal(SecureGaussian(7).normal(2.0, (4,)), SecureGaussian(7).normal(2.0, (4,)))
     assert SecureGaussian(7).secure is False and SecureGaussian().secure is True
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"Standard deviation must be non-negative and finite. Found -1.0."):
         SecureGaussian(0).normal(-1.0, (2,))
 
 
@@ -230,8 +231,9 @@ def test_ledger_appends_equal_one_composed_event(accountant, n):
     assert ledger.records[-1].epsilon == pytest.approx(ledger.epsilon(), rel=1e-9)
     eps = [rec.epsilon for rec in ledger.records]
     assert all(a <= b for a, b in zip(eps, eps[1:]))
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'epsilon'"):
         ledger.records[0].epsilon = 0.0                          # frozen entries
+    assert ledger.records[0].epsilon == eps[0]
 
 
 def test_ledger_mixed_rounds_and_csv(tmp_path):
@@ -322,49 +324,92 @@ def test_clip_update_equals_tensorflow_privacy_quantile_estimator():
 
 # -- secret sampling ------------------------------------------------------------------------------------
 
+SAMPLING_NODES = (11, 12, 13)
+
+
+def _sampling_strategy(key, num_rounds: int = 4, **kw):
+    """A UserFedAvg around `key` at q = 1/2 (a one-item public schema), as server.app.run_federated builds it."""
+    from flwr.app import ArrayRecord
+
+    from common.aggregation import ServerOptimizer
+    from common.context import ContextEncoder
+    from common.schema import build_schema
+    from server.strategy import UserFedAvg
+
+    schema = build_schema(["a"], ContextEncoder([], []), {"encoder": "test"}, np.zeros((1, 2), np.float32))
+    return UserFedAvg(content=ArrayRecord(), schema=schema, optimizer=ServerOptimizer("adam", 0.1),
+                      sample_rate=0.5, sampling_key=key, eval_every=1, num_rounds=num_rounds, **kw)
+
+
+def _sent_configs(strategy, rounds, nodes=SAMPLING_NODES) -> dict[tuple[int, int], dict]:
+    """{(run round, node id): the config of the train message the strategy sends that node}; a hand-made grid of
+    `nodes`, Flower's round numbers `rounds` (the run's are these plus the strategy's round_offset)."""
+    from flwr.app import ConfigRecord
+
+    from common.params import to_record
+
+    class Grid:
+        def get_node_ids(self):
+            return list(nodes)
+
+    out = {}
+    for r in rounds:
+        for m in strategy.configure_train(r, to_record({"w": np.zeros(2, np.float32)}), ConfigRecord({}), Grid()):
+            config = dict(m.content.config_records["config"])
+            out[(int(config["server-round"]), m.metadata.dst_node_id)] = config
+    return out
+
+
+def _sent_seeds(strategy, rounds) -> dict[tuple[int, int], int]:
+    """{(run round, node id): the sampling seed the strategy sends that node} (see _sent_configs)."""
+    return {k: int(c["sampling-seed"]) for k, c in _sent_configs(strategy, rounds).items()}
+
+
 def test_sampling_key_is_fresh_secret_and_never_printed(monkeypatch):
+    """The key a run draws (SamplingKey.fresh(), as server.app.run_federated does) is new for every run: two runs'
+    strategies send their nodes other seeds in every round. A run resumed after round 2's checkpoint, with round 3
+    begun before the interruption, samples the replayed round 3 afresh (another start, other seeds) and round 4 as
+    the first run would. The key appears in no message and not in its repr. The test-only key of the environment
+    gives repeatable runs (one seed a round, the same for every node) and says so."""
     from common.privacy import SAMPLING_KEY_ENV, SamplingKey
 
     monkeypatch.delenv(SAMPLING_KEY_ENV, raising=False)
     a, b = SamplingKey.fresh(), SamplingKey.fresh()
-    assert a.secret and b.secret and a.key != b.key
-    seeds = [a.round_seed(r) for r in range(1, 50)]
-    assert len(set(seeds)) == 49 and all(0 <= s < 2 ** 63 for s in seeds)  # Flower's int64 config values
-    assert a.round_seed(3) != b.round_seed(3) and a.round_seed(3) == SamplingKey.from_hex(a.hex()).round_seed(3)
-    assert a.hex() not in repr(a) and "secret" in repr(a)
+    assert a.secret and b.secret and a.hex() not in repr(a) and "secret" in repr(a)
+    first = _sent_seeds(_sampling_strategy(a), (1, 2, 3, 4))
+    other_run = _sent_seeds(_sampling_strategy(b), (1, 2, 3, 4))
+    assert len(first) == 12 and first.keys() == other_run.keys()
+    assert all(first[k] != other_run[k] for k in first)
+    assert all(0 <= s < 2 ** 63 for s in first.values())  # Flower's int64 config values
+    resumed = {start: _sent_seeds(_sampling_strategy(a, round_offset=2, replayed_until=3, attempt=start), (1, 2))
+               for start in (2, 3)}  # server.app passes attempt = the run's start count
+    for seeds in resumed.values():
+        assert sorted(seeds) == [(r, n) for r in (3, 4) for n in SAMPLING_NODES]
+        assert all(seeds[(3, n)] != first[(3, n)] for n in SAMPLING_NODES)  # the replayed round: a fresh sample
+        assert len({seeds[(3, n)] for n in SAMPLING_NODES}) == 3  # still each node its own seed
+        assert all(seeds[(4, n)] == first[(4, n)] for n in SAMPLING_NODES)  # then as the uninterrupted run
+    assert all(resumed[2][(3, n)] != resumed[3][(3, n)] for n in SAMPLING_NODES)  # every start its own sample
+    assert a.hex() not in repr(_sent_configs(_sampling_strategy(a), (1, 2)))
     monkeypatch.setenv(SAMPLING_KEY_ENV, "tests")
-    fixed = SamplingKey.fresh()
-    assert not fixed.secret and fixed.key == SamplingKey.fresh().key and "TEST ONLY" in repr(fixed)
+    fixed, again = SamplingKey.fresh(), SamplingKey.fresh()
+    assert not fixed.secret and "TEST ONLY" in repr(fixed)
+    repeat = _sent_seeds(_sampling_strategy(fixed), (1, 2, 3, 4))
+    assert repeat == _sent_seeds(_sampling_strategy(again), (1, 2, 3, 4))
+    assert all(len({repeat[(r, n)] for n in SAMPLING_NODES}) == 1 for r in (1, 2, 3, 4))
 
 
 def test_the_server_sends_each_round_its_own_secret_sampling_seed():
     """Round r's config carries key.round_seed(r), never the run's public seed; two runs with the same settings
     (other keys) sample with other seeds."""
-    from flwr.app import ArrayRecord, ConfigRecord
-
-    from common.aggregation import ServerOptimizer
-    from common.params import to_record
     from common.privacy import SamplingKey
-    from server.strategy import UserFedAvg
-
-    from common.context import ContextEncoder
-    from common.schema import build_schema
-
-    schema = build_schema(["a"], ContextEncoder([], []), {"encoder": "test"}, np.zeros((1, 2), np.float32))
-
-    class Grid:
-        def get_node_ids(self):
-            return [11, 12, 13]
 
     def seeds(key):
-        strategy = UserFedAvg(content=ArrayRecord(), schema=schema, optimizer=ServerOptimizer("adam", 0.1),
-                              sample_rate=0.5, sampling_key=key, eval_every=1, num_rounds=3)
+        sent = _sent_seeds(_sampling_strategy(key, num_rounds=3), (1, 2, 3))
+        assert sorted(sent) == [(r, n) for r in (1, 2, 3) for n in SAMPLING_NODES]
         out = []
         for r in (1, 2, 3):
-            msgs = list(strategy.configure_train(r, to_record({"w": np.zeros(2, np.float32)}), ConfigRecord({}), Grid()))
-            assert len(msgs) == 3
-            got = {m.metadata.dst_node_id: int(m.content.config_records["config"]["sampling-seed"]) for m in msgs}
-            assert got == {n: key.round_seed(r, 0, n) for n in (11, 12, 13)}  # each node its own seed
+            got = {n: sent[(r, n)] for n in SAMPLING_NODES}
+            assert got == {n: key.round_seed(r, 0, n) for n in SAMPLING_NODES}  # each node its own seed
             assert len(set(got.values())) == 3 and key.round_seed(r) not in got.values()
             out.extend(sorted(got.values()))
         return out
@@ -379,33 +424,18 @@ def test_a_node_cannot_compute_another_nodes_users_sampling():
     another node's users' sample computed with one's own seed agrees with the true one only at the rate of two
     independent samples). The simulation property that changes: with a secret key, a user's sample depends on
     the node holding it; with the test-only key every node gets the round's common seed."""
-    from flwr.app import ArrayRecord, ConfigRecord
-
-    from common.aggregation import ServerOptimizer
-    from common.context import ContextEncoder
     from common.federated import poisson_sample
-    from common.params import to_record
     from common.privacy import SamplingKey
-    from common.schema import build_schema
-    from server.strategy import UserFedAvg
-
-    schema = build_schema(["a"], ContextEncoder([], []), {"encoder": "test"}, np.zeros((1, 2), np.float32))
-
-    class Grid:
-        def get_node_ids(self):
-            return [11, 12]
 
     q, rounds = 0.5, 200
     users_b = np.array([f"u{i:06d}" for i in range(50, 100)])  # node 12's users (sequential, guessable ids)
     for key in (SamplingKey.fresh(), SamplingKey(b"t" * 32, secret=False)):
-        strategy = UserFedAvg(content=ArrayRecord(), schema=schema, optimizer=ServerOptimizer("adam", 0.1),
-                              sample_rate=q, sampling_key=key, eval_every=1, num_rounds=rounds)
+        sent = _sent_configs(_sampling_strategy(key, num_rounds=rounds), range(1, rounds + 1), nodes=(11, 12))
         agree, texts = [], {11: [], 12: []}
         for r in range(1, rounds + 1):
-            msgs = strategy.configure_train(r, to_record({"w": np.zeros(2, np.float32)}), ConfigRecord({}), Grid())
-            seed = {m.metadata.dst_node_id: int(m.content.config_records["config"]["sampling-seed"]) for m in msgs}
-            for m in msgs:
-                texts[m.metadata.dst_node_id].append(repr(dict(m.content.config_records["config"])))
+            seed = {n: int(sent[(r, n)]["sampling-seed"]) for n in (11, 12)}
+            for n in (11, 12):
+                texts[n].append(repr(sent[(r, n)]))
             truth = poisson_sample(users_b, q, seed[12], r)  # what node 12 trains
             agree.append(np.mean(poisson_sample(users_b, q, seed[11], r) == truth))  # node 11's best guess
             if key.secret:

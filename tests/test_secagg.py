@@ -241,9 +241,11 @@ def test_protocol_sizes():
     assert shares_and_threshold(100) == (15, 8)
     assert shares_and_threshold(2) == (2, 2)
     assert quantization_range(5) == 2**24 and quantization_range(1000) * 1000 < MODULUS
-    with pytest.raises(ValueError, match="threshold"):
+    with pytest.raises(ValueError, match=r"secure aggregation needs 2 <= threshold <= shares; got threshold 4, "
+                                         r"shares 3 for 5 nodes"):
         shares_and_threshold(5, shares=3, threshold=4)
-    with pytest.raises(ValueError, match="secagg-max-users"):
+    with pytest.raises(ValueError, match=r"this node has 3 users this round, more than secagg-max-users = 2 .*"
+                                         r"it sends nothing\. Raise secagg-max-users\."):
         pack({"w": np.zeros(2)}, 3, 0.0, 2, 1.0)
 
 

@@ -150,6 +150,15 @@ def _released_numbers(out) -> set[float]:
     return found | _numbers((out / "privacy_ledger.csv").read_text())
 
 
+def _keys(v) -> set[str]:
+    """Every key of a parsed JSON document, at any depth."""
+    if isinstance(v, dict):
+        return set(v) | set().union(*map(_keys, v.values()))
+    if isinstance(v, list):
+        return set().union(*map(_keys, v))
+    return set()
+
+
 def test_a_central_dp_run_releases_only_accounted_values_and_secret_sampling(small_synthetic, tmp_path):
     """Central DP: the released files are the last round's model, the public content vectors, privacy.json and
     a ledger of public or DP-released values; every unnoised count, loss and metric sits in diagnostics/; and
@@ -175,10 +184,15 @@ def test_a_central_dp_run_releases_only_accounted_values_and_secret_sampling(sma
         summary = json.loads((out / "diagnostics" / "summary.json").read_text())
         secret |= {float(v) for v in summary["systems"]["federated"].values() if v is not None}
         secret -= {0.0, 1.0, 2.0, 3.0, 4.0}  # round numbers and small constants appear legitimately
-        released = (out / "privacy.json").read_text() + (out / "privacy_ledger.csv").read_text()
         leaked = (secret & _released_numbers(out)) - public  # a value equal to a public setting reveals nothing
         assert not leaked, f"unnoised data-dependent values in released files: {sorted(leaked)[:5]}"
-        assert "users_sampled" not in released and "sampling-seed" not in released
+        # no field of the released files is a sample count or a sampling seed; the sampling is stated secret
+        doc = json.loads((out / "privacy.json").read_text())
+        with open(out / "privacy_ledger.csv", newline="") as f:
+            columns = csv.DictReader(f).fieldnames
+        assert columns == ["round", "sample_rate", "noise_multiplier", "clip_norm", "epsilon"]
+        assert not _keys(doc) & {"users", "users_sampled", "num-users", "num-examples", "sampling-seed", "seed"}
+        assert doc["sampling"] == {"scheme": "poisson", "q": 0.5, "secret": True}
         # the released model is the last round's (no choice made on unnoised validation metrics)
         last = load_checkpoint(out / "checkpoint.npz")
         assert last.round == 4 and summary["systems"]["federated"]["selected_round"] == 4

@@ -112,9 +112,9 @@ def test_every_user_reaches_min_events_when_items_are_few() -> None:
 
 
 def test_invalid_config_rejected() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"items \(5\) must be >= topics \(10\)"):
         SyntheticConfig(items=5, topics=10)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"mean_events \(20\.0\) must be >= min_events \(30\)"):
         SyntheticConfig(min_events=30, mean_events=20.0)
 
 
@@ -283,5 +283,5 @@ def test_write_synthetic_refuses_to_clobber(tmp_path: Path) -> None:
     assert (out / "items.parquet").read_bytes() == before
     write_synthetic(out, replace(small, seed=99), overwrite=True)
     assert (out / "items.parquet").read_bytes() != before
-    with pytest.raises(ValueError, match="fmt"):
+    with pytest.raises(ValueError, match="fmt must be 'parquet' or 'csv', got 'json'"):
         write_synthetic(tmp_path / "other", small, fmt="json")
