@@ -22,10 +22,10 @@ from flwr.common.recorddict_compat import fitres_to_recorddict
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
 from client.node import Node, node_for
-from common.params import from_record
-from common.protocol import (CLIP_NORM, CLIP_SHIFTED_COUNT, CONFIG, METRICS, NUM_USERS, SECAGG_MAX_USERS,
+from common.federation.params import from_record
+from common.federation.protocol import (CLIP_NORM, CLIP_SHIFTED_COUNT, CONFIG, METRICS, NUM_USERS, SECAGG_MAX_USERS,
                              SECAGG_PHASE, SECAGG_PHASE_COUNT, SECAGG_PHASE_EVALUATE, UPDATE, evaluation_keys)
-from common.secagg import bytes_to_private_key, pack, pack_metrics, private_key_to_bytes
+from common.federation.secagg import bytes_to_private_key, pack, pack_metrics, private_key_to_bytes
 
 __all__ = ["app", "train_reply", "evaluate_reply", "secure_aggregation_mod", "NODE_THREADS_ENV", "TIMINGS_FILE",
            "REQUIRE_SECURE_AGGREGATION"]
@@ -65,7 +65,7 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next):
 def _compact_secagg_keys() -> None:
     """Two changes to how Flower's `secaggplus_mod` handles the node's own private keys, nothing else:
 
-    * serialised as the 48-byte scalar (common.secagg.private_key_to_bytes) instead of 306 bytes of PEM: the key
+    * serialised as the 48-byte scalar (common.federation.secagg.private_key_to_bytes) instead of 306 bytes of PEM: the key
       is Shamir-shared in 16-byte chunks by pycryptodome's pure-Python arithmetic, 4 chunks instead of 20;
     * parsed once per session instead of once per neighbour (memoised; ~1.2 ms a parse, half of each key
       agreement).
@@ -86,7 +86,7 @@ def train_reply(node: Node, content: RecordDict) -> RecordDict:
 
     Nothing else: no timing (a node's compute time grows with its users' numbers of engagements), so a reply is
     a function of the shared parameters, the node's data and its randomness only. In a SecAgg+ round the reply
-    is instead the packed vector (common.secagg.pack) in Flower's FitRes layout, which secaggplus_mod masks:
+    is instead the packed vector (common.federation.secagg.pack) in Flower's FitRes layout, which secaggplus_mod masks:
     its arrays are cleared before the reply leaves, and it carries no metric in clear."""
     update, metrics = node.train_round(content)
     if RECORD_KEY_CONFIGS not in content.config_records:
@@ -99,7 +99,7 @@ def train_reply(node: Node, content: RecordDict) -> RecordDict:
 
 def secure_evaluate_reply(node: Node, content: RecordDict) -> RecordDict:
     """Evaluation inside a SecAgg+ round (server config SECAGG_PHASE = SECAGG_PHASE_EVALUATE): the node's metric sums,
-    packed (common.secagg.pack_metrics) for secaggplus_mod to mask; nothing in clear."""
+    packed (common.federation.secagg.pack_metrics) for secaggplus_mod to mask; nothing in clear."""
     conf = content.config_records[CONFIG]
     return _masked_layout(pack_metrics(node.evaluate(content), evaluation_keys(node.cfg.top_k, node.cfg.eval_users > 0),
                                        int(conf[SECAGG_MAX_USERS])))

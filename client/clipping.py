@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.federated import UserUpdates
-from common.privacy import clip_factors
+from common.federation.updates import UserUpdates
+from common.privacy.noise import clip_factors
 
 __all__ = ["UserClipping", "clip_users"]
 

@@ -6,7 +6,7 @@ query (theta_u, x) is the model's (`common.model`):
     score(c) = theta_u . phi(c) + (W_int^T x) . phi(c) + (theta_ctx . x + b_0) + b(c)
                `----- user ----'  `- context_interaction -' `--- context_shift --'  `item_bias'
 
-phi(c) and b(c) come from `common.scoring.item_side_np` (the numpy twin of `common.model.item_side`; a test holds
+phi(c) and b(c) come from `common.model.scoring.item_side_np` (the numpy twin of `common.model.formula.item_side`; a test holds
 them equal); this module only splits the query side into its parts, so each recommendation can say where its score
 comes from. No TensorFlow here: a device command answers without paying its start.
 """
@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from common.config import LOSSES, Loss
-from common.scoring import ials_solve_history, item_side_np, negative_shift
+from common.model.scoring import ials_solve_history, item_side_np, negative_shift
 
 __all__ = ["ItemTables", "SimilarItem", "Recommendation", "item_tables", "recommend", "format_recommendations",
            "refresh_candidates", "refresh_theta"]
@@ -41,7 +41,7 @@ class ItemTables:
 
 def item_tables(params: Mapping[str, np.ndarray], item_h: np.ndarray) -> ItemTables:
     """phi(c) [n_items, dim] and b(c) [n_items] of every item; params: shared parameters (DENSE_NAMES, and
-    ITEM_NAMES for the hybrid model); item_h [n_items, text_dim]. numpy only (`common.scoring.item_side_np`)."""
+    ITEM_NAMES for the hybrid model); item_h [n_items, text_dim]. numpy only (`common.model.scoring.item_side_np`)."""
     phi, bias = item_side_np(params, item_h)
     return ItemTables(phi=phi.astype(np.float64), bias=bias.astype(np.float64))
 
@@ -200,11 +200,11 @@ def refresh_theta(params: Mapping[str, np.ndarray], item_h: np.ndarray, theta_u:
     only differences count). Example i weighs w_i = 2^(-(age_i - min age) / half_life_days) (newest 1), so the
     loss is the w-weighted mean of the training loss (`loss`: "softmax" | "bce", each engagement against
     `negatives` uniform items drawn from `seed`) plus l2 |theta_u|^2. Step size lr (SGD or Adam).
-    The objective is `common.model.group_loss`, the one `local_train` minimises (`local_train` with lr=0 for the
+    The objective is `common.model.formula.group_loss`, the one `local_train` minimises (`local_train` with lr=0 for the
     shared parameters and no clipping gives the same theta_u; a test holds them equal). Only theta_u moves and
     d score(c) / d theta_u = phi(c), so its gradient is written out here in numpy (float64; the model's float32
     phi and b): a device refreshes without TensorFlow. An empty history returns theta_u unchanged.
-    With loss="ials" theta_u is solved in closed form (`common.model.ials_solve_history`; steps, lr, negatives, seed,
+    With loss="ials" theta_u is solved in closed form (`common.model.scoring.ials_solve_history`; steps, lr, negatives, seed,
     the time weights and optimizer play no part).
     """
     theta_u = np.asarray(theta_u, np.float32)
@@ -238,15 +238,15 @@ def refresh_theta(params: Mapping[str, np.ndarray], item_h: np.ndarray, theta_u:
 def _refresh_steps(params: Mapping[str, np.ndarray], item_h: np.ndarray, theta_u: np.ndarray, cand: np.ndarray,
                    history_ctx: np.ndarray, weight: np.ndarray, *, steps: int, lr: float, l2: float, adam: bool,
                    loss: str, neg_shift: float = 0.0) -> np.ndarray:
-    """`steps` SGD or Adam steps on theta_u [dim] alone of `common.model.group_loss` over the candidates cand
+    """`steps` SGD or Adam steps on theta_u [dim] alone of `common.model.formula.group_loss` over the candidates cand
     [n, 1 + negatives] (column 0 engaged), contexts history_ctx [n, context_dim] and example weights weight [n]:
 
         L(theta) = sum_i w_i l(s_i) / max(sum_i w_i, 1) + l2 |theta|^2,   s_ic = (theta + W_int^T x_i) . phi(c_ic)
                    + b(c_ic) + theta_ctx . x_i + b_0
         dL/dtheta = sum_i w_i sum_c r_ic phi(c_ic) / max(sum_i w_i, 1) + 2 l2 theta,
         r_ic = softmax(s_i + shift)_c - [c = 0] (loss "softmax"; neg_shift added to the negatives' logits, as
-        `common.model.candidate_loss`) or sigmoid(s_ic) - [c = 0] (loss "bce").
-    Adam as `common.model.local_train` (beta1 0.9, beta2 0.999, eps 1e-8, bias-corrected)."""
+        `common.model.formula.candidate_loss`) or sigmoid(s_ic) - [c = 0] (loss "bce").
+    Adam as `common.model.training.local_train` (beta1 0.9, beta2 0.999, eps 1e-8, bias-corrected)."""
     rows, local = np.unique(cand, return_inverse=True)
     local = local.reshape(cand.shape)
     sub = {k: params[k] for k in ("tower/kernel", "tower/bias", "text-bias/kernel")}

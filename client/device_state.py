@@ -24,11 +24,11 @@ import numpy as np
 
 from client.state_files import CONTENT_FILE, DATA_INDEX_FILE, DEVICE_FILE, GLOBAL_MODEL_FILE, NODE_STATE_FILE
 from common.config import Config, config_from_mapping
-from common.dataspec import DataError, read_spec
+from common.data.spec import DataError, read_spec
 from common.errors import FedctxError
 from common.io import atomic_file, savez_atomic, write_atomic
-from common.schema import SCHEMA_FILE, PublicSchema, SchemaMismatch
-from common.scoring import SECONDS_PER_DAY, ials_solve_history, item_side_np, warm_start_theta
+from common.data.schema import SCHEMA_FILE, PublicSchema, SchemaMismatch
+from common.model.scoring import SECONDS_PER_DAY, ials_solve_history, item_side_np, warm_start_theta
 
 __all__ = ["DeviceError", "DeviceState", "DataIndex", "SERVING_FILE", "data_index", "catalogue_titles"]
 
@@ -101,7 +101,7 @@ def _build_index(schema: PublicSchema, data_dir: Path) -> DataIndex:
     """Read the device's data files (pandas and pyarrow) into a DataIndex (see there)."""
     import pandas as pd
 
-    from common.data import _read_interactions, load_catalogue
+    from common.data.loader import _read_interactions, load_catalogue
 
     spec = dataclasses.replace(read_spec(data_dir), context_columns=schema.context.columns,
                                from_time=schema.context.from_time)

@@ -16,20 +16,24 @@ import pandas as pd
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
 from common.config import Config, config_from_mapping
-from common.data import load_dataset
-from common.prepared_cache import load_prepared
-from common.datasets import cache_dir, resolve_dataset
-from common.federated import (UserStore, dp_init_theta, eval_sample, evaluate_users, ials_user_theta, init_theta,
-                              item_representations, poisson_sample, training_members, user_updates)
-from common.model import DENSE_NAMES, ITEM_NAMES
-from common.params import from_record, to_record
-from common.privacy import SecureGaussian, local_epsilon, local_report
-from common.protocol import (ARRAYS, CLIP_NORM, CLIP_SHIFTED_COUNT, CONFIG, CONTENT, ITEM_VECTORS, NODE_RUN,
+from common.data.loader import load_dataset
+from common.data.cache import load_prepared
+from common.data.datasets import cache_dir, resolve_dataset
+from common.federation.users import UserStore
+from common.federation.updates import dp_init_theta, ials_user_theta, init_theta, item_representations, user_updates
+from common.evaluation.evaluate import eval_sample, evaluate_users
+from common.privacy.sampling import poisson_sample, training_members
+from common.model.scoring import DENSE_NAMES, ITEM_NAMES
+from common.federation.params import from_record, to_record
+from common.privacy.noise import SecureGaussian
+from common.privacy.accounting import local_epsilon
+from common.privacy.statements import local_report
+from common.federation.protocol import (ARRAYS, CLIP_NORM, CLIP_SHIFTED_COUNT, CONFIG, CONTENT, ITEM_VECTORS, NODE_RUN,
                              NODE_RUN_TOKEN, NODE_STATE, NUM_EXAMPLES, NUM_USERS, RANKING, RUN_TOKEN, SAMPLE_RATE,
                              SAMPLING_SEED, SCHEMA, SCHEMA_HASH, SCHEMA_JSON, SECAGG_MAX_USERS, SERVER_ROUND, SPLITS,
                              SQUARES, TRAIN_LOSS_SUM, eval_metric)
-from common.secagg import check_users
-from common.schema import SCHEMA_FILE, PublicSchema, SchemaMismatch, content_digest
+from common.federation.secagg import check_users
+from common.data.schema import SCHEMA_FILE, PublicSchema, SchemaMismatch, content_digest
 from client.clipping import clip_users
 from client.device_state import data_index
 from client.state_files import CONTENT_FILE, DEVICE_FILE, DEVICES_DIR, GLOBAL_MODEL_FILE, NODE_STATE_FILE, STORE_FILE
@@ -43,7 +47,7 @@ __all__ = ["Node", "node_for", "build_store", "NODE_STATE_FILE", "CONTENT_FILE",
 def _prepared(data_dir: str, schema_json: str, shared: bool = False):
     """The dataset at data_dir encoded with the schema, once per process (simulated nodes share it); shared (a
     simulation's dataset, not a device's own data): once per content on this machine too, kept by content hash
-    under cache_dir()/prepared and memory-mapped (`common.prepared_cache`). What does not fit the schema is dropped
+    under cache_dir()/prepared and memory-mapped (`common.data.cache`). What does not fit the schema is dropped
     or zeroed and counted in the node's own log (never sent: counts of a user's rows are data)."""
     schema = PublicSchema.from_json(schema_json)
     ds = load_prepared(data_dir, cache_dir() / "prepared", schema) if shared else load_dataset(data_dir, schema=schema)
@@ -163,7 +167,7 @@ class Node:
         conf = content.config_records[CONFIG]
         round_ = int(conf[SERVER_ROUND])
         sampled = self.sampled(conf)
-        secure = SECAGG_MAX_USERS in conf  # secure aggregation: a public bound on every value (common.secagg)
+        secure = SECAGG_MAX_USERS in conf  # secure aggregation: a public bound on every value (common.federation.secagg)
         if secure:
             check_users(len(sampled), int(conf[SECAGG_MAX_USERS]))
         if len(sampled) == 0:

@@ -14,24 +14,28 @@ from flwr.app import ConfigRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from common.aggregation import ServerOptimizer, item_decay, item_sgd_lr
+from common.federation.aggregation import ServerOptimizer, item_decay, item_sgd_lr
 from common.errors import SERVER_ERROR_ENV, message as error_message, record_server_error
 from common.io import save_npy_atomic, savez_atomic, write_atomic
 from common.config import Config, ConfigError, config_from_mapping
-from common.data import load_catalogue
-from common.datasets import resolve_dataset
-from common.metrics import evaluation_keys
-from common.model import ModelShape, init_shared
-from common.params import from_record, to_record
-from common.protocol import (EVALUATED_USERS, ITEM_VECTORS, RANKING, ROUND, SECAGG_DROPPED, SKIPPED, STANDARD_ERROR,
+from common.data.loader import load_catalogue
+from common.data.datasets import resolve_dataset
+from common.evaluation.metrics import evaluation_keys
+from common.model.formula import ModelShape, init_shared
+from common.federation.params import from_record, to_record
+from common.federation.protocol import (EVALUATED_USERS, ITEM_VECTORS, RANKING, ROUND, SECAGG_DROPPED, SKIPPED, STANDARD_ERROR,
                              eval_metric, ranking_metric)
-from common.report import RELEASED_FILES, diagnostics_dir, format_round, write_rounds_csv
-from common.privacy import (PrivacyLedger, RoundRecord, SamplingKey, SecureGaussian, calibrate_noise,
-                            central_statement, local_guarantee)
+from common.privacy.release import RELEASED_FILES, diagnostics_dir
+from common.evaluation.report import format_round, write_rounds_csv
+from common.privacy.ledger import PrivacyLedger, RoundRecord
+from common.privacy.sampling import SamplingKey
+from common.privacy.noise import SecureGaussian
+from common.privacy.accounting import calibrate_noise
+from common.privacy.statements import central_statement, local_guarantee
 from server.checkpoint import (CHECKPOINT_FILE, ServerState, check_resumable, load_checkpoint, read_journal,
                                save_checkpoint, write_journal, JOURNAL_FILE)
-from common.secagg import MASK_SEED_WEAKNESS
-from common.schema import SCHEMA_FILE, PublicSchema, build_schema, declared_context
+from common.privacy.statements import MASK_SEED_WEAKNESS
+from common.data.schema import SCHEMA_FILE, PublicSchema, build_schema, declared_context
 from server.content import item_content
 from server.central_dp import AdaptiveClip, CentralDP
 from server.secagg_driver import SecureAggregation

@@ -18,8 +18,8 @@ from typing import Mapping
 import dp_accounting
 import numpy as np
 
-from common.privacy import (PrivacyLedger, RoundRecord, SecureGaussian, adaptive_sum_noise, next_clip_norm,
-                            noisy_mean)
+from common.privacy.ledger import PrivacyLedger, RoundRecord
+from common.privacy.noise import SecureGaussian, adaptive_sum_noise, next_clip_norm, noisy_mean
 
 __all__ = ["AdaptiveClip", "DPState", "NoisedResult", "DPFedAvgQuery", "Release", "CentralDP"]
 

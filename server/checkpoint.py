@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from common.aggregation import ServerOptimizer
+from common.federation.aggregation import ServerOptimizer
 from common.config import Config, ConfigError
 from common.io import savez_atomic, write_atomic
-from common.privacy import SamplingKey
+from common.privacy.sampling import SamplingKey
 
 __all__ = ["ServerState", "save_checkpoint", "load_checkpoint", "check_resumable", "CHECKPOINT_FILE",
            "JOURNAL_FILE", "read_journal", "write_journal"]
@@ -57,7 +57,7 @@ class ServerState:
     best: tuple[float, int, dict[str, np.ndarray] | None] = (-np.inf, 0, None)
     sampling_key: SamplingKey | None = None
     starts: int = 1  # how many times the run has started (1 + resumes): each start may warm theta_u up again
-    schema_hash: str | None = None  # the public schema the run was trained under (common.schema)
+    schema_hash: str | None = None  # the public schema the run was trained under (common.data.schema)
     run_token: str = ""  # the run's public id (devices count their local-DP rounds per run)
     content: dict[str, Any] | None = None
 

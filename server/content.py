@@ -505,7 +505,7 @@ def _raw_encoder(cfg: Config, catalogue: Sequence[str]) -> RawEncoder:
 
 
 def _cache_path(descriptor: dict[str, Any], item_ids: Sequence[str], texts: Sequence[str]) -> Path:
-    from common.datasets import cache_dir
+    from common.data.datasets import cache_dir
 
     key = hashlib.sha256((json.dumps(descriptor, sort_keys=True) + catalogue_sha256(item_ids, texts)).encode())
     return cache_dir() / "content" / f"h-{descriptor['encoder']}-{key.hexdigest()[:32]}.npy"

@@ -14,9 +14,9 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from common.protocol import (ARRAYS, CONFIG, CONTENT, RUN_TOKEN, SAMPLE_RATE, SAMPLING_SEED, SCHEMA, SCHEMA_HASH,
+from common.federation.protocol import (ARRAYS, CONFIG, CONTENT, RUN_TOKEN, SAMPLE_RATE, SAMPLING_SEED, SCHEMA, SCHEMA_HASH,
                              SCHEMA_JSON)
-from common.schema import PublicSchema
+from common.data.schema import PublicSchema
 from server.replies import ReplyCheck
 
 __all__ = ["NodeBook", "wait_for_nodes", "WAIT_LOG_EVERY"]

@@ -10,8 +10,8 @@ from typing import Callable
 import numpy as np
 from flwr.app import Message, RecordDict
 
-from common.params import from_record
-from common.protocol import (CLIP_NORM, CLIP_SHIFTED_COUNT, EXAMPLES, METRICS, NUM_EXAMPLES, NUM_USERS, TRAIN_LOSS,
+from common.federation.params import from_record
+from common.federation.protocol import (CLIP_NORM, CLIP_SHIFTED_COUNT, EXAMPLES, METRICS, NUM_EXAMPLES, NUM_USERS, TRAIN_LOSS,
                              TRAIN_LOSS_SUM, UPDATE)
 
 __all__ = ["ReplyCheck", "RoundSum", "RoundSkip", "user_count_problem", "reply_problem", "metrics_problem",

@@ -9,8 +9,8 @@ from typing import Callable, Mapping
 import numpy as np
 
 from common.errors import Interrupted, stop_requested
-from common.metrics import standard_errors
-from common.protocol import EVALUATED_USERS, ROUND, SQUARES
+from common.evaluation.metrics import standard_errors
+from common.federation.protocol import EVALUATED_USERS, ROUND, SQUARES
 
 __all__ = ["RoundLog", "ModelSelection", "CheckpointSchedule", "check_stop", "with_errors"]
 

@@ -1,12 +1,12 @@
 """User sampling, owned by the server: every round's Poisson rate q goes to all nodes, and each node gets its own
 sampling seed of that round only, derived from the run's secret `SamplingKey`; a node applies it to its own users
-with `common.federated.poisson_sample`, so it learns whether its own users are sampled, never another node's."""
+with `common.privacy.sampling.poisson_sample`, so it learns whether its own users are sampled, never another node's."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.privacy import SamplingKey
+from common.privacy.sampling import SamplingKey
 
 __all__ = ["UserSampling", "RoundSeeds"]
 

@@ -10,7 +10,7 @@ strategy (docs/privacy.md, "Secure aggregation"). No cryptography is written her
     share keys      each node gets its neighbours' public keys and returns Shamir shares of its mask seed and
                     its first secret key, encrypted for each neighbour (the server only forwards them)
     collect         the training message, with the shares meant for the node; the node trains, quantises and
-                    masks its packed reply (common.secagg.pack); the server sums the masked vectors mod M
+                    masks its packed reply (common.federation.secagg.pack); the server sums the masked vectors mod M
     unmask          live nodes return shares of the mask seeds of nodes that sent a vector and of the first
                     secret keys of nodes that did not; the server removes the masks and learns the sum only
 """
@@ -36,7 +36,7 @@ from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
 from flwr.serverapp import Grid
 from flwr.supercore.primitives.asymmetric import bytes_to_public_key
 
-from common.secagg import (CLIPPING_RANGE, MODULUS, bytes_to_private_key, quantization_range,
+from common.federation.secagg import (CLIPPING_RANGE, MODULUS, bytes_to_private_key, quantization_range,
                            shares_and_threshold)
 
 __all__ = ["SecureRound", "SecAggAbort", "ring_neighbours"]
@@ -71,7 +71,7 @@ class SecAggAbort(RuntimeError):
 class SecureRound:
     """One round's SecAgg+ state on the server. `drop(node, stage, reason)` records a node that failed.
 
-    shapes: the packed arrays' shapes (common.secagg.value_names order); after `unmask`, `total` holds their
+    shapes: the packed arrays' shapes (common.federation.secagg.value_names order); after `unmask`, `total` holds their
     dequantised sum over the nodes whose masked vector arrived (`contributors`)."""
 
     grid: Grid
@@ -83,7 +83,7 @@ class SecureRound:
     source: Callable[[Message, list[Message]], int]
     shares: int = 0
     threshold: int = 0
-    accept_single_neighbour: bool = False  # secagg-accept-two-nodes (common.secagg.MASK_SEED_WEAKNESS)
+    accept_single_neighbour: bool = False  # secagg-accept-two-nodes (common.privacy.statements.MASK_SEED_WEAKNESS)
     k: int = 0
     t: int = 0
     levels: int = 0

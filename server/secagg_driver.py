@@ -14,9 +14,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.serverapp import Grid
 
-from common.protocol import (CLIP_NORM, NODES_ASKED, NODES_FAILED, NODES_REPLIED, NUM_USERS, SECAGG_DROPPED,
+from common.federation.protocol import (CLIP_NORM, NODES_ASKED, NODES_FAILED, NODES_REPLIED, NUM_USERS, SECAGG_DROPPED,
                              SECAGG_ERROR_BOUND, SECAGG_MAX_USERS, SECAGG_PHASE, SECAGG_PHASE_COUNT, secagg_seconds)
-from common.secagg import error_bound, rounding_sensitivity, unpack, unpack_metrics
+from common.federation.secagg import error_bound, rounding_sensitivity, unpack, unpack_metrics
 from server.nodes import NodeBook
 from server.replies import RoundSkip, RoundSum
 from server.secagg import SecAggAbort, SecureRound
@@ -29,13 +29,13 @@ class SecureAggregation:
     """SecAgg+ on every training round (server.secagg): the server learns only the sum over the round's nodes.
 
     max_users: U, the most users one node trains in a round; shares, threshold: SecAgg+'s k and t (0 = auto,
-    common.secagg.shares_and_threshold); metric_keys: the evaluation's per-user metrics, summed securely too;
+    common.federation.secagg.shares_and_threshold); metric_keys: the evaluation's per-user metrics, summed securely too;
     clip_norm: C without central DP (each user's update is clipped to C:
     the quantisation needs a public bound); timeout: seconds per protocol stage."""
 
     max_users: int
     clip_norm: float
-    metric_keys: tuple[str, ...] = ()  # the evaluation's metrics (common.protocol.evaluation_keys)
+    metric_keys: tuple[str, ...] = ()  # the evaluation's metrics (common.federation.protocol.evaluation_keys)
     shares: int = 0
     threshold: int = 0
     timeout: float = 600.0
@@ -117,7 +117,7 @@ class SecureDriver:
 
     def _user_count(self, server_round: int, config: ConfigRecord, grid: Grid,
                     seed: Callable[[int], int] | None) -> tuple[list[int], int]:
-        """A whole SecAgg+ round over each node's sampled-user count alone ([users] / U, common.secagg
+        """A whole SecAgg+ round over each node's sampled-user count alone ([users] / U, common.federation.secagg
         .pack_metrics without metrics), before any update: (the nodes whose count is in the sum, the sum)."""
         count_config = ConfigRecord(dict(config))
         count_config[SECAGG_PHASE] = SECAGG_PHASE_COUNT

@@ -2,7 +2,7 @@
 
 Every node is contacted each round; the server owns user sampling (rate q and a per-round seed
 in the train config, derived from the run's secret `SamplingKey` and sent only in that round),
-and each node applies it to its own users with `common.federated.poisson_sample`.
+and each node applies it to its own users with `common.privacy.sampling.poisson_sample`.
 Nodes reply with the SUM of their sampled users' updates and the user count; the server divides
 the total by the number of users (each user weighs the same) and applies a server optimiser.
 
@@ -27,14 +27,14 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from common.aggregation import ServerOptimizer, sum_updates
+from common.federation.aggregation import ServerOptimizer, sum_updates
 from common.errors import RunFailed
-from common.params import from_record, to_record
-from common.privacy import SamplingKey
-from common.protocol import (ARRAYS, CLIP_NORM, CONFIG, EPSILON, METRICS, NODES_ASKED, NODES_FAILED, NODES_REPLIED,
+from common.federation.params import from_record, to_record
+from common.privacy.sampling import SamplingKey
+from common.federation.protocol import (ARRAYS, CLIP_NORM, CONFIG, EPSILON, METRICS, NODES_ASKED, NODES_FAILED, NODES_REPLIED,
                              NUM_USERS, ROUND, ROW_CLIP_NORM, SAMPLE_RATE, SECAGG_PHASE, SECAGG_PHASE_EVALUATE,
                              SECONDS, SERVER_ROUND, SKIPPED, TRAIN_SECONDS, UNCLIPPED_SHARE, USERS, eval_metric)
-from common.schema import PublicSchema
+from common.data.schema import PublicSchema
 from server.central_dp import CentralDP
 from server.nodes import NodeBook, wait_for_nodes
 from server.replies import RoundSkip, RoundSum, metrics_problem, reply_problem, sum_replies
@@ -149,7 +149,7 @@ class UserFedAvg(FedAvg):
             self.on_begin(server_round, True)
         if self.secagg is None:
             return self.book.messages(self._asked, arrays, config, MessageType.TRAIN, self._seeds.node_seed)
-        shapes = [self.current[k].shape for k in sorted(self.current)] + [(2,)]  # common.secagg.pack
+        shapes = [self.current[k].shape for k in sorted(self.current)] + [(2,)]  # common.federation.secagg.pack
         return self.secagg.messages(server_round, self._asked, arrays, config, grid, self._clip_norm(), shapes,
                                     self.min_nodes, count_users=True, seed=self._seeds.node_seed)
 

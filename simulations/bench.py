@@ -13,9 +13,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from common.config import Config
-from common.datasets import load_cached, resolve_dataset
-from common.report import diagnostics_dir
-from common.secagg import describe_tolerance, shares_and_threshold, tolerance
+from common.data.datasets import load_cached, resolve_dataset
+from common.privacy.release import diagnostics_dir
+from common.federation.secagg import describe_tolerance, shares_and_threshold, tolerance
 
 __all__ = ["bench"]
 
@@ -38,8 +38,8 @@ def bench(cfg: Config, users: Sequence[int], items: int, rounds: int = 6, nodes:
     privacy: modes to time side by side (e.g. none, central, local, central+secagg); the first is the reference
     of `ratio`, and each other mode m adds `federated_round_s_<m>` and `dp_cost_<m>` (its round time over the
     first mode's). With both m and m+secagg, `secagg_cost_<m>` is the secure round's time over m's."""
-    from common.central import train_central
-    from common.federated import UserStore
+    from common.evaluation.central import train_central
+    from common.federation.users import UserStore
     from server.content import content_vectors
     from simulations.simulate import run_flower_simulation
 

@@ -19,15 +19,18 @@ from typing import Callable
 import numpy as np
 
 from common.config import Config, ConfigError
-from common.context import ContextEncoder
-from common.data import read_spec
-from common.schema import declared_context, fitted_declaration
+from common.data.context import ContextEncoder
+from common.data.loader import read_spec
+from common.data.schema import declared_context, fitted_declaration
 from common.errors import SERVER_ERROR_ENV, raise_recorded
-from common.datasets import cache_dir, load_cached, resolve_dataset
-from common.federated import UserStore, evaluate_scores, evaluate_users, training_members
+from common.data.datasets import cache_dir, load_cached, resolve_dataset
+from common.federation.users import UserStore
+from common.evaluation.evaluate import evaluate_scores, evaluate_users
+from common.privacy.sampling import training_members
 from common.io import write_atomic
-from simulations.raycluster import alive_nodes, check_shared_paths, connect, ray_init_args
-from common.report import RELEASED_FILES, SYSTEMS, diagnostics_dir, plot_rounds, results_table
+from simulations.rigs.raycluster import alive_nodes, check_shared_paths, connect, ray_init_args
+from common.privacy.release import RELEASED_FILES, diagnostics_dir
+from common.evaluation.report import SYSTEMS, plot_rounds, results_table
 
 __all__ = ["PROJECT_ROOT", "run_flower_simulation", "run_baselines", "ceiling_rankings", "simulate", "simulation_inputs",
            "cold_test_users"]
@@ -101,7 +104,7 @@ def run_flower_simulation(cfg: Config, num_nodes: int, verbose: bool = False) ->
     Each of `num_nodes` SuperNodes holds a contiguous shard of the users; settings reach both
     apps through Flower's run config ([tool.flwr.app.config] fused with `cfg`), after
     `simulation_inputs` has filled in the context declaration and N. Ray is a local one, or the cluster at
-    `ray-address` (simulations.raycluster). Returns {"ray-address", "ray-nodes", "ray-cpus"}: where it ran.
+    `ray-address` (simulations.rigs.raycluster). Returns {"ray-address", "ray-nodes", "ray-cpus"}: where it ran.
     """
     from flwr.app import Context, RecordDict
     from flwr.common.config import get_fused_config_from_dir
@@ -126,7 +129,7 @@ def run_flower_simulation(cfg: Config, num_nodes: int, verbose: bool = False) ->
     cpus = os.cpu_count() or 1
     # Ray runs one actor per CPU; the ClientApp reads this and gives its TensorFlow one thread (see
     # client/app.py). Left at TF's default (a pool per core in every actor) the actors oversubscribe the
-    # cores: rounds measured 3-4x slower on 2 cores. Ray's workers get the variable (simulations.raycluster).
+    # cores: rounds measured 3-4x slower on 2 cores. Ray's workers get the variable (simulations.rigs.raycluster).
     os.environ.setdefault(NODE_THREADS_ENV, "1")
     # one actor per CPU of every alive Ray node: on a cluster (ray-address) the shards' messages run on all nodes.
     # Ray is started (or joined) here; Flower's backend reads init_args only when Ray is not running yet
@@ -214,8 +217,8 @@ def run_baselines(cfg: Config, say: Callable[[str], None] = print) -> tuple[dict
 
     Returns ({system: test metrics}, {system: seconds}).
     """
-    from common.central import popularity_scores, train_central
-    from common.collaborative import implicit_available, implicit_baselines
+    from common.evaluation.central import popularity_scores, train_central
+    from common.evaluation.collaborative import implicit_available, implicit_baselines
     from server.content import content_vectors
 
     ds = load_cached(str(resolve_dataset(cfg)))
@@ -272,9 +275,9 @@ def paired_difference(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 
 def ceiling_rankings(cfg: Config, ds, members: np.ndarray) -> tuple[UserStore, dict]:
     """(the members' UserStore with context, {system: score(users) -> [n, n_items]}) of the ceiling rankings
-    (`common.ceiling`) of the embedded generator's data."""
-    from common.ceiling import ceiling_scorers, planted_inputs
-    from common.synthetic import SyntheticConfig, generate
+    (`common.evaluation.ceiling`) of the embedded generator's data."""
+    from common.evaluation.ceiling import ceiling_scorers, planted_inputs
+    from common.data.sources.synthetic import SyntheticConfig, generate
 
     synthetic = SyntheticConfig(users=cfg.synthetic_users, items=cfg.synthetic_items, seed=cfg.seed)
     store = UserStore.from_prepared(ds, members, use_context=True)

@@ -2,7 +2,7 @@
 
 Every (setting, seed) is a real Flower simulation of this project's apps. A share of the users
 (`audit-fraction`) is held out of training; after the run, the loss-threshold membership attack of
-`common.audit` is run on the released global model, members against held-out users.
+`common.evaluation.audit` is run on the released global model, members against held-out users.
 The reported metrics are those of the LAST round: choosing a round by validation metrics would use
 the users' data outside the privacy accounting.
 """
@@ -23,7 +23,7 @@ import numpy as np
 
 from common.config import Config, ConfigError, config_from_mapping
 from common.io import atomic_file, write_atomic
-from common.report import diagnostics_dir
+from common.privacy.release import diagnostics_dir
 
 __all__ = ["SweepPlan", "SWEEP_DEFAULTS", "sweep_config", "run_sweep", "summarise", "markdown_table",
            "plot_tradeoff", "COLUMNS"]
@@ -143,9 +143,10 @@ def sweep_config(config_file: Path | None, sets: Mapping[str, str], data: str | 
 
 def audit_run(cfg: Config, run_dir: Path, audit_users: int) -> tuple[float, int, int]:
     """Membership-inference AUC of the run's released global model (members vs held-out users)."""
-    from common.audit import membership_auc, user_losses
-    from common.datasets import load_cached, resolve_dataset
-    from common.federated import UserStore, training_members
+    from common.evaluation.audit import membership_auc, user_losses
+    from common.data.datasets import load_cached, resolve_dataset
+    from common.federation.users import UserStore
+    from common.privacy.sampling import training_members
     ds = load_cached(str(resolve_dataset(cfg)))
     with np.load(run_dir / "global_model.npz") as f:
         params = {k.replace(".", "/"): f[k] for k in f.files}

@@ -21,7 +21,7 @@ if os.environ.get("CI"):
 @pytest.fixture(scope="session")
 def small_synthetic(tmp_path_factory) -> Path:
     """A 24-user, 120-item synthetic dataset directory."""
-    from common.synthetic import SyntheticConfig, write_synthetic
+    from common.data.sources.synthetic import SyntheticConfig, write_synthetic
 
     out = tmp_path_factory.mktemp("data") / "small"
     return write_synthetic(out, SyntheticConfig(users=24, items=120, topics=6, min_events=6, mean_events=8.0,
@@ -34,7 +34,7 @@ def undeclared_synthetic(small_synthetic, tmp_path_factory) -> Path:
     a dataset whose owner declared nothing public: its vocabulary can only be fitted on the rows."""
     import shutil
 
-    from common.data import read_spec
+    from common.data.loader import read_spec
     from common.io import write_dataset_toml
 
     out = tmp_path_factory.mktemp("data") / "undeclared"

@@ -13,7 +13,7 @@ import pytest
 import typer.main
 
 from common.config import Config
-from simulations.cli import cli
+from simulations.cli.app import cli
 from simulations.sweep import _PLAN_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
