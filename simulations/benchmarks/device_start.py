@@ -43,6 +43,7 @@ def build_device(root: Path, users: int, items: int, seed: int = 0) -> tuple[Pat
     from client.app import train_reply
     from client.node import node_for
     from common.config import Config
+    from common.federation import protocol as P
     from common.data.loader import load_dataset
     from common.model.formula import ModelShape, init_shared
     from common.federation.params import to_record
@@ -56,10 +57,10 @@ def build_device(root: Path, users: int, items: int, seed: int = 0) -> tuple[Pat
     item_h = rng.normal(size=(ds.n_items, cfg.text_dim)).astype(np.float32)  # the encoder is not what is timed
     schema = build_schema(ds.item_ids, ds.context_encoder, {"encoder": "bench"}, item_h)
     params = init_shared(ModelShape(ds.n_items, cfg.text_dim, cfg.dim, ds.context_dim, cfg.item_embedding), seed=seed)
-    content = RecordDict({"arrays": to_record(params), "content": to_record({"item-vectors": item_h}),
-                          "schema": ConfigRecord({"json": schema.to_json()}),
-                          "config": ConfigRecord({"server-round": 1, "sample-rate": 1.0, "sampling-seed": 7,
-                                                  "schema-hash": schema.hash})})
+    content = RecordDict({P.ARRAYS: to_record(params), P.CONTENT: to_record({P.ITEM_VECTORS: item_h}),
+                          P.SCHEMA: ConfigRecord({P.SCHEMA_JSON: schema.to_json()}),
+                          P.CONFIG: ConfigRecord({P.SERVER_ROUND: 1, P.SAMPLE_RATE: 1.0, P.SAMPLING_SEED: 7,
+                                                  P.SCHEMA_HASH: schema.hash})})
     ctx = Context(run_id=1, node_id=1, state=RecordDict(), run_config=cfg.to_flwr(),
                   node_config={"data-dir": str(data), "state-dir": str(root / "state")})
     node = node_for(ctx, content, training=True)
