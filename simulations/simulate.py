@@ -211,12 +211,14 @@ def cold_test_users(store: UserStore) -> np.ndarray:
     return ~np.isin(store.test_item, store.items)
 
 
-def run_baselines(cfg: Config, say: Callable[[str], None] = print) -> tuple[dict, dict]:
+def run_baselines(cfg: Config, say: Callable[[str], None] = print, run_dir: Path | None = None) -> tuple[dict, dict]:
     """Centralized model, context-free centralized model, implicit ALS and BPR (if installed) and most-popular,
-    on the same split.
+    on the same split. On the embedded generator's data also the ceiling rows and every model's expected HR@k
+    from the planted truth (with run_dir, a finished simulation's, the federated model's last round too).
 
     Returns ({system: test metrics}, {system: seconds}).
     """
+    from common.evaluation.ceiling import expected_hits
     from common.evaluation.central import popularity_scores, train_central
     from common.evaluation.collaborative import implicit_available, implicit_baselines
     from server.content import content_vectors
@@ -225,7 +227,7 @@ def run_baselines(cfg: Config, say: Callable[[str], None] = print) -> tuple[dict
     item_h = content_vectors(cfg, ds.item_texts, ds.item_ids)  # the server's h(c) (from the cache it filled)
     k = cfg.top_k
     members = np.flatnonzero(training_members(np.asarray(ds.user_ids).astype(str), cfg.audit_fraction, cfg.seed))
-    systems, timings, per_user = {}, {}, {}
+    systems, timings, per_user, scorers = {}, {}, {}, {}
     for name, c in (("centralized", cfg), ("context-free", cfg.replace(use_context=False))):
         store = UserStore.from_prepared(ds, members, use_context=c.use_context)
         t0 = time.perf_counter()
@@ -244,6 +246,7 @@ def run_baselines(cfg: Config, say: Callable[[str], None] = print) -> tuple[dict
         timings[f"{name}_total_s"] = time.perf_counter() - t0
         timings[f"{name}_epoch_s"] = float(np.mean(epoch_s))
         systems[name]["selected_epoch"] = selected
+        scorers[name] = model_scorer(params, theta, store, item_h)
     store = UserStore.from_prepared(ds, members, use_context=False)
     cold = cold_test_users(store)
     if implicit_available():
@@ -253,18 +256,73 @@ def run_baselines(cfg: Config, say: Callable[[str], None] = print) -> tuple[dict
     else:
         say("als, bpr: skipped (the optional package `implicit` is not installed: pip install 'fedctx[eval]')")
     pop = popularity_scores(store, ds.n_items)
-    systems["popularity"] = _summarise(evaluate_scores(
-        lambda users: np.broadcast_to(pop, (len(users), ds.n_items)), store, ds.n_items, cfg, "test"), k, cold)
+    scorers["popularity"] = lambda users: np.broadcast_to(pop, (len(users), ds.n_items))
+    systems["popularity"] = _summarise(evaluate_scores(scorers["popularity"], store, ds.n_items, cfg, "test"), k, cold)
     if cfg.data == "synthetic":  # the generator's truth is known: the ceiling of this data
         t0 = time.perf_counter()
-        ceiling = ceiling_metrics(cfg, ds, members)
+        store_ctx, ceiling_scores = ceiling_rankings(cfg, ds, members)
+        last = last_round_model(cfg, run_dir, store_ctx) if run_dir is not None else None
+        if last is not None:  # the federated row's expected HR: its last round (devices keep their latest theta_u)
+            scorers = {"federated": model_scorer(*last, store_ctx, item_h), **scorers}
+            systems["federated"] = {}
+        ceiling = {name: evaluate_scores(score, store_ctx, ds.n_items, cfg, "test")
+                   for name, score in ceiling_scores.items()}
         systems.update({name: _summarise(m, k, cold) for name, m in ceiling.items()})
         per_user.update(ceiling)
+        expected = {name: expected_hits(score, ceiling_scores["oracle"], store_ctx, k)
+                    for name, score in {**scorers, **ceiling_scores}.items()}
+        for name, hits in expected.items():
+            systems[name].update(expected_summary(hits, k))
+        if "federated" in expected:
+            systems["federated"]["expected_of"] = "last round"
         timings["ceiling_s"] = time.perf_counter() - t0
+    else:
+        expected = {}
     for aware, free in (("centralized", "context-free"), ("structure", "structure-context-free")):
         if aware in per_user and free in per_user and cfg.use_context:
             systems[aware]["context_gain"] = paired_difference(per_user[aware]["hr"], per_user[free]["hr"])
+        if aware in expected and free in expected and cfg.use_context:
+            systems[aware]["expected_context_gain"] = paired_difference(expected[aware], expected[free])
     return systems, timings
+
+
+def model_scorer(params: dict[str, np.ndarray], theta: np.ndarray, store: UserStore, item_h: np.ndarray):
+    """score(users [n]) -> [n, n_items] of a trained model (shared params, theta [U, dim]) at each user's test
+    context (store.test_ctx, cut to the model's context width: none for a context-free model)."""
+    from common.evaluation.evaluate import catalogue_scorer
+    from common.model.scoring import DENSE_NAMES
+
+    dense = {name: np.asarray(params[name], np.float32) for name in DENSE_NAMES}
+    ctx = np.asarray(store.test_ctx, np.float32)[:, : dense["context/shift"].shape[0]]
+    return catalogue_scorer(dense, np.asarray(theta, np.float32), ctx, item_h, params.get("items/embedding"),
+                            params.get("items/bias"))
+
+
+def last_round_model(cfg: Config, run_dir: Path, store: UserStore) -> tuple[dict[str, np.ndarray], np.ndarray] | None:
+    """(shared params, theta [U, dim]) of a finished simulation's last round: checkpoint.npz's parameters and every
+    simulated device's latest theta_u (devices/*/node-state.npz), in the order of store.user_keys (zeros for a
+    user no device holds); None without a checkpoint (checkpoint-every=0)."""
+    from client.state_files import DEVICES_DIR, NODE_STATE_FILE
+    from server.checkpoint import CHECKPOINT_FILE, load_checkpoint
+
+    if not (run_dir / CHECKPOINT_FILE).is_file():
+        return None
+    params = load_checkpoint(run_dir / CHECKPOINT_FILE).params
+    theta = np.zeros((store.n_users, cfg.dim), np.float32)
+    index = {u: i for i, u in enumerate(store.user_keys)}
+    for path in sorted((run_dir / DEVICES_DIR).glob(f"*/{NODE_STATE_FILE}")):
+        with np.load(path) as f:
+            for user, row in zip(f["user_keys"].astype(str), f["theta"]):
+                if user in index:
+                    theta[index[user]] = row
+    return params, theta
+
+
+def expected_summary(hits: np.ndarray, k: int) -> dict[str, float]:
+    """{"expected-hr@k": mean, "expected-hr@k-se": its standard error over users} of per-user expected hits
+    (`common.evaluation.ceiling.expected_hits`)."""
+    return {f"expected-hr@{k}": float(hits.mean()),
+            f"expected-hr@{k}-se": float(hits.std(ddof=1) / np.sqrt(len(hits))) if len(hits) > 1 else float("nan")}
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
@@ -327,7 +385,8 @@ def simulate(cfg: Config, num_nodes: int = 2, verbose: bool = False, baselines: 
     systems = {"federated": fed["metrics"]}
     timings = {"data_s": data_s, "content_s": content_s, "federated_s": federated_s, **fed["timings"]}
     if baselines:
-        base, base_t = run_baselines(cfg, say)
+        base, base_t = run_baselines(cfg, say, run_dir)
+        systems["federated"].update(base.pop("federated", {}))
         systems.update(base)
         timings.update(base_t)
     timings["total_s"] = time.perf_counter() - t_start
@@ -377,6 +436,9 @@ def _say_results(cfg: Config, systems: dict, run_dir: Path, diag: Path, say: Cal
     say(results_table(systems, cfg.top_k))
     say(f"(test split: each user's last engagement; full ranking over items not in the user's history; "
         f"sampled: 1 vs {cfg.eval_negatives} negatives)")
+    if any(f"expected-hr@{cfg.top_k}" in m for m in systems.values()):
+        say(f"(expected-hr@{cfg.top_k}: the planted probability of the test engagement in the top {cfg.top_k}, "
+            f"from the generator's truth, standard error about 0.001; federated: its last round)")
     fm = systems["federated"]
     if fm.get("evaluated_users") is not None:  # eval-users: a sub-sample, so each mean has a standard error
         k = cfg.top_k

@@ -46,8 +46,11 @@ def write_rounds_csv(rows: Sequence[Mapping[str, float | int]], path: Path) -> N
 
 
 def results_table(systems: Mapping[str, Mapping[str, float]], k: int) -> str:
-    """Fixed-width table of the final test metrics of each system."""
+    """Fixed-width table of the final test metrics of each system; on generated data also each model's expected
+    HR@k from the planted truth (column `expected-hr@k`; the federated model's is of its last round)."""
     cols = [ranking_metric(name, k) for name in RANKING]
+    if any(m.get(f"expected-hr@{k}") is not None for m in systems.values()):
+        cols.append(f"expected-hr@{k}")
     names = [s for s in SYSTEMS if s in systems] + [s for s in systems if s not in SYSTEMS]
     w = max([14] + [len(n) + 2 for n in names])
     head = f"{'system':<{w}}" + "".join(f"{c:>17}" for c in cols)

@@ -29,17 +29,13 @@ __all__ = ["run_expected_hr"]
 
 def run_expected_hr(run_dir: Path) -> dict:
     """{"federated-last-round": E[HR@k], ceiling systems: E[HR@k], "se": ..., "seed": ...} of one synthetic run."""
-    from client.state_files import DEVICES_DIR, NODE_STATE_FILE
     from common.evaluation.ceiling import expected_hits
     from common.config import config_from_mapping
     from common.data.datasets import load_cached, resolve_dataset
-    from common.evaluation.evaluate import catalogue_scorer
     from common.privacy.sampling import training_members
     from common.privacy.release import diagnostics_dir
-    from common.model.scoring import DENSE_NAMES
-    from server.checkpoint import load_checkpoint
     from server.content import content_vectors
-    from simulations.simulate import ceiling_rankings
+    from simulations.simulate import ceiling_rankings, last_round_model, model_scorer
 
     run_dir = Path(run_dir)
     found = [d / "summary.json" for d in (diagnostics_dir(run_dir, False), diagnostics_dir(run_dir, True))
@@ -57,18 +53,11 @@ def run_expected_hr(run_dir: Path) -> dict:
     truth, k = ceiling["oracle"], cfg.top_k
     out = {name: expected_hits(f, truth, store, k) for name, f in ceiling.items()}
 
-    params = load_checkpoint(run_dir / "checkpoint.npz").params
-    theta = np.zeros((store.n_users, cfg.dim), np.float32)
-    index = {u: i for i, u in enumerate(store.user_keys)}
-    for path in sorted((run_dir / DEVICES_DIR).glob(f"*/{NODE_STATE_FILE}")):
-        with np.load(path) as f:
-            for user, row in zip(f["user_keys"].astype(str), f["theta"]):
-                if user in index:
-                    theta[index[user]] = row
-    dense = {name: np.asarray(params[name], np.float32) for name in DENSE_NAMES}
-    ctx = store.test_ctx[:, : dense["context/shift"].shape[0]]
+    last = last_round_model(cfg, run_dir, store)
+    if last is None:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint.npz (run with checkpoint-every > 0).")
     item_h = content_vectors(cfg, ds.item_texts, ds.item_ids)
-    model = catalogue_scorer(dense, theta, ctx, item_h, params.get("items/embedding"), params.get("items/bias"))
+    model = model_scorer(*last, store, item_h)
     out = {"federated-last-round": expected_hits(model, truth, store, k), **out}
     return {"run": str(run_dir), "seed": cfg.seed, "k": k, "users": store.n_users,
             **{name: float(v.mean()) for name, v in out.items()},

@@ -33,11 +33,15 @@ def seed_table(runs: list[dict], k: int) -> str:
     """Markdown: one row per system (mean +- sd over the runs), then the ratios and differences of the targets.
     runs: [{"seed": int, "systems": {system: metrics}}]."""
     systems = [s for s in SYSTEMS if any(s in r["systems"] for r in runs)]
-    lines = [f"| system | HR@{k} | NDCG@{k} | HR@{k} (1+99 sampled) | seeds |", "| --- | --- | --- | --- | --- |"]
+    expected = f"expected-hr@{k}"
+    with_expected = any(expected in m for r in runs for m in r["systems"].values())
+    lines = [f"| system | HR@{k} | NDCG@{k} | HR@{k} (1+99 sampled) |" + (f" expected HR@{k} |" if with_expected else "")
+             + " seeds |", "| --- | --- | --- | --- |" + (" --- |" if with_expected else "") + " --- |"]
     for s in systems:
         got = [r["systems"][s] for r in runs if s in r["systems"]]
         lines.append(f"| {s} | {mean_sd([m.get(f'hr@{k}') for m in got])} | {mean_sd([m.get(f'ndcg@{k}') for m in got])}"
-                     f" | {mean_sd([m.get(f'hr@{k}-sampled') for m in got])} | {len(got)} |")
+                     f" | {mean_sd([m.get(f'hr@{k}-sampled') for m in got])} |"
+                     + (f" {mean_sd([m.get(expected) for m in got])} |" if with_expected else "") + f" {len(got)} |")
 
     def per_seed(a: str, b: str, op) -> list[float]:
         return [op(r["systems"][a][f"hr@{k}"], r["systems"][b][f"hr@{k}"]) for r in runs
@@ -49,6 +53,11 @@ def seed_table(runs: list[dict], k: int) -> str:
         ratio = per_seed(a, b, lambda x, y: x / y)
         if ratio:
             notes.append(f"{a} / {b} HR@{k}: {np.mean(ratio):.3f} (per seed {', '.join(f'{v:.2f}' for v in ratio)})")
+    expected_ratio = [r["systems"]["federated"][expected] / r["systems"]["structure"][expected] for r in runs
+                      if expected in r["systems"].get("federated", {}) and expected in r["systems"].get("structure", {})]
+    if expected_ratio:
+        notes.append(f"federated (last round) / structure, expected HR@{k}: {np.mean(expected_ratio):.3f} "
+                     f"(per seed {', '.join(f'{v:.2f}' for v in expected_ratio)})")
     diff = per_seed("centralized", "context-free", lambda x, y: x - y)
     if diff:
         se = np.std(diff, ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
@@ -61,6 +70,14 @@ def seed_table(runs: list[dict], k: int) -> str:
             means = [g["mean"] for g in gains]
             notes.append(f"{system}: context-aware - context-free HR@{k}, paired over users: {np.mean(means):+.4f} "
                          f"(standard error {se:.4f}; per seed {', '.join(f'{m:+.4f}' for m in means)})")
+    for system in ("centralized", "structure"):  # the same in expected HR (per-user planted probabilities)
+        gains = [r["systems"][system]["expected_context_gain"] for r in runs
+                 if "expected_context_gain" in r["systems"].get(system, {})]
+        if gains:
+            se = np.sqrt(sum(g["se"] ** 2 for g in gains)) / len(gains)
+            means = [g["mean"] for g in gains]
+            notes.append(f"{system}: context-aware - context-free expected HR@{k}, paired over users: "
+                         f"{np.mean(means):+.4f} (standard error {se:.4f}; per seed {', '.join(f'{m:+.4f}' for m in means)})")
     return "\n".join(lines + [""] + [f"* {n}" for n in notes])
 
 

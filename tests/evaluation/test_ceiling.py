@@ -165,3 +165,27 @@ def test_expected_hits_the_truth_ranks_best_and_matches_drawn_test_items():
         ranked = np.argsort(-np.where(q > 0, other[u], -np.inf))[:k]
         hits[u] = np.isin(test, ranked).mean()
     np.testing.assert_allclose(e, hits, atol=0.04)
+
+
+def test_report_gives_every_model_its_expected_hits_below_the_oracle(small_cache, monkeypatch):
+    """On generated data the report carries each model's expected HR@k (from the planted truth) next to the
+    realized one: no ranking's can exceed the oracle's (the oracle puts the k most probable items first for every
+    user), the structure's is above the trained models' here, and the expected context gain is the paired
+    difference of the two systems' expected hits (so its mean is the difference of their means)."""
+    from common.config import Config
+    from simulations.simulate import run_baselines
+
+    monkeypatch.setenv("FEDCTX_CACHE", str(small_cache))
+    cfg = Config().replace(synthetic_users=40, synthetic_items=300, seed=5, central_epochs=2)
+    systems, _ = run_baselines(cfg, say=lambda line: None)
+    key = f"expected-hr@{cfg.top_k}"
+    models = ("centralized", "context-free", "popularity", "structure", "structure-context-free")
+    for name in models:
+        assert 0.0 < systems[name][key] <= systems["oracle"][key] + 1e-12, name
+        assert 0.0 < systems[name][key + "-se"] < 0.2, name
+    assert systems["structure"][key] > systems["centralized"][key]
+    for aware, free in (("centralized", "context-free"), ("structure", "structure-context-free")):
+        gain = systems[aware]["expected_context_gain"]
+        assert gain["mean"] == pytest.approx(systems[aware][key] - systems[free][key], abs=1e-12)
+        assert gain["se"] > 0
+    assert all(key not in systems[name] for name in ("als", "bpr", "federated") if name in systems)
