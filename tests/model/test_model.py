@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common.model.scoring import DENSE_NAMES, ials_solve, ials_theta, warm_start_theta
+from common.model.scoring import DENSE_NAMES, ials_solve, ials_theta, segment_sum, warm_start_theta
 from common.model.formula import GroupParams, ModelShape, TrainBatch, group_loss, init_shared, score_items
 from common.model.training import StepRule, local_train
 from common.model.ials import ials_loss, ials_user_gradients
@@ -355,3 +355,15 @@ def test_named_batches_trace_once_per_static_setting():
         dp_local_train(*_named(dense, b), rule, noise, clip=0.5 + i, noise_std=i, denominator=4.0 + i)
     assert _local_train_tf.experimental_get_tracing_count() - plain == 2
     assert _dp_local_train_tf.experimental_get_tracing_count() - dp == 2
+
+
+def test_segment_sum_sums_each_users_rows_and_gives_empty_users_zero():
+    rng = np.random.default_rng(4)
+    v = rng.normal(size=(6, 2, 3))
+    offsets = np.array([0, 0, 2, 2, 5, 6, 6])          # users 0, 2 and 5 have no rows
+    got = segment_sum(v, offsets)
+    assert got.shape == (6, 2, 3)
+    for u in range(6):
+        np.testing.assert_allclose(got[u], sum((v[l] for l in range(offsets[u], offsets[u + 1])), np.zeros((2, 3))),
+                                   rtol=1e-15, atol=0)
+    assert segment_sum(np.zeros((0, 4)), np.array([0, 0, 0])).shape == (2, 4)
