@@ -12,7 +12,8 @@ from typing import Mapping
 import numpy as np
 
 __all__ = ["DENSE_NAMES", "CONTEXT_NAMES", "ITEM_NAMES", "SHIFT_INVARIANT", "SECONDS_PER_DAY", "item_side_np",
-           "negative_shift", "warm_start_theta", "segment_outer_sum", "ials_theta", "ials_solve", "ials_solve_history"]
+           "negative_shift", "warm_start_theta", "segment_sum", "segment_outer_sum", "ials_theta", "ials_solve",
+           "ials_solve_history"]
 
 SECONDS_PER_DAY = 86400.0
 
@@ -70,6 +71,17 @@ def warm_start_theta(phi_history: np.ndarray, age_days: np.ndarray, half_life_da
     return (w @ phi_history / w.sum()).astype(np.float32)
 
 
+def segment_sum(v: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """sum_{l in segment u} v_l [U, ...] for segments offsets [U + 1] (offsets[-1] = n) of the rows of v [n, ...];
+    0 for an empty segment. Float64."""
+    offsets = np.asarray(offsets, np.int64)
+    out = np.zeros((len(offsets) - 1,) + v.shape[1:])
+    full = np.flatnonzero(np.diff(offsets) > 0)
+    if len(full):
+        out[full] = np.add.reduceat(np.asarray(v, np.float64), offsets[full], axis=0)
+    return out
+
+
 def segment_outer_sum(a: np.ndarray, b: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """sum_{l in segment u} a_l b_l^T [U, p, q] for segments offsets [U + 1] of the rows of a [n, p], b [n, q]
     (one small matrix product per segment, on views: far faster here than one broadcast outer product)."""
@@ -116,9 +128,7 @@ def _ials_parts(params: Mapping[str, np.ndarray], item_h: np.ndarray, offsets: n
     counts = np.diff(offsets)
     ex_user = np.repeat(np.arange(len(counts)), counts)
     x = np.asarray(ctx, np.float64).reshape(len(items), -1)
-    x_mean = np.zeros((len(counts), x.shape[1]))
-    np.add.at(x_mean, ex_user, x)
-    x_mean /= np.maximum(counts, 1)[:, None]
+    x_mean = segment_sum(x, offsets) / np.maximum(counts, 1)[:, None]
     return {"phi": phi, "bias": bias, "h": h, "x": x, "ex_user": ex_user, "x_mean": x_mean,
             "xw": x @ p["context/interaction"], "shift": x @ p["context/shift"] + p["global-bias"][0],
             "xw_mean": x_mean @ p["context/interaction"], "shift_mean": x_mean @ p["context/shift"] + p["global-bias"][0]}

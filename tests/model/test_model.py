@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common.model.scoring import DENSE_NAMES, ials_solve, ials_theta, warm_start_theta
+from common.model.scoring import DENSE_NAMES, ials_solve, ials_theta, segment_sum, warm_start_theta
 from common.model.formula import GroupParams, ModelShape, TrainBatch, group_loss, init_shared, score_items
 from common.model.training import StepRule, local_train
 from common.model.ials import ials_loss, ials_user_gradients
@@ -185,14 +185,15 @@ def test_context_l2_adds_its_penalty_and_keeps_noise_context_weights_near_zero()
 
 
 
-def _ials_fixture(seed: int = 3, hybrid: bool = True):
+def _ials_fixture(seed: int = 3, hybrid: bool = True, c: int = 2):
+    """4 users of dim = 4: 4, 0, 3 and 1 engagements; c context features (c > dim: wider than the vectors)."""
     rng = np.random.default_rng(seed)
-    n_items, text_dim, dim, c = 9, 3, 4, 2
+    n_items, text_dim, dim = 9, 3, 4
     shape = ModelShape(n_items, text_dim, dim, c, hybrid)
     params = {k: rng.normal(0.0, 0.4, s) for k, s in shape.shapes().items()}
     item_h = rng.normal(size=(n_items, text_dim))
-    offsets = np.array([0, 4, 4, 7])                 # user 1 has no history
-    items = np.array([0, 5, 5, 1, 2, 3, 8])          # user 0 engaged item 5 twice
+    offsets = np.array([0, 4, 4, 7, 8])              # user 1 has no history, user 3 one engagement
+    items = np.array([0, 5, 5, 1, 2, 3, 8, 6])       # user 0 engaged item 5 twice
     ctx = rng.normal(size=(len(items), c))
     return params, item_h, offsets, items, ctx
 
@@ -237,18 +238,19 @@ def _ials_loss_by_hand(params, item_h, theta, offsets, items, ctx, alpha0, l2, c
     return out
 
 
-@pytest.mark.parametrize("hybrid", [True, False])
-def test_ials_user_gradients_equal_autodiff_of_each_users_loss(hybrid):
-    params, item_h, offsets, items, ctx = _ials_fixture(hybrid=hybrid)
-    theta = np.random.default_rng(5).normal(size=(3, 4))
+@pytest.mark.parametrize("hybrid, c", [(True, 2), (False, 2), (True, 11), (False, 11)])
+def test_ials_user_gradients_equal_autodiff_of_each_users_loss(hybrid, c):
+    params, item_h, offsets, items, ctx = _ials_fixture(hybrid=hybrid, c=c)
+    U = len(offsets) - 1
+    theta = np.random.default_rng(5).normal(size=(U, 4))
     alpha0, l2, context_l2 = 0.3, 0.05, 0.2
     got = ials_user_gradients(params, item_h, theta, offsets, items, ctx, alpha0, l2, context_l2)
     direct = []
     no_pull = _ials_loss_by_hand(params, item_h, theta, offsets, items, ctx, 0.0, l2, context_l2)
     whole = _ials_loss_by_hand(params, item_h, theta, offsets, items, ctx, alpha0, l2, context_l2, direct)
-    for u in range(3):  # the loss is the catalogue pulled to 0 at each of the user's contexts
+    for u in range(U):  # the loss is the catalogue pulled to 0 at each of the user's contexts
         assert float(whole[u]) == pytest.approx(float(no_pull[u]) + float(direct[u]), rel=1e-9)
-    for u in range(3):
+    for u in range(U):
         var = {k: tf.Variable(v) for k, v in params.items()}
         with tf.GradientTape() as tape:
             loss = _ials_loss_by_hand(var, item_h, tf.constant(theta), offsets, items, ctx, alpha0, l2, context_l2)[u]
@@ -353,3 +355,15 @@ def test_named_batches_trace_once_per_static_setting():
         dp_local_train(*_named(dense, b), rule, noise, clip=0.5 + i, noise_std=i, denominator=4.0 + i)
     assert _local_train_tf.experimental_get_tracing_count() - plain == 2
     assert _dp_local_train_tf.experimental_get_tracing_count() - dp == 2
+
+
+def test_segment_sum_sums_each_users_rows_and_gives_empty_users_zero():
+    rng = np.random.default_rng(4)
+    v = rng.normal(size=(6, 2, 3))
+    offsets = np.array([0, 0, 2, 2, 5, 6, 6])          # users 0, 2 and 5 have no rows
+    got = segment_sum(v, offsets)
+    assert got.shape == (6, 2, 3)
+    for u in range(6):
+        np.testing.assert_allclose(got[u], sum((v[l] for l in range(offsets[u], offsets[u + 1])), np.zeros((2, 3))),
+                                   rtol=1e-15, atol=0)
+    assert segment_sum(np.zeros((0, 4)), np.array([0, 0, 0])).shape == (2, 4)
