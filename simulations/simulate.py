@@ -263,8 +263,8 @@ def run_baselines(cfg: Config, say: Callable[[str], None] = print, run_dir: Path
         store_ctx, ceiling_scores = ceiling_rankings(cfg, ds, members)
         last = last_round_model(cfg, run_dir, store_ctx) if run_dir is not None else None
         if last is not None:  # the federated row's expected HR: its last round (devices keep their latest theta_u)
-            scorers = {"federated": model_scorer(*last, store_ctx, item_h), **scorers}
-            systems["federated"] = {}
+            scorers = {"federated": model_scorer(last[0], last[1], store_ctx, item_h), **scorers}
+            systems["federated"] = {"expected_round": last[2]}
         ceiling = {name: evaluate_scores(score, store_ctx, ds.n_items, cfg, "test")
                    for name, score in ceiling_scores.items()}
         systems.update({name: _summarise(m, k, cold) for name, m in ceiling.items()})
@@ -273,8 +273,6 @@ def run_baselines(cfg: Config, say: Callable[[str], None] = print, run_dir: Path
                     for name, score in {**scorers, **ceiling_scores}.items()}
         for name, hits in expected.items():
             systems[name].update(expected_summary(hits, k))
-        if "federated" in expected:
-            systems["federated"]["expected_of"] = "last round"
         timings["ceiling_s"] = time.perf_counter() - t0
     else:
         expected = {}
@@ -298,8 +296,8 @@ def model_scorer(params: dict[str, np.ndarray], theta: np.ndarray, store: UserSt
                             params.get("items/bias"))
 
 
-def last_round_model(cfg: Config, run_dir: Path, store: UserStore) -> tuple[dict[str, np.ndarray], np.ndarray] | None:
-    """(shared params, theta [U, dim]) of a finished simulation's last round: checkpoint.npz's parameters and every
+def last_round_model(cfg: Config, run_dir: Path, store: UserStore) -> tuple[dict[str, np.ndarray], np.ndarray, int] | None:
+    """(shared params, theta [U, dim], round) of a finished simulation's last round: checkpoint.npz's parameters and every
     simulated device's latest theta_u (devices/*/node-state.npz), in the order of store.user_keys (zeros for a
     user no device holds); None without a checkpoint (checkpoint-every=0)."""
     from client.state_files import DEVICES_DIR, NODE_STATE_FILE
@@ -307,7 +305,8 @@ def last_round_model(cfg: Config, run_dir: Path, store: UserStore) -> tuple[dict
 
     if not (run_dir / CHECKPOINT_FILE).is_file():
         return None
-    params = load_checkpoint(run_dir / CHECKPOINT_FILE).params
+    checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE)
+    params = checkpoint.params
     theta = np.zeros((store.n_users, cfg.dim), np.float32)
     index = {u: i for i, u in enumerate(store.user_keys)}
     for path in sorted((run_dir / DEVICES_DIR).glob(f"*/{NODE_STATE_FILE}")):
@@ -315,7 +314,7 @@ def last_round_model(cfg: Config, run_dir: Path, store: UserStore) -> tuple[dict
             for user, row in zip(f["user_keys"].astype(str), f["theta"]):
                 if user in index:
                     theta[index[user]] = row
-    return params, theta
+    return params, theta, int(checkpoint.round)
 
 
 def expected_summary(hits: np.ndarray, k: int) -> dict[str, float]:

@@ -57,7 +57,7 @@ def run_expected_hr(run_dir: Path) -> dict:
     if last is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint.npz (run with checkpoint-every > 0).")
     item_h = content_vectors(cfg, ds.item_texts, ds.item_ids)
-    model = model_scorer(*last, store, item_h)
+    model = model_scorer(last[0], last[1], store, item_h)
     out = {"federated-last-round": expected_hits(model, truth, store, k), **out}
     return {"run": str(run_dir), "seed": cfg.seed, "k": k, "users": store.n_users,
             **{name: float(v.mean()) for name, v in out.items()},
