@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from common.config import LOSSES, Loss
+from common.config import MODEL_LOSSES, Loss
 from common.model.scoring import ials_solve_history, item_side_np, negative_shift
 
 __all__ = ["ItemTables", "SimilarItem", "Recommendation", "item_tables", "recommend", "format_recommendations",
@@ -216,7 +216,7 @@ def refresh_theta(params: Mapping[str, np.ndarray], item_h: np.ndarray, theta_u:
         raise ValueError(f"negatives: must be >= 1. Found {negatives}.")
     if not half_life_days > 0:
         raise ValueError(f"half_life_days: must be > 0. Found {half_life_days}.")
-    if loss not in LOSSES or optimizer not in ("sgd", "adam"):
+    if loss not in MODEL_LOSSES or optimizer not in ("sgd", "adam"):
         raise ValueError(f"loss, optimizer: must be 'softmax', 'bce' or 'ials', and 'sgd' or 'adam'. Found "
                          f"{loss!r}, {optimizer!r}.")
     context_dim = np.shape(params["context/shift"])[0]

@@ -14,14 +14,21 @@ from typing import Any, Literal, Mapping, get_args
 from common.errors import FedctxError
 
 __all__ = ["Config", "ConfigError", "config_from_mapping", "parse_overrides", "PrivacyMode", "Loss", "PRIVACY_MODES",
-           "LOSSES"]
+           "LOSSES", "MODEL_LOSSES", "IALS_RECIPE"]
 
 #: The privacy modes (Config.privacy). Code outside Config asks cfg.central_dp, cfg.local_dp or cfg.private.
 PrivacyMode = Literal["none", "central", "local", "local+central"]
 PRIVACY_MODES: tuple[str, ...] = get_args(PrivacyMode)
-#: The losses (Config.loss). Code outside Config asks cfg.ials (theta_u in closed form) or passes cfg.loss on.
-Loss = Literal["softmax", "bce", "ials"]
+#: The losses (Config.loss). Code outside Config asks cfg.ials (theta_u in closed form) or passes cfg.model_loss on
+#: (never cfg.loss, which may be "auto").
+Loss = Literal["auto", "softmax", "bce", "ials"]
 LOSSES: tuple[str, ...] = get_args(Loss)
+#: the losses of one trained model ("auto" is a choice between two of them, made by `fedctx simulate`)
+MODEL_LOSSES: tuple[str, ...] = ("softmax", "bce", "ials")
+#: loss=auto's second candidate, implicit ALS, takes these values of the settings left at their defaults: the
+#: settings it was tuned with on ml-100k (docs/results.md, "The implicit-ALS objective")
+IALS_RECIPE: dict[str, Any] = {"num_rounds": 100, "context_l2": 0.1, "server_lr": 0.01, "server_lr_final": 1.0,
+                               "central_lr": 0.01, "central_epochs": 12}
 SERVER_OPTIMIZERS = ("adam", "sgd")
 TEXT_POOLING = ("mean", "tfidf")
 CONTENT_ENCODERS = ("word2vec", "precomputed", "sentence-encoder")
@@ -79,8 +86,10 @@ class Config:
     use_context: bool = True         # context shift theta_ctx . x and interaction x^T W phi(c)
     item_embedding: bool = True      # hybrid: add a shared item-id embedding and bias to phi(c)
     negatives: int = 16              # sampled negatives per engagement
-    loss: Loss = "softmax"           # "softmax" (sampled softmax) | "bce" (sigmoid BCE; calibrated P) | "ials"
+    loss: Loss = "auto"              # "softmax" (sampled softmax) | "bce" (sigmoid BCE; calibrated P) | "ials"
     #                                  (implicit ALS: theta_u in closed form, the whole catalogue as negatives)
+    #                                  | "auto": `fedctx simulate` without DP trains softmax and ials (IALS_RECIPE)
+    #                                  and keeps the better on validation; a run of one model trains softmax
     unobserved_weight: float = 0.5   # ials: weight of the pull of every catalogue item's score toward 0
     l2: float = 1e-3                 # L2 penalty on theta_u and the item rows an example touches
     context_l2: float = 0.0          # L2 penalty pulling the context weights (theta_ctx, W_int) toward 0
@@ -201,7 +210,7 @@ class Config:
         need = self._need
         need(self.dim >= 1, "dim", "must be >= 1")
         need(self.negatives >= 1, "negatives", "must be >= 1")
-        need(self.loss in LOSSES, "loss", "must be 'bce', 'softmax' or 'ials'")
+        need(self.loss in LOSSES, "loss", "must be 'auto', 'bce', 'softmax' or 'ials'")
         need(self.unobserved_weight > 0, "unobserved_weight", "must be > 0")
         need(0 <= self.item_decay, "item_decay", "must be >= 0")
         need(self.server_lr_warmup >= 0, "server_lr_warmup", "must be >= 0 rounds (0 = no ramp)")
@@ -309,7 +318,24 @@ class Config:
         under loss=ials every user's update reaches every item row, so the sum's step diverges (docs/results.md)."""
         if self.server_item_lr != -1:
             return self.server_item_lr
-        return AUTO_ITEM_LR if self.loss == "softmax" and not self.private else 0.0
+        return AUTO_ITEM_LR if self.model_loss == "softmax" and not self.private else 0.0
+
+    @property
+    def model_loss(self) -> str:
+        """The loss of one trained model (one of MODEL_LOSSES): as set, and softmax under loss=auto (a deployment's
+        ServerApp and ClientApp, a benchmark, the sweep and a device train one model; `fedctx simulate` chooses
+        between `loss_candidates` instead)."""
+        return "softmax" if self.loss == "auto" else self.loss
+
+    def loss_candidates(self) -> list[tuple[str, "Config"]]:
+        """[(name, config)] of the models `fedctx simulate` trains and chooses between on validation HR@k: under
+        loss=auto without DP softmax and ials (ials with IALS_RECIPE's value of each setting left at its
+        default); otherwise one, the model_loss (under DP no selection is made, so none has to be accounted)."""
+        if self.loss != "auto" or self.private:
+            return [(self.model_loss, self.replace(loss=self.model_loss))]
+        defaults = Config()
+        recipe = {k: v for k, v in IALS_RECIPE.items() if getattr(self, k) == getattr(defaults, k)}
+        return [("softmax", self.replace(loss="softmax")), ("ials", self.replace(loss="ials", **recipe))]
 
     @property
     def private(self) -> bool:

@@ -360,6 +360,10 @@ def write_outputs(run_dir: Path, cfg: Config, out: dict, item_h: np.ndarray, sch
 def main(grid: Grid, context: Context) -> None:
     try:
         cfg = config_from_mapping(context.run_config)
+        if cfg.loss == "auto":  # `fedctx simulate` passes the candidate it trains; a deployment trains one model
+            print("loss=auto: this federation trains one model, with loss=softmax (`fedctx simulate` trains softmax "
+                  "and ials and keeps the better on validation; set loss=ials for dense data such as MovieLens)",
+                  flush=True)
         run_federated(grid, cfg, Path(cfg.run_dir) if cfg.run_dir else Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     except Exception as exc:  # one message (common.errors): in a simulation the harness raises it, here we log it
         if record_server_error(exc):

@@ -31,8 +31,9 @@ CHECKPOINT_FILE = "checkpoint.npz"
 #: what was sent after it stays counted: its ledger rows are kept, its replayed rounds draw fresh samples, and
 #: the local-DP bound counts every round begun.
 JOURNAL_FILE = "round-journal.json"
-#: settings a resumed run may change (everything else must equal the checkpoint's)
-RESUMABLE_CHANGES = ("num_rounds", "resume", "checkpoint_every", "content_batch", "ray_address")
+#: settings a resumed run may change (everything else must equal the checkpoint's); the run directory may have
+#: moved (`fedctx simulate` under loss=auto trains in candidates/<loss>/, then moves the kept run up)
+RESUMABLE_CHANGES = ("num_rounds", "resume", "checkpoint_every", "content_batch", "ray_address", "run_dir")
 
 
 @dataclass

@@ -219,7 +219,7 @@ def run_baselines(cfg: Config, say: Callable[[str], None] = print, run_dir: Path
     Returns ({system: test metrics}, {system: seconds}).
     """
     from common.evaluation.ceiling import expected_hits
-    from common.evaluation.central import popularity_scores, train_central
+    from common.evaluation.central import popularity_scores
     from common.evaluation.collaborative import implicit_available, implicit_baselines
     from server.content import content_vectors
 
@@ -231,21 +231,11 @@ def run_baselines(cfg: Config, say: Callable[[str], None] = print, run_dir: Path
     for name, c in (("centralized", cfg), ("context-free", cfg.replace(use_context=False))):
         store = UserStore.from_prepared(ds, members, use_context=c.use_context)
         t0 = time.perf_counter()
-
-        def progress(epoch: int, loss: float, seconds: float, name=name, c=c) -> None:
-            if epoch == 1 or epoch % 5 == 0 or epoch == c.central_epochs:
-                say(f"{name}: epoch {epoch:>3}/{c.central_epochs}  loss {loss:.4f}  {seconds:.1f}s")
-
-        def validate(params, theta, store=store, c=c) -> float:
-            return float(evaluate_users(params, theta, store, item_h, c, "val")["hr"].mean())
-
-        params, theta, epoch_s, selected = train_central(store, item_h, c, progress, validate)
-        say(f"{name}: best validation HR@{k} at epoch {selected}")
-        per_user[name] = evaluate_users(params, theta, store, item_h, c, "test")
-        systems[name] = _summarise(per_user[name], k, cold_test_users(store))
+        params, theta, epoch_s, chosen = central_system(name, c, store, item_h, say)
+        per_user[name] = evaluate_users(params, theta, store, item_h, chosen[1], "test")
+        systems[name] = {**_summarise(per_user[name], k, cold_test_users(store)), **chosen[0]}
         timings[f"{name}_total_s"] = time.perf_counter() - t0
         timings[f"{name}_epoch_s"] = float(np.mean(epoch_s))
-        systems[name]["selected_epoch"] = selected
         scorers[name] = model_scorer(params, theta, store, item_h)
     store = UserStore.from_prepared(ds, members, use_context=False)
     cold = cold_test_users(store)
@@ -282,6 +272,39 @@ def run_baselines(cfg: Config, say: Callable[[str], None] = print, run_dir: Path
         if aware in expected and free in expected and cfg.use_context:
             systems[aware]["expected_context_gain"] = paired_difference(expected[aware], expected[free])
     return systems, timings
+
+
+def central_system(name: str, cfg: Config, store: UserStore, item_h: np.ndarray, say: Callable[[str], None]
+                   ) -> tuple[dict, dict, list[float], tuple[dict, Config]]:
+    """Train the centralized model `name` on store under each of cfg.loss_candidates(), each at its best
+    validation epoch, and keep the candidate of the highest validation HR@k.
+
+    Returns (shared params, theta [U, dim], seconds per epoch, ({"loss", "selected_epoch", "validation": {loss:
+    HR@k}}, the kept candidate's config))."""
+    from common.evaluation.central import train_central
+
+    k, best, validation = cfg.top_k, None, {}
+    candidates = cfg.loss_candidates()
+    for loss, c in candidates:
+        label = f"{name} ({loss})" if len(candidates) > 1 else name
+
+        def progress(epoch: int, value: float, seconds: float, label=label, c=c) -> None:
+            if epoch == 1 or epoch % 5 == 0 or epoch == c.central_epochs:
+                say(f"{label}: epoch {epoch:>3}/{c.central_epochs}  loss {value:.4f}  {seconds:.1f}s")
+
+        def validate(params, theta, c=c) -> float:
+            return float(evaluate_users(params, theta, store, item_h, c, "val")["hr"].mean())
+
+        params, theta, epoch_s, selected = train_central(store, item_h, c, progress, validate)
+        validation[loss] = validate(params, theta)
+        say(f"{label}: best validation HR@{k} {validation[loss]:.4f} at epoch {selected}")
+        if best is None or validation[loss] > validation[best[0]]:
+            best = (loss, c, params, theta, epoch_s, selected)
+    loss, c, params, theta, epoch_s, selected = best
+    if len(candidates) > 1:
+        say(f"{name}: kept loss={loss} (validation HR@{k} " + ", ".join(f"{n} {v:.4f}" for n, v in validation.items())
+            + ")")
+    return params, theta, epoch_s, ({"loss": loss, "selected_epoch": selected, "validation": validation}, c)
 
 
 def model_scorer(params: dict[str, np.ndarray], theta: np.ndarray, store: UserStore, item_h: np.ndarray):
@@ -370,21 +393,17 @@ def simulate(cfg: Config, num_nodes: int = 2, verbose: bool = False, baselines: 
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     try:
-        ray_placement = run_flower_simulation(cfg, num_nodes, verbose)
+        kept, fed, ray_placement = _federated_candidates(cfg, run_dir, num_nodes, verbose, say)
     except BaseException:
         if created and not cfg.resume and not (run_dir / "checkpoint.npz").is_file():
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing half-written (a checkpoint is kept for resume)
         raise
     federated_s = time.perf_counter() - t0
     diag = diagnostics_dir(run_dir, cfg.private)
-    fed_file = diag / "federated.json"
-    if not fed_file.is_file():
-        raise RuntimeError(f"the federated run wrote no results ({fed_file}); rerun with --verbose to see why")
-    fed = json.loads(fed_file.read_text())
     systems = {"federated": fed["metrics"]}
     timings = {"data_s": data_s, "content_s": content_s, "federated_s": federated_s, **fed["timings"]}
     if baselines:
-        base, base_t = run_baselines(cfg, say, run_dir)
+        base, base_t = run_baselines(kept, say, run_dir)  # the centralized models: the federation's kept loss
         systems["federated"].update(base.pop("federated", {}))
         systems.update(base)
         timings.update(base_t)
@@ -396,7 +415,7 @@ def simulate(cfg: Config, num_nodes: int = 2, verbose: bool = False, baselines: 
         "systems": {s: systems[s] for s in SYSTEMS if s in systems},
         "content": {**content.descriptor, "width": content.width},
         **({"privacy": fed["privacy"]} if fed.get("privacy") else {}),
-        "config": cfg.to_flwr(),
+        "config": kept.to_flwr(),
         "nodes": num_nodes,
         "ray": ray_placement,
         "timings": timings,
@@ -406,6 +425,76 @@ def simulate(cfg: Config, num_nodes: int = 2, verbose: bool = False, baselines: 
     plot_rounds(fed["rounds"], systems, cfg.top_k, diag / "rounds.png")
     _say_results(cfg, summary["systems"], run_dir, diag, say)
     return run_dir
+
+
+#: where `fedctx simulate` under loss=auto trains each candidate before the kept one's files move up to the run dir
+CANDIDATES_DIR = "candidates"
+
+
+def _federated_candidates(cfg: Config, run_dir: Path, num_nodes: int, verbose: bool, say: Callable[[str], None]
+                          ) -> tuple[Config, dict, dict]:
+    """Run the federation of each of cfg.loss_candidates() and keep the one of the highest validation HR@k at its
+    selected round; with two candidates each runs in run_dir/candidates/<loss>/ and the kept one's files then move
+    up to run_dir (the other stays there, for comparison).
+
+    Returns (the kept candidate's config, its federated.json with "loss" and "validation" {loss: HR@k} in
+    "metrics", where Ray ran)."""
+    candidates = cfg.loss_candidates()
+    if cfg.resume and len(candidates) > 1:  # the kept run goes on, with its candidate's settings
+        from server.checkpoint import CHECKPOINT_FILE, load_checkpoint
+
+        kept = load_checkpoint(run_dir / CHECKPOINT_FILE).config.get("loss")
+        say(f"resume: loss=auto kept loss={kept} in {run_dir}; going on with it")
+        candidates = [(kept, resumed_candidate(cfg, kept))]
+    if len(candidates) > 1:
+        say(f"loss=auto: training {' and '.join(n for n, _ in candidates)}, keeping the better on validation "
+            f"HR@{cfg.top_k} (set loss=softmax or loss=ials to train one)")
+    runs = {}
+    for loss, c in candidates:
+        where = run_dir if len(candidates) == 1 else run_dir / CANDIDATES_DIR / loss
+        if len(candidates) > 1:
+            say(f"federated ({loss}): {c.num_rounds} rounds, server-lr {c.server_lr}")
+        c = c.replace(run_dir=str(where))
+        placement = run_flower_simulation(c, num_nodes, verbose)
+        fed_file = diagnostics_dir(where, c.private) / "federated.json"
+        if not fed_file.is_file():
+            raise RuntimeError(f"the federated run wrote no results ({fed_file}); rerun with --verbose to see why")
+        fed = json.loads(fed_file.read_text())
+        runs[loss] = (c, fed, placement, _validation_at_selection(fed, c.top_k))
+    validation = {loss: run[3] for loss, run in runs.items()}
+    loss = max(validation, key=lambda n: -np.inf if validation[n] is None else validation[n])
+    kept, fed, placement, _ = runs[loss]
+    if len(candidates) > 1:
+        say(f"federated: kept loss={loss} (validation HR@{cfg.top_k} "
+            + ", ".join(f"{n} {v:.4f}" for n, v in validation.items() if v is not None) + ")")
+        source = Path(kept.run_dir)
+        for entry in sorted(source.iterdir()):
+            entry.rename(run_dir / entry.name)
+        source.rmdir()
+        kept = kept.replace(run_dir=str(run_dir))
+    fed["metrics"].update({"loss": loss, "validation": validation})
+    return kept, fed, placement
+
+
+def resumed_candidate(cfg: Config, loss: str | None) -> Config:
+    """The config a resumed run goes on with: cfg, or under loss=auto the candidate of the loss its checkpoint was
+    trained with (ConfigError when it is none of them)."""
+    candidates = dict(cfg.loss_candidates())
+    if len(candidates) == 1:
+        return cfg
+    if loss not in candidates:
+        raise ConfigError(f"resume: loss=auto goes on with the kept candidate, and {cfg.run_dir}'s checkpoint was "
+                          f"trained with loss={loss!r}, not one of {sorted(candidates)}. Fix: --set loss={loss}.")
+    return candidates[loss]
+
+
+def _validation_at_selection(fed: dict, k: int) -> float | None:
+    """The validation HR@k of a federated run's selected round (None when it has none: under DP the last round is
+    released whatever its validation)."""
+    from common.federation.protocol import eval_metric
+
+    row = next((r for r in fed["rounds"] if r.get("round") == fed["metrics"].get("selected_round")), {})
+    return row.get(eval_metric("val", "hr", k))
 
 
 def _checked_run_dir(cfg: Config) -> tuple[Config, Path]:
@@ -422,7 +511,9 @@ def _checked_run_dir(cfg: Config) -> tuple[Config, Path]:
     if cfg.resume:  # fail before the simulation starts if the checkpoint is missing or from another run
         from server.checkpoint import CHECKPOINT_FILE, check_resumable, load_checkpoint
 
-        check_resumable(load_checkpoint(run_dir / CHECKPOINT_FILE), simulation_inputs(cfg), run_dir / CHECKPOINT_FILE)
+        state = load_checkpoint(run_dir / CHECKPOINT_FILE)
+        check_resumable(state, simulation_inputs(resumed_candidate(cfg, state.config.get("loss"))),
+                        run_dir / CHECKPOINT_FILE)
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise FileExistsError(f"run directory {run_dir} exists and is not empty. Fix: choose another --out, "
                               f"or --set resume=true to go on from its checkpoint.")
@@ -438,6 +529,10 @@ def _say_results(cfg: Config, systems: dict, run_dir: Path, diag: Path, say: Cal
     if any(f"expected-hr@{cfg.top_k}" in m for m in systems.values()):
         say(f"(expected-hr@{cfg.top_k}: the planted probability of the test engagement in the top {cfg.top_k}, "
             f"from the generator's truth, standard error about 0.001; federated: its last round)")
+    chosen = {name: m["loss"] for name, m in systems.items() if len(m.get("validation") or {}) > 1}
+    if chosen:
+        say("(loss=auto, chosen on validation HR@" + f"{cfg.top_k}: " + ", ".join(f"{n} {loss}" for n, loss in chosen.items())
+            + "; summary.json has each candidate's validation HR)")
     fm = systems["federated"]
     if fm.get("evaluated_users") is not None:  # eval-users: a sub-sample, so each mean has a standard error
         k = cfg.top_k

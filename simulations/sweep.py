@@ -46,6 +46,8 @@ SWEEP_DEFAULTS: dict[str, Any] = {
     # and with FedAdam on the item tables in every row: server-item-lr's auto default (-1) gives plain item steps
     # to the non-private row only, which would compare two optimizers instead of the cost of DP
     "server-item-lr": 0.0,
+    # one loss in every row: loss=auto would choose between two on the non-private row only
+    "loss": "softmax",
 }
 
 COLUMNS = ("setting", "unit", "target_epsilon", "epsilon", "delta", "noise_multiplier", "clip_norm", "sample_rate",

@@ -92,7 +92,7 @@ def _adam_step(dense: dict[str, tf.Variable], theta: tf.Variable, emb: tf.Variab
     [B, context_dim]) -> mean candidate loss of the batch (before the step): the same formula (`group_logits`) with
     the whole batch as one group; + l2 * (|theta_u|^2 + the candidate rows' squares) / B + context_l2 * penalty."""
     hybrid = emb is not None
-    variables = [dense[k] for k in trainable_dense(cfg.loss)] + [theta] + ([emb, ibias] if hybrid else [])
+    variables = [dense[k] for k in trainable_dense(cfg.model_loss)] + [theta] + ([emb, ibias] if hybrid else [])
     opt = tf.keras.optimizers.Adam(learning_rate=cfg.central_lr)
     item_h_t = tf.constant(item_h, tf.float32)
     l2 = tf.constant(cfg.l2, tf.float32)
@@ -109,7 +109,7 @@ def _adam_step(dense: dict[str, tf.Variable], theta: tf.Variable, emb: tf.Variab
             local = tf.reshape(tf.range(tf.size(flat)), tf.shape(cand))[None]
             th = tf.gather(theta, users)
             logits = group_logits(dense, th[None], ctx[None], rows_h, rows_emb, rows_bias, local)
-            loss = tf.reduce_mean(candidate_loss(logits, cfg.loss, shift))
+            loss = tf.reduce_mean(candidate_loss(logits, cfg.model_loss, shift))
             reg = tf.reduce_sum(tf.square(th))
             if hybrid:
                 reg += tf.reduce_sum(tf.square(rows_emb)) + tf.reduce_sum(tf.square(rows_bias))

@@ -207,7 +207,7 @@ def user_updates(params: Mapping[str, np.ndarray], theta: np.ndarray, store: Use
     dense_out = {k: np.zeros((U,) + np.shape(params[k]), np.float32) for k in DENSE_NAMES}
     row_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]] = []  # flat (user, row)
     loss = np.zeros(U, np.float32)
-    rule = StepRule(steps=cfg.local_steps, lr=cfg.local_lr, theta_lr=cfg.theta_lr, l2=cfg.l2, loss=cfg.loss,
+    rule = StepRule(steps=cfg.local_steps, lr=cfg.local_lr, theta_lr=cfg.theta_lr, l2=cfg.l2, loss=cfg.model_loss,
                     context_l2=cfg.context_l2, neg_shift=negative_shift(item_h.shape[0], cfg.negatives))
     for group in _chunks(sizes, max_cells):
         rows, batch = _group_batch(store, users[group], sizes[group], item_h, cfg, round_,
@@ -276,7 +276,7 @@ def _dp_noise(noise: SecureGaussian, params: Mapping[str, np.ndarray], cfg: Conf
     trained dense parameter, the item rows (all steps but the last: `UserUpdates` draws that one, summed over
     users) and theta (local-dp-theta)."""
     steps, (G, R) = cfg.local_steps, rows_shape
-    shapes = {k: (steps, G) + np.shape(params[k]) for k in trainable_dense(cfg.loss)}
+    shapes = {k: (steps, G) + np.shape(params[k]) for k in trainable_dense(cfg.model_loss)}
     if "items/embedding" in params:  # the last step's row noise stays pending (UserUpdates draws it)
         shapes["items/embedding"], shapes["items/bias"] = (steps - 1, G, R, cfg.dim), (steps - 1, G, R)
     if cfg.local_dp_theta:

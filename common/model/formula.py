@@ -16,6 +16,8 @@ __all__ = ["ModelShape", "GroupParams", "TrainBatch", "trainable_dense", "init_s
 
 def trainable_dense(loss: str) -> tuple[str, ...]:
     """Dense shared parameters that `loss` trains (all but SHIFT_INVARIANT under softmax)."""
+    if loss not in ("softmax", "bce", "ials"):  # "auto" is not a model's loss: pass Config.model_loss
+        raise ValueError(f"loss: one model's loss is 'softmax', 'bce' or 'ials'. Found {loss!r}.")
     return tuple(k for k in DENSE_NAMES if not (loss == "softmax" and k in SHIFT_INVARIANT))
 
 
@@ -132,6 +134,8 @@ def candidate_loss(logits: tf.Tensor, kind: str, neg_shift: float | tf.Tensor = 
     if kind == "softmax":
         shifted = tf.concat([logits[..., :1], logits[..., 1:] + neg_shift], axis=-1)
         return tf.reduce_logsumexp(shifted, axis=-1) - logits[..., 0]
+    if kind != "bce":  # "auto" is not a model's loss: pass Config.model_loss
+        raise ValueError(f"loss: candidate_loss takes 'softmax' or 'bce'. Found {kind!r}.")
     return bce_with_negatives(logits)
 
 

@@ -80,7 +80,7 @@ def device_record(
         steps = c.local_steps if steps is None else steps
         new = refresh_theta(dev.params, dev.item_h, theta, items, ctx, (times.max() - times) / SECONDS_PER_DAY,
                             steps=steps, lr=c.theta_lr, negatives=c.negatives, seed=len(items), l2=c.l2,
-                            half_life_days=c.half_life_days, loss=c.loss, unobserved_weight=c.unobserved_weight)
+                            half_life_days=c.half_life_days, loss=c.model_loss, unobserved_weight=c.unobserved_weight)
         where = dev.store_theta(user, new)
     except Exception as err:  # anticipated: one line and rc 2; else a bug, raised again
         _fail(err)

@@ -48,6 +48,11 @@ def seed_table(runs: list[dict], k: int) -> str:
                 if a in r["systems"] and b in r["systems"]]
 
     notes = []
+    kept = [r["systems"]["federated"] for r in runs if len(r["systems"].get("federated", {}).get("validation") or {}) > 1]
+    if kept:  # loss=auto: the loss each seed's federation kept, and its candidates' validation HR
+        notes.append(f"loss=auto kept (federated, per seed): " + "; ".join(
+            f"{m['loss']} (validation " + ", ".join(f"{n} {v:.4f}" for n, v in m["validation"].items()) + ")"
+            for m in kept))
     for a, b in (("federated", "centralized"), ("federated", "als"), ("federated", "bpr"),
                  ("federated", "structure"), ("federated", "oracle")):
         ratio = per_seed(a, b, lambda x, y: x / y)

@@ -32,7 +32,7 @@ def test_overrides_are_typed():
     (["loss=ials", "privacy=local"], "loss: 'ials' is not available with local DP"),
     (["unobserved-weight=0"], "unobserved-weight: must be > 0. Found 0.0"),
     (["privacy=global"], "privacy: must be one of ('none', 'central', 'local', 'local+central'). Found 'global'."),
-    (["loss=hinge"], "loss: must be 'bce', 'softmax' or 'ials'. Found 'hinge'."),
+    (["loss=hinge"], "loss: must be 'auto', 'bce', 'softmax' or 'ials'. Found 'hinge'."),
     (["privacy=local", "local-optimizer=adam"], "local-optimizer: must be 'sgd' with local DP (DP-SGD). Found 'adam'."),
     (["privacy=local+central"], "item-embedding: must be false with privacy=local+central"),
     (["privacy=local", "secure-aggregation=true"], "item-embedding: must be false with secure-aggregation and "
@@ -66,5 +66,40 @@ def test_privacy_mode_and_loss_are_literal_types_checked_by_config():
     hints = typing.get_type_hints(Config)
     assert hints["privacy"] == PrivacyMode and hints["loss"] == Loss
     assert set(PRIVACY_MODES) == {"none", "central", "local", "local+central"}
-    assert set(LOSSES) == {"softmax", "bce", "ials"}
+    assert set(LOSSES) == {"auto", "softmax", "bce", "ials"}
     assert [Config(loss=loss).ials for loss in ("softmax", "bce", "ials")] == [False, False, True]
+
+
+def test_loss_auto_chooses_between_softmax_and_the_ials_recipe_without_dp_only():
+    from common.config import IALS_RECIPE
+
+    cfg = Config()
+    assert cfg.loss == "auto" and cfg.model_loss == "softmax" and not cfg.ials  # one model: softmax
+    assert cfg.item_lr == 50.0  # server-item-lr's auto value follows the model's loss
+    (n1, softmax), (n2, ials) = cfg.loss_candidates()
+    assert (n1, n2) == ("softmax", "ials")
+    assert softmax == cfg.replace(loss="softmax")
+    # the ials candidate takes the recipe where a setting is at its default, and nothing else changes
+    assert ials == cfg.replace(loss="ials", **IALS_RECIPE)
+    assert ials.num_rounds == 100 and ials.server_lr == 0.01 and ials.item_lr == 0.0
+    # a setting the user changed is kept in both candidates
+    mine = Config(num_rounds=7, server_lr=0.2)
+    _, ials = mine.loss_candidates()[1]
+    assert (ials.num_rounds, ials.server_lr, ials.context_l2) == (7, 0.2, IALS_RECIPE["context_l2"])
+    # a named loss, or any privacy mode: one model and no selection (a choice on validation is not accounted)
+    assert [n for n, _ in Config(loss="ials").loss_candidates()] == ["ials"]
+    for privacy in ("central", "local", "local+central"):
+        [(name, c)] = Config(privacy=privacy, item_embedding=privacy.endswith("central")
+                             and privacy != "local+central").loss_candidates()
+        assert name == "softmax" and c.loss == "softmax" and c.privacy == privacy
+    with pytest.raises(ConfigError, match="loss: must be 'auto', 'bce', 'softmax' or 'ials'"):
+        Config(loss="als")
+
+
+def test_a_model_never_trains_with_loss_auto():
+    from common.model.formula import candidate_loss, trainable_dense
+
+    with pytest.raises(ValueError, match="one model.s loss"):
+        trainable_dense("auto")
+    with pytest.raises(ValueError, match="auto"):
+        candidate_loss([[0.0, 0.0, 0.0]], "auto")

@@ -17,7 +17,7 @@ slow = pytest.mark.slow  # raylets and `fedctx simulate` / `flwr run` processes:
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = ["--set", "dim=4", "--set", "text-dim=8", "--set", "text-epochs=2", "--set", "local-steps=2",
-            "--set", "num-rounds=3", "--set", "sample-rate=0.7", "--set", "eval-every=2"]
+            "--set", "num-rounds=3", "--set", "sample-rate=0.7", "--set", "eval-every=2", "--set", "loss=softmax"]
 #: a line the ClientApp prints for every training message, as Ray forwards it from the actor to the driver
 TRAINED = re.compile(r"\(ClientAppActor pid=(\d+)(?:, ip=[^)]*)?\) fedctx node: train round (\d+)")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")

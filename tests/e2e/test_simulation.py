@@ -19,8 +19,9 @@ from simulations.cli.app import cli
 
 pytestmark = pytest.mark.slow  # real Flower simulations and `fedctx` subprocesses: minutes (make test-fast skips them)
 
+#: one loss: loss=auto (the default) would train two models in every test; test_loss_auto_* covers it
 SMALL = ["--set", "dim=4", "--set", "text-dim=8", "--set", "text-epochs=2", "--set", "central-epochs=2",
-         "--set", "local-steps=2"]
+         "--set", "local-steps=2", "--set", "loss=softmax"]
 
 
 def _fedctx(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
@@ -50,6 +51,45 @@ def test_simulate_writes_the_run_directory(small_synthetic, tmp_path):
     assert int(rows[0]["users"]) == summary["dataset"]["users"]
     assert (out / "rounds.png").stat().st_size > 10_000
     assert "round   2/2" in res.stdout
+
+
+def test_loss_auto_trains_both_candidates_and_keeps_the_better_on_validation(small_synthetic, tmp_path):
+    """The default loss=auto: the federation and each centralized model are trained with softmax and with ials, and
+    the candidate of the higher validation HR@10 is kept; the run directory is then the kept model's run (the other
+    one stays under candidates/), and a resume goes on with the kept model."""
+    out = tmp_path / "run"
+    small = [x for x in SMALL if x != "loss=softmax"][:-1]  # SMALL without its "--set loss=softmax"
+    res = _fedctx("simulate", "--data", str(small_synthetic), "--set", "num-rounds=3", *small, "--out", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    fed = summary["systems"]["federated"]
+    kept = summary["config"]["loss"]
+    assert kept == fed["loss"] and set(fed["validation"]) == {"softmax", "ials"}
+    assert fed["validation"][kept] == max(fed["validation"].values())
+    other = ({"softmax", "ials"} - {kept}).pop()
+
+    def best_validation(rounds_csv: Path) -> float:
+        with open(rounds_csv) as f:
+            return max(float(r["val-hr@10"]) for r in csv.DictReader(f))
+
+    # each candidate's figure is its own run's best validation round; the kept run is the run directory itself
+    assert best_validation(out / "rounds.csv") == pytest.approx(fed["validation"][kept])
+    assert best_validation(out / "candidates" / other / "rounds.csv") == pytest.approx(fed["validation"][other])
+    assert not (out / "candidates" / kept).exists() and (out / "checkpoint.npz").is_file()
+    assert sorted(p.name for p in (out / "devices").iterdir()) == ["node-0", "node-1"]
+    for name in ("centralized", "context-free"):  # the reference models are the kept loss, trained centrally
+        m = summary["systems"][name]
+        assert m["loss"] == kept and set(m["validation"]) == {kept}
+    assert "loss=auto, chosen on validation HR@10: federated " + kept in res.stdout
+    # the other candidate ran the rounds asked for too (num-rounds set here is kept by both candidates)
+    with open(out / "candidates" / other / "rounds.csv") as f:
+        assert len(list(csv.DictReader(f))) == 3
+    # a resume goes on with the kept model, in the directory it was moved to
+    again = _fedctx("simulate", "--data", str(small_synthetic), "--no-baselines", *small, "--set", "num-rounds=4",
+                    "--set", "resume=true", "--out", str(out))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resume: loss=auto kept loss={kept}" in again.stdout and "loss=auto: training" not in again.stdout
+    assert "round   4/4" in again.stdout
 
 
 def _private_run(data: Path, out: Path, *settings: str, env_extra: dict | None = None) -> dict:

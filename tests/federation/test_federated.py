@@ -151,7 +151,7 @@ def test_total_is_sum_of_user_updates(setup):
         assert changed <= touched and set(store.history(u).tolist()) <= touched
     assert not np.allclose(new_theta, theta)
     # sampled softmax is blind to terms shared by all candidates: their updates are exactly zero
-    assert cfg.loss == "softmax" and not upd.dense["global-bias"].any() and not upd.dense["context/shift"].any()
+    assert cfg.model_loss == "softmax" and not upd.dense["global-bias"].any() and not upd.dense["context/shift"].any()
 
 
 def test_client_sends_only_shared_updates_and_scalars(setup):
