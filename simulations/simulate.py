@@ -118,7 +118,7 @@ def run_flower_simulation(cfg: Config, num_nodes: int, verbose: bool = False) ->
         logging.getLogger("flwr").setLevel(logging.WARNING)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     _check_secagg_nodes(cfg, num_nodes)
-    cfg = simulation_inputs(cfg)
+    cfg = simulation_inputs(cfg.replace(loss=cfg.model_loss))  # one federation, one model (`simulate` chooses first)
     if cfg.secure_aggregation and not cfg.secagg_max_users:  # the largest shard (client.node.build_store)
         cfg = cfg.replace(secagg_max_users=-(-load_cached(str(resolve_dataset(cfg))).n_users // num_nodes))
     overrides = cfg.to_flwr()
