@@ -279,8 +279,8 @@ def central_system(name: str, cfg: Config, store: UserStore, item_h: np.ndarray,
     """Train the centralized model `name` on store under each of cfg.loss_candidates(), each at its best
     validation epoch, and keep the candidate of the highest validation HR@k.
 
-    Returns (shared params, theta [U, dim], seconds per epoch, ({"loss", "selected_epoch", "validation": {loss:
-    HR@k}}, the kept candidate's config))."""
+    Returns (shared params, theta [U, dim], seconds per epoch, ({"selected_epoch"; after a choice also "loss" and
+    "validation": {loss: HR@k}}, the kept candidate's config))."""
     from common.evaluation.central import train_central
 
     k, best, validation = cfg.top_k, None, {}
@@ -304,7 +304,8 @@ def central_system(name: str, cfg: Config, store: UserStore, item_h: np.ndarray,
     if len(candidates) > 1:
         say(f"{name}: kept loss={loss} (validation HR@{k} " + ", ".join(f"{n} {v:.4f}" for n, v in validation.items())
             + ")")
-    return params, theta, epoch_s, ({"loss": loss, "selected_epoch": selected, "validation": validation}, c)
+    chosen = {"loss": loss, "validation": validation} if len(candidates) > 1 else {}
+    return params, theta, epoch_s, ({"selected_epoch": selected, **chosen}, c)
 
 
 def model_scorer(params: dict[str, np.ndarray], theta: np.ndarray, store: UserStore, item_h: np.ndarray):
@@ -437,8 +438,8 @@ def _federated_candidates(cfg: Config, run_dir: Path, num_nodes: int, verbose: b
     selected round; with two candidates each runs in run_dir/candidates/<loss>/ and the kept one's files then move
     up to run_dir (the other stays there, for comparison).
 
-    Returns (the kept candidate's config, its federated.json with "loss" and "validation" {loss: HR@k} in
-    "metrics", where Ray ran)."""
+    Returns (the kept candidate's config, its federated.json (after a choice, with "loss" and "validation"
+    {loss: HR@k} in "metrics"), where Ray ran)."""
     candidates = cfg.loss_candidates()
     if cfg.resume and len(candidates) > 1:  # the kept run goes on, with its candidate's settings
         from server.checkpoint import CHECKPOINT_FILE, load_checkpoint
@@ -472,7 +473,7 @@ def _federated_candidates(cfg: Config, run_dir: Path, num_nodes: int, verbose: b
             entry.rename(run_dir / entry.name)
         source.rmdir()
         kept = kept.replace(run_dir=str(run_dir))
-    fed["metrics"].update({"loss": loss, "validation": validation})
+        fed["metrics"].update({"loss": loss, "validation": validation})
     return kept, fed, placement
 
 

@@ -77,9 +77,8 @@ def test_loss_auto_trains_both_candidates_and_keeps_the_better_on_validation(sma
     assert best_validation(out / "candidates" / other / "rounds.csv") == pytest.approx(fed["validation"][other])
     assert not (out / "candidates" / kept).exists() and (out / "checkpoint.npz").is_file()
     assert sorted(p.name for p in (out / "devices").iterdir()) == ["node-0", "node-1"]
-    for name in ("centralized", "context-free"):  # the reference models are the kept loss, trained centrally
-        m = summary["systems"][name]
-        assert m["loss"] == kept and set(m["validation"]) == {kept}
+    for name in ("centralized", "context-free"):  # the reference models train the kept loss: no second choice
+        assert "validation" not in summary["systems"][name] and "loss" not in summary["systems"][name]
     assert "loss=auto, chosen on validation HR@10: federated " + kept in res.stdout
     # the other candidate ran the rounds asked for too (num-rounds set here is kept by both candidates)
     with open(out / "candidates" / other / "rounds.csv") as f:
