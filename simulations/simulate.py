@@ -231,9 +231,9 @@ def run_baselines(cfg: Config, say: Callable[[str], None] = print, run_dir: Path
     for name, c in (("centralized", cfg), ("context-free", cfg.replace(use_context=False))):
         store = UserStore.from_prepared(ds, members, use_context=c.use_context)
         t0 = time.perf_counter()
-        params, theta, epoch_s, chosen = central_system(name, c, store, item_h, say)
-        per_user[name] = evaluate_users(params, theta, store, item_h, chosen[1], "test")
-        systems[name] = {**_summarise(per_user[name], k, cold_test_users(store)), **chosen[0]}
+        params, theta, epoch_s, selected = central_system(name, c, store, item_h, say)
+        per_user[name] = evaluate_users(params, theta, store, item_h, c, "test")
+        systems[name] = {**_summarise(per_user[name], k, cold_test_users(store)), "selected_epoch": selected}
         timings[f"{name}_total_s"] = time.perf_counter() - t0
         timings[f"{name}_epoch_s"] = float(np.mean(epoch_s))
         scorers[name] = model_scorer(params, theta, store, item_h)
@@ -275,37 +275,22 @@ def run_baselines(cfg: Config, say: Callable[[str], None] = print, run_dir: Path
 
 
 def central_system(name: str, cfg: Config, store: UserStore, item_h: np.ndarray, say: Callable[[str], None]
-                   ) -> tuple[dict, dict, list[float], tuple[dict, Config]]:
-    """Train the centralized model `name` on store under each of cfg.loss_candidates(), each at its best
-    validation epoch, and keep the candidate of the highest validation HR@k.
+                   ) -> tuple[dict, np.ndarray, list[float], int]:
+    """Train the centralized model `name` (cfg.model_loss) on store, kept at its best validation epoch.
 
-    Returns (shared params, theta [U, dim], seconds per epoch, ({"selected_epoch"; after a choice also "loss" and
-    "validation": {loss: HR@k}}, the kept candidate's config))."""
+    Returns (shared params, theta [U, dim], seconds per epoch, the selected epoch)."""
     from common.evaluation.central import train_central
 
-    k, best, validation = cfg.top_k, None, {}
-    candidates = cfg.loss_candidates()
-    for loss, c in candidates:
-        label = f"{name} ({loss})" if len(candidates) > 1 else name
+    def progress(epoch: int, value: float, seconds: float) -> None:
+        if epoch == 1 or epoch % 5 == 0 or epoch == cfg.central_epochs:
+            say(f"{name}: epoch {epoch:>3}/{cfg.central_epochs}  loss {value:.4f}  {seconds:.1f}s")
 
-        def progress(epoch: int, value: float, seconds: float, label=label, c=c) -> None:
-            if epoch == 1 or epoch % 5 == 0 or epoch == c.central_epochs:
-                say(f"{label}: epoch {epoch:>3}/{c.central_epochs}  loss {value:.4f}  {seconds:.1f}s")
+    def validate(params, theta) -> float:
+        return float(evaluate_users(params, theta, store, item_h, cfg, "val")["hr"].mean())
 
-        def validate(params, theta, c=c) -> float:
-            return float(evaluate_users(params, theta, store, item_h, c, "val")["hr"].mean())
-
-        params, theta, epoch_s, selected = train_central(store, item_h, c, progress, validate)
-        validation[loss] = validate(params, theta)
-        say(f"{label}: best validation HR@{k} {validation[loss]:.4f} at epoch {selected}")
-        if best is None or validation[loss] > validation[best[0]]:
-            best = (loss, c, params, theta, epoch_s, selected)
-    loss, c, params, theta, epoch_s, selected = best
-    if len(candidates) > 1:
-        say(f"{name}: kept loss={loss} (validation HR@{k} " + ", ".join(f"{n} {v:.4f}" for n, v in validation.items())
-            + ")")
-    chosen = {"loss": loss, "validation": validation} if len(candidates) > 1 else {}
-    return params, theta, epoch_s, ({"selected_epoch": selected, **chosen}, c)
+    params, theta, epoch_s, selected = train_central(store, item_h, cfg, progress, validate)
+    say(f"{name}: best validation HR@{cfg.top_k} at epoch {selected}")
+    return params, theta, epoch_s, selected
 
 
 def model_scorer(params: dict[str, np.ndarray], theta: np.ndarray, store: UserStore, item_h: np.ndarray):
@@ -375,7 +360,10 @@ def simulate(cfg: Config, num_nodes: int = 2, verbose: bool = False, baselines: 
              say: Callable[[str], None] = print) -> Path:
     """The whole job: data, federated simulation, baselines, summary.json, rounds.csv, plots. Returns the run dir."""
     t_start = time.perf_counter()
-    cfg, run_dir = _checked_run_dir(cfg)
+    auto = cfg.loss == "auto"
+    cfg, run_dir = _checked_run_dir(cfg)  # a resume under loss=auto goes on with the kept candidate
+    if auto and cfg.loss != "auto":
+        say(f"resume: loss=auto kept loss={cfg.loss} in {run_dir}; going on with it")
     t0 = time.perf_counter()
     data_path = resolve_dataset(cfg)
     ds = load_cached(str(data_path))
@@ -441,12 +429,6 @@ def _federated_candidates(cfg: Config, run_dir: Path, num_nodes: int, verbose: b
     Returns (the kept candidate's config, its federated.json (after a choice, with "loss" and "validation"
     {loss: HR@k} in "metrics"), where Ray ran)."""
     candidates = cfg.loss_candidates()
-    if cfg.resume and len(candidates) > 1:  # the kept run goes on, with its candidate's settings
-        from server.checkpoint import CHECKPOINT_FILE, load_checkpoint
-
-        kept = load_checkpoint(run_dir / CHECKPOINT_FILE).config.get("loss")
-        say(f"resume: loss=auto kept loss={kept} in {run_dir}; going on with it")
-        candidates = [(kept, resumed_candidate(cfg, kept))]
     if len(candidates) > 1:
         say(f"loss=auto: training {' and '.join(n for n, _ in candidates)}, keeping the better on validation "
             f"HR@{cfg.top_k} (set loss=softmax or loss=ials to train one)")
@@ -499,7 +481,8 @@ def _validation_at_selection(fed: dict, k: int) -> float | None:
 
 
 def _checked_run_dir(cfg: Config) -> tuple[Config, Path]:
-    """(cfg with its run-dir resolved, the run dir; a timestamped one under runs/ if not set). Fails before the
+    """(cfg with its run-dir resolved (on a resume under loss=auto: the kept candidate), the run dir; a timestamped
+    one under runs/ if not set). Fails before the
     simulation starts if the path is blocked by a file, is not empty (a new run), or holds no checkpoint of this
     run (resume)."""
     run_dir = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
@@ -513,8 +496,8 @@ def _checked_run_dir(cfg: Config) -> tuple[Config, Path]:
         from server.checkpoint import CHECKPOINT_FILE, check_resumable, load_checkpoint
 
         state = load_checkpoint(run_dir / CHECKPOINT_FILE)
-        check_resumable(state, simulation_inputs(resumed_candidate(cfg, state.config.get("loss"))),
-                        run_dir / CHECKPOINT_FILE)
+        cfg = resumed_candidate(cfg, state.config.get("loss"))  # under loss=auto: the kept candidate goes on
+        check_resumable(state, simulation_inputs(cfg), run_dir / CHECKPOINT_FILE)
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise FileExistsError(f"run directory {run_dir} exists and is not empty. Fix: choose another --out, "
                               f"or --set resume=true to go on from its checkpoint.")

@@ -8,6 +8,7 @@ from typing import Mapping
 import numpy as np
 import tensorflow as tf
 
+from common.config import MODEL_LOSSES
 from common.model.scoring import CONTEXT_NAMES, DENSE_NAMES, SHIFT_INVARIANT
 
 __all__ = ["ModelShape", "GroupParams", "TrainBatch", "trainable_dense", "init_shared", "item_side", "query_side",
@@ -16,7 +17,7 @@ __all__ = ["ModelShape", "GroupParams", "TrainBatch", "trainable_dense", "init_s
 
 def trainable_dense(loss: str) -> tuple[str, ...]:
     """Dense shared parameters that `loss` trains (all but SHIFT_INVARIANT under softmax)."""
-    if loss not in ("softmax", "bce", "ials"):  # "auto" is not a model's loss: pass Config.model_loss
+    if loss not in MODEL_LOSSES:  # "auto" is not a model's loss: pass Config.model_loss
         raise ValueError(f"loss: one model's loss is 'softmax', 'bce' or 'ials'. Found {loss!r}.")
     return tuple(k for k in DENSE_NAMES if not (loss == "softmax" and k in SHIFT_INVARIANT))
 
