@@ -21,7 +21,7 @@ import json
 import os
 import re
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -409,7 +409,7 @@ def content_descriptor(cfg: Config) -> dict[str, Any]:
     of the vectors file (None for word2vec, which is trained on the catalogue itself), the library, and every
     setting that shapes h(c). Equal descriptors and equal catalogues give equal h(c)."""
     common = {"version": DESCRIPTOR_VERSION, "encoder": cfg.content_encoder, "standardize": cfg.content_standardize,
-              "dims": cfg.content_dims}
+              "dims": cfg.content_dims, "neighbours": cfg.content_neighbours}
     if cfg.content_encoder == "word2vec":
         import gensim
 
@@ -442,8 +442,11 @@ class ItemContent:
 
     h [n_items, width] float32, standardised with mean, std [raw width] (zeros and ones with
     content-standardize=false), then, where the encoder is wider than content-dims, PCA-whitened: centred with
-    centre [raw width] and projected by proj [raw width, width]. descriptor: content_descriptor of the settings.
-    encode(texts, item_ids) -> [m, width]: new items through the same encoder and the catalogue's transform.
+    centre [raw width] and projected by proj [raw width, width]; then, with content-neighbours k > 1, each row
+    replaced by its mean with its k - 1 nearest rows of base [n_items, width] (the catalogue before this step;
+    `neighbour_mean`) and standardised again with smooth_mean, smooth_std [width]. descriptor: content_descriptor
+    of the settings. encode(texts, item_ids) -> [m, width]: new items through the same encoder and the
+    catalogue's transform (an id of the catalogue skips its own row among the neighbours, as in h).
     """
 
     h: np.ndarray
@@ -453,6 +456,11 @@ class ItemContent:
     raw: "RawEncoder" = field(repr=False)
     centre: np.ndarray | None = None
     proj: np.ndarray | None = None
+    neighbours: int = 1
+    base: np.ndarray | None = field(default=None, repr=False)
+    item_ids: np.ndarray | None = field(default=None, repr=False)
+    smooth_mean: np.ndarray | None = None
+    smooth_std: np.ndarray | None = None
 
     @property
     def width(self) -> int:
@@ -460,7 +468,42 @@ class ItemContent:
 
     def encode(self, texts: Sequence[str], item_ids: Sequence[str] | None = None) -> np.ndarray:
         z = _standardized(self.raw(texts, item_ids), self.mean, self.std)
-        return z if self.proj is None else ((z - self.centre) @ self.proj).astype(np.float32)
+        z = z if self.proj is None else ((z - self.centre) @ self.proj).astype(np.float32)
+        if self.base is None:
+            return z
+        own = None
+        if item_ids is not None and self.item_ids is not None:
+            index = {i: n for n, i in enumerate(self.item_ids)}
+            own = np.array([index.get(i, -1) for i in np.asarray(item_ids).astype(str)], np.int64)
+        return _standardized(neighbour_mean(z, self.base, self.neighbours, own), self.smooth_mean, self.smooth_std)
+
+
+def neighbour_mean(query: np.ndarray, catalogue: np.ndarray, k: int, own: np.ndarray | None = None,
+                   block: int = 1024) -> np.ndarray:
+    """Mean [m, width] of each query row and its k - 1 nearest catalogue rows by cosine similarity.
+
+    query [m, width]; catalogue [n, width]; own [m]: the catalogue row of each query that is a catalogue item
+    (left out of its own neighbours, since the query row is counted already), -1 or None for new items. The
+    public catalogue's text neighbours share what the engagement data cannot teach about one rarely seen item
+    (feature propagation over a k-nearest-neighbour graph, as in Wu et al. 2019's SGC; docs/encoders.md).
+    """
+    query = np.asarray(query, np.float32)
+    catalogue = np.asarray(catalogue, np.float32)
+    own = np.full(len(query), -1, np.int64) if own is None else np.asarray(own, np.int64)
+    unit = catalogue / np.maximum(np.linalg.norm(catalogue, axis=1, keepdims=True), 1e-12)
+    take = min(k - 1, len(catalogue) - int((own >= 0).any()))
+    out = np.empty(query.shape, np.float32)
+    for lo in range(0, len(query), block):
+        q = query[lo: lo + block]
+        sim = (q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)) @ unit.T  # [b, n]
+        rows = np.flatnonzero(own[lo: lo + block] >= 0)
+        sim[rows, own[lo: lo + block][rows]] = -np.inf
+        if take <= 0:
+            out[lo: lo + block] = q
+            continue
+        nearest = np.argpartition(-sim, take - 1, axis=1)[:, :take]  # [b, k - 1]
+        out[lo: lo + block] = (q.astype(np.float64) + catalogue[nearest].sum(axis=1, dtype=np.float64)) / (take + 1)
+    return out
 
 
 def whitening(z: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
@@ -527,11 +570,17 @@ def item_content(cfg: Config, texts: Sequence[str], item_ids: Sequence[str] | No
     width = h.shape[1]
     mean, std = _moments(h) if cfg.content_standardize else (np.zeros(width), np.ones(width))
     z = _standardized(h, mean, std)
-    if not 0 < cfg.content_dims < min(width, len(z)):
-        return ItemContent(h=z, mean=mean, std=std, descriptor=descriptor, raw=raw)
-    centre, proj = whitening(z, cfg.content_dims)  # a wide encoder: its top content-dims axes, whitened
-    return ItemContent(h=((z - centre) @ proj).astype(np.float32), mean=mean, std=std, descriptor=descriptor,
-                       raw=raw, centre=centre, proj=proj)
+    centre = proj = None
+    if 0 < cfg.content_dims < min(width, len(z)):
+        centre, proj = whitening(z, cfg.content_dims)  # a wide encoder: its top content-dims axes, whitened
+        z = ((z - centre) @ proj).astype(np.float32)
+    content = ItemContent(h=z, mean=mean, std=std, descriptor=descriptor, raw=raw, centre=centre, proj=proj)
+    if cfg.content_neighbours <= 1:
+        return content
+    smooth = neighbour_mean(z, z, cfg.content_neighbours, np.arange(len(z)))
+    s_mean, s_std = _moments(smooth) if cfg.content_standardize else (np.zeros(z.shape[1]), np.ones(z.shape[1]))
+    return replace(content, h=_standardized(smooth, s_mean, s_std), neighbours=cfg.content_neighbours, base=z,
+                   item_ids=np.asarray(ids).astype(str), smooth_mean=s_mean, smooth_std=s_std)
 
 
 def content_vectors(cfg: Config, texts: Sequence[str], item_ids: Sequence[str] | None = None) -> np.ndarray:
