@@ -18,7 +18,7 @@ from common.federation.aggregation import ServerOptimizer
 from common.config import Config, ConfigError
 from server.checkpoint import ServerState, check_resumable, load_checkpoint, save_checkpoint
 from server.content import (ContentError, SentenceEncoder, content_descriptor, content_vectors, item_content,
-                            read_precomputed)
+                            neighbour_mean, read_precomputed)
 
 IDS = np.array(["m1", "m2", "m3", "m4", "m5"])
 TEXTS = ["toy story animation comedy", "heat action crime thriller", "sabrina comedy romance",
@@ -33,7 +33,9 @@ def _vectors(n: int = 5, width: int = 3, seed: int = 0) -> np.ndarray:
 
 
 def _precomputed(path: Path, **changes) -> Config:
-    return Config(content_encoder="precomputed", content_path=str(path), content_standardize=False).replace(**changes)
+    """Settings reading `path` as it is (no standardisation, no neighbour smoothing) unless changed."""
+    return Config(content_encoder="precomputed", content_path=str(path), content_standardize=False,
+                  content_neighbours=1).replace(**changes)
 
 
 @pytest.mark.parametrize("fmt", ["npz", "parquet-list", "parquet-columns"])
@@ -96,6 +98,57 @@ def test_a_wide_encoder_is_whitened_to_content_dims_and_new_items_follow(tmp_pat
     assert item_content(_precomputed(path, content_dims=0), texts, ids).h.shape == (n, width)
     with pytest.raises(ConfigError, match="content-dims: must be >= 0"):
         Config(content_dims=-1)
+
+
+def _brute_neighbour_mean(query, catalogue, k, own):
+    """The documented rule one row at a time: the row itself plus its k - 1 most cosine-similar catalogue rows
+    (its own catalogue row left out)."""
+    out = []
+    for q, o in zip(query, own):
+        cos = [(-float(q @ c / np.linalg.norm(q) / np.linalg.norm(c)), j) for j, c in enumerate(catalogue) if j != o]
+        chosen = [j for _, j in sorted(cos)[: k - 1]]
+        out.append((q + catalogue[chosen].sum(axis=0)) / (1 + len(chosen)))
+    return np.array(out)
+
+
+def test_neighbour_mean_follows_the_rule_row_by_row():
+    rng = np.random.default_rng(3)
+    cat = rng.normal(size=(30, 5))
+    for k in (1, 2, 4, 30):
+        got = neighbour_mean(cat, cat, k, np.arange(30), block=7)  # blocks that do not divide the rows
+        np.testing.assert_allclose(got, _brute_neighbour_mean(cat, cat, k, np.arange(30)), rtol=1e-5, atol=1e-6)
+    new = rng.normal(size=(3, 5))
+    np.testing.assert_allclose(neighbour_mean(new, cat, 4), _brute_neighbour_mean(new, cat, 4, [-1, -1, -1]),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(neighbour_mean(cat, cat, 1, np.arange(30)), cat, rtol=1e-6)
+    # k = n: every catalogue item becomes the catalogue's mean
+    np.testing.assert_allclose(neighbour_mean(cat, cat, 30, np.arange(30)), np.tile(cat.mean(0), (30, 1)),
+                               atol=1e-5)
+
+
+def test_content_neighbours_smooth_the_catalogue_and_new_items_the_same_way(tmp_path):
+    n, width, k = 24, 4, 5
+    ids = np.array([f"m{i}" for i in range(n)])
+    texts = [f"text {i}" for i in range(n)]
+    raw = np.random.default_rng(2).normal(size=(n, width)) * 3 + 1
+    new = raw[:2] + 0.5
+    path = tmp_path / "v.npz"
+    np.savez(path, item_ids=np.append(ids, ["n1", "n2"]), vectors=np.vstack([raw, new]))
+    cfg = _precomputed(path, content_standardize=True, content_neighbours=k)
+    content = item_content(cfg, texts, ids)
+    z = (raw - raw.mean(0)) / raw.std(0)
+    smooth = _brute_neighbour_mean(z, z, k, range(n))
+    expected = (smooth - smooth.mean(0)) / smooth.std(0)
+    np.testing.assert_allclose(content.h, expected, rtol=1e-4, atol=1e-5)
+    assert content_descriptor(cfg)["neighbours"] == k != content_descriptor(cfg.replace(content_neighbours=1))[
+        "neighbours"]
+    # a catalogue item encoded again equals its row; a new one is smoothed over the catalogue with the same moments
+    np.testing.assert_allclose(content.encode(texts[3:6], ids[3:6]), content.h[3:6], rtol=1e-4, atol=1e-5)
+    zn = (new - raw.mean(0)) / raw.std(0)
+    expected_new = (_brute_neighbour_mean(zn, z, k, [-1, -1]) - smooth.mean(0)) / smooth.std(0)
+    np.testing.assert_allclose(content.encode(["a", "b"], ["n1", "n2"]), expected_new, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="content-neighbours: must be >= 1"):
+        Config(content_neighbours=0)
 
 
 def _write_bad(tmp_path: Path, case: str) -> Path:
@@ -230,7 +283,8 @@ def test_new_items_are_encoded_like_the_catalogue(tiny_model, tmp_path, monkeypa
     for cfg in (Config(content_encoder="sentence-encoder", content_model=str(tiny_model)),
                 Config(text_dim=4, text_epochs=2)):
         content = item_content(cfg, TEXTS, IDS)
-        np.testing.assert_allclose(content.encode(TEXTS[1:3]), content.h[1:3], atol=1e-5)
+        # a catalogue item (known by its id: its own row is not its neighbour) encodes to its row
+        np.testing.assert_allclose(content.encode(TEXTS[1:3], IDS[1:3]), content.h[1:3], atol=1e-5)
         new = content.encode(["new film story"])
         assert new.shape == (1, content.width) and np.isfinite(new).all()
 
