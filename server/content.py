@@ -478,6 +478,10 @@ class ItemContent:
         return _standardized(neighbour_mean(z, self.base, self.neighbours, own), self.smooth_mean, self.smooth_std)
 
 
+#: the largest catalogue whose exact all-pairs neighbour search (content-neighbours > 1) is run: about 3 minutes
+MAX_NEIGHBOUR_ITEMS = 100_000
+
+
 def neighbour_mean(query: np.ndarray, catalogue: np.ndarray, k: int, own: np.ndarray | None = None,
                    block: int = 1024) -> np.ndarray:
     """Mean [m, width] of each query row and its k - 1 nearest catalogue rows by cosine similarity.
@@ -577,6 +581,13 @@ def item_content(cfg: Config, texts: Sequence[str], item_ids: Sequence[str] | No
     content = ItemContent(h=z, mean=mean, std=std, descriptor=descriptor, raw=raw, centre=centre, proj=proj)
     if cfg.content_neighbours <= 1:
         return content
+    if len(z) > MAX_NEIGHBOUR_ITEMS:
+        raise ContentError(
+            f"content-neighbours={cfg.content_neighbours}: the exact neighbour search compares all pairs of the "
+            f"catalogue's {len(z):,} items, which grows as the square of the catalogue (10,000 items: about 2 s; "
+            f"40,000: 30 s on 2 cores); above {MAX_NEIGHBOUR_ITEMS:,} items it is refused. Set "
+            f"--set content-neighbours=1, or smooth the vectors with your own nearest-neighbour index and pass them "
+            f"with content-encoder=precomputed.")
     smooth = neighbour_mean(z, z, cfg.content_neighbours, np.arange(len(z)))
     s_mean, s_std = _moments(smooth) if cfg.content_standardize else (np.zeros(z.shape[1]), np.ones(z.shape[1]))
     return replace(content, h=_standardized(smooth, s_mean, s_std), neighbours=cfg.content_neighbours, base=z,

@@ -151,6 +151,17 @@ def test_content_neighbours_smooth_the_catalogue_and_new_items_the_same_way(tmp_
         Config(content_neighbours=0)
 
 
+def test_a_catalogue_too_large_for_the_exact_neighbour_search_is_refused_with_the_fix(tmp_path, monkeypatch):
+    import server.content
+
+    path = tmp_path / "v.npz"
+    np.savez(path, item_ids=IDS, vectors=_vectors())
+    monkeypatch.setattr(server.content, "MAX_NEIGHBOUR_ITEMS", 4)
+    with pytest.raises(ContentError, match="catalogue's 5 items.*--set content-neighbours=1"):
+        item_content(_precomputed(path, content_neighbours=3), TEXTS, IDS)
+    assert item_content(_precomputed(path, content_neighbours=1), TEXTS, IDS).h.shape == (5, 3)
+
+
 def _write_bad(tmp_path: Path, case: str) -> Path:
     v = _vectors()
     if case == "missing item":
