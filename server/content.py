@@ -551,11 +551,12 @@ def _raw_encoder(cfg: Config, catalogue: Sequence[str]) -> RawEncoder:
     return sentence
 
 
-def _cache_path(descriptor: dict[str, Any], item_ids: Sequence[str], texts: Sequence[str]) -> Path:
+def _cache_path(descriptor: dict[str, Any], item_ids: Sequence[str], texts: Sequence[str], stage: str = "h") -> Path:
+    """Where h(c) at `stage` ("h": the encoder's raw output; "neighbours": the neighbour means) is cached."""
     from common.data.datasets import cache_dir
 
     key = hashlib.sha256((json.dumps(descriptor, sort_keys=True) + catalogue_sha256(item_ids, texts)).encode())
-    return cache_dir() / "content" / f"h-{descriptor['encoder']}-{key.hexdigest()[:32]}.npy"
+    return cache_dir() / "content" / f"{stage}-{descriptor['encoder']}-{key.hexdigest()[:32]}.npy"
 
 
 def item_content(cfg: Config, texts: Sequence[str], item_ids: Sequence[str] | None = None) -> ItemContent:
@@ -588,7 +589,12 @@ def item_content(cfg: Config, texts: Sequence[str], item_ids: Sequence[str] | No
             f"40,000: 30 s on 2 cores); above {MAX_NEIGHBOUR_ITEMS:,} items it is refused. Set "
             f"--set content-neighbours=1, or smooth the vectors with your own nearest-neighbour index and pass them "
             f"with content-encoder=precomputed.")
-    smooth = neighbour_mean(z, z, cfg.content_neighbours, np.arange(len(z)))
+    cached = _cache_path(descriptor, ids, texts, "neighbours")  # the descriptor fixes z (the file's sha256 included)
+    if cached.is_file():
+        smooth = np.load(cached)
+    else:
+        smooth = neighbour_mean(z, z, cfg.content_neighbours, np.arange(len(z)))
+        save_npy_atomic(cached, smooth)  # public: computed from the public catalogue alone
     s_mean, s_std = _moments(smooth) if cfg.content_standardize else (np.zeros(z.shape[1]), np.ones(z.shape[1]))
     return replace(content, h=_standardized(smooth, s_mean, s_std), neighbours=cfg.content_neighbours, base=z,
                    item_ids=np.asarray(ids).astype(str), smooth_mean=s_mean, smooth_std=s_std)

@@ -309,7 +309,7 @@ def test_the_width_of_h_is_the_encoders(tiny_model, tmp_path, monkeypatch):
 
 def test_h_is_cached_by_catalogue_and_encoder(tmp_path, monkeypatch):
     monkeypatch.setenv("FEDCTX_CACHE", str(tmp_path / "cache"))
-    cfg = Config(text_dim=4, text_epochs=2)
+    cfg = Config(text_dim=4, text_epochs=2, content_neighbours=1)
     first = content_vectors(cfg, TEXTS, IDS)
     files = sorted((tmp_path / "cache" / "content").iterdir())
     assert len(files) == 1
@@ -318,6 +318,21 @@ def test_h_is_cached_by_catalogue_and_encoder(tmp_path, monkeypatch):
     content_vectors(cfg.replace(text_window=2), TEXTS, IDS)  # another setting that shapes h(c): another entry
     content_vectors(cfg, TEXTS[::-1], IDS[::-1])              # another catalogue: another entry
     assert len(list((tmp_path / "cache" / "content").iterdir())) == 3
+
+
+def test_the_neighbour_means_are_cached_with_the_vectors_they_come_from(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDCTX_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "v.npz"
+    np.savez(path, item_ids=IDS, vectors=_vectors())
+    cfg = _precomputed(path, content_neighbours=3)
+    first = content_vectors(cfg, TEXTS, IDS)
+    [cached] = (tmp_path / "cache" / "content").glob("neighbours-*.npy")
+    np.save(cached, np.load(cached) * 0 + np.arange(3.0))  # a hit is read, not recomputed
+    np.testing.assert_allclose(content_vectors(cfg, TEXTS, IDS), np.tile(np.arange(3.0), (5, 1)))
+    np.savez(path, item_ids=IDS, vectors=_vectors(seed=1))  # other vectors under the same path: recomputed
+    again = content_vectors(cfg, TEXTS, IDS)
+    assert not np.allclose(again, np.arange(3.0)) and not np.allclose(again, first)
+    assert len(list((tmp_path / "cache" / "content").glob("neighbours-*.npy"))) == 2
 
 
 def test_a_model_name_that_cannot_be_had_is_a_clear_error(tmp_path, monkeypatch):
