@@ -565,7 +565,8 @@ def item_content(cfg: Config, texts: Sequence[str], item_ids: Sequence[str] | No
     descriptor = content_descriptor(cfg)
     raw = _raw_encoder(cfg, texts)
     ids = np.arange(len(texts)).astype(str) if item_ids is None else item_ids
-    cached = None if cfg.content_encoder == "precomputed" else _cache_path(descriptor, ids, texts)
+    encoder_key = {k: v for k, v in descriptor.items() if k != "neighbours"}  # the encoder's output does not depend on it
+    cached = None if cfg.content_encoder == "precomputed" else _cache_path(encoder_key, ids, texts)
     if cached is not None and cached.is_file():
         h = np.load(cached)
     else:

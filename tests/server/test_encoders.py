@@ -318,6 +318,8 @@ def test_h_is_cached_by_catalogue_and_encoder(tmp_path, monkeypatch):
     content_vectors(cfg.replace(text_window=2), TEXTS, IDS)  # another setting that shapes h(c): another entry
     content_vectors(cfg, TEXTS[::-1], IDS[::-1])              # another catalogue: another entry
     assert len(list((tmp_path / "cache" / "content").iterdir())) == 3
+    content_vectors(cfg.replace(content_neighbours=3), TEXTS, IDS)  # the encoder's output is shared: only the means
+    assert len(list((tmp_path / "cache" / "content").glob("h-*.npy"))) == 3
 
 
 def test_the_neighbour_means_are_cached_with_the_vectors_they_come_from(tmp_path, monkeypatch):
