@@ -25,7 +25,7 @@ from common.data.schema import declared_context, fitted_declaration
 from common.errors import SERVER_ERROR_ENV, raise_recorded
 from common.data.datasets import cache_dir, load_cached, resolve_dataset
 from common.federation.users import UserStore
-from common.evaluation.evaluate import evaluate_scores, evaluate_users
+from common.evaluation.evaluate import context_averaged_scorer, evaluate_scores, evaluate_users
 from common.privacy.sampling import training_members
 from common.io import write_atomic
 from simulations.rigs.raycluster import alive_nodes, check_shared_paths, connect, ray_init_args
@@ -221,6 +221,7 @@ def run_baselines(cfg: Config, say: Callable[[str], None] = print, run_dir: Path
     from common.evaluation.ceiling import expected_hits
     from common.evaluation.central import popularity_scores
     from common.evaluation.collaborative import implicit_available, implicit_baselines
+    from common.model.scoring import DENSE_NAMES
     from server.content import content_vectors
 
     ds = load_cached(str(resolve_dataset(cfg)))
@@ -266,6 +267,12 @@ def run_baselines(cfg: Config, say: Callable[[str], None] = print, run_dir: Path
         timings["ceiling_s"] = time.perf_counter() - t0
     else:
         expected = {}
+    if "federated" in expected and cfg.use_context:  # its own context-free twin: the user's context mix
+        twin = context_averaged_scorer({k: np.asarray(last[0][k], np.float32) for k in DENSE_NAMES}, last[1],
+                                       store_ctx, item_h, last[0].get("items/embedding"), last[0].get("items/bias"))
+        expected["federated-context-averaged"] = expected_hits(twin, ceiling_scores["oracle"], store_ctx, k)
+        systems["federated"]["expected_context_gain"] = paired_difference(expected["federated"],
+                                                                          expected["federated-context-averaged"])
     for aware, free in (("centralized", "context-free"), ("structure", "structure-context-free")):
         if aware in per_user and free in per_user and cfg.use_context:
             systems[aware]["context_gain"] = paired_difference(per_user[aware]["hr"], per_user[free]["hr"])

@@ -15,7 +15,8 @@ from common.model.scoring import DENSE_NAMES
 from common.model.formula import item_side, query_side
 from common.privacy.sampling import user_rng, user_uniforms
 
-__all__ = ["evaluate_users", "evaluate_scores", "eval_negatives", "catalogue_scorer", "eval_sample"]
+__all__ = ["evaluate_users", "evaluate_scores", "eval_negatives", "catalogue_scorer", "context_averaged_scorer",
+           "eval_sample"]
 
 
 def evaluate_users(params: Mapping[str, np.ndarray], theta: np.ndarray, store: UserStore, item_h: np.ndarray,
@@ -44,6 +45,43 @@ def catalogue_scorer(dense: Mapping[str, np.ndarray], theta: np.ndarray, ctx: np
     def score(users: np.ndarray) -> np.ndarray:
         q, shift = query_side(g, tf.convert_to_tensor(theta[users])[None], tf.convert_to_tensor(ctx[users])[None])
         return (tf.einsum("gld,grd->glr", q, phi) + b[:, None, :] + shift[..., None])[0].numpy()
+
+    return score
+
+
+def context_averaged_scorer(dense: Mapping[str, np.ndarray], theta: np.ndarray, store: UserStore,
+                            item_h: np.ndarray, item_emb: np.ndarray | None, item_bias: np.ndarray | None
+                            ) -> Callable[[np.ndarray], np.ndarray]:
+    """score(users [n]) -> [n, n_items]: a trained model's context-free twin, log (1/r) sum_j softmax(s(u, x_j))
+    over the catalogue, x_j the contexts of the user's r training rows (store.ctx), instead of the held-out one.
+
+    The same model and theta_u, with the test context replaced by the user's own context mix, averaged in
+    probability as the ceiling's `structure-context-free` averages the structure: the difference between the
+    model's ranking at the test context and this one is the context gain the model itself captures. A user
+    without training rows is scored at the zero context vector. theta [U, dim]; dense as `catalogue_scorer`.
+    """
+    import tensorflow as tf
+
+    g = {k: tf.convert_to_tensor(v)[None] for k, v in dense.items()}
+    phi, b = item_side(g, tf.convert_to_tensor(item_h)[None],
+                       None if item_emb is None else tf.convert_to_tensor(item_emb)[None],
+                       None if item_bias is None else tf.convert_to_tensor(item_bias)[None])
+    phi, b = phi[0].numpy().astype(np.float64), b[0].numpy().astype(np.float64)
+    w_int = np.asarray(dense["context/interaction"], np.float64)  # the shift theta_ctx . x cancels in a softmax
+    width = w_int.shape[0]
+
+    def score(users: np.ndarray) -> np.ndarray:
+        out = np.empty((len(users), phi.shape[0]))
+        for j, u in enumerate(users):
+            x = np.asarray(store.ctx[store.offsets[u]:store.offsets[u + 1], :width], np.float64)
+            if not len(x):
+                x = np.zeros((1, width))
+            s = (theta[u][None, :] + x @ w_int) @ phi.T + b[None, :]     # [r, n_items]
+            s -= s.max(axis=1, keepdims=True)
+            s -= np.log(np.exp(s).sum(axis=1, keepdims=True))            # log softmax per context
+            top = s.max(axis=0)
+            out[j] = top + np.log(np.exp(s - top).mean(axis=0))          # log mean of the probabilities
+        return out
 
     return score
 

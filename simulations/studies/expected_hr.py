@@ -30,12 +30,14 @@ __all__ = ["run_expected_hr"]
 def run_expected_hr(run_dir: Path) -> dict:
     """{"federated-last-round": E[HR@k], ceiling systems: E[HR@k], "se": ..., "seed": ...} of one synthetic run."""
     from common.evaluation.ceiling import expected_hits
+    from common.evaluation.evaluate import context_averaged_scorer
+    from common.model.scoring import DENSE_NAMES
     from common.config import config_from_mapping
     from common.data.datasets import load_cached, resolve_dataset
     from common.privacy.sampling import training_members
     from common.privacy.release import diagnostics_dir
     from server.content import content_vectors
-    from simulations.simulate import ceiling_rankings, last_round_model, model_scorer
+    from simulations.simulate import ceiling_rankings, last_round_model, model_scorer, paired_difference
 
     run_dir = Path(run_dir)
     found = [d / "summary.json" for d in (diagnostics_dir(run_dir, False), diagnostics_dir(run_dir, True))
@@ -59,11 +61,19 @@ def run_expected_hr(run_dir: Path) -> dict:
     item_h = content_vectors(cfg, ds.item_texts, ds.item_ids)
     model = model_scorer(last[0], last[1], store, item_h)
     out = {"federated-last-round": expected_hits(model, truth, store, k), **out}
+    if cfg.use_context:  # the same model at the user's own training contexts (its context-free twin)
+        dense = {name: np.asarray(last[0][name], np.float32) for name in DENSE_NAMES}
+        twin = context_averaged_scorer(dense, last[1], store, item_h, last[0].get("items/embedding"),
+                                       last[0].get("items/bias"))
+        out["federated-context-averaged"] = expected_hits(twin, truth, store, k)
     return {"run": str(run_dir), "seed": cfg.seed, "k": k, "users": store.n_users,
             **{name: float(v.mean()) for name, v in out.items()},
             "se": {name: float(v.std(ddof=1) / np.sqrt(len(v))) for name, v in out.items()},
             "minus-structure-se": float(np.std(out["federated-last-round"] - out["structure"], ddof=1)
-                                        / np.sqrt(store.n_users))}
+                                        / np.sqrt(store.n_users)),
+            **({"context-gain": paired_difference(out["federated-last-round"], out["federated-context-averaged"]),
+                "structure-context-gain": paired_difference(out["structure"], out["structure-context-free"])}
+               if "federated-context-averaged" in out else {})}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -80,6 +90,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"{r['federated-last-round']:.4f} ± {r['se']['federated-last-round']:.4f}, oracle {r['oracle']:.4f}, "
               f"structure {r['structure']:.4f}, structure-context-free {r['structure-context-free']:.4f}; "
               f"federated / structure {r['federated-last-round'] / r['structure']:.3f}")
+        if "context-gain" in r:
+            g, gs = r["context-gain"], r["structure-context-gain"]
+            print(f"  context gain (each system minus itself averaged over the user's training contexts): federated "
+                  f"{g['mean']:+.4f} ± {g['se']:.4f}, structure {gs['mean']:+.4f} ± {gs['se']:.4f}, "
+                  f"ratio {g['mean'] / gs['mean']:.2f}")
     if a.json:
         write_atomic(a.json, json.dumps(found, indent=2) + "\n")
     return found

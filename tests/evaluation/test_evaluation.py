@@ -10,7 +10,7 @@ import pytest
 
 from common.config import Config
 from common.federation.users import UserStore
-from common.evaluation.evaluate import catalogue_scorer, eval_sample, evaluate_scores
+from common.evaluation.evaluate import catalogue_scorer, context_averaged_scorer, eval_sample, evaluate_scores
 from common.privacy.sampling import user_rng
 from common.evaluation.metrics import sample_eval_negatives, standard_errors
 
@@ -86,6 +86,46 @@ def test_catalogue_scorer_equals_score_items_bit_for_bit():
     users = np.array([5, 0, 49, 17])
     np.testing.assert_array_equal(score(users), score_items(dense, theta[users], ctx[users], item_h,
                                                             params["items/embedding"], params["items/bias"]))
+
+
+def test_context_averaged_scorer_is_the_softmax_mixed_over_the_users_training_contexts():
+    """The context-free twin: log of the catalogue softmax averaged over the user's own training contexts, written
+    out here as the model's formula ((theta_u + W_int^T x) . phi(c) + b(c), phi = W_f^T h + b_f + E) in float64."""
+    from common.model.formula import ModelShape, init_shared
+
+    rng = np.random.default_rng(3)
+    n_items, dim, cw = 40, 4, 3
+    shape = ModelShape(n_items=n_items, text_dim=5, dim=dim, context_dim=cw, item_embedding=True)
+    params = {k: v + rng.normal(0, 0.5, v.shape).astype(np.float32) for k, v in init_shared(shape, 0).items()}
+    dense = {k: params[k] for k in params if not k.startswith("items/")}
+    item_h = rng.normal(size=(n_items, 5)).astype(np.float32)
+    sizes = np.array([3, 1, 0, 2])  # user 2 has no training rows
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    ctx = rng.random((sizes.sum(), cw)).astype(np.float32)
+    store = UserStore(user_keys=np.array(["a", "b", "c", "d"]), offsets=offsets, items=np.zeros(sizes.sum(), np.int64),
+                      age_days=np.zeros(sizes.sum(), np.float32), ctx=ctx, val_item=np.zeros(4, np.int64),
+                      val_ctx=np.zeros((4, cw), np.float32), test_item=np.zeros(4, np.int64),
+                      test_ctx=rng.random((4, cw)).astype(np.float32))
+    theta = rng.normal(size=(4, dim)).astype(np.float32)
+    p64 = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    phi = item_h @ p64["tower/kernel"] + p64["tower/bias"] + p64["items/embedding"]
+    b = item_h @ p64["text-bias/kernel"] + p64["items/bias"]
+
+    def softmax(x):
+        s = (theta[u] + x @ p64["context/interaction"]) @ phi.T + b + x @ p64["context/shift"]
+        e = np.exp(s - s.max())
+        return e / e.sum()
+
+    got = context_averaged_scorer(dense, theta, store, item_h, params["items/embedding"], params["items/bias"])(
+        np.arange(4))
+    for u in range(4):
+        rows = ctx[offsets[u]:offsets[u + 1]] if sizes[u] else np.zeros((1, cw))
+        want = np.log(np.mean([softmax(x) for x in rows], axis=0))
+        np.testing.assert_allclose(got[u], want, rtol=0, atol=1e-5)
+    # a user with one training context, scored at that context: the twin ranks as the model itself does
+    at_own = np.repeat(ctx[offsets[1]][None], 4, axis=0)
+    aware = catalogue_scorer(dense, theta, at_own, item_h, params["items/embedding"], params["items/bias"])
+    assert np.array_equal(np.argsort(-aware(np.array([1]))[0]), np.argsort(-got[1]))
 
 
 def test_standard_errors_are_those_of_the_sampled_values():
