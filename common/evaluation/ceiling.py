@@ -23,8 +23,8 @@ import numpy as np
 
 from common.data.sources.synthetic import NIGHT_HOURS, SyntheticConfig, SyntheticTruth
 
-__all__ = ["CEILING_SYSTEMS", "PlantedModel", "context_codes", "estimate_preferences", "ceiling_scorers",
-           "expected_hits"]
+__all__ = ["CEILING_SYSTEMS", "PlantedModel", "context_codes", "estimate_preferences", "counted_popularity",
+           "ceiling_scorers", "expected_hits"]
 
 #: Systems a report on generated data adds (in this order), next to the trained ones.
 CEILING_SYSTEMS = ("oracle", "structure", "structure-context-free")
@@ -90,6 +90,15 @@ def estimate_preferences(planted: PlantedModel, n_users: int, user: np.ndarray, 
     np.add.at(counts, (user, topic), 1.0 / planted.mult[code, topic])
     counts += prior
     return counts / counts.sum(axis=1, keepdims=True)
+
+
+def counted_popularity(planted: PlantedModel, item: np.ndarray, prior: float = 0.1) -> PlantedModel:
+    """`planted` with each item's share of its topic estimated from the training rows (item [n]) instead of the
+    planted popularity: (count + prior) / sum over the topic's items. What the data offers of popularity: an item
+    no training row engaged with (about half of the seed case's catalogue) gets the prior's share."""
+    counts = np.bincount(item, minlength=len(planted.item_topic)) + prior
+    topic_sum = np.bincount(planted.item_topic, weights=counts)
+    return PlantedModel(planted.mult, planted.boost, planted.item_topic, counts / topic_sum[planted.item_topic])
 
 
 def ceiling_scorers(planted: PlantedModel, true_pref: np.ndarray, est_pref: np.ndarray, test_code: np.ndarray,

@@ -5,7 +5,8 @@ import calendar
 import numpy as np
 import pytest
 
-from common.evaluation.ceiling import PlantedModel, ceiling_scorers, context_codes, estimate_preferences
+from common.evaluation.ceiling import (PlantedModel, ceiling_scorers, context_codes, counted_popularity,
+                                       estimate_preferences)
 from common.data.sources.synthetic import SyntheticConfig, generate
 
 
@@ -37,6 +38,16 @@ def generated():
     item = np.array([int(i[1:]) for i in inter["item_id"]])
     code = context_codes(inter["timestamp"].to_numpy(), (inter["device"] == "mobile").to_numpy())
     return cfg, truth, user, item, code
+
+
+def test_counted_popularity_by_hand():
+    # topic 0: items 0, 2, 3; topic 1: item 1. Rows: item 0 twice, item 2 once; item 3 never
+    planted = PlantedModel(mult=np.ones((1, 2)), boost=np.zeros((1, 2)), item_topic=np.array([0, 1, 0, 0]),
+                           item_share=np.array([0.2, 1.0, 0.3, 0.5]))
+    got = counted_popularity(planted, item=np.array([0, 2, 0]), prior=0.5)
+    # topic 0: 2.5, 1.5, 0.5 of 4.5; topic 1: 0.5 of 0.5
+    np.testing.assert_allclose(got.item_share, [2.5 / 4.5, 1.0, 1.5 / 4.5, 0.5 / 4.5])
+    assert got.mult is planted.mult and got.boost is planted.boost
 
 
 def test_planted_topic_probabilities_match_the_generated_draws(generated):
