@@ -267,12 +267,13 @@ def run_baselines(cfg: Config, say: Callable[[str], None] = print, run_dir: Path
         timings["ceiling_s"] = time.perf_counter() - t0
     else:
         expected = {}
-    if "federated" in expected and cfg.use_context:  # its own context-free twin: the user's context mix
-        twin = context_averaged_scorer({k: np.asarray(last[0][k], np.float32) for k in DENSE_NAMES}, last[1],
-                                       store_ctx, item_h, last[0].get("items/embedding"), last[0].get("items/bias"))
-        expected["federated-context-averaged"] = expected_hits(twin, ceiling_scores["oracle"], store_ctx, k)
-        systems["federated"]["expected_context_gain"] = paired_difference(expected["federated"],
-                                                                          expected["federated-context-averaged"])
+    if "federated" in expected and cfg.use_context:  # its own context-free twins: the user's training contexts
+        dense = {name: np.asarray(last[0][name], np.float32) for name in DENSE_NAMES}
+        for average, key in (("logits", "expected_context_gain"), ("probabilities", "expected_context_gain_mixture")):
+            twin = context_averaged_scorer(dense, last[1], store_ctx, item_h, last[0].get("items/embedding"),
+                                           last[0].get("items/bias"), average)
+            free = expected_hits(twin, ceiling_scores["oracle"], store_ctx, k)
+            systems["federated"][key] = paired_difference(expected["federated"], free)
     for aware, free in (("centralized", "context-free"), ("structure", "structure-context-free")):
         if aware in per_user and free in per_user and cfg.use_context:
             systems[aware]["context_gain"] = paired_difference(per_user[aware]["hr"], per_user[free]["hr"])

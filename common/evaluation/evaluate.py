@@ -50,16 +50,28 @@ def catalogue_scorer(dense: Mapping[str, np.ndarray], theta: np.ndarray, ctx: np
 
 
 def context_averaged_scorer(dense: Mapping[str, np.ndarray], theta: np.ndarray, store: UserStore,
-                            item_h: np.ndarray, item_emb: np.ndarray | None, item_bias: np.ndarray | None
-                            ) -> Callable[[np.ndarray], np.ndarray]:
-    """score(users [n]) -> [n, n_items]: a trained model's context-free twin, log (1/r) sum_j softmax(s(u, x_j))
-    over the catalogue, x_j the contexts of the user's r training rows (store.ctx), instead of the held-out one.
+                            item_h: np.ndarray, item_emb: np.ndarray | None, item_bias: np.ndarray | None,
+                            average: str = "logits") -> Callable[[np.ndarray], np.ndarray]:
+    """score(users [n]) -> [n, n_items]: a trained model's context-free twin, the same model and theta_u with the
+    held-out context replaced by the user's own training contexts x_1..x_r (store.ctx) (a user without training
+    rows: the zero context vector). The model's ranking at the test context minus this one's is the context gain
+    the model itself captures.
 
-    The same model and theta_u, with the test context replaced by the user's own context mix, averaged in
-    probability as the ceiling's `structure-context-free` averages the structure: the difference between the
-    model's ranking at the test context and this one is the context gain the model itself captures. A user
-    without training rows is scored at the zero context vector. theta [U, dim]; dense as `catalogue_scorer`.
+    average "logits": the scores at the mean context (1/r) sum_j x_j, which are the mean of the scores at each
+    x_j (the score is linear in x). "probabilities": log (1/r) sum_j softmax(s(u, x_j)) over the catalogue, the
+    mixture, averaged in probability as the ceiling's `structure-context-free` averages the structure; a sharp
+    (overconfident) softmax is a poor mixture, so this twin is the weaker of the two. theta [U, dim]; dense as
+    `catalogue_scorer`.
     """
+    width = np.asarray(dense["context/interaction"]).shape[0]
+    n = np.diff(store.offsets)
+    if average == "logits":
+        mean_ctx = np.zeros((store.n_users, width), np.float64)
+        np.add.at(mean_ctx, np.repeat(np.arange(store.n_users), n), store.ctx[:, :width])
+        mean_ctx = (mean_ctx / np.maximum(n, 1)[:, None]).astype(np.float32)
+        return catalogue_scorer(dense, theta, mean_ctx, item_h, item_emb, item_bias)
+    if average != "probabilities":
+        raise ValueError(f"average: 'logits' or 'probabilities'. Found {average!r}.")
     import tensorflow as tf
 
     g = {k: tf.convert_to_tensor(v)[None] for k, v in dense.items()}
@@ -68,7 +80,6 @@ def context_averaged_scorer(dense: Mapping[str, np.ndarray], theta: np.ndarray, 
                        None if item_bias is None else tf.convert_to_tensor(item_bias)[None])
     phi, b = phi[0].numpy().astype(np.float64), b[0].numpy().astype(np.float64)
     w_int = np.asarray(dense["context/interaction"], np.float64)  # the shift theta_ctx . x cancels in a softmax
-    width = w_int.shape[0]
 
     def score(users: np.ndarray) -> np.ndarray:
         out = np.empty((len(users), phi.shape[0]))

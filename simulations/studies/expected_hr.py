@@ -70,17 +70,21 @@ def run_expected_hr(run_dir: Path) -> dict:
         store, k)
     if cfg.use_context:  # the same model at the user's own training contexts (its context-free twin)
         dense = {name: np.asarray(last[0][name], np.float32) for name in DENSE_NAMES}
-        twin = context_averaged_scorer(dense, last[1], store, item_h, last[0].get("items/embedding"),
-                                       last[0].get("items/bias"))
-        out["federated-context-averaged"] = expected_hits(twin, truth, store, k)
+        for average in ("logits", "probabilities"):
+            twin = context_averaged_scorer(dense, last[1], store, item_h, last[0].get("items/embedding"),
+                                           last[0].get("items/bias"), average)
+            out[f"federated-context-averaged-{average}"] = expected_hits(twin, truth, store, k)
     return {"run": str(run_dir), "seed": cfg.seed, "k": k, "users": store.n_users,
             **{name: float(v.mean()) for name, v in out.items()},
             "se": {name: float(v.std(ddof=1) / np.sqrt(len(v))) for name, v in out.items()},
             "minus-structure-se": float(np.std(out["federated-last-round"] - out["structure"], ddof=1)
                                         / np.sqrt(store.n_users)),
-            **({"context-gain": paired_difference(out["federated-last-round"], out["federated-context-averaged"]),
+            **({"context-gain": paired_difference(out["federated-last-round"],
+                                                  out["federated-context-averaged-logits"]),
+                "context-gain-mixture": paired_difference(out["federated-last-round"],
+                                                          out["federated-context-averaged-probabilities"]),
                 "structure-context-gain": paired_difference(out["structure"], out["structure-context-free"])}
-               if "federated-context-averaged" in out else {})}
+               if "federated-context-averaged-logits" in out else {})}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -101,10 +105,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"{r['structure-counted-popularity']:.4f}; federated / it "
               f"{r['federated-last-round'] / r['structure-counted-popularity']:.3f}")
         if "context-gain" in r:
-            g, gs = r["context-gain"], r["structure-context-gain"]
-            print(f"  context gain (each system minus itself averaged over the user's training contexts): federated "
-                  f"{g['mean']:+.4f} ± {g['se']:.4f}, structure {gs['mean']:+.4f} ± {gs['se']:.4f}, "
-                  f"ratio {g['mean'] / gs['mean']:.2f}")
+            g, gm, gs = r["context-gain"], r["context-gain-mixture"], r["structure-context-gain"]
+            print(f"  context gain (each system minus itself at the user's training contexts): structure "
+                  f"{gs['mean']:+.4f} ± {gs['se']:.4f}; federated, at the mean context {g['mean']:+.4f} ± "
+                  f"{g['se']:.4f} (ratio {g['mean'] / gs['mean']:.2f}), mixed in probability {gm['mean']:+.4f} ± "
+                  f"{gm['se']:.4f} (ratio {gm['mean'] / gs['mean']:.2f})")
     if a.json:
         write_atomic(a.json, json.dumps(found, indent=2) + "\n")
     return found

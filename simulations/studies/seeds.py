@@ -75,15 +75,17 @@ def seed_table(runs: list[dict], k: int) -> str:
             means = [g["mean"] for g in gains]
             notes.append(f"{system}: context-aware - context-free HR@{k}, paired over users: {np.mean(means):+.4f} "
                          f"(standard error {se:.4f}; per seed {', '.join(f'{m:+.4f}' for m in means)})")
-    # the same in expected HR (per-user planted probabilities); the federated row's context-free twin is its own
-    # model averaged over the user's training contexts, as structure-context-free is the structure's
-    for system in ("federated", "centralized", "structure"):
-        gains = [r["systems"][system]["expected_context_gain"] for r in runs
-                 if "expected_context_gain" in r["systems"].get(system, {})]
+    # the same in expected HR (per-user planted probabilities); the federated row's context-free twins are its own
+    # model at the user's training contexts (simulate.run_baselines)
+    twins = {"expected_context_gain": " (its twin at the user's mean training context)",
+             "expected_context_gain_mixture": " (its twin mixed over the user's training contexts)"}
+    for system, key in (("federated", "expected_context_gain"), ("federated", "expected_context_gain_mixture"),
+                        ("centralized", "expected_context_gain"), ("structure", "expected_context_gain")):
+        gains = [r["systems"][system][key] for r in runs if key in r["systems"].get(system, {})]
         if gains:
             se = np.sqrt(sum(g["se"] ** 2 for g in gains)) / len(gains)
             means = [g["mean"] for g in gains]
-            free = " (its context-free twin: itself at the user's training contexts)" if system == "federated" else ""
+            free = twins[key] if system == "federated" else ""
             notes.append(f"{system}: context-aware - context-free{free} expected HR@{k}, paired over users: "
                          f"{np.mean(means):+.4f} (standard error {se:.4f}; per seed {', '.join(f'{m:+.4f}' for m in means)})")
     return "\n".join(lines + [""] + [f"* {n}" for n in notes])

@@ -88,7 +88,7 @@ def test_catalogue_scorer_equals_score_items_bit_for_bit():
                                                             params["items/embedding"], params["items/bias"]))
 
 
-def test_context_averaged_scorer_is_the_softmax_mixed_over_the_users_training_contexts():
+def test_context_averaged_scorers_mix_or_average_over_the_users_training_contexts():
     """The context-free twin: log of the catalogue softmax averaged over the user's own training contexts, written
     out here as the model's formula ((theta_u + W_int^T x) . phi(c) + b(c), phi = W_f^T h + b_f + E) in float64."""
     from common.model.formula import ModelShape, init_shared
@@ -116,8 +116,8 @@ def test_context_averaged_scorer_is_the_softmax_mixed_over_the_users_training_co
         e = np.exp(s - s.max())
         return e / e.sum()
 
-    got = context_averaged_scorer(dense, theta, store, item_h, params["items/embedding"], params["items/bias"])(
-        np.arange(4))
+    got = context_averaged_scorer(dense, theta, store, item_h, params["items/embedding"], params["items/bias"],
+                                  "probabilities")(np.arange(4))
     for u in range(4):
         rows = ctx[offsets[u]:offsets[u + 1]] if sizes[u] else np.zeros((1, cw))
         want = np.log(np.mean([softmax(x) for x in rows], axis=0))
@@ -126,6 +126,15 @@ def test_context_averaged_scorer_is_the_softmax_mixed_over_the_users_training_co
     at_own = np.repeat(ctx[offsets[1]][None], 4, axis=0)
     aware = catalogue_scorer(dense, theta, at_own, item_h, params["items/embedding"], params["items/bias"])
     assert np.array_equal(np.argsort(-aware(np.array([1]))[0]), np.argsort(-got[1]))
+    # "logits": the mean of the scores over the user's training contexts
+    at_mean = context_averaged_scorer(dense, theta, store, item_h, params["items/embedding"], params["items/bias"],
+                                      "logits")(np.arange(4))
+    for u in range(4):
+        rows = ctx[offsets[u]:offsets[u + 1]] if sizes[u] else np.zeros((1, cw))
+        want = np.mean([(theta[u] + x @ p64["context/interaction"]) @ phi.T + b + x @ p64["context/shift"]
+                        + p64["global-bias"][0]
+                        for x in rows], axis=0)
+        np.testing.assert_allclose(at_mean[u], want, rtol=0, atol=1e-4)
 
 
 def test_standard_errors_are_those_of_the_sampled_values():
