@@ -1,6 +1,7 @@
 """The ceiling of generated data (common/evaluation/ceiling.py): the planted probabilities match what the generator draws."""
 
 import calendar
+import json
 
 import numpy as np
 import pytest
@@ -200,3 +201,32 @@ def test_report_gives_every_model_its_expected_hits_below_the_oracle(small_cache
         assert gain["mean"] == pytest.approx(systems[aware][key] - systems[free][key], abs=1e-12)
         assert gain["se"] > 0
     assert all(key not in systems[name] for name in ("als", "bpr", "federated") if name in systems)
+
+
+def test_report_gives_the_federated_model_its_context_gain_against_its_own_twins(small_cache, monkeypatch, tmp_path):
+    """A finished run on generated data: the federated row's expected context gain is its expected HR minus that of
+    the same last-round model scored at each user's mean training context (recomputed here from the run's files)."""
+    from common.config import Config
+    from common.data.datasets import load_cached, resolve_dataset
+    from common.evaluation.ceiling import expected_hits
+    from common.evaluation.evaluate import catalogue_scorer
+    from common.model.scoring import DENSE_NAMES
+    from server.content import content_vectors
+    from simulations.simulate import ceiling_rankings, last_round_model, simulate
+
+    monkeypatch.setenv("FEDCTX_CACHE", str(small_cache))
+    cfg = Config().replace(synthetic_users=40, synthetic_items=300, seed=5, num_rounds=2, central_epochs=2,
+                           loss="softmax", run_dir=str(tmp_path / "run"))
+    run = simulate(cfg, say=lambda line: None)
+    fed = json.loads((run / "summary.json").read_text())["systems"]["federated"]
+    key = f"expected-hr@{cfg.top_k}"
+    ds = load_cached(str(resolve_dataset(cfg)))
+    store, ceiling = ceiling_rankings(cfg, ds, np.arange(ds.n_users))
+    params, theta, _ = last_round_model(cfg, run, store)
+    mean_ctx = np.stack([store.ctx[store.offsets[u]:store.offsets[u + 1]].mean(axis=0) for u in range(store.n_users)])
+    twin = catalogue_scorer({k: params[k] for k in DENSE_NAMES}, theta, mean_ctx.astype(np.float32),
+                            content_vectors(cfg, ds.item_texts, ds.item_ids), params["items/embedding"],
+                            params["items/bias"])
+    free = expected_hits(twin, ceiling["oracle"], store, cfg.top_k).mean()
+    assert fed["expected_context_gain"]["mean"] == pytest.approx(fed[key] - free, abs=1e-9)
+    assert fed["expected_context_gain"]["se"] > 0 and fed["expected_context_gain_mixture"]["se"] > 0
