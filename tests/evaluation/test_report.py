@@ -10,7 +10,7 @@ def _runs():
     """Two seeds' systems, with expected HR on the federated model and the structure, and expected gains."""
     def run(seed, fed, struct, gain_c, gain_s):
         return {"seed": seed, "systems": {
-            "federated": {"hr@10": 0.06, "ndcg@10": 0.03, "expected-hr@10": fed},
+            "federated": {"hr@10": 0.06, "ndcg@10": 0.03, "expected-hr@10": fed, "expected_context_gain": gain_c},
             "centralized": {"hr@10": 0.07, "ndcg@10": 0.04, "expected_context_gain": gain_c},
             "structure": {"hr@10": 0.09, "ndcg@10": 0.05, "expected-hr@10": struct, "expected_context_gain": gain_s}}}
     return [run(0, 0.06, 0.08, {"mean": 0.006, "se": 0.0003}, {"mean": 0.010, "se": 0.0004}),
@@ -35,3 +35,6 @@ def test_seed_table_reports_expected_ratio_and_pooled_paired_gain():
     assert (f"centralized: context-aware - context-free expected HR@10, paired over users: +0.0050 "
             f"(standard error {se:.4f}; per seed +0.0060, +0.0040)") in text
     assert "structure: context-aware - context-free expected HR@10, paired over users: +0.0110" in text
+    assert ("federated: context-aware - context-free (its twin at the user's mean training context) expected HR@10, "
+            "paired over users: +0.0050") in text
+    assert "mixed over" not in text  # no expected_context_gain_mixture in these runs
