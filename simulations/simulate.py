@@ -32,7 +32,7 @@ from simulations.rigs.raycluster import alive_nodes, check_shared_paths, connect
 from common.privacy.release import RELEASED_FILES, diagnostics_dir
 from common.evaluation.report import SYSTEMS, plot_rounds, results_table
 
-__all__ = ["PROJECT_ROOT", "run_flower_simulation", "run_baselines", "ceiling_rankings", "simulate", "simulation_inputs",
+__all__ = ["PROJECT_ROOT", "run_flower_simulation", "run_baselines", "ceiling_rankings", "planted_store_inputs", "twin_hits", "simulate", "simulation_inputs",
            "cold_test_users"]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -221,7 +221,6 @@ def run_baselines(cfg: Config, say: Callable[[str], None] = print, run_dir: Path
     from common.evaluation.ceiling import expected_hits
     from common.evaluation.central import popularity_scores
     from common.evaluation.collaborative import implicit_available, implicit_baselines
-    from common.model.scoring import DENSE_NAMES
     from server.content import content_vectors
 
     ds = load_cached(str(resolve_dataset(cfg)))
@@ -268,12 +267,9 @@ def run_baselines(cfg: Config, say: Callable[[str], None] = print, run_dir: Path
     else:
         expected = {}
     if "federated" in expected and cfg.use_context:  # its own context-free twins: the user's training contexts
-        dense = {name: np.asarray(last[0][name], np.float32) for name in DENSE_NAMES}
+        twins = twin_hits(last[0], last[1], store_ctx, item_h, ceiling_scores["oracle"], k)
         for average, key in (("logits", "expected_context_gain"), ("probabilities", "expected_context_gain_mixture")):
-            twin = context_averaged_scorer(dense, last[1], store_ctx, item_h, last[0].get("items/embedding"),
-                                           last[0].get("items/bias"), average)
-            free = expected_hits(twin, ceiling_scores["oracle"], store_ctx, k)
-            systems["federated"][key] = paired_difference(expected["federated"], free)
+            systems["federated"][key] = paired_difference(expected["federated"], twins[average])
     for aware, free in (("centralized", "context-free"), ("structure", "structure-context-free")):
         if aware in per_user and free in per_user and cfg.use_context:
             systems[aware]["context_gain"] = paired_difference(per_user[aware]["hr"], per_user[free]["hr"])
@@ -347,15 +343,37 @@ def paired_difference(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     return {"mean": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")}
 
 
-def ceiling_rankings(cfg: Config, ds, members: np.ndarray) -> tuple[UserStore, dict]:
-    """(the members' UserStore with context, {system: score(users) -> [n, n_items]}) of the ceiling rankings
-    (`common.evaluation.ceiling`) of the embedded generator's data."""
-    from common.evaluation.ceiling import ceiling_scorers, planted_inputs
+def planted_store_inputs(cfg: Config, ds, members: np.ndarray) -> tuple[UserStore, dict]:
+    """(the members' UserStore with context, `common.evaluation.ceiling.planted_inputs` for it) of the embedded
+    generator's data."""
+    from common.evaluation.ceiling import planted_inputs
     from common.data.sources.synthetic import SyntheticConfig, generate
 
     synthetic = SyntheticConfig(users=cfg.synthetic_users, items=cfg.synthetic_items, seed=cfg.seed)
     store = UserStore.from_prepared(ds, members, use_context=True)
-    return store, ceiling_scorers(**planted_inputs(ds, store, synthetic, generate(synthetic)[2]))
+    return store, planted_inputs(ds, store, synthetic, generate(synthetic)[2])
+
+
+def ceiling_rankings(cfg: Config, ds, members: np.ndarray) -> tuple[UserStore, dict]:
+    """(the members' UserStore with context, {system: score(users) -> [n, n_items]}) of the ceiling rankings
+    (`common.evaluation.ceiling`) of the embedded generator's data."""
+    from common.evaluation.ceiling import ceiling_scorers
+
+    store, inputs = planted_store_inputs(cfg, ds, members)
+    return store, ceiling_scorers(**inputs)
+
+
+def twin_hits(params: dict[str, np.ndarray], theta: np.ndarray, store: UserStore, item_h: np.ndarray, truth,
+              k: int) -> dict[str, np.ndarray]:
+    """{"logits", "probabilities": expected hits [U]} of a trained model's two context-free twins
+    (`common.evaluation.evaluate.context_averaged_scorer`) against the planted truth(users) -> [n, n_items]."""
+    from common.evaluation.ceiling import expected_hits
+    from common.model.scoring import DENSE_NAMES
+
+    dense = {name: np.asarray(params[name], np.float32) for name in DENSE_NAMES}
+    return {average: expected_hits(context_averaged_scorer(dense, theta, store, item_h, params.get("items/embedding"),
+                                                           params.get("items/bias"), average), truth, store, k)
+            for average in ("logits", "probabilities")}
 
 
 def ceiling_metrics(cfg: Config, ds, members: np.ndarray) -> dict[str, dict[str, np.ndarray]]:

@@ -11,7 +11,7 @@ from common.config import Config, ConfigError
 from common.federation.updates import _NEGATIVES
 from common.federation.users import UserStore
 from common.evaluation.metrics import hit_and_ndcg, sample_eval_negatives
-from common.model.scoring import DENSE_NAMES
+from common.model.scoring import DENSE_NAMES, segment_sum
 from common.model.formula import item_side, query_side
 from common.privacy.sampling import user_rng, user_uniforms
 
@@ -37,16 +37,25 @@ def catalogue_scorer(dense: Mapping[str, np.ndarray], theta: np.ndarray, ctx: np
     TensorFlow ops on the same inputs, so the same float32 scores bit for bit."""
     import tensorflow as tf
 
-    g = {k: tf.convert_to_tensor(v)[None] for k, v in dense.items()}
-    phi, b = item_side(g, tf.convert_to_tensor(item_h)[None],
-                       None if item_emb is None else tf.convert_to_tensor(item_emb)[None],
-                       None if item_bias is None else tf.convert_to_tensor(item_bias)[None])
+    g, phi, b = _catalogue_item_side(dense, item_h, item_emb, item_bias)
 
     def score(users: np.ndarray) -> np.ndarray:
         q, shift = query_side(g, tf.convert_to_tensor(theta[users])[None], tf.convert_to_tensor(ctx[users])[None])
         return (tf.einsum("gld,grd->glr", q, phi) + b[:, None, :] + shift[..., None])[0].numpy()
 
     return score
+
+
+def _catalogue_item_side(dense: Mapping[str, np.ndarray], item_h: np.ndarray, item_emb: np.ndarray | None,
+                         item_bias: np.ndarray | None):
+    """(dense as tensors with a group axis of 1, phi(c) [1, n_items, dim], b(c) [1, n_items]) of the catalogue."""
+    import tensorflow as tf
+
+    g = {k: tf.convert_to_tensor(v)[None] for k, v in dense.items()}
+    phi, b = item_side(g, tf.convert_to_tensor(item_h)[None],
+                       None if item_emb is None else tf.convert_to_tensor(item_emb)[None],
+                       None if item_bias is None else tf.convert_to_tensor(item_bias)[None])
+    return g, phi, b
 
 
 def context_averaged_scorer(dense: Mapping[str, np.ndarray], theta: np.ndarray, store: UserStore,
@@ -64,20 +73,13 @@ def context_averaged_scorer(dense: Mapping[str, np.ndarray], theta: np.ndarray, 
     `catalogue_scorer`.
     """
     width = np.asarray(dense["context/interaction"]).shape[0]
-    n = np.diff(store.offsets)
     if average == "logits":
-        mean_ctx = np.zeros((store.n_users, width), np.float64)
-        np.add.at(mean_ctx, np.repeat(np.arange(store.n_users), n), store.ctx[:, :width])
-        mean_ctx = (mean_ctx / np.maximum(n, 1)[:, None]).astype(np.float32)
+        n = np.maximum(np.diff(store.offsets), 1)[:, None]
+        mean_ctx = (segment_sum(store.ctx[:, :width], store.offsets) / n).astype(np.float32)
         return catalogue_scorer(dense, theta, mean_ctx, item_h, item_emb, item_bias)
     if average != "probabilities":
         raise ValueError(f"average: 'logits' or 'probabilities'. Found {average!r}.")
-    import tensorflow as tf
-
-    g = {k: tf.convert_to_tensor(v)[None] for k, v in dense.items()}
-    phi, b = item_side(g, tf.convert_to_tensor(item_h)[None],
-                       None if item_emb is None else tf.convert_to_tensor(item_emb)[None],
-                       None if item_bias is None else tf.convert_to_tensor(item_bias)[None])
+    _, phi, b = _catalogue_item_side(dense, item_h, item_emb, item_bias)
     phi, b = phi[0].numpy().astype(np.float64), b[0].numpy().astype(np.float64)
     w_int = np.asarray(dense["context/interaction"], np.float64)  # the shift theta_ctx . x cancels in a softmax
 

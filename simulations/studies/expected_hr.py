@@ -29,16 +29,13 @@ __all__ = ["run_expected_hr"]
 
 def run_expected_hr(run_dir: Path) -> dict:
     """{"federated-last-round": E[HR@k], ceiling systems: E[HR@k], "se": ..., "seed": ...} of one synthetic run."""
-    from common.evaluation.ceiling import counted_popularity, expected_hits, planted_inputs
-    from common.data.sources.synthetic import SyntheticConfig, generate
-    from common.evaluation.evaluate import context_averaged_scorer
-    from common.model.scoring import DENSE_NAMES
+    from common.evaluation.ceiling import ceiling_scorers, counted_popularity, expected_hits
     from common.config import config_from_mapping
     from common.data.datasets import load_cached, resolve_dataset
     from common.privacy.sampling import training_members
     from common.privacy.release import diagnostics_dir
     from server.content import content_vectors
-    from simulations.simulate import ceiling_rankings, last_round_model, model_scorer, paired_difference
+    from simulations.simulate import last_round_model, model_scorer, paired_difference, planted_store_inputs, twin_hits
 
     run_dir = Path(run_dir)
     found = [d / "summary.json" for d in (diagnostics_dir(run_dir, False), diagnostics_dir(run_dir, True))
@@ -52,7 +49,8 @@ def run_expected_hr(run_dir: Path) -> dict:
                          f"(data = synthetic).")
     ds = load_cached(str(resolve_dataset(cfg)))
     members = np.flatnonzero(training_members(np.asarray(ds.user_ids).astype(str), cfg.audit_fraction, cfg.seed))
-    store, ceiling = ceiling_rankings(cfg, ds, members)
+    store, inputs = planted_store_inputs(cfg, ds, members)
+    ceiling = ceiling_scorers(**inputs)
     truth, k = ceiling["oracle"], cfg.top_k
     out = {name: expected_hits(f, truth, store, k) for name, f in ceiling.items()}
 
@@ -62,18 +60,13 @@ def run_expected_hr(run_dir: Path) -> dict:
     item_h = content_vectors(cfg, ds.item_texts, ds.item_ids)
     model = model_scorer(last[0], last[1], store, item_h)
     out = {"federated-last-round": expected_hits(model, truth, store, k), **out}
-    synthetic = SyntheticConfig(users=cfg.synthetic_users, items=cfg.synthetic_items, seed=cfg.seed)
-    inputs = planted_inputs(ds, store, synthetic, generate(synthetic)[2])  # as ceiling_rankings builds them
     counted = counted_popularity(inputs["planted"], store.items)
     out["structure-counted-popularity"] = expected_hits(
         lambda u: counted.item_probs(counted.topic_probs(inputs["est_pref"][u], inputs["test_code"][u])), truth,
         store, k)
-    if cfg.use_context:  # the same model at the user's own training contexts (its context-free twin)
-        dense = {name: np.asarray(last[0][name], np.float32) for name in DENSE_NAMES}
-        for average in ("logits", "probabilities"):
-            twin = context_averaged_scorer(dense, last[1], store, item_h, last[0].get("items/embedding"),
-                                           last[0].get("items/bias"), average)
-            out[f"federated-context-averaged-{average}"] = expected_hits(twin, truth, store, k)
+    if cfg.use_context:  # the same model at the user's own training contexts (its context-free twins)
+        for average, hits in twin_hits(last[0], last[1], store, item_h, truth, k).items():
+            out[f"federated-context-averaged-{average}"] = hits
     return {"run": str(run_dir), "seed": cfg.seed, "k": k, "users": store.n_users,
             **{name: float(v.mean()) for name, v in out.items()},
             "se": {name: float(v.std(ddof=1) / np.sqrt(len(v))) for name, v in out.items()},
