@@ -271,6 +271,7 @@ def dataset_toml(
     min_label: float | None = None,
     context_columns: Mapping[str, object] | None = None,
     from_time: Sequence[str] | None = None,
+    harmonics: int | None = None,
     fitted: bool = False,
 ) -> str:
     """The text of a ``dataset.toml`` (see ``docs/dataset-format.md``).
@@ -278,7 +279,8 @@ def dataset_toml(
     ``interactions`` None: a server's catalogue directory (no interactions file).
     ``context_columns`` maps column name to its kind (``"categorical"``,
     ``"numeric"`` or ``{"kind": "cyclic", "period": float}``). The ``[context]``
-    table is written only when ``context_columns`` or ``from_time`` is non-empty.
+    table is written only when ``context_columns`` or ``from_time`` is non-empty; ``harmonics`` None: the
+    default Fourier orders of every cycle.
     """
     lines = [
         "[dataset]",
@@ -298,6 +300,8 @@ def dataset_toml(
             lines.append(f"columns = {_toml_value(dict(context_columns))}")
         if from_time:
             lines.append(f"from-time = {_toml_value(list(from_time))}")
+        if harmonics is not None:
+            lines.append(f"harmonics = {int(harmonics)}")
         if fitted:  # the declared values were fitted on users' interactions: refused under a privacy mode
             lines.append("fitted-on-private-rows = true")
     return "\n".join(lines) + "\n"

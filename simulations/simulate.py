@@ -51,7 +51,7 @@ def simulation_inputs(cfg: Config) -> Config:
     if not cfg.context_declaration:
         spec = read_spec(path)
         try:
-            ContextEncoder.declared(spec.context_columns, spec.from_time)
+            ContextEncoder.declared(spec.context_columns, spec.from_time, spec.harmonics)
         except ValueError:  # incomplete: fitted below without privacy, refused with it (same message as a server)
             if cfg.private:
                 declared_context(spec, "", cfg.privacy)

@@ -6,10 +6,13 @@ Encoding rules (the encoder is fitted on the training split only; deterministic)
   sorted); names ``"c=value"``; unseen or missing value -> all zeros.
 * numeric ``c`` -> ``(v - mean) / std`` with training mean and population std
   (ddof=0, missing values ignored; std 0 -> 1); missing -> 0; name ``"c"``.
-* cyclic ``c`` with period ``P`` -> ``sin(2*pi*v/P), cos(2*pi*v/P)``; names
-  ``"c_sin", "c_cos"``; missing -> (0, 0).
-* from-time ``"hour"`` -> hour of day (UTC, fractional) as a cycle of 24;
-  names ``"hour_sin", "hour_cos"``.
+* cyclic ``c`` with period ``P`` -> a Fourier series of ``harmonics`` orders:
+  ``sin(2*pi*k*v/P), cos(2*pi*k*v/P)`` for k = 1..harmonics; names ``"c_sin", "c_cos"``
+  (k = 1), ``"c_sin2", "c_cos2"``, ...; missing -> zeros. One harmonic can only
+  express a single smooth bump over the cycle; a context that switches at set
+  hours (a night, a commute) needs more (:data:`DEFAULT_HARMONICS`).
+* from-time ``"hour"`` -> hour of day (UTC, fractional) as a cycle of 24, the same
+  series; names ``"hour_sin", "hour_cos"``, ``"hour_sin2"``, ...
 * from-time ``"weekday"`` -> one-hot of the 7 days, ``"weekday=0"`` (Monday) ..
   ``"weekday=6"`` (Sunday), always 7 columns.
 * from-time ``"weekend"`` -> 1.0 on Saturday/Sunday (UTC) else 0.0; name ``"weekend"``.
@@ -29,17 +32,33 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from common.data.spec import CONTEXT_KINDS, FROM_TIME_FEATURES, ContextColumn
+from common.data.spec import CONTEXT_KINDS, DEFAULT_HARMONICS, FROM_TIME_FEATURES, MAX_HARMONICS, ContextColumn
 
 if TYPE_CHECKING:  # pragma: no cover - pandas is imported where a frame is read (not for a device's query)
     import pandas as pd
 
-__all__ = ["ContextEncoder"]
+__all__ = ["DEFAULT_HARMONICS", "MAX_HARMONICS", "ContextEncoder", "cycle_names"]
 
 _SECONDS_PER_DAY = 86_400
 _EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday (0 = Monday)
 _FORMAT = "fedctx.context-encoder"
-_VERSION = 1
+_VERSION = 2  # 2 adds "harmonics"; a version-1 document was written with one harmonic and reads as such
+
+
+def cycle_names(name: str, harmonics: int) -> tuple[str, ...]:
+    """Feature names of a cycle: ``name_sin, name_cos`` (order 1), ``name_sin2, name_cos2``, ..."""
+    names: list[str] = []
+    for k in range(1, harmonics + 1):
+        suffix = "" if k == 1 else str(k)
+        names.extend((f"{name}_sin{suffix}", f"{name}_cos{suffix}"))
+    return tuple(names)
+
+
+def _cycle(out: np.ndarray, offset: int, angle: np.ndarray, harmonics: int) -> None:
+    """Write the Fourier series of ``angle`` (radians, [n], NaN where missing -> 0) into out[:, offset:offset + 2h]."""
+    for k in range(1, harmonics + 1):
+        out[:, offset + 2 * k - 2] = np.nan_to_num(np.sin(k * angle), nan=0.0)
+        out[:, offset + 2 * k - 1] = np.nan_to_num(np.cos(k * angle), nan=0.0)
 
 
 @dataclass(frozen=True)
@@ -53,13 +72,12 @@ class _Fitted:
     std: float = 1.0  # numeric
     period: float | None = None  # cyclic
 
-    @property
-    def feature_names(self) -> tuple[str, ...]:
+    def feature_names(self, harmonics: int) -> tuple[str, ...]:
         if self.kind == "categorical":
             return tuple(f"{self.name}={value}" for value in self.vocabulary)
         if self.kind == "numeric":
             return (self.name,)
-        return (f"{self.name}_sin", f"{self.name}_cos")
+        return cycle_names(self.name, harmonics)
 
 
 #: at most this many values are looked up in a vocabulary with a dict (a query); more with pandas' index
@@ -116,6 +134,12 @@ def _check_from_time(from_time: Sequence[str]) -> tuple[str, ...]:
     return out
 
 
+def _check_harmonics(harmonics: object) -> int:
+    if isinstance(harmonics, bool) or not isinstance(harmonics, int) or not 1 <= harmonics <= MAX_HARMONICS:
+        raise ValueError(f"harmonics must be an integer in [1, {MAX_HARMONICS}]; got {harmonics!r}")
+    return harmonics
+
+
 def _columns(frame: pd.DataFrame | Mapping[str, Sequence[Any]]) -> Sequence[str]:
     """The column names of a DataFrame, or of a mapping column -> values."""
     return list(frame) if isinstance(frame, Mapping) else frame.columns
@@ -165,15 +189,17 @@ class ContextEncoder:
     feature_names: tuple[str, ...]
     dim: int
 
-    def __init__(self, fitted: Sequence[_Fitted], from_time: Sequence[str]) -> None:
+    def __init__(self, fitted: Sequence[_Fitted], from_time: Sequence[str],
+                 harmonics: int = DEFAULT_HARMONICS) -> None:
         self._fitted = tuple(fitted)
         self._from_time = _check_from_time(from_time)
+        self.harmonics = _check_harmonics(harmonics)
         names: list[str] = []
         for column in self._fitted:
-            names.extend(column.feature_names)
+            names.extend(column.feature_names(self.harmonics))
         for feature in self._from_time:
             if feature == "hour":
-                names.extend(("hour_sin", "hour_cos"))
+                names.extend(cycle_names("hour", self.harmonics))
             elif feature == "weekday":
                 names.extend(f"weekday={d}" for d in range(7))
             else:
@@ -193,11 +219,13 @@ class ContextEncoder:
         columns: Sequence[ContextColumn],
         from_time: Sequence[str],
         time: np.ndarray | None,
+        harmonics: int = DEFAULT_HARMONICS,
     ) -> "ContextEncoder":
         """Fit on the training rows.
 
         ``frame`` [n rows] holds one column per context column (raw or parsed values);
-        ``time`` int64 [n] Unix seconds (needed only with ``from_time``).
+        ``time`` int64 [n] Unix seconds (needed only with ``from_time``); ``harmonics``: Fourier orders of
+        every cycle.
         """
         fitted: list[_Fitted] = []
         for column in columns:
@@ -233,10 +261,11 @@ class ContextEncoder:
         from_time = _check_from_time(from_time)
         if from_time:
             _time_seconds(time, _n_rows(frame, time))
-        return cls(fitted, from_time)
+        return cls(fitted, from_time, harmonics)
 
     @classmethod
-    def declared(cls, columns: Sequence[ContextColumn], from_time: Sequence[str]) -> "ContextEncoder":
+    def declared(cls, columns: Sequence[ContextColumn], from_time: Sequence[str],
+                 harmonics: int = DEFAULT_HARMONICS) -> "ContextEncoder":
         """The encoder a public declaration fixes, without any data: every categorical column needs its
         `values`, every numeric column its `mean` and `std`. Raises ValueError naming what is missing."""
         missing = [f"{c.name}: values" for c in columns if c.kind == "categorical" and c.values is None]
@@ -245,7 +274,7 @@ class ContextEncoder:
         if missing:
             raise ValueError("the context declaration is incomplete (" + "; ".join(missing) + ")")
         return cls.fit({c.name: [] for c in columns}, columns, from_time,
-                       np.zeros(0, np.int64) if from_time else None)
+                       np.zeros(0, np.int64) if from_time else None, harmonics)
 
     def column_declarations(self) -> list[ContextColumn]:
         """This encoder as a complete declaration (values, mean/std, period fixed)."""
@@ -276,7 +305,7 @@ class ContextEncoder:
             if column.name not in _columns(frame):
                 raise ValueError(f"context column {column.name!r} is not in the frame")
             values = frame[column.name]
-            width = len(column.feature_names)
+            width = len(column.feature_names(self.harmonics))
             if column.kind == "categorical":
                 if width:
                     codes = _codes(column.vocabulary, _category_strings(values))
@@ -286,9 +315,7 @@ class ContextEncoder:
                 numbers = (_floats(values) - column.mean) / column.std
                 out[:, offset] = np.nan_to_num(numbers, nan=0.0)
             else:
-                angle = 2.0 * np.pi * _floats(values) / column.period
-                out[:, offset] = np.nan_to_num(np.sin(angle), nan=0.0)
-                out[:, offset + 1] = np.nan_to_num(np.cos(angle), nan=0.0)
+                _cycle(out, offset, 2.0 * np.pi * _floats(values) / column.period, self.harmonics)
             offset += width
         if self._from_time:
             seconds = _time_seconds(time, n)
@@ -297,10 +324,8 @@ class ContextEncoder:
             for feature in self._from_time:
                 if feature == "hour":
                     hours = np.mod(seconds, _SECONDS_PER_DAY) / 3600.0
-                    angle = 2.0 * np.pi * hours / 24.0
-                    out[:, offset] = np.sin(angle)
-                    out[:, offset + 1] = np.cos(angle)
-                    offset += 2
+                    _cycle(out, offset, 2.0 * np.pi * hours / 24.0, self.harmonics)
+                    offset += 2 * self.harmonics
                 elif feature == "weekday":
                     out[np.arange(n), offset + weekday] = 1.0
                     offset += 7
@@ -335,13 +360,13 @@ class ContextEncoder:
                 entry["period"] = float(c.period)  # type: ignore[arg-type]
             columns.append(entry)
         return {"format": _FORMAT, "version": _VERSION, "columns": columns,
-                "from_time": list(self._from_time)}
+                "from_time": list(self._from_time), "harmonics": self.harmonics}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ContextEncoder":
-        """Inverse of :meth:`to_dict`."""
-        if d.get("format") != _FORMAT or d.get("version") != _VERSION:
-            raise ValueError(f"not a {_FORMAT} v{_VERSION} dict: "
+        """Inverse of :meth:`to_dict`; a version-1 document (written before the harmonics) has one harmonic."""
+        if d.get("format") != _FORMAT or d.get("version") not in (1, _VERSION):
+            raise ValueError(f"not a {_FORMAT} v1 or v{_VERSION} dict: "
                              f"format={d.get('format')!r}, version={d.get('version')!r}")
         fitted = []
         for entry in d["columns"]:
@@ -356,7 +381,7 @@ class ContextEncoder:
                 fitted.append(_Fitted(entry["name"], kind, period=float(entry["period"])))
             else:
                 raise ValueError(f"unknown context kind {kind!r}")
-        return cls(fitted, d["from_time"])
+        return cls(fitted, d["from_time"], 1 if d["version"] == 1 else d["harmonics"])
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ContextEncoder):
@@ -364,7 +389,7 @@ class ContextEncoder:
         return self.to_dict() == other.to_dict()
 
     def __hash__(self) -> int:
-        return hash((self._fitted, self._from_time))
+        return hash((self._fitted, self._from_time, self.harmonics))
 
     def __repr__(self) -> str:
         return f"ContextEncoder(dim={self.dim}, features={list(self.feature_names)!r})"

@@ -651,7 +651,7 @@ def _encode_context(context_frame: pd.DataFrame, time_sorted: np.ndarray, is_tra
     else:
         encoder = ContextEncoder.fit(
             context_frame.loc[is_train].reset_index(drop=True), spec.context_columns,
-            spec.from_time, time_sorted[is_train] if spec.time_column else None,
+            spec.from_time, time_sorted[is_train] if spec.time_column else None, spec.harmonics,
         )
     return encoder, encoder.transform(context_frame, time_sorted if spec.time_column else None)
 

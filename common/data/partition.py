@@ -50,7 +50,7 @@ def _read_raw(path: Path) -> pd.DataFrame:
 
 def _toml_fields(spec: DatasetSpec, columns: dict[str, dict], fitted: bool) -> dict:
     return {"time_column": spec.time_column, "label_column": spec.label_column, "min_label": spec.min_label,
-            "context_columns": columns, "from_time": list(spec.from_time), "fitted": fitted}
+            "context_columns": columns, "from_time": list(spec.from_time), "harmonics": spec.harmonics, "fitted": fitted}
 
 
 def partition_dataset(src: Path, out: Path, devices: int, overwrite: bool = False) -> dict:
@@ -61,7 +61,7 @@ def partition_dataset(src: Path, out: Path, devices: int, overwrite: bool = Fals
     ds = load_dataset(src)  # validates everything, and fits the declaration the way a simulation does
     columns = declaration_columns(ds.context_encoder)
     try:  # complete in the source: public; else fitted on the rows, and marked so (refused under a privacy mode)
-        ContextEncoder.declared(spec.context_columns, spec.from_time)
+        ContextEncoder.declared(spec.context_columns, spec.from_time, spec.harmonics)
         fitted = spec.fitted
     except ValueError:
         fitted = True

@@ -158,7 +158,7 @@ def declared_context(spec: DatasetSpec, declaration: str = "", privacy: PrivacyM
                         "not be fitted on users' interactions without noise", value={FITTED_KEY: True},
                         fix=_DECLARE_FIX + ", then remove fitted-on-private-rows")
     try:
-        return ContextEncoder.declared(spec.context_columns, spec.from_time)
+        return ContextEncoder.declared(spec.context_columns, spec.from_time, spec.harmonics)
     except ValueError as exc:
         raise DataError(toml, "the server publishes the context schema, so dataset.toml must fix it", value=str(exc),
                         fix=_DECLARE_FIX + ("" if private else "; without a privacy mode also a file "

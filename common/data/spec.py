@@ -17,17 +17,23 @@ from typing import Any, Callable
 from common.errors import FedctxError
 
 __all__ = ["DataError", "ContextColumn", "DatasetSpec", "read_spec", "CONTEXT_KINDS", "FROM_TIME_FEATURES",
-           "MAX_TIMESTAMP"]
+           "DEFAULT_HARMONICS", "MAX_HARMONICS", "MAX_TIMESTAMP"]
 
 #: Allowed context column kinds.
 CONTEXT_KINDS: tuple[str, ...] = ("categorical", "numeric", "cyclic")
 #: Allowed ``from-time`` features, in their canonical order.
 FROM_TIME_FEATURES: tuple[str, ...] = ("hour", "weekday", "weekend")
+#: Fourier orders of every cycle (hour of day, cyclic columns) unless [context] harmonics says otherwise. One order is
+#: a single smooth bump over the cycle; 12 over 24 hours resolve a context that switches at a given hour (a night, a
+#: commute) to about an hour (docs/results.md, "Eighth pass").
+DEFAULT_HARMONICS: int = 12
+#: The most [context] harmonics may ask for.
+MAX_HARMONICS: int = 24
 #: First Unix second after the year 2100 (2101-01-01T00:00:00Z); timestamps >= this are bad.
 MAX_TIMESTAMP: int = 4_133_980_800
 
 _DATASET_KEYS = ("name", "interactions", "items", "time-column", "label-column", "min-label")
-_CONTEXT_KEYS = ("columns", "from-time", "fitted-on-private-rows")
+_CONTEXT_KEYS = ("columns", "from-time", "harmonics", "fitted-on-private-rows")
 _ID_COLUMNS = ("user_id", "item_id")
 _FORMAT_DOC = "see docs/dataset-format.md"
 
@@ -143,6 +149,7 @@ class DatasetSpec:
     min_label: float | None
     context_columns: tuple[ContextColumn, ...]
     from_time: tuple[str, ...]
+    harmonics: int = DEFAULT_HARMONICS  # [context] harmonics: Fourier orders of every cycle
     fitted: bool = False  # [context] fitted-on-private-rows: the values were fitted on interactions, not public
 
 
@@ -168,9 +175,14 @@ def read_spec(root: str | Path, *, catalogue_only: bool = False) -> DatasetSpec:
             raise err(f"unknown top-level key {key!r}", key,
                       "remove it; allowed tables are [dataset] and [context]")
     files = _dataset_table(doc.get("dataset"), root, catalogue_only, err)
-    fitted, from_time, columns = _context_table(doc.get("context", {}), files["time_column"],
-                                                files["label_column"], err)
-    return DatasetSpec(root=root, **files, context_columns=columns, from_time=from_time, fitted=fitted)
+    context = doc.get("context", {})
+    fitted, from_time, columns = _context_table(context, files["time_column"], files["label_column"], err)
+    harmonics = context.get("harmonics", DEFAULT_HARMONICS)
+    if isinstance(harmonics, bool) or not isinstance(harmonics, int) or not 1 <= harmonics <= MAX_HARMONICS:
+        raise err(f"[context] harmonics must be an integer from 1 to {MAX_HARMONICS}", harmonics,
+                  f"remove it for the default ({DEFAULT_HARMONICS}), or write e.g. harmonics = 4")
+    return DatasetSpec(root=root, **files, context_columns=columns, from_time=from_time, harmonics=harmonics,
+                       fitted=fitted)
 
 
 def _load_toml(root: Path) -> tuple[Path, Path, dict]:

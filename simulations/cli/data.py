@@ -77,7 +77,7 @@ def data_declare(
     try:
         spec = read_spec(path, catalogue_only=True)  # a server's catalogue directory works too
         try:
-            encoder, fitted = ContextEncoder.declared(spec.context_columns, spec.from_time), spec.fitted
+            encoder, fitted = ContextEncoder.declared(spec.context_columns, spec.from_time, spec.harmonics), spec.fitted
         except ValueError:
             encoder, fitted = load_dataset(path).context_encoder, True
         write_atomic(out, fitted_declaration(encoder) if fitted else json.dumps(encoder.to_dict(), indent=1))

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.data.context import ContextEncoder
+from common.data.context import DEFAULT_HARMONICS, ContextEncoder
 from common.data.loader import ContextColumn
 
 MONDAY = 1_704_067_200  # 2024-01-01T00:00:00Z, a Monday
@@ -21,8 +21,8 @@ HOUR = 3_600
 NO_FRAME = pd.DataFrame()
 
 
-def time_encoder(*features: str) -> ContextEncoder:
-    return ContextEncoder.fit(NO_FRAME, [], features, np.array([MONDAY], dtype=np.int64))
+def time_encoder(*features: str, harmonics: int = 1) -> ContextEncoder:
+    return ContextEncoder.fit(NO_FRAME, [], features, np.array([MONDAY], dtype=np.int64), harmonics)
 
 
 def test_hour_six_utc() -> None:
@@ -38,6 +38,51 @@ def test_hour_six_utc() -> None:
     np.testing.assert_allclose(out[1], [0.0, -1.0], atol=1e-6)
     # 06:30 -> 97.5 degrees: sin = cos(7.5 deg) = 0.9914449, cos = -sin(7.5 deg) = -0.1305262
     np.testing.assert_allclose(out[2], [0.9914449, -0.1305262], atol=1e-6)
+
+
+def test_harmonics_by_hand_and_their_names() -> None:
+    """Order k of a cycle is sin(k a), cos(k a); the default is DEFAULT_HARMONICS orders for the hour and for a
+    declared cyclic column alike."""
+    enc = time_encoder("hour", harmonics=3)
+    assert enc.feature_names == ("hour_sin", "hour_cos", "hour_sin2", "hour_cos2", "hour_sin3", "hour_cos3")
+    out = enc.transform(NO_FRAME, np.array([MONDAY + 6 * HOUR, MONDAY + 4 * HOUR], dtype=np.int64))
+    # 06:00 -> a = pi/2: (1, 0), (0, -1), (-1, 0); 04:00 -> a = pi/3
+    np.testing.assert_allclose(out[0], [1, 0, 0, -1, -1, 0], atol=1e-6)
+    r = math.sqrt(3) / 2
+    np.testing.assert_allclose(out[1], [r, 0.5, r, -0.5, 0, -1], atol=1e-6)
+    default = ContextEncoder.fit(pd.DataFrame({"dir": [0.0]}), [ContextColumn("dir", "cyclic", 360.0)], ["hour"],
+                                 np.array([MONDAY], np.int64))
+    assert default.harmonics == DEFAULT_HARMONICS and default.dim == 4 * DEFAULT_HARMONICS
+    assert default.feature_names[2 * DEFAULT_HARMONICS - 2:2 * DEFAULT_HARMONICS + 2] == (
+        f"dir_sin{DEFAULT_HARMONICS}", f"dir_cos{DEFAULT_HARMONICS}", "hour_sin", "hour_cos")
+    with pytest.raises(ValueError, match=r"harmonics must be an integer in \[1, 24\]; got 0"):
+        time_encoder("hour", harmonics=0)
+
+
+def test_twelve_harmonics_express_any_hour_of_day_effect_one_cannot() -> None:
+    """What the harmonics are for: a context that switches at set hours (the generator's night, 21:00 to 02:59
+    UTC). At whole hours, 12 orders and a constant span every function of the hour, so least squares fits the
+    night exactly; one order (a single bump) leaves a large residual."""
+    hours = np.arange(24)
+    night = np.isin(hours, (21, 22, 23, 0, 1, 2)).astype(np.float64)
+    t = (MONDAY + hours * HOUR).astype(np.int64)
+
+    def residual(harmonics: int) -> float:
+        x = time_encoder("hour", harmonics=harmonics).transform(NO_FRAME, t).astype(np.float64)
+        design = np.column_stack([np.ones(24), x])
+        coef, *_ = np.linalg.lstsq(design, night, rcond=None)
+        return float(np.abs(design @ coef - night).max())
+
+    assert residual(12) < 1e-5
+    assert residual(1) > 0.25  # 0.25 + 0.45 cos(a - a_night) is the best a single order can do
+
+
+def test_a_version_1_document_reads_as_one_harmonic() -> None:
+    """Schemas and declarations written before the harmonics (version 1) keep their width and encoding."""
+    enc, frame, time = full_encoder()
+    old = {k: v for k, v in enc.to_dict().items() if k != "harmonics"} | {"version": 1}
+    assert ContextEncoder.from_dict(old) == enc
+    np.testing.assert_array_equal(ContextEncoder.from_dict(old).transform(frame, time), enc.transform(frame, time))
 
 
 def test_saturday_weekday_and_weekend() -> None:
@@ -82,7 +127,7 @@ def test_numeric_constant_column_uses_std_one() -> None:
 
 
 def test_cyclic_column() -> None:
-    enc = ContextEncoder.fit(pd.DataFrame({"dow": [0.0]}), [ContextColumn("dow", "cyclic", 7.0)], [], None)
+    enc = ContextEncoder.fit(pd.DataFrame({"dow": [0.0]}), [ContextColumn("dow", "cyclic", 7.0)], [], None, 1)
     assert enc.feature_names == ("dow_sin", "dow_cos")
     out = enc.transform(pd.DataFrame({"dow": [1.75, 3.5, None]}), None)
     # 1.75/7 of a turn = 90 degrees; 3.5/7 = 180 degrees; missing -> zeros
@@ -101,7 +146,7 @@ def full_encoder() -> tuple[ContextEncoder, pd.DataFrame, np.ndarray]:
         "dow": [0.0, 1.0, 6.5, None],
     })
     time = np.array([MONDAY + 1234, SATURDAY + 999, MONDAY + 86_400 * 3 + 7, 0], dtype=np.int64)
-    enc = ContextEncoder.fit(frame, cols, ["hour", "weekday", "weekend"], time)
+    enc = ContextEncoder.fit(frame, cols, ["hour", "weekday", "weekend"], time, harmonics=1)
     return enc, frame, time
 
 

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from common.data.spec import DEFAULT_HARMONICS
 from common.data.loader import (
     ContextColumn,
     DataError,
@@ -392,6 +393,7 @@ label-column = "rating"
 [context]
 columns = {{ device = "categorical", temp = "numeric", dow = {{ kind = "cyclic", period = 7.0 }} }}
 from-time = ["hour", "weekend"]
+harmonics = 1
 """
 
 
@@ -408,7 +410,18 @@ def test_read_spec_fields(tmp_path: Path) -> None:
         ContextColumn("temp", "numeric"),
         ContextColumn("dow", "cyclic", 7.0),
     )
-    assert spec.from_time == ("hour", "weekend")
+    assert spec.from_time == ("hour", "weekend") and spec.harmonics == 1
+
+
+@pytest.mark.parametrize("value", ["0", "25", "2.5", "true", '"12"'])
+def test_bad_harmonics_name_the_file_the_rule_and_the_fix(tmp_path: Path, value: str) -> None:
+    root = tmp_path / "ds"
+    write_toml(root, CONTEXT_TOML.format(fmt="csv").replace("harmonics = 1", f"harmonics = {value}"))
+    with pytest.raises(DataError, match=r"\[context\] harmonics must be an integer from 1 to 24") as err:
+        read_spec(root)
+    assert "dataset.toml" in str(err.value) and "harmonics = 4" in str(err.value)
+    write_toml(root, CONTEXT_TOML.format(fmt="csv").replace("harmonics = 1\n", ""))
+    assert read_spec(root).harmonics == DEFAULT_HARMONICS
 
 
 def _context_frames() -> tuple[pd.DataFrame, pd.DataFrame]:

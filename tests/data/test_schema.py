@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from common.config import Config
+from common.data.context import DEFAULT_HARMONICS
 from common.data.loader import DataError, load_dataset, read_spec
 from common.data.partition import partition_dataset
 from common.data.schema import PublicSchema, SchemaMismatch, build_schema, declared_context
@@ -98,7 +99,7 @@ def test_the_server_never_opens_an_interactions_file(federation, small_synthetic
     monkeypatch.setattr(common.data.loader, "_read_interactions", forbidden)
     cfg = Config(data=str(out / "server"), text_dim=8, text_epochs=1)
     schema, item_h = public_inputs(cfg)
-    assert schema.n_items == item_h.shape[0] == 120 and schema.context_dim == 13
+    assert schema.n_items == item_h.shape[0] == 120 and schema.context_dim == 3 + 2 * DEFAULT_HARMONICS + 7 + 1
     broken = tmp_path / "broken"
     shutil.copytree(small_synthetic, broken)
     (broken / "interactions.parquet").write_bytes(b"not parquet at all")
@@ -159,7 +160,7 @@ def test_central_dp_refuses_a_context_declaration_fitted_on_the_users_rows(small
     with pytest.raises(DataError, match="fitted on users' interactions without noise") as err:
         declared_context(read_spec(data), cfg.context_declaration, "central")
     assert "dataset.toml" in str(err.value) and "context-declaration" in str(err.value)
-    assert declared_context(read_spec(data), cfg.context_declaration, "none").dim == 15
+    assert declared_context(read_spec(data), cfg.context_declaration, "none").dim == 5 + 2 * DEFAULT_HARMONICS + 7 + 1
 
 
 def test_under_central_dp_a_public_declaration_makes_the_released_schema_independent_of_one_user(
@@ -175,7 +176,7 @@ def test_under_central_dp_a_public_declaration_makes_the_released_schema_indepen
     schema_a, h_a = public_inputs(with_user)
     schema_b, h_b = public_inputs(without)
     assert schema_a.to_json() == schema_b.to_json() and np.array_equal(h_a, h_b)
-    assert schema_a.context_dim == 3 + 1 + 2 + 7 + 1  # device values, temperature, hour, weekday, weekend
+    assert schema_a.context_dim == 3 + 1 + 2 * DEFAULT_HARMONICS + 7 + 1  # devices, temperature, hour, weekday, weekend
     assert "smart-fridge" not in schema_a.to_json()
 
 
