@@ -76,8 +76,10 @@ class Config:
     content_standardize: bool = True  # standardise h(c) per dimension over the catalogue (mean 0, std 1)
     content_dims: int = 64           # an encoder wider than this is PCA-whitened over the catalogue to its top
                                      # content-dims axes (unit variance each); 0 = keep every dimension
-    content_neighbours: int = 20     # h(c) := mean over c and its content-neighbours - 1 nearest catalogue items
-                                     # (cosine), then standardised again; 1 = no smoothing (docs/encoders.md)
+    content_neighbours: int = 0      # h(c) := mean over c and its content-neighbours - 1 nearest catalogue items
+                                     # (cosine), then standardised again; 1 = no smoothing; 0 = 1% of the
+                                     # catalogue, at least 20 and at most 100 (server.content.neighbours_for;
+                                     # docs/encoders.md)
     text_dim: int = 64               # word2vec only: vector size (the other encoders have their own width)
     text_epochs: int = 15            # word2vec only
     text_window: int = 5             # word2vec only
@@ -201,7 +203,8 @@ class Config:
         need(self.content_max_length >= 2, "content_max_length", "must be >= 2 (tokens, [CLS] and [SEP] included)")
         need(self.content_batch >= 1, "content_batch", "must be >= 1")
         need(self.content_dims >= 0, "content_dims", "must be >= 0 (0 = keep every dimension of the encoder)")
-        need(self.content_neighbours >= 1, "content_neighbours", "must be >= 1 (1 = each item's own vector only)")
+        need(self.content_neighbours >= 0, "content_neighbours",
+             "must be >= 0 (0 = by the catalogue's size, 1 = each item's own vector only)")
         need(self.text_dim >= 2, "text_dim", "must be >= 2")
         need(self.text_epochs >= 1, "text_epochs", "must be >= 1")
         need(self.text_pooling in TEXT_POOLING, "text_pooling", f"must be one of {TEXT_POOLING}")

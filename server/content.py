@@ -478,6 +478,22 @@ class ItemContent:
         return _standardized(neighbour_mean(z, self.base, self.neighbours, own), self.smooth_mean, self.smooth_std)
 
 
+#: content-neighbours=0 (the default) averages over this share of the catalogue, within AUTO_NEIGHBOURS
+AUTO_NEIGHBOURS_SHARE = 0.01
+AUTO_NEIGHBOURS = (20, 100)
+
+
+def neighbours_for(setting: int, n_items: int) -> int:
+    """Items averaged into each h(c): the content-neighbours setting, or for 0 (by the catalogue's size) 1% of the
+    `n_items` catalogue, at least 20 and at most 100 (docs/results.md, "Eighth pass": on the 10,000-item seed case
+    100 is worth about +0.001 of expected HR@10 over 20; on ml-100k's 1,682 items 100 was no better than 20, and 20
+    there is what the rule gives), never more than the catalogue."""
+    if setting >= 1:
+        return setting
+    lo, hi = AUTO_NEIGHBOURS
+    return int(min(n_items, max(lo, min(hi, round(AUTO_NEIGHBOURS_SHARE * n_items)))))
+
+
 #: the largest catalogue whose exact all-pairs neighbour search (content-neighbours > 1) is run: about 3 minutes
 MAX_NEIGHBOUR_ITEMS = 100_000
 
@@ -581,11 +597,12 @@ def item_content(cfg: Config, texts: Sequence[str], item_ids: Sequence[str] | No
         centre, proj = whitening(z, cfg.content_dims)  # a wide encoder: its top content-dims axes, whitened
         z = ((z - centre) @ proj).astype(np.float32)
     content = ItemContent(h=z, mean=mean, std=std, descriptor=descriptor, raw=raw, centre=centre, proj=proj)
-    if cfg.content_neighbours <= 1:
+    k = neighbours_for(cfg.content_neighbours, len(z))
+    if k <= 1:
         return content
     if len(z) > MAX_NEIGHBOUR_ITEMS:
         raise ContentError(
-            f"content-neighbours={cfg.content_neighbours}: the exact neighbour search compares all pairs of the "
+            f"content-neighbours={cfg.content_neighbours} ({k} items): the exact neighbour search compares all pairs of the "
             f"catalogue's {len(z):,} items, which grows as the square of the catalogue (10,000 items: about 2 s; "
             f"40,000: 30 s on 2 cores); above {MAX_NEIGHBOUR_ITEMS:,} items it is refused. Set "
             f"--set content-neighbours=1, or smooth the vectors with your own nearest-neighbour index and pass them "
@@ -594,10 +611,10 @@ def item_content(cfg: Config, texts: Sequence[str], item_ids: Sequence[str] | No
     if cached.is_file():
         smooth = np.load(cached)
     else:
-        smooth = neighbour_mean(z, z, cfg.content_neighbours, np.arange(len(z)))
+        smooth = neighbour_mean(z, z, k, np.arange(len(z)))
         save_npy_atomic(cached, smooth)  # public: computed from the public catalogue alone
     s_mean, s_std = _moments(smooth) if cfg.content_standardize else (np.zeros(z.shape[1]), np.ones(z.shape[1]))
-    return replace(content, h=_standardized(smooth, s_mean, s_std), neighbours=cfg.content_neighbours, base=z,
+    return replace(content, h=_standardized(smooth, s_mean, s_std), neighbours=k, base=z,
                    item_ids=np.asarray(ids).astype(str), smooth_mean=s_mean, smooth_std=s_std)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from common.data.loader import Interactions, PreparedDataset, load_dataset
+from common.data.spec import DEFAULT_HARMONICS
 from common.io import atomic_output_dir
 
 __all__ = ["LOADER_VERSION", "dataset_digest", "load_prepared"]
@@ -28,10 +29,11 @@ _FIELDS = ("user", "item", "time", "context")
 
 
 def dataset_digest(root: str | Path, schema_json: str | None = None) -> str:
-    """BLAKE2b (hex, 40) of the loader version, the schema (None: the dataset's own encoding) and the name and bytes
+    """BLAKE2b (hex, 40) of the loader version, the default harmonics (a dataset.toml without `harmonics` takes them),
+    the schema (None: the dataset's own encoding) and the name and bytes
     of every regular file of the dataset directory (hidden files excluded)."""
     h = hashlib.blake2b(digest_size=20)
-    h.update(json.dumps({"loader": LOADER_VERSION, "schema": schema_json}).encode())
+    h.update(json.dumps({"loader": LOADER_VERSION, "harmonics": DEFAULT_HARMONICS, "schema": schema_json}).encode())
     for path in sorted(p for p in Path(root).iterdir() if p.is_file() and not p.name.startswith(".")):
         h.update(f"\0{path.name}\0{path.stat().st_size}\0".encode())
         with open(path, "rb") as f:

@@ -24,9 +24,9 @@ CONTEXT_KINDS: tuple[str, ...] = ("categorical", "numeric", "cyclic")
 #: Allowed ``from-time`` features, in their canonical order.
 FROM_TIME_FEATURES: tuple[str, ...] = ("hour", "weekday", "weekend")
 #: Fourier orders of every cycle (hour of day, cyclic columns) unless [context] harmonics says otherwise. One order is
-#: a single smooth bump over the cycle; 12 over 24 hours resolve a context that switches at a given hour (a night, a
-#: commute) to about an hour (docs/results.md, "Eighth pass").
-DEFAULT_HARMONICS: int = 12
+#: a single smooth bump over the cycle and blurs a context that switches at set hours (a night, a commute); 4 is
+#: Prophet's default for the daily cycle, and on the seed case as good as 12 (docs/results.md, "Eighth pass").
+DEFAULT_HARMONICS: int = 4
 #: The most [context] harmonics may ask for.
 MAX_HARMONICS: int = 24
 #: First Unix second after the year 2100 (2101-01-01T00:00:00Z); timestamps >= this are bad.

@@ -18,7 +18,7 @@ from common.federation.aggregation import ServerOptimizer
 from common.config import Config, ConfigError
 from server.checkpoint import ServerState, check_resumable, load_checkpoint, save_checkpoint
 from server.content import (ContentError, SentenceEncoder, content_descriptor, content_vectors, item_content,
-                            neighbour_mean, read_precomputed)
+                            neighbour_mean, neighbours_for, read_precomputed)
 
 IDS = np.array(["m1", "m2", "m3", "m4", "m5"])
 TEXTS = ["toy story animation comedy", "heat action crime thriller", "sabrina comedy romance",
@@ -147,8 +147,20 @@ def test_content_neighbours_smooth_the_catalogue_and_new_items_the_same_way(tmp_
     zn = (new - raw.mean(0)) / raw.std(0)
     expected_new = (_brute_neighbour_mean(zn, z, k, [-1, -1]) - smooth.mean(0)) / smooth.std(0)
     np.testing.assert_allclose(content.encode(["a", "b"], ["n1", "n2"]), expected_new, rtol=1e-4, atol=1e-5)
-    with pytest.raises(ConfigError, match="content-neighbours: must be >= 1"):
-        Config(content_neighbours=0)
+    with pytest.raises(ConfigError, match="content-neighbours: must be >= 0"):
+        Config(content_neighbours=-1)
+    # the default (0) takes 1% of the catalogue within [20, 100]: 20 of these 24 items
+    auto = item_content(cfg.replace(content_neighbours=0), texts, ids)
+    smooth20 = _brute_neighbour_mean(z, z, 20, range(n))
+    np.testing.assert_allclose(auto.h, (smooth20 - smooth20.mean(0)) / smooth20.std(0), rtol=1e-4, atol=1e-5)
+    assert auto.neighbours == 20
+
+
+def test_the_default_neighbours_grow_with_the_catalogue_within_their_bounds():
+    assert Config().content_neighbours == 0
+    by_size = {n: neighbours_for(0, n) for n in (5, 24, 1_000, 1_682, 2_549, 5_000, 10_000, 100_000)}
+    assert by_size == {5: 5, 24: 20, 1_000: 20, 1_682: 20, 2_549: 25, 5_000: 50, 10_000: 100, 100_000: 100}
+    assert neighbours_for(1, 10_000) == 1 and neighbours_for(37, 10) == 37  # a setting is taken as it is
 
 
 def test_a_catalogue_too_large_for_the_exact_neighbour_search_is_refused_with_the_fix(tmp_path, monkeypatch):
