@@ -3,7 +3,7 @@
 The server builds it from public inputs only (the item catalogue, the context declaration, the content
 encoder's settings) and sends it to every node with h(c); its hash travels in every round's config. Nodes
 never fit an item index or a context encoder of their own: a device that saw one `device` value encodes its
-rows with the same 13 features, in the same order, as every other device.
+rows with the same features (19 on the seed case), in the same order, as every other device.
 
 - item_ids [n_items]: the catalogue order (item index i is item_ids[i]);
 - context: a ContextEncoder with fixed vocabularies, scales and width;
