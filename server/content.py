@@ -602,8 +602,8 @@ def item_content(cfg: Config, texts: Sequence[str], item_ids: Sequence[str] | No
         return content
     if len(z) > MAX_NEIGHBOUR_ITEMS:
         raise ContentError(
-            f"content-neighbours={cfg.content_neighbours} ({k} items): the exact neighbour search compares all pairs of the "
-            f"catalogue's {len(z):,} items, which grows as the square of the catalogue (10,000 items: about 2 s; "
+            f"content-neighbours={cfg.content_neighbours} ({k} items): the exact neighbour search compares all pairs "
+            f"of the catalogue's {len(z):,} items, which grows as the square of the catalogue (10,000 items: about 2 s; "
             f"40,000: 30 s on 2 cores); above {MAX_NEIGHBOUR_ITEMS:,} items it is refused. Set "
             f"--set content-neighbours=1, or smooth the vectors with your own nearest-neighbour index and pass them "
             f"with content-encoder=precomputed.")

@@ -50,7 +50,8 @@ def _read_raw(path: Path) -> pd.DataFrame:
 
 def _toml_fields(spec: DatasetSpec, columns: dict[str, dict], fitted: bool) -> dict:
     return {"time_column": spec.time_column, "label_column": spec.label_column, "min_label": spec.min_label,
-            "context_columns": columns, "from_time": list(spec.from_time), "harmonics": spec.harmonics, "fitted": fitted}
+            "context_columns": columns, "from_time": list(spec.from_time), "harmonics": spec.harmonics,
+            "fitted": fitted}
 
 
 def partition_dataset(src: Path, out: Path, devices: int, overwrite: bool = False) -> dict:
