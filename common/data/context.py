@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from common.data.spec import CONTEXT_KINDS, DEFAULT_HARMONICS, FROM_TIME_FEATURES, MAX_HARMONICS, ContextColumn
+from common.data.spec import (CONTEXT_KINDS, DEFAULT_HARMONICS, FROM_TIME_FEATURES, MAX_HARMONICS, ContextColumn,
+                               valid_harmonics)
 
 if TYPE_CHECKING:  # pragma: no cover - pandas is imported where a frame is read (not for a device's query)
     import pandas as pd
@@ -135,9 +136,9 @@ def _check_from_time(from_time: Sequence[str]) -> tuple[str, ...]:
 
 
 def _check_harmonics(harmonics: object) -> int:
-    if isinstance(harmonics, bool) or not isinstance(harmonics, int) or not 1 <= harmonics <= MAX_HARMONICS:
+    if not valid_harmonics(harmonics):
         raise ValueError(f"harmonics must be an integer in [1, {MAX_HARMONICS}]; got {harmonics!r}")
-    return harmonics
+    return harmonics  # type: ignore[return-value]
 
 
 def _columns(frame: pd.DataFrame | Mapping[str, Sequence[Any]]) -> Sequence[str]:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from common.errors import FedctxError
 
 __all__ = ["DataError", "ContextColumn", "DatasetSpec", "read_spec", "CONTEXT_KINDS", "FROM_TIME_FEATURES",
-           "DEFAULT_HARMONICS", "MAX_HARMONICS", "MAX_TIMESTAMP"]
+           "DEFAULT_HARMONICS", "MAX_HARMONICS", "MAX_TIMESTAMP", "valid_harmonics"]
 
 #: Allowed context column kinds.
 CONTEXT_KINDS: tuple[str, ...] = ("categorical", "numeric", "cyclic")
@@ -29,6 +29,11 @@ FROM_TIME_FEATURES: tuple[str, ...] = ("hour", "weekday", "weekend")
 DEFAULT_HARMONICS: int = 4
 #: The most [context] harmonics may ask for.
 MAX_HARMONICS: int = 24
+
+
+def valid_harmonics(harmonics: object) -> bool:
+    """An integer (not a bool) from 1 to MAX_HARMONICS: the orders a cycle may have."""
+    return isinstance(harmonics, int) and not isinstance(harmonics, bool) and 1 <= harmonics <= MAX_HARMONICS
 #: First Unix second after the year 2100 (2101-01-01T00:00:00Z); timestamps >= this are bad.
 MAX_TIMESTAMP: int = 4_133_980_800
 
@@ -178,7 +183,7 @@ def read_spec(root: str | Path, *, catalogue_only: bool = False) -> DatasetSpec:
     context = doc.get("context", {})
     fitted, from_time, columns = _context_table(context, files["time_column"], files["label_column"], err)
     harmonics = context.get("harmonics", DEFAULT_HARMONICS)
-    if isinstance(harmonics, bool) or not isinstance(harmonics, int) or not 1 <= harmonics <= MAX_HARMONICS:
+    if not valid_harmonics(harmonics):
         raise err(f"[context] harmonics must be an integer from 1 to {MAX_HARMONICS}", harmonics,
                   f"remove it for the default ({DEFAULT_HARMONICS}), or write e.g. harmonics = 4")
     return DatasetSpec(root=root, **files, context_columns=columns, from_time=from_time, harmonics=harmonics,
