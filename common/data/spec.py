@@ -30,10 +30,6 @@ DEFAULT_HARMONICS: int = 4
 #: The most [context] harmonics may ask for.
 MAX_HARMONICS: int = 24
 
-
-def valid_harmonics(harmonics: object) -> bool:
-    """An integer (not a bool) from 1 to MAX_HARMONICS: the orders a cycle may have."""
-    return isinstance(harmonics, int) and not isinstance(harmonics, bool) and 1 <= harmonics <= MAX_HARMONICS
 #: First Unix second after the year 2100 (2101-01-01T00:00:00Z); timestamps >= this are bad.
 MAX_TIMESTAMP: int = 4_133_980_800
 
@@ -41,6 +37,11 @@ _DATASET_KEYS = ("name", "interactions", "items", "time-column", "label-column",
 _CONTEXT_KEYS = ("columns", "from-time", "harmonics", "fitted-on-private-rows")
 _ID_COLUMNS = ("user_id", "item_id")
 _FORMAT_DOC = "see docs/dataset-format.md"
+
+
+def valid_harmonics(harmonics: object) -> bool:
+    """An integer (not a bool) from 1 to MAX_HARMONICS: the orders a cycle may have."""
+    return isinstance(harmonics, int) and not isinstance(harmonics, bool) and 1 <= harmonics <= MAX_HARMONICS
 
 
 # --------------------------------------------------------------------------- errors
