@@ -94,13 +94,19 @@ def group_logits(dense: Mapping[str, tf.Tensor], theta: tf.Tensor, ctx: tf.Tenso
                  rows_emb: tf.Tensor | None, rows_bias: tf.Tensor | None, cand: tf.Tensor) -> tf.Tensor:
     """Logits [G, L, C] of C candidate items for each of L examples per group.
 
-    cand [G, L, C] int32 indexes the group's R item rows.
+    cand [G, L, C] int32 indexes the group's R item rows. The same score as `item_side` and `query_side`, summed
+    in another order: q . (W^T h + b_W) + w_b . h = h . (W q + w_b) + q . b_W, so the tower is applied to the L
+    queries (L x text_dim x dim) instead of to the R item rows (R x text_dim x dim, and R ~ L x C).
     """
-    phi, bias = item_side(dense, rows_h, rows_emb, rows_bias)
     q, shift = query_side(dense, theta, ctx)
-    phi_c = tf.gather(phi, cand, batch_dims=1)    # [G, L, C, dim]
-    bias_c = tf.gather(bias, cand, batch_dims=1)  # [G, L, C]
-    return tf.einsum("gld,glcd->glc", q, phi_c) + bias_c + shift[..., None]
+    text_query = tf.einsum("gld,ghd->glh", q, dense["tower/kernel"]) + dense["text-bias/kernel"][:, None, :]
+    h_c = tf.gather(rows_h, cand, batch_dims=1)  # [G, L, C, text_dim]
+    logits = tf.einsum("glh,glch->glc", text_query, h_c)
+    base = tf.einsum("gld,gd->gl", q, dense["tower/bias"]) + shift
+    if rows_emb is not None:
+        logits += tf.einsum("gld,glcd->glc", q, tf.gather(rows_emb, cand, batch_dims=1))
+        logits += tf.gather(rows_bias, cand, batch_dims=1)
+    return logits + base[..., None]
 
 
 def score_items(dense: Mapping[str, np.ndarray], theta: np.ndarray, ctx: np.ndarray, item_h: np.ndarray,

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from common.model.scoring import DENSE_NAMES, ials_solve, ials_theta, segment_sum, warm_start_theta
-from common.model.formula import GroupParams, ModelShape, TrainBatch, group_loss, init_shared, score_items
+from common.model.formula import GroupParams, ModelShape, TrainBatch, group_logits, group_loss, init_shared, score_items
 from common.model.training import StepRule, local_train
 from common.model.ials import ials_loss, ials_user_gradients
 
@@ -44,6 +44,30 @@ def test_score_by_hand():
     bias = np.array([0.0, 1.0], np.float32)
     s = score_items(dense, theta, np.zeros((1, 1), np.float32), item_h, emb, bias)
     np.testing.assert_allclose(s, [[0.5, 1.5 + 0.25 + 1.0 - 1.0]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_candidate_logits_equal_the_catalogue_scores_at_those_candidates(hybrid):
+    # group_logits applies the tower to the query (h . (W q + w_b) + q . b_W); score_items applies it to every
+    # item (q . phi(c) + b(c)). Each user's own parameter copy and item rows must give the same numbers.
+    rng = np.random.default_rng(3)
+    G, L, C, R, text_dim, dim, ctx_dim = 3, 4, 5, 7, 6, 3, 2
+    shape = ModelShape(R, text_dim, dim, ctx_dim, hybrid)
+    copies = [{k: rng.normal(0, 1, v).astype(np.float32) for k, v in shape.shapes().items()} for _ in range(G)]
+    rows_h = rng.normal(0, 1, (G, R, text_dim)).astype(np.float32)
+    theta = rng.normal(0, 1, (G, L, dim)).astype(np.float32)
+    ctx = rng.normal(0, 1, (G, L, ctx_dim)).astype(np.float32)
+    cand = rng.integers(0, R, (G, L, C)).astype(np.int32)
+    dense_names = [k for k in shape.shapes() if not k.startswith("items/")]
+    stacked = {k: tf.constant(np.stack([c[k] for c in copies])) for k in dense_names}
+    emb = tf.constant(np.stack([c["items/embedding"] for c in copies])) if hybrid else None
+    bias = tf.constant(np.stack([c["items/bias"] for c in copies])) if hybrid else None
+    got = group_logits(stacked, tf.constant(theta), tf.constant(ctx), tf.constant(rows_h), emb, bias,
+                       tf.constant(cand)).numpy()
+    for g, c in enumerate(copies):
+        every = score_items({k: c[k] for k in dense_names}, theta[g], ctx[g], rows_h[g],
+                            c["items/embedding"] if hybrid else None, c["items/bias"] if hybrid else None)
+        np.testing.assert_allclose(got[g], np.take_along_axis(every, cand[g], axis=1), rtol=1e-4, atol=1e-4)
 
 
 def test_warm_start_by_hand():
