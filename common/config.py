@@ -74,7 +74,7 @@ class Config:
     content_max_length: int = 256    # sentence-encoder: tokens per item text (longer texts are cut)
     content_batch: int = 32          # sentence-encoder: texts per forward pass (speed only)
     content_standardize: bool = True  # standardise h(c) per dimension over the catalogue (mean 0, std 1)
-    content_dims: int = 64           # an encoder wider than this is PCA-whitened over the catalogue to its top
+    content_dims: int = 128          # an encoder wider than this is PCA-whitened over the catalogue to its top
                                      # content-dims axes (unit variance each); 0 = keep every dimension
     content_neighbours: int = 0      # h(c) := mean over c and its content-neighbours - 1 nearest catalogue items
                                      # (cosine), then standardised again; 1 = no smoothing; 0 = 1% of the
