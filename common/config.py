@@ -108,7 +108,7 @@ class Config:
     local_steps: int = 2             # full-batch local steps (SGD by default) per sampled user and round
     local_optimizer: str = "sgd"     # "sgd" | "adam" (Adam state restarts every round)
     local_lr: float = 0.01           # step size of the shared parameters' local copies
-    theta_lr: float = 0.2            # step size of the private theta_u
+    theta_lr: float = 0.1            # step size of the private theta_u
     local_grad_clip: float = 1.0     # each local step clips a user's whole gradient to this L2 norm
     server_optimizer: str = "adam"   # "adam" (FedAdam, Reddi et al. 2021) | "sgd" (FedAvg)
     server_lr: float = 0.05

@@ -38,6 +38,8 @@ SWEEP_DEFAULTS: dict[str, Any] = {
     "sample-rate": 0.1,
     "num-rounds": 60,
     "clip-norm": 0.02,
+    # and with theta_u's local step theta-lr 0.2 (the default until 2026-12-03)
+    "theta-lr": 0.2,
     "audit-fraction": 0.2,
     # the published sweeps were measured with a constant server step of 0.02 (the defaults before the cosine
     # decay); kept here so that they stay reproducible
