@@ -38,13 +38,13 @@ SWEEP_DEFAULTS: dict[str, Any] = {
     "sample-rate": 0.1,
     "num-rounds": 60,
     "clip-norm": 0.02,
-    # and with theta_u's local step theta-lr 0.2 (the default until 2026-12-03)
-    "theta-lr": 0.2,
     "audit-fraction": 0.2,
     # the published sweeps were measured with a constant server step of 0.02 (the defaults before the cosine
     # decay); kept here so that they stay reproducible
     "server-lr": 0.02,
     "server-lr-final": 1.0,
+    # and with theta_u's local step at 0.2 (the default until 2026-12-04)
+    "theta-lr": 0.2,
     # and with FedAdam on the item tables in every row: server-item-lr's auto default (-1) gives plain item steps
     # to the non-private row only, which would compare two optimizers instead of the cost of DP
     "server-item-lr": 0.0,
