@@ -244,7 +244,7 @@ class SecureRound:
             if len(shares[nid]) < self.t:
                 raise SecAggAbort(f"unmask: {len(shares[nid])} shares of node {nid}'s secret arrived, fewer than "
                                   f"the threshold {self.t}; the round is skipped")
-            secret = combine_shares(shares[nid])
+            secret = combine_shares(shares[nid][:self.t])  # any t shares rebuild it; more only cost time
             if nid in self.contributors:  # its own mask, from its seed
                 vec = parameters_subtraction(vec, pseudo_rand_gen(secret, MODULUS, shapes))
             else:  # a node that dropped after sharing keys: the pairwise masks its live neighbours added

@@ -17,10 +17,10 @@ import numpy as np
 
 from common.io import write_atomic
 
-__all__ = ["device_bench"]
+__all__ = ["device_bench", "latency_ms"]
 
 
-def _latency_ms(fn: Callable[[], object], repeats: int) -> dict[str, float]:
+def latency_ms(fn: Callable[[], object], repeats: int) -> dict[str, float]:
     """p50/p99 wall time (ms) of `repeats` calls of fn, after 3 warm-up calls."""
     for _ in range(3):
         fn()
@@ -93,7 +93,7 @@ def device_bench(n_items: int = 10000, dim: int = 32, text_dim: int = 64, contex
         "recommend": lambda: recommend(params, item_h, theta, ctx, past, k=k, tables=tables),
     }
     for name, fn in rows.items():
-        out[name] = _latency_ms(fn, repeats)
+        out[name] = latency_ms(fn, repeats)
 
     ages = rng.uniform(0.0, 365.0, history)
     past_ctx = rng.normal(size=(history, context_dim)).astype(np.float32)
@@ -105,7 +105,7 @@ def device_bench(n_items: int = 10000, dim: int = 32, text_dim: int = 64, contex
     t0 = time.perf_counter()
     refresh()
     out["refresh_first_s"] = time.perf_counter() - t0
-    out["refresh"] = _latency_ms(refresh, 10)
+    out["refresh"] = latency_ms(refresh, 10)
     out["refresh_steps"], out["history"] = refresh_steps, history
 
     out["load_average_1min"], out["cpus"] = os.getloadavg()[0], os.cpu_count()

@@ -527,3 +527,46 @@ def test_a_node_shares_its_private_key_as_the_48_byte_scalar(fed):
     app(msg, contexts[nid])
     state = contexts[nid].state.config_records[RECORD_KEY_STATE]
     assert len(state["sk1"]) == 48 and len(state["sk2"]) == 48
+
+
+def test_the_floor_benchmark_counts_the_calls_a_secure_round_makes(fed, monkeypatch):
+    """simulations.benchmarks.secagg_floor prices a round as calls x time per call; its call counts must be the
+    ones Flower's secaggplus_mod and our server really make. Counted here on a real round with the user count
+    (two sessions over 5 nodes, no dropout)."""
+    import importlib
+
+    import server.secagg as server_side
+    from simulations.benchmarks.secagg_floor import SERVER_CALLS, node_calls
+
+    mod = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")  # the module, not the mod
+    counts: dict[str, int] = {}
+
+    def counted(module, attr, name, pick=None):
+        real = getattr(module, attr)
+
+        def wrapper(*args, **kwargs):
+            key = name if pick is None else pick(*args)
+            counts[key] = counts.get(key, 0) + 1
+            return real(*args, **kwargs)
+        monkeypatch.setattr(module, attr, wrapper)
+
+    counted(mod, "generate_key_pairs", "key pair")
+    counted(mod, "create_shares", None, lambda secret, *_: f"Shamir split, {len(secret)}-byte "
+            + ("seed" if len(secret) == 32 else "key"))
+    counted(mod, "generate_shared_key", "ECDH + HKDF")
+    counted(mod, "encrypt", "Fernet encrypt")
+    counted(mod, "decrypt", "Fernet decrypt")
+    counted(mod, "pseudo_rand_gen", "mask (pseudo_rand_gen)")
+    counted(mod, "quantize", "quantise")
+    counted(server_side, "combine_shares", "Shamir combine, t shares of the seed")
+    counted(server_side, "pseudo_rand_gen", "server mask")
+    s = _strategy(fed, min_users=2)
+    new, _, _ = _round(fed, s)
+    assert new is not None
+    k, _ = shares_and_threshold(NODES)
+    sessions = 2  # the user count, then the update
+    expected = {name: sessions * NODES * n for name, n in node_calls(k).items()}
+    expected["Shamir combine, t shares of the seed"] = sessions * NODES * SERVER_CALLS[
+        "Shamir combine, t shares of the seed"]
+    expected["server mask"] = sessions * NODES * SERVER_CALLS["mask (pseudo_rand_gen)"]
+    assert counts == expected
