@@ -13,6 +13,7 @@ rows with the same features (19 on the seed case), in the same order, as every o
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -83,11 +84,21 @@ class PublicSchema:
         return self.context.dim
 
     def to_json(self) -> str:
-        return json.dumps({**self._body(), "hash": self.hash})
+        """The schema as JSON, written once per instance (a node serialises it with every message it answers)."""
+        text = self.__dict__.get("_json")
+        if text is None:
+            text = json.dumps({**self._body(), "hash": self.hash})
+            object.__setattr__(self, "_json", text)
+        return text
 
     @classmethod
     def from_json(cls, text: str) -> "PublicSchema":
-        """Inverse of to_json; raises SchemaMismatch if the text is not a schema or its hash does not match."""
+        """Inverse of to_json; raises SchemaMismatch if the text is not a schema or its hash does not match.
+        The same text gives the same (immutable) instance: a node parses its schema for every message."""
+        return _parsed(cls, text)
+
+    @classmethod
+    def _from_json(cls, text: str) -> "PublicSchema":
         try:
             d = json.loads(text)
             if d.get("format") != _FORMAT or d.get("version") != _VERSION:
@@ -107,6 +118,11 @@ class PublicSchema:
     @classmethod
     def read(cls, path: Path) -> "PublicSchema":
         return cls.from_json(Path(path).read_text())
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed(cls: type, text: str) -> PublicSchema:
+    return cls._from_json(text)
 
 
 def build_schema(item_ids, context: ContextEncoder, content: Mapping[str, Any], item_h: np.ndarray) -> PublicSchema:
