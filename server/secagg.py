@@ -244,7 +244,12 @@ class SecureRound:
             if len(shares[nid]) < self.t:
                 raise SecAggAbort(f"unmask: {len(shares[nid])} shares of node {nid}'s secret arrived, fewer than "
                                   f"the threshold {self.t}; the round is skipped")
-            secret = combine_shares(shares[nid][:self.t])  # any t shares rebuild it; more only cost time
+            try:  # any t shares rebuild it; more only cost time
+                secret = combine_shares(shares[nid][:self.t])
+            except (ValueError, TypeError, IndexError) as exc:  # a corrupt, repeated or malformed share
+                raise SecAggAbort(f"unmask: node {nid}'s secret cannot be rebuilt from {self.t} of its shares "
+                                  f"({exc}): a node sent a corrupt, repeated or malformed share; the round is "
+                                  "skipped and nothing is unmasked") from None
             if nid in self.contributors:  # its own mask, from its seed
                 vec = parameters_subtraction(vec, pseudo_rand_gen(secret, MODULUS, shapes))
             else:  # a node that dropped after sharing keys: the pairwise masks its live neighbours added

@@ -94,7 +94,8 @@ class PublicSchema:
     @classmethod
     def from_json(cls, text: str) -> "PublicSchema":
         """Inverse of to_json; raises SchemaMismatch if the text is not a schema or its hash does not match.
-        The same text gives the same (immutable) instance: a node parses its schema for every message."""
+        The same text gives the same instance (shared across the process: never modify it), since a node parses its
+        schema for every message."""
         return _parsed(cls, text)
 
     @classmethod

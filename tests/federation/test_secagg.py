@@ -529,10 +529,34 @@ def test_a_node_shares_its_private_key_as_the_48_byte_scalar(fed):
     assert len(state["sk1"]) == 48 and len(state["sk2"]) == 48
 
 
-def test_the_floor_benchmark_counts_the_calls_a_secure_round_makes(fed, monkeypatch):
+def test_a_corrupt_share_skips_the_round_instead_of_stopping_the_server(fed):
+    """Every node's unmask reply carries shares with their bytes flipped (a faulty or malicious node): the server
+    cannot rebuild the seeds, so the round is skipped and nothing is unmasked; the server goes on."""
+    cfg = fed[0]
+
+    def corrupting(msg, context):
+        reply = app(msg, context)
+        conf = None if reply.has_error() else reply.content.config_records.get(RECORD_KEY_CONFIGS)
+        if conf is not None and Key.SHARE_LIST in conf:  # keep each share's 4-byte index, flip its value
+            conf[Key.SHARE_LIST] = [sh[:4] + bytes(b ^ 0x5A for b in sh[4:]) for sh in conf[Key.SHARE_LIST]]
+        return reply
+
+    s = _strategy(fed)
+    grid = InProcessGrid(corrupting, node_contexts(cfg, NODES))
+    msgs = list(s.configure_train(1, to_record(fed[3]), ConfigRecord({}), grid))
+    arrays, _ = s.aggregate_train(1, grid.send_and_receive(msgs))
+    assert arrays is None and s._row["skipped"] == 1
+    assert "cannot be rebuilt" in s.secagg.abort
+    again = _strategy(fed)  # the same server code, honest nodes: the round goes through
+    new, _, _ = _round(fed, again)
+    assert new is not None and "skipped" not in again._row
+
+
+@pytest.mark.parametrize("shares", [0, 3])  # k = n = 5 (all neighbours), and a ring of k = 3 < n
+def test_the_floor_benchmark_counts_the_calls_a_secure_round_makes(fed, monkeypatch, shares):
     """simulations.benchmarks.secagg_floor prices a round as calls x time per call; its call counts must be the
     ones Flower's secaggplus_mod and our server really make. Counted here on a real round with the user count
-    (two sessions over 5 nodes, no dropout)."""
+    (two sessions over 5 nodes, no dropout), and the server rebuilds each seed from exactly t shares."""
     import importlib
 
     import server.secagg as server_side
@@ -558,12 +582,13 @@ def test_the_floor_benchmark_counts_the_calls_a_secure_round_makes(fed, monkeypa
     counted(mod, "decrypt", "Fernet decrypt")
     counted(mod, "pseudo_rand_gen", "mask (pseudo_rand_gen)")
     counted(mod, "quantize", "quantise")
-    counted(server_side, "combine_shares", "Shamir combine, t shares of the seed")
+    k, t = shares_and_threshold(NODES, shares)
+    counted(server_side, "combine_shares", None,
+            lambda share_list: "Shamir combine, t shares of the seed" if len(share_list) == t else "other combine")
     counted(server_side, "pseudo_rand_gen", "server mask")
-    s = _strategy(fed, min_users=2)
+    s = _strategy(fed, min_users=2, shares=shares)
     new, _, _ = _round(fed, s)
     assert new is not None
-    k, _ = shares_and_threshold(NODES)
     sessions = 2  # the user count, then the update
     expected = {name: sessions * NODES * n for name, n in node_calls(k).items()}
     expected["Shamir combine, t shares of the seed"] = sessions * NODES * SERVER_CALLS[
