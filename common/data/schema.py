@@ -92,14 +92,11 @@ class PublicSchema:
         return text
 
     @classmethod
+    @functools.lru_cache(maxsize=4)
     def from_json(cls, text: str) -> "PublicSchema":
         """Inverse of to_json; raises SchemaMismatch if the text is not a schema or its hash does not match.
         The same text gives the same instance (shared across the process: never modify it), since a node parses its
         schema for every message."""
-        return _parsed(cls, text)
-
-    @classmethod
-    def _from_json(cls, text: str) -> "PublicSchema":
         try:
             d = json.loads(text)
             if d.get("format") != _FORMAT or d.get("version") != _VERSION:
@@ -119,11 +116,6 @@ class PublicSchema:
     @classmethod
     def read(cls, path: Path) -> "PublicSchema":
         return cls.from_json(Path(path).read_text())
-
-
-@functools.lru_cache(maxsize=4)
-def _parsed(cls: type, text: str) -> PublicSchema:
-    return cls._from_json(text)
 
 
 def build_schema(item_ids, context: ContextEncoder, content: Mapping[str, Any], item_h: np.ndarray) -> PublicSchema:

@@ -29,8 +29,8 @@ def _p50(fn, repeats: int) -> float:
     return latency_ms(fn, repeats)["p50_ms"]
 
 
-def primitive_ms(values: int, k: int, t: int, repeats: int = 20) -> dict[str, float]:
-    """Median ms of one call of each primitive a SecAgg+ session uses, with Flower's own functions."""
+def primitive_ms(values: int, nodes: int, k: int, t: int, repeats: int = 20) -> dict[str, float]:
+    """Median ms of one call of each primitive a SecAgg+ session of `nodes` nodes uses, with Flower's own functions."""
     from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
     from flwr.common.secure_aggregation.crypto.symmetric_encryption import decrypt, encrypt, generate_shared_key
     from flwr.common.secure_aggregation.quantization import quantize
@@ -47,7 +47,7 @@ def primitive_ms(values: int, k: int, t: int, repeats: int = 20) -> dict[str, fl
     ciphertext = encrypt(shared, plaintext)
     seed_shares = create_shares(seed, t, k)
     vector = np.random.default_rng(0).uniform(-1.0, 1.0, values).astype(np.float32)
-    levels = quantization_range(100)
+    levels = quantization_range(nodes)
     return {
         "key pair": _p50(generate_key_pairs, repeats),
         "Shamir split, 32-byte seed": _p50(lambda: create_shares(seed, t, k), repeats),
@@ -88,7 +88,7 @@ def session_floor(ms: dict[str, float], nodes: int, k: int, masks_scale: float =
     calls = node_calls(k)
     return {"nodes_s": nodes * _cost_ms(ms, calls, masks_scale) / 1e3,
             "server_s": nodes * _cost_ms(ms, SERVER_CALLS, masks_scale) / 1e3,
-            "masks_s": nodes * masks_scale * (k + 1) * ms["mask (pseudo_rand_gen)"] / 1e3,
+            "masks_s": nodes * masks_scale * calls["mask (pseudo_rand_gen)"] * ms["mask (pseudo_rand_gen)"] / 1e3,
             "agreements_s": nodes * calls["ECDH + HKDF"] * ms["ECDH + HKDF"] / 1e3}
 
 
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="a central-DP round measured by `fedctx bench` on this machine, to print the ratios")
     args = p.parse_args(argv)
     k, t = shares_and_threshold(args.nodes)
-    ms = primitive_ms(args.values, k, t, args.repeats)
+    ms = primitive_ms(args.values, args.nodes, k, t, args.repeats)
     for name, v in ms.items():
         print(f"{name:38s} {v:8.3f} ms")
     update = session_floor(ms, args.nodes, k)
